@@ -1,0 +1,90 @@
+"""Board addresses (``--board``) and :func:`open_board`.
+
+=====================================================  ==================================================
+address                                                meaning
+=====================================================  ==================================================
+``emu`` / ``emu?seed=1&rows=128&cols=128&config=F``    in-process emulator through the real codec
+``serial:/dev/ttyUSB0?baud=3000000``                   FPGA controller on a serial port
+``serial:socket://127.0.0.1:7777``                     anything pyserial's ``serial_for_url`` opens
+=====================================================  ==================================================
+
+Driver options that any serial address accepts in its query: ``baud``,
+``timeout`` (seconds per attempt) and ``retries``; other query keys are passed on
+to pyserial's URL handler.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode
+
+from drivers.board import Board
+from drivers.errors import AddressError
+from drivers.limits import SafetyLimits
+
+EMU_KEYS = {"seed", "rows", "cols", "config", "timeout", "retries"}
+SERIAL_KEYS = {"baud", "timeout", "retries"}
+
+
+def _split_query(text: str) -> tuple[str, dict[str, str]]:
+    head, _, query = text.partition("?")
+    try:
+        params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise AddressError(f"cannot parse the options {query!r}: write them as key=value&key=value") from None
+    return head, params
+
+
+def _number(params: dict[str, str], key: str, kind: type, default, address: str):
+    if key not in params:
+        return default
+    try:
+        value = kind(params[key])
+    except ValueError:
+        raise AddressError(f"{address!r}: {key}={params[key]!r} is not a valid {kind.__name__}") from None
+    if value < 0 if kind is int else value <= 0:
+        raise AddressError(f"{address!r}: {key} must be positive")
+    return value
+
+
+def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
+    """Open the board at ``address``; the caller closes it (use it as a context manager)."""
+    from drivers.fpga import FpgaBoard
+    from drivers.links import InProcessLink, SerialLink
+
+    if address == "emu" or address.startswith("emu?"):
+        _, params = _split_query(address)
+        unknown = set(params) - EMU_KEYS
+        if unknown:
+            raise AddressError(f"{address!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(EMU_KEYS)}")
+        rows = _number(params, "rows", int, 128, address)
+        cols = _number(params, "cols", int, 128, address)
+        seed = _number(params, "seed", int, 0, address)
+        if rows < 1 or cols < 1 or rows * cols > 4096 * 4096:
+            raise AddressError(f"{address!r}: rows and cols must be >= 1 and rows*cols at most 4096*4096")
+        from firmware_stub.device_params import load_device_params
+        from firmware_stub.firmware import make_emulator
+
+        try:
+            params_model = load_device_params(params.get("config"))
+        except ValueError as exc:
+            raise AddressError(str(exc)) from None
+        endpoint = make_emulator(rows, cols, seed, params_model)
+        return FpgaBoard(InProcessLink(endpoint), limits,
+                         timeout_s=_number(params, "timeout", float, 2.0, address),
+                         retries=_number(params, "retries", int, 5, address), address=address)
+
+    if address.startswith("serial:"):
+        target, params = _split_query(address[len("serial:"):])
+        if not target:
+            raise AddressError("serial: needs a device path or URL, e.g. serial:/dev/ttyUSB0 or "
+                               "serial:socket://127.0.0.1:7777")
+        passthrough = {k: v for k, v in params.items() if k not in SERIAL_KEYS}
+        url = target + ("?" + urlencode(passthrough) if passthrough else "")
+        link = SerialLink(url, baudrate=_number(params, "baud", int, 3_000_000, address))
+        return FpgaBoard(link, limits, timeout_s=_number(params, "timeout", float, 2.0, address),
+                         retries=_number(params, "retries", int, 5, address), address=address)
+
+    raise AddressError(
+        f"unknown board address {address!r}; use 'emu[?seed=..&rows=..&cols=..&config=FILE]', "
+        "'serial:/dev/ttyUSB0[?baud=..]' or 'serial:socket://HOST:PORT'"
+    )

@@ -1,0 +1,410 @@
+"""The Board contract: what calibration and the host training loop may ask of any test board.
+
+Three implementations stand behind it: the serial FPGA controller
+(:mod:`drivers.fpga`), the VISA bench (:mod:`drivers.visa_bench`) and the in-process
+emulator (an FPGA board whose link is a function call into ``firmware_stub``).
+
+The public methods here are template methods: they validate shapes and check every
+voltage-bearing request against the effective :class:`SafetyLimits` *before* the
+subclass's ``_do_*`` hook runs, so no implementation can send an unchecked request.
+A board is a context manager; leaving the ``with`` block by any path (return,
+exception, Ctrl-C) puts the hardware in a safe idle state and closes the link.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.errors import BoardError, LimitViolation
+from drivers.limits import (
+    DEFAULT_RESET,
+    DEFAULT_SET,
+    PulseProfile,
+    SafetyLimits,
+    check_profile,
+    check_pulse_counts,
+    check_read_voltage,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Capabilities(BaseModel):
+    """What a board can do beyond reads and pulses."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vmm: bool = False
+    vmm_transpose: bool = False
+    write_verify: bool = False
+    virtual_clock: bool = False
+    true_parameters: bool = Field(False, description="emulator only: can report its true device parameters")
+
+
+class BoardInfo(BaseModel):
+    """Identity, geometry, capabilities, hardware limits and converter resolution of a board."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = Field(description="'fpga', 'visa' or 'emulator'")
+    name: str
+    serial_number: str
+    firmware_version: str
+    protocol_version: int
+    rows: int
+    cols: int
+    capabilities: Capabilities
+    hardware_limits: SafetyLimits
+    read_voltage_v: float = Field(description="voltage applied to a cell by read()")
+    g_lsb_s: float = Field(description="conductance of one read code, siemens")
+    g_full_scale_s: float = Field(description="largest conductance read() can report, siemens")
+    dac_bits: int = 8
+    dac_full_scale_v: float = Field(0.2, description="VMM input voltage of the largest DAC code")
+    adc_bits: int = 10
+    adc_full_scale_a: tuple[float, float] = Field(
+        (1e-6, 1e-2), description="range of selectable VMM ADC full-scale currents, amps"
+    )
+    timing_resolution_s: float = 1e-9
+    emulated: bool = False
+
+
+class PulseReport(BaseModel):
+    """What one pulse batch did."""
+
+    devices: int = Field(description="devices that received at least one pulse")
+    set_pulses: int
+    reset_pulses: int
+    energy_j: float = Field(description="write energy of the batch, joules")
+    duration_s: float = Field(description="board-clock time the batch took, seconds")
+    clock_s: float = Field(description="board clock after the batch, seconds")
+
+    @property
+    def pulses(self) -> int:
+        return self.set_pulses + self.reset_pulses
+
+
+class BoardStatus(BaseModel):
+    """Running totals the board keeps since it was opened or reset."""
+
+    clock_s: float
+    pulses_total: int
+    set_pulses_total: int
+    reset_pulses_total: int
+    write_events_total: int
+    write_energy_j: float
+    read_energy_j: float
+    adc_energy_j: float
+    cells_read_total: int
+    vmm_calls_total: int
+    max_pulses_per_device: int
+    state_digest: str | None = Field(None, description="emulator only: hash of the true array state")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of cells: ``rows`` x ``cols`` starting at (``row0``, ``col0``)."""
+
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+    def check_within(self, n_rows: int, n_cols: int) -> None:
+        if self.rows <= 0 or self.cols <= 0 or self.row0 < 0 or self.col0 < 0:
+            raise BoardError(f"region {self} must have non-negative origin and positive size")
+        if self.row0 + self.rows > n_rows or self.col0 + self.cols > n_cols:
+            raise BoardError(
+                f"region rows {self.row0}..{self.row0 + self.rows - 1}, cols {self.col0}..{self.col0 + self.cols - 1} "
+                f"lies outside the {n_rows}x{n_cols} array"
+            )
+
+
+@dataclass(frozen=True)
+class PulseBatch:
+    """A sparse batch of write pulses: device ``(rows[k], cols[k])`` gets ``counts[k]`` pulses.
+
+    A positive count is that many SET pulses, a negative one that many RESET pulses
+    (each with the board's current profile for the polarity).  Devices appear once.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def from_dense(cls, counts: np.ndarray, row0: int = 0, col0: int = 0) -> "PulseBatch":
+        """Batch from a dense signed count matrix placed at (row0, col0); zeros are skipped."""
+        counts = np.asarray(counts)
+        r, c = np.nonzero(counts)
+        return cls(r + row0, c + col0, counts[r, c].astype(np.int64))
+
+    @classmethod
+    def empty(cls) -> "PulseBatch":
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z, z)
+
+    def __len__(self) -> int:
+        return int(np.size(self.counts))
+
+    def flat_index(self, n_cols: int) -> np.ndarray:
+        return np.asarray(self.rows, dtype=np.int64) * n_cols + np.asarray(self.cols, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ProgramReport:
+    """Result of write-verify programming, one entry per requested device."""
+
+    achieved_s: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+    pulses: int
+    energy_j: float
+
+    @property
+    def converged_fraction(self) -> float:
+        return float(np.mean(self.converged)) if self.converged.size else 1.0
+
+
+class Board(abc.ABC):
+    """Abstract test board.  Subclasses implement the ``_do_*`` hooks."""
+
+    def __init__(self, limits: SafetyLimits | None = None):
+        self._user_limits = limits or SafetyLimits()
+        self._limits: SafetyLimits | None = None
+        self._profiles: tuple[PulseProfile, PulseProfile] = (DEFAULT_SET, DEFAULT_RESET)
+        self._closed = False
+
+    # ---- identity -------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def info(self) -> BoardInfo: ...
+
+    @property
+    def limits(self) -> SafetyLimits:
+        """Effective limits: the stricter of the user's and the hardware's in every field."""
+        if self._limits is None:
+            self._limits = self._user_limits.tightened(self.info.hardware_limits)
+        return self._limits
+
+    @property
+    def profiles(self) -> tuple[PulseProfile, PulseProfile]:
+        """The current (SET, RESET) pulse profiles."""
+        return self._profiles
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes sent plus received on the link since the board was opened."""
+        return 0
+
+    # ---- operations (checked) -------------------------------------------------
+    def set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
+        """Set the pulse used for each polarity; both are checked against the limits first."""
+        check_profile(set_profile, +1, self.limits)
+        check_profile(reset_profile, -1, self.limits)
+        self._do_set_profiles(set_profile, reset_profile)
+        self._profiles = (set_profile, reset_profile)
+
+    def read(self, region: Region | None = None) -> np.ndarray:
+        """Conductance (S) of every cell of ``region`` (default: whole array), shape (rows, cols)."""
+        region = region or Region(0, 0, self.info.rows, self.info.cols)
+        region.check_within(self.info.rows, self.info.cols)
+        check_read_voltage(self.info.read_voltage_v, self.limits)
+        return self._do_read_region(region)
+
+    def read_cells(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Conductance (S) of the listed cells, in the order given (repeats allowed)."""
+        rows, cols = self._check_cells(rows, cols)
+        check_read_voltage(self.info.read_voltage_v, self.limits)
+        if rows.size == 0:
+            return np.zeros(0)
+        flat = rows * self.info.cols + cols
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        return self._do_read_cells(uniq)[inverse]
+
+    def vmm(
+        self,
+        region: Region,
+        v: np.ndarray,
+        transpose: bool = False,
+        i_full_scale_a: float | None = None,
+    ) -> np.ndarray:
+        """Analog vector-matrix product on ``region``.
+
+        ``v`` has shape (batch, region.rows) -- or (batch, region.cols) with
+        ``transpose`` -- in volts; returns currents (A) of shape (batch, region.cols)
+        -- or (batch, region.rows).  ``i_full_scale_a`` selects the ADC range; by
+        default the largest current the region can produce at the given inputs.
+        """
+        info = self.info
+        if not info.capabilities.vmm or (transpose and not info.capabilities.vmm_transpose):
+            raise BoardError(
+                f"this board ({info.kind}) does not offer {'transposed ' if transpose else ''}VMM; "
+                "read the weights and compute on the host instead"
+            )
+        region.check_within(info.rows, info.cols)
+        v = np.atleast_2d(np.asarray(v, dtype=float))
+        n_in = region.cols if transpose else region.rows
+        if v.shape[1] != n_in:
+            raise BoardError(f"VMM input has {v.shape[1]} entries per vector; the region needs {n_in}")
+        check_read_voltage(v, self.limits)
+        if np.max(np.abs(v), initial=0.0) > info.dac_full_scale_v * (1 + 1e-9):
+            raise LimitViolation(
+                f"VMM input of {np.max(np.abs(v)):.3f} V exceeds the DAC full scale of {info.dac_full_scale_v:.3f} V"
+            )
+        if i_full_scale_a is None:
+            i_full_scale_a = float(np.max(np.sum(np.abs(v), axis=1))) * info.g_full_scale_s / 4
+        lo, hi = info.adc_full_scale_a
+        i_full_scale_a = float(np.clip(i_full_scale_a, lo, hi))
+        if i_full_scale_a > self.limits.compliance_a * max(region.rows, region.cols):
+            raise LimitViolation(f"ADC full scale {i_full_scale_a:.3g} A exceeds the compliance budget")
+        return self._do_vmm(region, v, transpose, i_full_scale_a)
+
+    def pulse(self, batch: PulseBatch) -> PulseReport:
+        """Apply a sparse batch of SET/RESET pulses with the current profiles."""
+        if len(batch) == 0:
+            return PulseReport(devices=0, set_pulses=0, reset_pulses=0, energy_j=0.0, duration_s=0.0,
+                               clock_s=self.clock())
+        rows, cols = self._check_cells(batch.rows, batch.cols)
+        counts = np.asarray(batch.counts, dtype=np.int64)
+        if counts.shape != rows.shape:
+            raise BoardError("pulse batch rows, cols and counts must have the same length")
+        if np.any(counts == 0):
+            raise BoardError("pulse batch holds devices with a zero pulse count; leave them out")
+        flat = rows * self.info.cols + cols
+        if np.unique(flat).size != flat.size:
+            raise BoardError("pulse batch names a device more than once; merge its counts first")
+        check_pulse_counts(counts, self.limits)
+        for p, pol in zip(self._profiles, (+1, -1)):
+            check_profile(p, pol, self.limits)
+        order = np.argsort(flat, kind="stable")
+        return self._do_pulse(flat[order], counts[order])
+
+    def program(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        targets_s: np.ndarray,
+        tolerance_s: float,
+        max_iter: int = 20,
+    ) -> ProgramReport:
+        """Write-verify: pulse each device until its read conductance is within ``tolerance_s`` of target."""
+        rows, cols = self._check_cells(rows, cols)
+        targets_s = np.asarray(targets_s, dtype=float).reshape(-1)
+        if targets_s.shape != rows.shape:
+            raise BoardError("program: targets must have one entry per device")
+        if not np.all(np.isfinite(targets_s)) or np.any(targets_s < 0) or np.any(targets_s > self.info.g_full_scale_s):
+            raise BoardError(
+                f"program: targets must lie in [0, {self.info.g_full_scale_s:.3g}] S (the read full scale)"
+            )
+        if not tolerance_s > 0:
+            raise BoardError("program: tolerance_s must be positive")
+        if not 1 <= max_iter <= 1000:
+            raise BoardError("program: max_iter must be between 1 and 1000")
+        flat = rows * self.info.cols + cols
+        if np.unique(flat).size != flat.size:
+            raise BoardError("program names a device more than once")
+        for p, pol in zip(self._profiles, (+1, -1)):
+            check_profile(p, pol, self.limits)
+        if rows.size == 0:
+            z = np.zeros(0)
+            return ProgramReport(z, z.astype(bool), z.astype(int), 0, 0.0)
+        return self._do_program(flat, targets_s, float(tolerance_s), int(max_iter))
+
+    def clock(self) -> float:
+        """The board clock in seconds (virtual on the emulator)."""
+        return self._do_clock()
+
+    def wait(self, seconds: float) -> float:
+        """Let ``seconds`` pass on the board clock; returns the clock afterwards."""
+        if not seconds >= 0:
+            raise BoardError("wait: seconds must be >= 0")
+        return self._do_wait(float(seconds))
+
+    def status(self) -> BoardStatus:
+        return self._do_status()
+
+    def true_parameters(self) -> dict[str, Any]:
+        """Emulator only: the device parameters the emulated array really has."""
+        if not self.info.capabilities.true_parameters:
+            raise BoardError("true parameters are known only to an emulator")
+        return self._do_true_parameters()
+
+    def safe_idle(self) -> None:
+        """Remove every voltage from the array (outputs off, lines grounded/open)."""
+        self._do_safe_idle()
+
+    def close(self) -> None:
+        """Put the board in safe idle, then release the link.  Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._do_safe_idle()
+        except Exception as exc:  # the link may already be gone; still release it
+            log.warning("safe idle on close failed: %s", exc)
+        finally:
+            self._do_close()
+
+    def __enter__(self) -> "Board":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- helpers ----------------------------------------------------------------
+    def _check_cells(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        cols = np.asarray(cols, dtype=np.int64).reshape(-1)
+        if rows.shape != cols.shape:
+            raise BoardError("rows and cols must have the same length")
+        n_r, n_c = self.info.rows, self.info.cols
+        if rows.size and (rows.min() < 0 or rows.max() >= n_r or cols.min() < 0 or cols.max() >= n_c):
+            raise BoardError(f"cell index outside the {n_r}x{n_c} array")
+        return rows, cols
+
+    # ---- hooks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None: ...
+
+    @abc.abstractmethod
+    def _do_read_region(self, region: Region) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _do_read_cells(self, flat_sorted: np.ndarray) -> np.ndarray: ...
+
+    def _do_vmm(self, region: Region, v: np.ndarray, transpose: bool, i_full_scale_a: float) -> np.ndarray:
+        raise BoardError("VMM is not implemented by this board")
+
+    @abc.abstractmethod
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray) -> PulseReport: ...
+
+    @abc.abstractmethod
+    def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport: ...
+
+    @abc.abstractmethod
+    def _do_clock(self) -> float: ...
+
+    @abc.abstractmethod
+    def _do_wait(self, seconds: float) -> float: ...
+
+    @abc.abstractmethod
+    def _do_status(self) -> BoardStatus: ...
+
+    def _do_true_parameters(self) -> dict[str, Any]:
+        raise BoardError("true parameters are known only to an emulator")
+
+    @abc.abstractmethod
+    def _do_safe_idle(self) -> None: ...
+
+    @abc.abstractmethod
+    def _do_close(self) -> None: ...

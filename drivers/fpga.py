@@ -1,0 +1,223 @@
+"""The serial FPGA controller as a Board: protocol requests over a byte link, with retries.
+
+Used for real controllers (a serial port), for the firmware emulator served on a
+pseudo-terminal or TCP, and -- through :class:`~drivers.links.InProcessLink` -- for
+the in-process emulator.  All three go through the same codec and session layer.
+
+Retries: a request whose reply does not arrive complete and intact within the
+timeout is sent again under the same sequence number (the firmware replays its
+cached reply instead of executing twice), up to ``retries`` times; then
+:class:`~drivers.errors.BoardTimeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from drivers.board import Board, BoardInfo, BoardStatus, Capabilities, ProgramReport, PulseReport, Region
+from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation, ProtocolError
+from drivers.limits import PulseProfile, SafetyLimits
+from drivers.links import Link
+from protocols import encoding as enc
+from protocols import messages as m
+from protocols.framing import PROTOCOL_VERSION
+from protocols.messages import Op, Status
+from protocols.session import ClientSession
+
+log = logging.getLogger(__name__)
+
+_STATUS_ERRORS: dict[int, type[BoardError]] = {
+    Status.LIMIT_VIOLATION: LimitViolation,
+    Status.BAD_REQUEST: ProtocolError,
+    Status.UNKNOWN_OPCODE: ProtocolError,
+    Status.VERSION_MISMATCH: ProtocolError,
+    Status.UNSUPPORTED: InstrumentError,
+    Status.BUSY: InstrumentError,
+    Status.INTERNAL: InstrumentError,
+}
+
+
+class FpgaBoard(Board):
+    """A Board that speaks the FPGA wire protocol over ``link``."""
+
+    def __init__(self, link: Link, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
+                 retries: int = 5, address: str = ""):
+        super().__init__(limits)
+        self.address = address
+        self._link = link
+        self._session = ClientSession()
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.retransmissions = 0
+        try:
+            hello = m.decode_json(self._transact(Op.HELLO, bytes([PROTOCOL_VERSION])), "HELLO reply")
+            self._info = _board_info(hello)
+            self._max_payload = int(hello.get("max_payload", 16384))
+        except BaseException:
+            link.close()
+            raise
+        self._profiles_on_board = False
+
+    def _sync_profiles(self) -> None:
+        """Send the host's profiles before the first write, so both ends agree after a reconnect.
+
+        Lazy, so that opening a board under limits that forbid the default profiles works.
+        """
+        if not self._profiles_on_board:
+            self._do_set_profiles(*self._profiles)
+
+    # ---- transport ------------------------------------------------------------------------
+    def _transact(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0) -> bytes:
+        wire = self._session.request(opcode, payload)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retransmissions += 1
+                log.info("no complete reply to %s (seq %d); retransmission %d/%d", opcode.name,
+                         self._session.pending_seq, attempt, self.retries)
+                wire = self._session.retransmit()
+            self._link.write(wire)
+            reply = self._await_reply(self.timeout_s + extra_s)
+            if reply is not None:
+                return self._check_status(opcode, reply)
+        raise BoardTimeout(
+            f"the board at {self.address or 'the link'} did not answer {opcode.name} after "
+            f"{self.retries + 1} attempts of {self.timeout_s + extra_s:.1f} s; check that it is powered, "
+            "connected and running the firmware"
+        )
+
+    def _await_reply(self, timeout_s: float) -> m.Message | None:  # type: ignore[name-defined]
+        deadline = time.monotonic() + timeout_s
+        progress = self._session.progress
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            data = self._link.read(min(remaining, 0.25))
+            if not data:
+                continue
+            reply = self._session.receive_data(data)
+            if reply is not None:
+                return reply
+            if self._session.progress != progress:  # a long reply is streaming in: keep waiting
+                progress = self._session.progress
+                deadline = time.monotonic() + timeout_s
+
+    def _check_status(self, opcode: Op, reply) -> bytes:
+        if reply.status == Status.OK:
+            return reply.payload
+        try:
+            text = m.decode_json(reply.payload, "error").get("error", "")
+        except m.PayloadError:
+            text = reply.payload[:200].decode(errors="replace")
+        cls = _STATUS_ERRORS.get(reply.status, InstrumentError)
+        name = Status(reply.status).name if reply.status in Status._value2member_map_ else str(reply.status)
+        msg = f"board refused {opcode.name}: {text} ({name})"
+        if cls is InstrumentError:
+            raise InstrumentError(msg, code=reply.status)
+        raise cls(msg)
+
+    @property
+    def wire_bytes(self) -> int:
+        return self._link.bytes_tx + self._link.bytes_rx
+
+    @property
+    def link(self) -> Link:
+        return self._link
+
+    # ---- Board hooks ----------------------------------------------------------------------
+    @property
+    def info(self) -> BoardInfo:
+        return self._info
+
+    def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
+        self._transact(Op.SET_PROFILES, m.encode_profiles(set_profile.amplitude_v, set_profile.width_s,
+                                                          reset_profile.amplitude_v, reset_profile.width_s))
+        self._profiles_on_board = True
+
+    def _codes_to_g(self, codes: np.ndarray) -> np.ndarray:
+        return codes.astype(np.float64) * self._info.g_lsb_s
+
+    def _do_read_region(self, region: Region) -> np.ndarray:
+        payload = self._transact(Op.READ_REGION, m.encode_region(region.row0, region.col0, region.rows, region.cols),
+                                 extra_s=region.size * 2e-6)
+        codes = m.decode_codes_u16(payload, region.size, "READ_REGION reply")
+        return self._codes_to_g(codes).reshape(region.rows, region.cols)
+
+    def _do_read_cells(self, flat_sorted: np.ndarray) -> np.ndarray:
+        payload = self._transact(Op.READ_CELLS, m.encode_cells(flat_sorted), extra_s=flat_sorted.size * 2e-6)
+        return self._codes_to_g(m.decode_codes_u16(payload, flat_sorted.size, "READ_CELLS reply"))
+
+    def _do_vmm(self, region: Region, v: np.ndarray, transpose: bool, i_full_scale_a: float) -> np.ndarray:
+        info = self._info
+        dac_max = 2 ** (info.dac_bits - 1) - 1
+        adc_max = 2 ** (info.adc_bits - 1) - 1
+        codes = enc.quantize(v, info.dac_full_scale_v / dac_max, info.dac_bits, signed=True).astype(np.int8)
+        req = m.VmmRequest(region.row0, region.col0, region.rows, region.cols, transpose, codes, i_full_scale_a)
+        payload = self._transact(Op.VMM, m.encode_vmm_request(req), extra_s=v.shape[0] * 1e-5)
+        out = m.decode_vmm_result(payload, v.shape[0], req.n_out)
+        return out.astype(np.float64) * (i_full_scale_a / adc_max)
+
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray) -> PulseReport:
+        self._sync_profiles()
+        payload = self._transact(Op.PULSE, m.encode_pulse_request(flat_sorted, counts),
+                                 extra_s=float(np.abs(counts).sum()) * 1e-6)
+        r = m.decode_pulse_result(payload)
+        return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,
+                           energy_j=r.energy_j, duration_s=r.duration_s, clock_s=r.clock_s)
+
+    def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
+        self._sync_profiles()
+        order = np.argsort(flat)
+        codes = enc.quantize(targets_s[order], self._info.g_lsb_s, 16, signed=False)
+        payload = self._transact(Op.PROGRAM, m.encode_program_request(flat[order], codes, tolerance_s, max_iter),
+                                 extra_s=flat.size * max_iter * 1e-5)
+        got, conv, iters, pulses, energy = m.decode_program_result(payload, flat.size)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(order.size)
+        return ProgramReport(self._codes_to_g(got)[inv], conv[inv], iters[inv], pulses, energy)
+
+    def _do_clock(self) -> float:
+        return m.decode_f64(self._transact(Op.CLOCK), "CLOCK reply")
+
+    def _do_wait(self, seconds: float) -> float:
+        virtual = self._info.capabilities.virtual_clock
+        return m.decode_f64(self._transact(Op.WAIT, m.encode_f64(seconds), extra_s=0.0 if virtual else seconds),
+                            "WAIT reply")
+
+    def _do_status(self, with_digest: bool = False) -> BoardStatus:
+        data = m.decode_json(self._transact(Op.STATUS, b"\x01" if with_digest else b""), "STATUS reply")
+        return BoardStatus(**{k: v for k, v in data.items() if k in BoardStatus.model_fields})
+
+    def status(self, with_digest: bool = False) -> BoardStatus:
+        """Running totals; ``with_digest`` adds the emulator's state hash (costly on big arrays)."""
+        return self._do_status(with_digest)
+
+    def _do_true_parameters(self) -> dict[str, Any]:
+        return m.decode_json(self._transact(Op.TRUE_PARAMS), "TRUE_PARAMS reply")
+
+    def _do_safe_idle(self) -> None:
+        self._transact(Op.SAFE_IDLE)
+
+    def _do_close(self) -> None:
+        self._link.close()
+
+
+def _board_info(hello: dict) -> BoardInfo:
+    try:
+        lim = hello["hardware_limits"]
+        return BoardInfo(
+            kind=hello["kind"], name=hello["name"], serial_number=hello["serial_number"],
+            firmware_version=hello["firmware_version"], protocol_version=hello["protocol_version"],
+            rows=hello["rows"], cols=hello["cols"], capabilities=Capabilities(**hello["capabilities"]),
+            hardware_limits=SafetyLimits(**lim), read_voltage_v=hello["read_voltage_v"],
+            g_lsb_s=hello["g_lsb_s"], g_full_scale_s=hello["g_full_scale_s"], dac_bits=hello["dac_bits"],
+            dac_full_scale_v=hello["dac_full_scale_v"], adc_bits=hello["adc_bits"],
+            adc_full_scale_a=tuple(hello["adc_full_scale_a"]), timing_resolution_s=hello["timing_resolution_s"],
+            emulated=hello.get("emulated", False),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"the board's HELLO reply is incomplete or invalid: {exc}") from None

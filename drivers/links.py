@@ -1,0 +1,130 @@
+"""Byte links to an FPGA controller: a pyserial port (any ``serial_for_url`` URL) or an in-process endpoint.
+
+A link only moves bytes; framing, retries and meaning live above it.  Every
+link counts the bytes it moved and logs raw traffic at DEBUG level.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+import serial
+
+from drivers.errors import LinkError
+
+log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    bytes_tx: int
+    bytes_rx: int
+
+    def write(self, data: bytes) -> None: ...
+
+    def read(self, timeout_s: float) -> bytes:
+        """Bytes that arrived within ``timeout_s`` (``b""`` if none)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _log_traffic(direction: str, data: bytes) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %d bytes: %s", direction, len(data), data[:256].hex(" ") + (" ..." if len(data) > 256 else ""))
+
+
+class SerialLink:
+    """A pyserial port: ``/dev/ttyUSB0``, ``/dev/pts/3``, ``socket://host:port``, ``loop://`` ..."""
+
+    def __init__(self, url: str, baudrate: int = 3_000_000, open_timeout_s: float = 2.0):
+        try:
+            self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05, write_timeout=10.0,
+                                               do_not_open=True)
+            if url.startswith("socket://"):
+                self._open_with_retry(url, open_timeout_s)
+            else:
+                self._port.open()
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise LinkError(
+                f"cannot open serial link {url!r}: {exc}. Check the device path or host:port and that "
+                "the board (or `hil emulator serve`) is running"
+            ) from None
+        self.url = url
+        self.bytes_tx = 0
+        self.bytes_rx = 0
+
+    def _open_with_retry(self, url: str, open_timeout_s: float) -> None:
+        deadline = time.monotonic() + open_timeout_s
+        while True:
+            try:
+                self._port.open()
+                return
+            except serial.SerialException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def write(self, data: bytes) -> None:
+        _log_traffic("tx", data)
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"serial link {self.url!r} failed while writing: {exc}") from None
+        self.bytes_tx += len(data)
+
+    def read(self, timeout_s: float) -> bytes:
+        try:
+            self._port.timeout = max(timeout_s, 0.0)
+            data = self._port.read(1)
+            if data:
+                waiting = self._port.in_waiting
+                if waiting:
+                    data += self._port.read(waiting)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"serial link {self.url!r} failed while reading: {exc}") from None
+        if data:
+            _log_traffic("rx", data)
+            self.bytes_rx += len(data)
+        return data
+
+    def close(self) -> None:
+        try:
+            self._port.close()
+        except (serial.SerialException, OSError):
+            pass
+
+
+class InProcessLink:
+    """A link whose far end is a :class:`firmware_stub.firmware.FirmwareEndpoint` in this process.
+
+    Bytes still go through the real codec both ways; only the OS is left out.
+    """
+
+    def __init__(self, endpoint) -> None:
+        self.endpoint = endpoint
+        self._rx = bytearray()
+        self.bytes_tx = 0
+        self.bytes_rx = 0
+
+    def write(self, data: bytes) -> None:
+        _log_traffic("tx", data)
+        self.bytes_tx += len(data)
+        self._rx += self.endpoint.receive(bytes(data))
+
+    def read(self, timeout_s: float) -> bytes:
+        if not self._rx:
+            # the endpoint answers synchronously, so nothing more can come: behave like an idle line
+            time.sleep(min(timeout_s, 0.01))
+            return b""
+        data = bytes(self._rx)
+        self._rx.clear()
+        if data:
+            _log_traffic("rx", data)
+            self.bytes_rx += len(data)
+        return data
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,580 @@
+"""Vectorised physics of the emulated memristor (1T1R RRAM) crossbar array.
+
+The emulated firmware drives this model instead of a real board, so calibration and
+training meet the troubles of a real HfOx/TaOx array (shared docs/DEVICE_MODEL.md):
+soft-bounds SET/RESET steps with asymmetry, device-to-device and cycle-to-cycle
+spread, write noise redrawn at each write event, logarithmic relaxation, read noise,
+stuck devices, wear, pulse amplitude/width dependence and energy/time bookkeeping on
+a virtual clock.  Every operation is vectorised over devices; the only Python loop is
+over the pulse index of a batch.
+
+State is held in flat arrays of length ``rows*cols`` (flat index = row*cols + col).
+
+Random streams (``np.random.SeedSequence(seed).spawn(4)``), so that one kind of
+operation never shifts the draws of another:
+
+0. fixed per-device factors (alpha_set, alpha_reset, g_max, stuck flags, initial G),
+   drawn once in the constructor, in that order, with numpy's exact normals;
+1. cycle-to-cycle noise of every pulse;
+2. write-event redraws (``e_w`` then ``xi_r``; the initial ``xi_r`` too);
+3. read noise (reads and VMM).
+
+Dynamic noise (streams 1-3) comes from :class:`NormalSource`: by default a 16-bit
+inverse-CDF table (65536 equiprobable normal quantiles, exact unit variance,
+|xi| <= 4.3), three times faster than numpy's ziggurat on the bench machine; pass
+``exact_normals=True`` for the ziggurat.
+
+Wear law (N = pulses received by the device, N_end = ``endurance_pulses``,
+L = ``wear_window_loss``): no effect while N <= N_end; for N_end < N < 2 N_end the
+upper bound shrinks linearly, ``g_hi = g_max_ij - L*min(1, (N-N_end)/N_end)*(g_max_ij-g_min)``,
+so the device has lost L of its window at 2 N_end; the pulse numbered 2 N_end is the
+device's last one: from then on it is stuck at its current G.  The soft-bounds ``x``
+is taken on the narrowed window, and a device above a narrowed bound is clipped to it
+when pulsed.
+
+Reads return ``max(G + e_w + relax(t), 0) * (1 + read_noise_rel*xi)`` (a device cannot
+conduct negatively); stuck devices show neither write offset nor relaxation.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from firmware_stub.device_params import DeviceParams
+
+_STREAM_FIXED, _STREAM_PULSE, _STREAM_WRITE, _STREAM_READ = range(4)
+_ALPHA_FLOOR_REL = 0.05  # per-device alpha never below 5 % of nominal
+
+
+@dataclass(frozen=True)
+class PulseOutcome:
+    """Result of one pulse batch."""
+
+    set_pulses: int
+    reset_pulses: int
+    energy_j: float
+    duration_s: float
+
+
+@dataclass
+class ArrayCounters:
+    """Running totals since construction (or :meth:`MemristorArray.reset_counters`).
+
+    ``write_events_total`` counts device write events (one per touched device per
+    pulse batch); ``read_energy_j`` covers both cell reads and VMM.
+    """
+
+    pulses_total: int = 0
+    set_pulses_total: int = 0
+    reset_pulses_total: int = 0
+    write_events_total: int = 0
+    write_energy_j: float = 0.0
+    read_energy_j: float = 0.0
+    adc_energy_j: float = 0.0
+    adc_conversions_total: int = 0
+    cells_read_total: int = 0
+    vmm_calls_total: int = 0
+    vmm_vectors_total: int = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_normal_table() -> np.ndarray:
+    """65536 equiprobable quantiles of N(0, 1), rescaled to exactly unit variance."""
+    levels = 1 << 16
+    nd = statistics.NormalDist()
+    half = np.array([nd.inv_cdf((k + 0.5) / levels) for k in range(levels // 2, levels)])
+    table = np.concatenate([-half[::-1], half])  # symmetric: mean exactly 0
+    table /= np.sqrt(np.mean(table**2))
+    table.flags.writeable = False
+    return table
+
+
+class NormalSource:
+    """Normal deviates ``a + b*xi`` from one random stream, as float64 (or the dtype of ``out``).
+
+    Fast mode takes 16 raw bits per deviate and looks up ``a + b*q_k`` in a cached
+    table of the 65536 quantiles ``q_k``; exact mode uses numpy's float32 ziggurat.
+    """
+
+    _MAX_TABLES = 32
+
+    def __init__(self, rng: np.random.Generator, exact: bool = False):
+        self.rng = rng
+        self.exact = exact
+        self._tables: dict[tuple[float, float, str], np.ndarray] = {}
+
+    def _table(self, a: float, b: float, dtype: np.dtype) -> np.ndarray:
+        key = (a, b, dtype.str)
+        table = self._tables.get(key)
+        if table is None:
+            if len(self._tables) >= self._MAX_TABLES:
+                self._tables.clear()
+            table = self._tables[key] = (a + b * _unit_normal_table()).astype(dtype)
+        return table
+
+    def _uint16(self, n: int) -> np.ndarray:
+        """n uniform 16-bit integers: four per raw 64-bit output of the bit generator."""
+        return self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
+
+    def affine(self, shape, a: float = 0.0, b: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty(shape)
+        if self.exact:
+            xi = self.rng.standard_normal(out.shape, dtype=np.float32)
+            np.multiply(xi, b, out=out)
+            out += a
+            return out
+        u = self._uint16(out.size).reshape(out.shape)
+        return np.take(self._table(a, b, out.dtype), u, out=out, mode="wrap")  # u < table size: no wrap
+
+
+def pulse_scale(params: DeviceParams, amplitude_v: float, width_s: float) -> float:
+    """Step multiplier of a pulse relative to the nominal pulse of its polarity.
+
+    ``((|V|-|Vth|)/(|Vnom|-|Vth|))**amplitude_exponent * (width/width_nominal)``; zero
+    at or below threshold.  The polarity is the sign of ``amplitude_v``.
+    """
+    if amplitude_v > 0:
+        v_th, v_nom = params.v_set_threshold_v, params.v_set_nominal_v
+    else:
+        v_th, v_nom = params.v_reset_threshold_v, params.v_reset_nominal_v
+    over_v = abs(amplitude_v) - abs(v_th)
+    if over_v <= 0:
+        return 0.0
+    ratio = over_v / (abs(v_nom) - abs(v_th))
+    return ratio**params.amplitude_exponent * (width_s / params.width_nominal_s)
+
+
+def check_profile(profile: tuple[float, float], polarity: int) -> tuple[float, float]:
+    """``(amplitude_v, width_s)`` as floats; SET amplitude must be > 0, RESET < 0."""
+    amplitude_v, width_s = (float(x) for x in profile)
+    if polarity > 0 and not amplitude_v > 0:
+        raise ValueError(f"SET amplitude must be > 0 V, got {amplitude_v}")
+    if polarity < 0 and not amplitude_v < 0:
+        raise ValueError(f"RESET amplitude must be < 0 V, got {amplitude_v}")
+    if not width_s > 0:
+        raise ValueError(f"pulse width must be > 0 s, got {width_s}")
+    return amplitude_v, width_s
+
+
+def _descending_order(n_abs: np.ndarray) -> np.ndarray | None:
+    """Stable permutation sorting pulse counts in descending order; None if all are equal."""
+    top = int(n_abs.max())
+    if int(n_abs.min()) == top:
+        return None
+    key = -n_abs.astype(np.int16) if top < 2**15 else -n_abs  # int16 sorts by radix, 3x faster
+    return np.argsort(key, kind="stable")
+
+
+def _as_selector(sorted_idx: np.ndarray) -> slice | np.ndarray:
+    """A slice (numpy views, no gather) when sorted unique indices form one contiguous run."""
+    if sorted_idx.size and sorted_idx[-1] - sorted_idx[0] + 1 == sorted_idx.size:
+        return slice(int(sorted_idx[0]), int(sorted_idx[-1]) + 1)
+    return sorted_idx
+
+
+class MemristorArray:
+    """The emulated array: fixed per-device factors, dynamic state, virtual clock."""
+
+    def __init__(self, params: DeviceParams, rows: int, cols: int, seed: int, *, exact_normals: bool = False):
+        if rows <= 0 or cols <= 0:
+            raise ValueError(f"array shape must be positive, got {rows}x{cols}")
+        self.params = params
+        self.rows, self.cols, self.seed = int(rows), int(cols), int(seed)
+        self.n_devices = self.rows * self.cols
+        streams = np.random.SeedSequence(self.seed).spawn(4)
+        self._rngs = [np.random.Generator(np.random.PCG64(s)) for s in streams]
+        self._noise = {k: NormalSource(self._rngs[k], exact_normals)
+                       for k in (_STREAM_PULSE, _STREAM_WRITE, _STREAM_READ)}
+        self._draw_fixed_factors(self._rngs[_STREAM_FIXED])
+        self.e_w = np.zeros(self.n_devices)
+        self.xi_r = self._noise[_STREAM_WRITE].affine(self.n_devices)
+        self.t_w = np.zeros(self.n_devices)
+        self.n_pulses = np.zeros(self.n_devices, dtype=np.int64)
+        self.clock_s = 0.0
+        self.counters = ArrayCounters()
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ---- construction --------------------------------------------------------------
+    def _draw_fixed_factors(self, rng: np.random.Generator) -> None:
+        p, n = self.params, self.n_devices
+        self.alpha_set = self._spread(rng, p.alpha_set_s, p.sigma_d2d)
+        self.alpha_reset = self._spread(rng, p.alpha_reset_s, p.sigma_d2d)
+        g_max = p.g_max_s * (1.0 + p.sigma_bound * rng.standard_normal(n))
+        self.g_max = np.maximum(g_max, p.g_min_s + 1e-3 * (p.g_max_s - p.g_min_s))  # a window, however small
+        u = rng.random(n)
+        self.stuck_factory = u < p.stuck_fraction
+        stuck_high = u < p.stuck_fraction * p.stuck_high_share
+        g0 = p.g_init_s * (1.0 + p.sigma_init_rel * rng.standard_normal(n))
+        g0 = np.clip(g0, p.g_min_s, self.g_max)
+        g0[self.stuck_factory] = p.g_min_s
+        g0[stuck_high] = self.g_max[stuck_high]
+        self.g = g0
+        self.stuck = self.stuck_factory.copy()  # grows when devices wear out
+        self.refresh_derived()
+
+    def _spread(self, rng: np.random.Generator, nominal: float, sigma: float) -> np.ndarray:
+        alpha = nominal * (1.0 + sigma * rng.standard_normal(self.n_devices))
+        return np.maximum(alpha, _ALPHA_FLOOR_REL * nominal)
+
+    def refresh_derived(self) -> None:
+        """Recompute the cached per-device gains; call after editing alpha, g_max or stuck by hand."""
+        self.inv_window = 1.0 / (self.g_max - self.params.g_min_s)
+        mobile = ~self.stuck
+        # alpha of devices that move (0 if stuck), and alpha / window for the gamma == 1 fast path
+        self._alpha_mobile = {+1: self.alpha_set * mobile, -1: self.alpha_reset * mobile}
+        self._gain = {k: a * self.inv_window for k, a in self._alpha_mobile.items()}
+
+    # ---- clock and counters ----------------------------------------------------------
+    def advance(self, dt_s: float) -> None:
+        """Move the virtual clock forward (a wait on the board)."""
+        if not dt_s >= 0:
+            raise ValueError(f"cannot advance the clock by {dt_s} s")
+        self.clock_s += float(dt_s)
+
+    def reset_counters(self) -> None:
+        self.counters = ArrayCounters()
+
+    @property
+    def max_pulses_per_device(self) -> int:
+        return int(self.n_pulses.max())
+
+    @property
+    def worn_out(self) -> np.ndarray:
+        """Devices stuck by wear (not by fabrication)."""
+        return self.stuck & ~self.stuck_factory
+
+    # ---- writes --------------------------------------------------------------------
+    def validate_pulse_batch(self, flat_idx, counts) -> tuple[np.ndarray, np.ndarray]:
+        """``flat_idx`` sorted unique in range, ``counts`` non-zero, same length (as int64)."""
+        idx = np.asarray(flat_idx, dtype=np.int64).reshape(-1)
+        counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+        if idx.shape != counts.shape:
+            raise ValueError(f"{idx.size} indices but {counts.size} counts")
+        if idx.size:
+            if idx[0] < 0 or idx[-1] >= self.n_devices or np.any(idx[1:] <= idx[:-1]):
+                raise ValueError("flat_idx must be sorted, unique and inside the array")
+            if not np.all(counts):
+                raise ValueError("pulse counts must be non-zero")
+        return idx, counts
+
+    def _phase_duration_s(self, n_steps: int, width_s: float) -> float:
+        """Command latency plus one pulse slot per pulse index (0 if the phase is empty)."""
+        if n_steps <= 0:
+            return 0.0
+        return self.params.t_command_s + n_steps * (width_s + self.params.t_pulse_gap_s)
+
+    def write_batch_duration_s(self, counts: np.ndarray, set_width_s: float, reset_width_s: float) -> float:
+        """Duration of a pulse batch: SET phase then RESET phase, each if present."""
+        return (self._phase_duration_s(int(counts.max(initial=0)), set_width_s)
+                + self._phase_duration_s(int(-counts.min(initial=0)), reset_width_s))
+
+    def apply_pulses(self, flat_idx, counts, set_profile, reset_profile) -> PulseOutcome:
+        """Apply ``counts[i]`` pulses to device ``flat_idx[i]`` (+n SET, -n RESET).
+
+        The SET phase runs first, then the RESET phase; within a phase pulse index k is
+        applied to every device with ``|count| > k`` at once.  One call is one write
+        event for every touched device: its write offset and relaxation draw are
+        redrawn and ``t_w`` is set to the clock at the batch end.
+        """
+        idx, counts = self.validate_pulse_batch(flat_idx, counts)
+        profiles = {+1: check_profile(set_profile, +1), -1: check_profile(reset_profile, -1)}
+        pulses, energy, duration = {+1: 0, -1: 0}, 0.0, 0.0
+        for polarity, part in self._split_by_polarity(counts):
+            amplitude_v, width_s = profiles[polarity]
+            n_abs = counts[part] if polarity > 0 else -counts[part]
+            e_phase, pulses[polarity], n_steps = self._run_phase(idx[part], n_abs, polarity, amplitude_v, width_s)
+            energy += e_phase + self.params.line_capacitance_f * amplitude_v**2 * pulses[polarity]
+            duration += self._phase_duration_s(n_steps, width_s)
+        outcome = PulseOutcome(pulses[+1], pulses[-1], energy, duration)
+        self.book_write_batch(outcome, idx.size)
+        self._redraw_write_event(idx)
+        return outcome
+
+    @staticmethod
+    def _split_by_polarity(counts: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+        """(polarity, positions) of the SET and the RESET part of a batch; empty parts left out."""
+        is_set = counts > 0
+        n_set = int(np.count_nonzero(is_set))
+        if n_set == counts.size:
+            return [(+1, slice(None))] if n_set else []
+        if n_set == 0:
+            return [(-1, slice(None))]
+        # integer positions: gathers with them are several times faster than with a boolean mask
+        return [(+1, np.flatnonzero(is_set)), (-1, np.flatnonzero(~is_set))]
+
+    def book_write_batch(self, outcome: PulseOutcome, n_devices: int) -> None:
+        """Counters and clock of a finished pulse batch (shared with the reference loop)."""
+        c = self.counters
+        c.set_pulses_total += outcome.set_pulses
+        c.reset_pulses_total += outcome.reset_pulses
+        c.pulses_total += outcome.set_pulses + outcome.reset_pulses
+        c.write_events_total += int(n_devices)
+        c.write_energy_j += outcome.energy_j
+        self.clock_s += outcome.duration_s
+
+    def _redraw_write_event(self, idx: np.ndarray) -> None:
+        if idx.size == 0:
+            return
+        sel = _as_selector(idx)
+        noise = self._noise[_STREAM_WRITE]
+        if isinstance(sel, slice):  # draw straight into the state arrays
+            noise.affine(idx.size, 0.0, self.params.sigma_w_s, out=self.e_w[sel])
+            noise.affine(idx.size, out=self.xi_r[sel])
+        else:
+            self.e_w[sel] = noise.affine(idx.size, 0.0, self.params.sigma_w_s)
+            self.xi_r[sel] = noise.affine(idx.size)
+        self.t_w[sel] = self.clock_s
+
+    def _run_phase(self, idx: np.ndarray, n_abs: np.ndarray, polarity: int, amplitude_v: float,
+                   width_s: float) -> tuple[float, int, int]:
+        """All pulses of one polarity: returns (resistive energy, pulses, max pulses per device).
+
+        Devices are ordered by descending count so that the devices still pulsed at
+        pulse index k are a prefix of the working arrays.
+        """
+        p = self.params
+        order = _descending_order(n_abs)
+        if order is None:
+            sel = _as_selector(idx)
+        else:
+            idx, n_abs = idx[order], n_abs[order]
+            sel = idx
+        n_steps = int(n_abs[0])
+        n_active = np.searchsorted(-n_abs, -np.arange(n_steps), side="left")  # devices with |count| > k
+        gamma = p.gamma_set if polarity > 0 else p.gamma_reset
+        wear = int(self.n_pulses[sel].max()) + n_steps > p.endurance_pulses
+        folded = not wear and gamma == 1.0  # alpha/window precomputed, no wear bounds
+        g = self.g[sel]  # a view when sel is a slice: updated in place
+        g_max = self.g_max[sel]
+        if folded:
+            coef, inv_window = self._gain[polarity][sel], None
+        else:  # a copy: wear zeroes the coefficient of devices that wear out
+            coef, inv_window = np.array(self._alpha_mobile[polarity][sel]), self.inv_window[sel]
+        stuck = np.array(self.stuck[sel]) if wear else None
+        n0 = np.array(self.n_pulses[sel]) if wear else None
+        scale = pulse_scale(p, amplitude_v, width_s)
+        noise = self._noise[_STREAM_PULSE]
+        step, factor = self._work_buffers(idx.size)
+        energy_half = amplitude_v**2 * width_s / 2.0
+        g_sums = 0.0  # sum over pulses of G_before + G_after
+        for k, m in enumerate(n_active.tolist()):
+            gk, sk = g[:m], step[:m]
+            if wear:
+                hi, inv = self._worn_bounds(g_max[:m], n0[:m] + (k + 1), stuck[:m])
+                np.minimum(gk, hi, out=gk)
+            else:
+                hi, inv = g_max[:m], (None if folded else inv_window[:m])
+            g_sums += gk.sum()
+            anchor = hi if polarity > 0 else p.g_min_s
+            self._soft_bound_factor(gk, anchor, inv, gamma, out=sk)
+            sk *= coef[:m]
+            sk *= noise.affine(m, scale, scale * p.sigma_c2c, out=factor[:m])
+            gk += sk
+            np.clip(gk, p.g_min_s, hi, out=gk)
+            g_sums += gk.sum()
+            if wear:
+                self._stick_worn(n0[:m] + (k + 1), stuck[:m], coef[:m])
+        if not isinstance(sel, slice):
+            self.g[sel] = g
+        self.n_pulses[sel] += n_abs
+        if wear:
+            self.stuck[sel] = stuck
+            self.refresh_derived()
+        return energy_half * g_sums, int(n_abs.sum()), n_steps
+
+    def _work_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scratch step (float64) and noise factor (float32) arrays, kept between calls.
+
+        Fresh megabyte arrays cost page faults on every call; float32 noise halves the lookup traffic.
+        """
+        if self._scratch is None:
+            self._scratch = (np.empty(self.n_devices), np.empty(self.n_devices, dtype=np.float32))
+        return self._scratch[0][:n], self._scratch[1][:n]
+
+    @staticmethod
+    def _soft_bound_factor(g: np.ndarray, anchor, inv: np.ndarray | None, gamma: float, out: np.ndarray) -> None:
+        """``sign(d) * (|d|*inv)**gamma``, ``d = anchor - g``: (1-x)**gamma for SET (anchor = upper
+        bound), -x**gamma for RESET (anchor = g_min).
+
+        With ``inv`` None the division by the window is folded into the caller's gain (gamma == 1).
+        """
+        np.subtract(anchor, g, out=out)
+        if inv is not None:
+            out *= inv
+        if gamma != 1.0:
+            magnitude = np.abs(out)
+            np.power(magnitude, gamma, out=magnitude)
+            np.copysign(magnitude, out, out=out)
+
+    def _worn_bounds(self, g_max: np.ndarray, pulse_number: np.ndarray,
+                     stuck: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Wear-narrowed upper bound and its inverse window (stuck devices keep g_max)."""
+        p = self.params
+        frac = np.clip((pulse_number - p.endurance_pulses) / p.endurance_pulses, 0.0, 1.0)
+        hi = g_max - p.wear_window_loss * frac * (g_max - p.g_min_s)
+        hi = np.where(stuck, g_max, hi)
+        floor = 1e-9 * (p.g_max_s - p.g_min_s)
+        return hi, 1.0 / np.maximum(hi - p.g_min_s, floor)
+
+    def _stick_worn(self, pulse_number: np.ndarray, stuck: np.ndarray, coef: np.ndarray) -> None:
+        worn = pulse_number >= 2 * self.params.endurance_pulses
+        stuck |= worn
+        coef[worn] = 0.0
+
+    # ---- reads ---------------------------------------------------------------------
+    def _effective_g(self, g, e_w, xi_r, t_w, stuck) -> np.ndarray:
+        """Noise-free conductance a read sees now: G + e_w + relax(t), G alone if stuck."""
+        p = self.params
+        log_t = np.log1p((self.clock_s - t_w) / p.relax_t0_s)
+        relax = (p.relax_sigma0_s + p.relax_sigma1_s * log_t) * xi_r - p.relax_mu_s * log_t
+        g_eff = g + e_w + relax
+        g_eff = np.where(stuck, g, g_eff)
+        return np.maximum(g_eff, 0.0, out=g_eff)
+
+    def _state_at(self, sel) -> tuple[np.ndarray, ...]:
+        return self.g[sel], self.e_w[sel], self.xi_r[sel], self.t_w[sel], self.stuck[sel]
+
+    def _region_state(self, row0: int, col0: int, nrows: int, ncols: int) -> tuple[np.ndarray, ...]:
+        if not (0 <= row0 and 0 <= col0 and nrows > 0 and ncols > 0
+                and row0 + nrows <= self.rows and col0 + ncols <= self.cols):
+            raise ValueError(f"region ({row0},{col0}) {nrows}x{ncols} outside the {self.rows}x{self.cols} array")
+        block = (slice(row0, row0 + nrows), slice(col0, col0 + ncols))
+        return tuple(a.reshape(self.rows, self.cols)[block]
+                     for a in (self.g, self.e_w, self.xi_r, self.t_w, self.stuck))
+
+    def _check_indices(self, flat_idx) -> np.ndarray:
+        idx = np.asarray(flat_idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_devices):
+            raise ValueError("cell index outside the array")
+        return idx
+
+    def true_conductance_s(self, flat_idx) -> np.ndarray:
+        """Emulator-only truth: the noise-free conductance a read would see now (no side effects)."""
+        return self._effective_g(*self._state_at(self._check_indices(flat_idx)))
+
+    def _read_noisy(self, g_eff: np.ndarray) -> np.ndarray:
+        factor = self._noise[_STREAM_READ].affine(g_eff.shape, 1.0, self.params.read_noise_rel)
+        factor *= g_eff
+        return factor
+
+    def _book_read(self, g_eff: np.ndarray, n_rows: int) -> None:
+        p = self.params
+        self.counters.read_energy_j += p.read_voltage_v**2 * p.t_read_s * float(g_eff.sum())
+        self.counters.cells_read_total += int(g_eff.size)
+        self.clock_s += p.t_command_s + n_rows * p.t_read_row_s
+
+    def read_g(self, flat_idx) -> np.ndarray:
+        """Read conductances (siemens) of the given cells, in the given order.
+
+        Clock: one command plus one row-read time per distinct row touched.
+        """
+        idx = self._check_indices(flat_idx)
+        g_eff = self._effective_g(*self._state_at(idx))
+        out = self._read_noisy(g_eff)
+        rows = idx // self.cols
+        if rows.size > 1 and np.all(rows[1:] >= rows[:-1]):
+            n_rows = 1 + int(np.count_nonzero(rows[1:] != rows[:-1]))
+        else:
+            n_rows = int(np.unique(rows).size)
+        self._book_read(g_eff, n_rows)
+        return out
+
+    def read_region(self, row0: int, col0: int, nrows: int, ncols: int) -> np.ndarray:
+        """Read a rectangular block; returns an (nrows, ncols) array in siemens."""
+        g_eff = self._effective_g(*self._region_state(row0, col0, nrows, ncols))
+        out = self._read_noisy(g_eff)
+        self._book_read(g_eff, nrows)
+        return out
+
+    # ---- VMM -----------------------------------------------------------------------
+    def vmm(self, row0: int, col0: int, nrows: int, ncols: int, v, transpose: bool = False) -> np.ndarray:
+        """Analog vector-matrix product on a block: currents in amperes.
+
+        ``v`` (volts) has shape (B, nrows) -> output (B, ncols), ``I_j = sum_i V_i G_ij``;
+        with ``transpose`` ``v`` is (B, ncols) -> (B, nrows).  A 1-D ``v`` is one vector
+        and gives a 1-D result.  Read noise: one fresh draw per cell per call, shared by
+        the B vectors of the call.  No DAC/ADC quantisation here (the firmware does it).
+        """
+        v = np.asarray(v, dtype=np.float64)
+        single = v.ndim == 1
+        v2 = v[None, :] if single else v
+        n_in = ncols if transpose else nrows
+        if v2.ndim != 2 or v2.shape[1] != n_in:
+            raise ValueError(f"VMM input must have shape (B, {n_in}), got {v.shape}")
+        g_eff = self._effective_g(*self._region_state(row0, col0, nrows, ncols))
+        g_read = self._read_noisy(g_eff)
+        currents = v2 @ (g_read.T if transpose else g_read)
+        g_per_input = g_eff.sum(axis=0 if transpose else 1)  # conductance hanging on each driven line
+        energy = self.params.t_read_s * float((v2**2).sum(axis=0) @ g_per_input)
+        self._book_vmm(energy, v2.shape[0])
+        return currents[0] if single else currents
+
+    def _book_vmm(self, energy_j: float, n_vectors: int) -> None:
+        p = self.params
+        self.counters.read_energy_j += energy_j
+        self.counters.vmm_calls_total += 1
+        self.counters.vmm_vectors_total += n_vectors
+        self.clock_s += p.t_command_s + n_vectors * p.t_vmm_s
+
+    def account_conversions(self, n: int) -> None:
+        """Book ``n`` ADC conversions done by the firmware."""
+        self.counters.adc_conversions_total += int(n)
+        self.counters.adc_energy_j += int(n) * self.params.adc_energy_j
+
+    # ---- truth and reproducibility ---------------------------------------------------
+    def true_parameters(self) -> dict:
+        """Emulator-only ground truth: the DeviceParams plus derived, realised values.
+
+        Keys listed in ``derived_keys`` are not parameters but truths of this array's
+        draws (means over non-stuck devices, nominal pulse, x = 0.5).
+        """
+        p = self.params
+        ok = ~self.stuck_factory
+        if not ok.any():
+            ok = np.ones_like(ok)
+        alpha_set, alpha_reset = self.alpha_set[ok], self.alpha_reset[ok]
+        mean_set_step = float(alpha_set.mean()) * 0.5**p.gamma_set
+        mean_reset_step = float(alpha_reset.mean()) * 0.5**p.gamma_reset
+        derived = {
+            "mean_set_step_mid_s": mean_set_step,
+            "mean_reset_step_mid_s": mean_reset_step,
+            "sigma_c2c_abs_mid_s": p.sigma_c2c * mean_set_step,
+            "sigma_c2c_abs_mid_reset_s": p.sigma_c2c * mean_reset_step,
+            # The relaxation spread at t=0 (sigma0*xi_r) is redrawn at every write event and
+            # seen by every later read, exactly like e_w: no measurement of G separates them.
+            "sigma_w_effective_s": float(np.hypot(p.sigma_w_s, p.relax_sigma0_s)),
+            "stuck_fraction_actual": float(self.stuck_factory.mean()),
+            "worn_out_fraction": float(self.worn_out.mean()),
+            "d2d_cv_actual": float(alpha_set.std() / alpha_set.mean()),
+            "g_max_mean_s": float(self.g_max[ok].mean()),
+            "rows": self.rows,
+            "cols": self.cols,
+            "seed": self.seed,
+            "clock_s": self.clock_s,
+        }
+        out = p.model_dump()
+        out.update(derived)
+        out["derived_keys"] = sorted(derived)
+        out["emulator_only"] = True
+        return out
+
+    def state_digest(self) -> str:
+        """sha256 of fixed and dynamic state, clock and random-stream positions."""
+        h = hashlib.sha256()
+        for a in (self.alpha_set, self.alpha_reset, self.g_max, self.stuck_factory,
+                  self.g, self.e_w, self.xi_r, self.t_w, self.n_pulses, self.stuck):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.float64(self.clock_s).tobytes())
+        for rng in self._rngs:
+            h.update(repr(rng.bit_generator.state).encode())
+        return h.hexdigest()
+
+    def rng(self, stream: str) -> np.random.Generator:
+        """The generator of one stream ('pulse', 'write' or 'read'), for alternative engines."""
+        return self._rngs[{"pulse": _STREAM_PULSE, "write": _STREAM_WRITE, "read": _STREAM_READ}[stream]]

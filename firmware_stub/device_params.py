@@ -1,0 +1,110 @@
+"""The one validated parameter set of the emulated memristor array (see shared DEVICE_MODEL.md).
+
+All values are SI (siemens, volts, seconds, joules, farads).  Defaults are
+literature-typical for a 1T1R HfOx/TaOx RRAM array and are a starting point, not a
+law.  A TOML file with any subset of the fields (flat, or under a ``[device]`` table)
+overrides the defaults; unknown keys are an error so a typo cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class DeviceParams(BaseModel):
+    """Physical and peripheral parameters of the emulated array."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # window
+    g_min_s: float = Field(1e-6, gt=0, description="lower conductance bound")
+    g_max_s: float = Field(100e-6, gt=0, description="nominal upper conductance bound")
+    sigma_bound: float = Field(0.05, ge=0, lt=0.5, description="relative device-to-device spread of g_max")
+    g_init_s: float = Field(5e-6, gt=0, description="mean conductance of a fresh device")
+    sigma_init_rel: float = Field(0.2, ge=0, description="relative spread of the fresh conductance")
+
+    # soft-bounds pulse response at the nominal pulse
+    alpha_set_s: float = Field(1.0e-6, gt=0, description="SET step at x=0; mid-window mean step is alpha*(0.5)**gamma")
+    gamma_set: float = Field(1.0, ge=0)
+    reset_asymmetry: float = Field(1.2, gt=0, description="alpha_reset = reset_asymmetry * alpha_set")
+    gamma_reset: float = Field(1.0, ge=0)
+    sigma_d2d: float = Field(0.3, ge=0, lt=1, description="relative device-to-device spread of alpha")
+    sigma_c2c: float = Field(1.0, ge=0, description="relative cycle-to-cycle spread of every pulse's step")
+
+    # write noise and relaxation
+    sigma_w_s: float = Field(1e-6, ge=0, description="write offset redrawn at every write event")
+    relax_mu_s: float = Field(0.09e-6, ge=0, description="mean relaxation: -mu*ln(1+t/t0)")
+    relax_sigma0_s: float = Field(0.4e-6, ge=0, description="relaxation spread at t=0")
+    relax_sigma1_s: float = Field(0.04e-6, ge=0, description="relaxation spread growth per ln(1+t/t0)")
+    relax_t0_s: float = Field(1.0, gt=0)
+
+    # reads
+    read_noise_rel: float = Field(0.01, ge=0, description="relative read noise, fresh at every read")
+    read_voltage_v: float = Field(0.2, gt=0)
+    t_read_s: float = Field(100e-9, gt=0, description="integration time of one cell read (energy)")
+
+    # defects and wear
+    stuck_fraction: float = Field(0.01, ge=0, le=1, description="fraction of devices stuck at g_min or g_max")
+    stuck_high_share: float = Field(0.5, ge=0, le=1, description="share of stuck devices stuck at g_max")
+    endurance_pulses: float = Field(1e6, gt=0, description="N_end: pulses after which a device wears out")
+    wear_window_loss: float = Field(0.5, ge=0, le=1, description="fraction of the window lost by N_end; stuck at 2*N_end")
+
+    # pulse amplitude/width dependence: step scales as ((|V|-Vth)/(Vnom-Vth))**p * (w/wnom)
+    v_set_nominal_v: float = Field(1.6, gt=0)
+    v_reset_nominal_v: float = Field(-1.8, lt=0)
+    v_set_threshold_v: float = Field(0.8, gt=0)
+    v_reset_threshold_v: float = Field(-0.9, lt=0)
+    amplitude_exponent: float = Field(2.0, gt=0)
+    width_nominal_s: float = Field(50e-9, gt=0)
+
+    # converters and timing
+    dac_bits: int = Field(8, ge=2, le=16)
+    adc_bits: int = Field(10, ge=2, le=16)
+    adc_energy_j: float = Field(2e-12, ge=0, description="energy of one ADC conversion")
+    line_capacitance_f: float = Field(0.0, ge=0, description="optional C*V^2 term per write pulse")
+    t_command_s: float = Field(20e-6, ge=0, description="per-command latency on the board clock")
+    t_pulse_gap_s: float = Field(50e-9, ge=0, description="idle time between two pulses")
+    t_vmm_s: float = Field(1e-6, ge=0, description="time of one VMM input vector (all columns in parallel)")
+    t_read_row_s: float = Field(1e-6, ge=0, description="time to read one row of cells in parallel")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DeviceParams":
+        if self.g_min_s >= self.g_max_s:
+            raise ValueError(f"g_min_s ({self.g_min_s}) must be below g_max_s ({self.g_max_s})")
+        if not self.g_min_s <= self.g_init_s <= self.g_max_s:
+            raise ValueError("g_init_s must lie inside the window [g_min_s, g_max_s]")
+        if self.v_set_threshold_v >= self.v_set_nominal_v:
+            raise ValueError("v_set_threshold_v must be below v_set_nominal_v")
+        if self.v_reset_threshold_v <= self.v_reset_nominal_v:
+            raise ValueError("v_reset_threshold_v must be above (less negative than) v_reset_nominal_v")
+        return self
+
+    @property
+    def alpha_reset_s(self) -> float:
+        return self.reset_asymmetry * self.alpha_set_s
+
+
+def load_device_params(path: str | Path | None) -> DeviceParams:
+    """Defaults overridden by a TOML file; a clear error names the file and the bad field."""
+    if path is None:
+        return DeviceParams()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"device parameter file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"device parameter file {path} is not valid TOML: {exc}") from None
+    data = data.get("device", data)
+    try:
+        return DeviceParams(**data)
+    except ValidationError as exc:
+        raise ValueError(f"device parameter file {path}: {exc}") from None

@@ -1,0 +1,292 @@
+"""The FPGA controller firmware, emulated: executes protocol requests on the array model.
+
+:class:`Firmware` maps one decoded request to one reply (status + payload) and
+enforces the board's own hardware limits again, whatever the host checked: a
+request beyond them is answered with ``LIMIT_VIOLATION`` and changes nothing.
+:class:`FirmwareEndpoint` puts the sans-I/O :class:`~protocols.session.ServerSession`
+in front of it, so that bytes in give bytes out; the pty, TCP and in-process
+transports all drive that one method.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from firmware_stub.array_model import MemristorArray
+from firmware_stub.device_params import DeviceParams
+from firmware_stub.write_verify import write_verify
+from protocols import encoding as enc
+from protocols import messages as m
+from protocols.framing import MAX_PAYLOAD, PROTOCOL_VERSION
+from protocols.messages import Op, Status
+from protocols.session import ServerSession
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_VERSION = "emu-1.0.0"
+
+
+@dataclass(frozen=True)
+class HardwareLimits:
+    """What the emulated board itself refuses to exceed (field names as the host's SafetyLimits)."""
+
+    max_set_v: float = 3.0
+    max_reset_v: float = 3.0
+    max_read_v: float = 0.5
+    compliance_a: float = 1e-3
+    min_pulse_width_s: float = 10e-9
+    max_pulse_width_s: float = 1e-3
+    max_pulses_per_batch: int = 64_000_000
+    max_pulses_per_device: int = 255
+
+
+class Refused(Exception):
+    def __init__(self, status: Status, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Firmware:
+    """Executes requests on one :class:`MemristorArray`."""
+
+    def __init__(self, array: MemristorArray, limits: HardwareLimits | None = None,
+                 name: str = "memristor-array-emulator", serial_number: str | None = None):
+        self.array = array
+        self.params: DeviceParams = array.params
+        self.limits = limits or HardwareLimits()
+        self.name = name
+        self.serial_number = serial_number or f"EMU-{array.rows}x{array.cols}-seed{array.seed}"
+        p = self.params
+        self.g_full_scale_s = 2.0 * p.g_max_s
+        self.g_lsb_s = self.g_full_scale_s / 65535
+        self.dac_full_scale_v = min(p.read_voltage_v, self.limits.max_read_v)
+        self.dac_max_code = 2 ** (p.dac_bits - 1) - 1
+        self.adc_max_code = 2 ** (p.adc_bits - 1) - 1
+        self.adc_range_a = (1e-6, 1e-2)
+        self.profiles = ((p.v_set_nominal_v, p.width_nominal_s), (p.v_reset_nominal_v, p.width_nominal_s))
+        self.idle = True
+        self._handlers = {
+            Op.HELLO: self._hello,
+            Op.STATUS: self._status,
+            Op.SET_PROFILES: self._set_profiles,
+            Op.PULSE: self._pulse,
+            Op.READ_REGION: self._read_region,
+            Op.READ_CELLS: self._read_cells,
+            Op.VMM: self._vmm,
+            Op.PROGRAM: self._program,
+            Op.CLOCK: self._clock,
+            Op.WAIT: self._wait,
+            Op.SAFE_IDLE: self._safe_idle,
+            Op.TRUE_PARAMS: self._true_params,
+        }
+
+    # ---- dispatch ------------------------------------------------------------------
+    def handle(self, opcode: int, payload: bytes) -> tuple[Status, bytes]:
+        handler = self._handlers.get(opcode)  # type: ignore[call-overload]
+        if handler is None:
+            return Status.UNKNOWN_OPCODE, m.encode_json({"error": f"unknown opcode 0x{opcode:02x}"})
+        try:
+            return Status.OK, handler(payload)
+        except Refused as exc:
+            return exc.status, m.encode_json({"error": str(exc)})
+        except (m.PayloadError, ValueError) as exc:
+            return Status.BAD_REQUEST, m.encode_json({"error": str(exc)})
+        except Exception as exc:  # the firmware must answer, whatever went wrong
+            log.exception("firmware fault on opcode 0x%02x", opcode)
+            return Status.INTERNAL, m.encode_json({"error": f"internal firmware error: {exc!r}"})
+
+    # ---- identity and status ------------------------------------------------------------
+    def info(self) -> dict:
+        p = self.params
+        return {
+            "kind": "emulator",
+            "name": self.name,
+            "serial_number": self.serial_number,
+            "firmware_version": FIRMWARE_VERSION,
+            "protocol_version": PROTOCOL_VERSION,
+            "rows": self.array.rows,
+            "cols": self.array.cols,
+            "capabilities": {"vmm": True, "vmm_transpose": True, "write_verify": True,
+                             "virtual_clock": True, "true_parameters": True},
+            "hardware_limits": asdict(self.limits),
+            "read_voltage_v": p.read_voltage_v,
+            "g_lsb_s": self.g_lsb_s,
+            "g_full_scale_s": self.g_full_scale_s,
+            "dac_bits": p.dac_bits,
+            "dac_full_scale_v": self.dac_full_scale_v,
+            "adc_bits": p.adc_bits,
+            "adc_full_scale_a": list(self.adc_range_a),
+            "timing_resolution_s": 1e-9,
+            "emulated": True,
+            "max_payload": MAX_PAYLOAD,
+        }
+
+    def _hello(self, payload: bytes) -> bytes:
+        return m.encode_json(self.info())
+
+    def status(self, with_digest: bool = False) -> dict:
+        c = self.array.counters
+        out = {
+            "clock_s": self.array.clock_s,
+            "pulses_total": c.pulses_total,
+            "set_pulses_total": c.set_pulses_total,
+            "reset_pulses_total": c.reset_pulses_total,
+            "write_events_total": c.write_events_total,
+            "write_energy_j": c.write_energy_j,
+            "read_energy_j": c.read_energy_j,
+            "adc_energy_j": c.adc_energy_j,
+            "cells_read_total": c.cells_read_total,
+            "vmm_calls_total": c.vmm_calls_total,
+            "max_pulses_per_device": int(self.array.n_pulses.max()) if self.array.n_pulses.size else 0,
+            "idle": self.idle,
+        }
+        if with_digest:
+            out["state_digest"] = self.array.state_digest()
+        return out
+
+    def _status(self, payload: bytes) -> bytes:
+        return m.encode_json(self.status(with_digest=payload[:1] == b"\x01"))
+
+    def _true_params(self, payload: bytes) -> bytes:
+        return m.encode_json(self.array.true_parameters())
+
+    # ---- writes --------------------------------------------------------------------
+    def _check_profile(self, v: float, w: float, polarity: int) -> None:
+        lim = self.limits
+        if polarity > 0 and not 0 < v <= lim.max_set_v:
+            raise Refused(Status.LIMIT_VIOLATION, f"SET amplitude {v:+.3f} V outside (0, {lim.max_set_v}] V")
+        if polarity < 0 and not -lim.max_reset_v <= v < 0:
+            raise Refused(Status.LIMIT_VIOLATION, f"RESET amplitude {v:+.3f} V outside [-{lim.max_reset_v}, 0) V")
+        if not lim.min_pulse_width_s <= w <= lim.max_pulse_width_s:
+            raise Refused(Status.LIMIT_VIOLATION, f"pulse width {w:.3g} s outside "
+                                                  f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
+
+    def _set_profiles(self, payload: bytes) -> bytes:
+        sv, sw, rv, rw = m.decode_profiles(payload)
+        self._check_profile(sv, sw, +1)
+        self._check_profile(rv, rw, -1)
+        self.profiles = ((sv, sw), (rv, rw))
+        return b""
+
+    def _check_cells(self, flat: np.ndarray) -> None:
+        if flat.size and (flat[0] < 0 or flat[-1] >= self.array.rows * self.array.cols):
+            raise Refused(Status.BAD_REQUEST, f"cell index outside the {self.array.rows}x{self.array.cols} array")
+
+    def _pulse(self, payload: bytes) -> bytes:
+        flat, counts = m.decode_pulse_request(payload)
+        self._check_cells(flat)
+        if counts.size:
+            mags = np.abs(counts)
+            if np.any(mags == 0):
+                raise Refused(Status.BAD_REQUEST, "pulse batch holds a zero count")
+            if mags.max() > self.limits.max_pulses_per_device:
+                raise Refused(Status.LIMIT_VIOLATION, f"{int(mags.max())} pulses for one device exceed the "
+                                                      f"limit of {self.limits.max_pulses_per_device}")
+            if mags.sum() > self.limits.max_pulses_per_batch:
+                raise Refused(Status.LIMIT_VIOLATION, "too many pulses in one batch")
+        for (v, w), pol in zip(self.profiles, (+1, -1)):
+            self._check_profile(v, w, pol)
+        self.idle = False
+        out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1])
+        self.idle = True
+        return m.encode_pulse_result(m.PulseResult(int(flat.size), int(out.set_pulses), int(out.reset_pulses),
+                                                   float(out.energy_j), float(out.duration_s), self.array.clock_s))
+
+    def _program(self, payload: bytes) -> bytes:
+        flat, target_codes, tol, max_iter = m.decode_program_request(payload)
+        self._check_cells(flat)
+        if not (np.isfinite(tol) and tol > 0) or not 1 <= max_iter <= 1000:
+            raise Refused(Status.BAD_REQUEST, "PROGRAM: tolerance must be > 0 and max_iter in 1..1000")
+        for (v, w), pol in zip(self.profiles, (+1, -1)):
+            self._check_profile(v, w, pol)
+        self.idle = False
+        achieved, conv, iters, pulses, energy = write_verify(
+            self.array, flat, target_codes.astype(float) * self.g_lsb_s, tol, max_iter,
+            self.profiles[0], self.profiles[1],
+        )
+        self.idle = True
+        return m.encode_program_result(self._g_codes(achieved), conv, iters, pulses, energy)
+
+    # ---- reads ---------------------------------------------------------------------
+    def _g_codes(self, g: np.ndarray) -> np.ndarray:
+        return enc.quantize(g, self.g_lsb_s, 16, signed=False)
+
+    def _region(self, r0: int, c0: int, nr: int, nc: int) -> None:
+        if nr <= 0 or nc <= 0 or r0 + nr > self.array.rows or c0 + nc > self.array.cols:
+            raise Refused(Status.BAD_REQUEST, f"region ({r0},{c0}) size {nr}x{nc} outside the "
+                                              f"{self.array.rows}x{self.array.cols} array")
+
+    def _read_region(self, payload: bytes) -> bytes:
+        r0, c0, nr, nc = m.decode_region(payload)
+        if len(payload) != 16:
+            raise Refused(Status.BAD_REQUEST, "READ_REGION: payload must be 16 bytes")
+        self._region(r0, c0, nr, nc)
+        return m.encode_codes_u16(self._g_codes(self.array.read_region(r0, c0, nr, nc).reshape(-1)))
+
+    def _read_cells(self, payload: bytes) -> bytes:
+        flat, off = m.decode_cells(payload)
+        if off != len(payload):
+            raise Refused(Status.BAD_REQUEST, "READ_CELLS: trailing bytes")
+        self._check_cells(flat)
+        return m.encode_codes_u16(self._g_codes(self.array.read_g(flat)))
+
+    def _vmm(self, payload: bytes) -> bytes:
+        r = m.decode_vmm_request(payload)
+        self._region(r.row0, r.col0, r.rows, r.cols)
+        lo, hi = self.adc_range_a
+        if not lo <= r.i_full_scale_a <= hi:
+            raise Refused(Status.LIMIT_VIOLATION, f"ADC full scale {r.i_full_scale_a:.3g} A outside [{lo}, {hi}] A")
+        if r.dac_codes.size and np.abs(r.dac_codes.astype(np.int64)).max() > self.dac_max_code:
+            raise Refused(Status.LIMIT_VIOLATION, "DAC code beyond the converter range")
+        v = r.dac_codes.astype(float) * (self.dac_full_scale_v / self.dac_max_code)
+        i = self.array.vmm(r.row0, r.col0, r.rows, r.cols, v, r.transpose)
+        self.array.account_conversions(i.size)
+        codes = enc.quantize(i, r.i_full_scale_a / self.adc_max_code, self.params.adc_bits, signed=True)
+        return enc.encode_i16(codes.reshape(-1))
+
+    # ---- time and idle ----------------------------------------------------------------
+    def _clock(self, payload: bytes) -> bytes:
+        return m.encode_f64(self.array.clock_s)
+
+    def _wait(self, payload: bytes) -> bytes:
+        t = m.decode_f64(payload, "WAIT")
+        if not (np.isfinite(t) and 0 <= t <= 1e9):
+            raise Refused(Status.BAD_REQUEST, "WAIT: seconds must be in [0, 1e9]")
+        self.array.advance(t)
+        return m.encode_f64(self.array.clock_s)
+
+    def _safe_idle(self, payload: bytes) -> bytes:
+        self.idle = True
+        return b""
+
+
+class FirmwareEndpoint:
+    """Bytes in, bytes out: the session layer in front of the firmware.  Thread-safe."""
+
+    def __init__(self, firmware: Firmware):
+        self.firmware = firmware
+        self.session = ServerSession()
+        self._lock = threading.Lock()
+
+    def receive(self, data: bytes) -> bytes:
+        with self._lock:
+            requests, out = self.session.receive_data(data)
+            if not requests:
+                return out
+            parts = [out]
+            for req in requests:
+                status, payload = self.firmware.handle(req.opcode, req.payload)
+                if status != Status.OK:
+                    log.info("refused opcode 0x%02x seq %d: %s", req.opcode, req.seq, payload[:200])
+                parts.append(self.session.respond(req, status, payload))
+            return b"".join(parts)
+
+
+def make_emulator(rows: int = 128, cols: int = 128, seed: int = 0, params: DeviceParams | None = None) -> FirmwareEndpoint:
+    """An emulated board ready to serve: array model, firmware and session layer."""
+    array = MemristorArray(params or DeviceParams(), rows, cols, seed)
+    return FirmwareEndpoint(Firmware(array))

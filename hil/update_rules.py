@@ -1,0 +1,437 @@
+"""Update rules: how a desired conductance change becomes write pulses.
+
+The training loop computes an optimizer step on the host, maps it to a desired
+conductance change ``ΔG`` (siemens) for every device of every differential pair,
+and asks an :class:`UpdateRule` which pulses to send. The rule answers with an
+:class:`UpdatePlan`: a signed pulse count per device (``+`` = SET, conductance
+goes up; ``-`` = RESET, conductance goes down; ``0`` = no write event at all).
+
+Rules (see ``docs/EAPU.md``):
+
+==============  ==============================================================
+``float``       :class:`Float` -- marker, no array; the loop applies ΔW digitally
+``bp``          :class:`BP` -- every non-zero ΔG written, ``max(1, round(|ΔG|/μ))``
+``eapu``        :class:`EaPU` -- the error-aware probabilistic update
+``mixed``       :class:`Mixed` -- MADEM-style digital accumulator ``χ``
+``manhattan``   :class:`Manhattan` -- one pulse of ``sign(ΔG)`` above a threshold
+``stochastic``  :class:`Stochastic` -- stochastic rounding to whole pulses
+==============  ==============================================================
+
+Conventions shared by every rule
+--------------------------------
+* ``step_s`` is the calibrated *mean* conductance change of ONE pulse (a positive
+  magnitude, siemens), scalar or any array broadcastable to ``delta_g_s``. It may
+  be per device and state dependent; the caller supplies it. SET and RESET steps
+  differ on real devices: build a per-device step for the direction each device
+  will move with :func:`directional_step`.
+* ``UpdatePlan.applied_target_s = pulses * step_s`` is the conductance change the
+  rule intends to cause, i.e. what the pulses produce *on average* if the
+  calibrated step is right. All statistical properties (unbiasedness, χ
+  conservation) are stated for this quantity.
+* Randomness comes only from the ``np.random.Generator`` passed to ``plan``. The
+  random rules draw exactly one uniform per element of ``delta_g_s`` per call
+  (kept or not), so the stream consumed depends only on the array shape, never
+  on the data: runs replay exactly from the seed.
+* Everything is vectorised elementwise; the array shape is free (a matrix, a
+  flat vector of devices, a stack of both pair halves ...).
+* Non-finite ``ΔG`` or non-positive / non-finite steps raise ``ValueError``.
+* Every rule has ``state_dict()`` / ``load_state_dict()`` (empty for stateless
+  rules) and ``config()``, with ``make_rule(rule.name, **rule.config())``
+  rebuilding an equivalent rule.
+
+EaPU in pulse units
+-------------------
+A device can only receive whole pulses, so the EaPU quantum is one pulse train of
+``n_th = max(1, round(ΔGth / step))`` pulses (per device, capped at
+``max_pulses``), whose mean change is ``q = n_th * step``. The keep probability is
+``min(1, |ΔG| / q)`` -- *not* ``|ΔG| / ΔGth`` -- and sub-quantum kept updates are
+written as ``sign(ΔG) * n_th`` pulses. Hence for ``|ΔG| < q``::
+
+    E[applied] = (|ΔG| / q) * sign(ΔG) * q = ΔG      exactly.
+
+When ``ΔGth`` is a whole number of steps, ``q == ΔGth`` and this is the published
+rule verbatim. Otherwise the quantum differs from ``ΔGth`` by at most half a step
+and the rule stays exactly unbiased in pulse units. Updates with ``|ΔG| >= q`` are
+always kept and written as ``round(ΔG / step)`` pulses (the project design); that
+deterministic rounding is off by at most half a step per device. Pass
+``supra_rounding="stochastic"`` to round them stochastically instead, which makes
+EaPU exactly unbiased everywhere (up to the ``max_pulses`` clip, which no rule can
+undo: a clipped update is smaller than asked).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "UpdatePlan",
+    "UpdateRule",
+    "Float",
+    "BP",
+    "EaPU",
+    "Mixed",
+    "Manhattan",
+    "Stochastic",
+    "RULES",
+    "make_rule",
+    "directional_step",
+]
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """What a rule decided for one step.
+
+    Attributes
+    ----------
+    pulses:
+        ``int64``, same shape as ``delta_g_s``. Signed pulse count per device:
+        ``> 0`` SET pulses (conductance up), ``< 0`` RESET pulses, ``0`` untouched
+        (no write event, hence no write noise).
+    applied_target_s:
+        ``float64``, ``pulses * step_s``: the mean conductance change the rule
+        intends to cause (siemens), for bookkeeping and weight-estimate updates.
+    kept:
+        ``bool``, the devices that receive a write event (``pulses != 0``).
+    """
+
+    pulses: np.ndarray
+    applied_target_s: np.ndarray
+    kept: np.ndarray
+
+    @property
+    def n_written(self) -> int:
+        """Number of devices receiving a write event."""
+        return int(np.count_nonzero(self.kept))
+
+    @property
+    def n_pulses(self) -> int:
+        """Total number of pulses (both polarities)."""
+        return int(np.abs(self.pulses).sum())
+
+    @property
+    def write_fraction(self) -> float:
+        """Devices written / devices considered (0.0 for an empty plan)."""
+        return self.n_written / self.kept.size if self.kept.size else 0.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def directional_step(
+    delta_g_s: np.ndarray, step_set_s: np.ndarray | float, step_reset_s: np.ndarray | float
+) -> np.ndarray:
+    """Per-device step magnitude for the direction each device will move.
+
+    ``step_set_s`` where ``ΔG >= 0``, ``step_reset_s`` where ``ΔG < 0`` (both
+    positive magnitudes, broadcastable to ``delta_g_s``).
+    """
+    dg = np.asarray(delta_g_s, dtype=np.float64)
+    return np.where(dg >= 0, np.asarray(step_set_s, float), np.asarray(step_reset_s, float))
+
+
+def _as_delta(delta_g_s: Any) -> np.ndarray:
+    dg = np.asarray(delta_g_s, dtype=np.float64)
+    if not np.all(np.isfinite(dg)):
+        raise ValueError("delta_g_s contains NaN or infinite values")
+    return dg
+
+
+def _as_step(step_s: Any, shape: tuple[int, ...]) -> np.ndarray:
+    step = np.asarray(step_s, dtype=np.float64)
+    if not (np.all(np.isfinite(step)) and np.all(step > 0)):
+        raise ValueError("step_s must be finite and > 0 (one pulse's mean |ΔG|, siemens)")
+    try:
+        return np.broadcast_to(step, shape)
+    except ValueError as exc:
+        raise ValueError(f"step_s of shape {step.shape} does not broadcast to {shape}") from exc
+
+
+def _check_max_pulses(max_pulses: Any) -> int:
+    if isinstance(max_pulses, bool) or int(max_pulses) != max_pulses or max_pulses < 1:
+        raise ValueError(f"max_pulses must be an integer >= 1, got {max_pulses!r}")
+    return int(max_pulses)
+
+
+def _check_rng(rng: Any, rule: str) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{rule} is random: pass a seeded np.random.Generator, got {type(rng).__name__}"
+        )
+    return rng
+
+
+def _to_pulses(n: np.ndarray, max_pulses: int) -> np.ndarray:
+    """Clip a float pulse count to +-max_pulses and cast (clip first: no int overflow)."""
+    return np.clip(n, -max_pulses, max_pulses).astype(np.int64)
+
+
+def _plan(pulses: np.ndarray, step: np.ndarray) -> UpdatePlan:
+    return UpdatePlan(pulses=pulses, applied_target_s=pulses * step, kept=pulses != 0)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class UpdateRule(ABC):
+    """Common interface. Subclasses set ``name`` and implement :meth:`plan`."""
+
+    name: ClassVar[str] = ""
+    #: False only for :class:`Float`: the loop then updates the weights digitally.
+    uses_array: ClassVar[bool] = True
+    #: True when :meth:`plan` consumes random numbers from ``rng``.
+    random: ClassVar[bool] = False
+
+    @abstractmethod
+    def plan(
+        self,
+        delta_g_s: np.ndarray,
+        step_s: np.ndarray | float,
+        rng: np.random.Generator | None = None,
+    ) -> UpdatePlan:
+        """Decide the pulses for the desired changes ``delta_g_s`` (siemens)."""
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-friendly)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Mutable state for checkpoints (copies). Empty for stateless rules."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{self.name} is stateless, got state keys {sorted(state)}")
+
+    def reset(self) -> None:
+        """Forget any accumulated state."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Float(UpdateRule):
+    """Digital reference: no array. :meth:`plan` refuses to run.
+
+    The loop must check ``rule.uses_array`` and apply ΔW digitally; a plan that
+    silently sent nothing would hide that bug, so calling it raises.
+    """
+
+    name = "float"
+    uses_array = False
+
+    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:  # noqa: D102
+        raise RuntimeError("the 'float' rule has no array: apply ΔW digitally (uses_array=False)")
+
+
+class BP(UpdateRule):
+    """Plain backprop writes: every device with ``ΔG != 0`` gets
+    ``sign(ΔG) * max(1, round(|ΔG|/step))`` pulses, clipped to ``max_pulses``."""
+
+    name = "bp"
+
+    def __init__(self, max_pulses: int = 100):
+        self.max_pulses = _check_max_pulses(max_pulses)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_pulses": self.max_pulses}
+
+    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        n = np.maximum(1.0, np.rint(np.abs(dg) / step)) * np.sign(dg)  # sign(0) = 0
+        return _plan(_to_pulses(n, self.max_pulses), step)
+
+
+class EaPU(UpdateRule):
+    """Error-aware probabilistic update, in pulse units (see module docstring).
+
+    Parameters
+    ----------
+    delta_g_th_s:
+        Noise threshold ``ΔGth`` (siemens, > 0), scalar or per device.
+    max_pulses:
+        Cap on pulses per device per step (>= 1).
+    supra_rounding:
+        ``"nearest"`` (default, ``round(ΔG/step)`` as in the project design) or
+        ``"stochastic"`` (exactly unbiased) for updates at or above the quantum.
+    """
+
+    name = "eapu"
+    random = True
+
+    def __init__(
+        self,
+        delta_g_th_s: np.ndarray | float,
+        max_pulses: int = 100,
+        supra_rounding: str = "nearest",
+    ):
+        th = np.asarray(delta_g_th_s, dtype=np.float64)
+        if not (np.all(np.isfinite(th)) and np.all(th > 0)):
+            raise ValueError("delta_g_th_s must be finite and > 0")
+        if supra_rounding not in ("nearest", "stochastic"):
+            raise ValueError("supra_rounding must be 'nearest' or 'stochastic'")
+        self.delta_g_th_s = th
+        self.max_pulses = _check_max_pulses(max_pulses)
+        self.supra_rounding = supra_rounding
+
+    def config(self) -> dict[str, Any]:
+        th = self.delta_g_th_s
+        return {
+            "delta_g_th_s": float(th) if th.ndim == 0 else th.tolist(),
+            "max_pulses": self.max_pulses,
+            "supra_rounding": self.supra_rounding,
+        }
+
+    def quantum_pulses(self, step_s: np.ndarray | float) -> np.ndarray:
+        """``n_th = clip(round(ΔGth/step), 1, max_pulses)`` (int64, per device)."""
+        step = np.asarray(step_s, dtype=np.float64)
+        n = np.clip(np.rint(self.delta_g_th_s / step), 1, self.max_pulses)
+        return n.astype(np.int64)
+
+    def keep_probability(self, delta_g_s: np.ndarray, step_s: np.ndarray | float) -> np.ndarray:
+        """``min(1, |ΔG| / (n_th * step))``: the probability that a device is written."""
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        q = self.quantum_pulses(step) * step
+        return np.minimum(1.0, np.abs(dg) / q)
+
+    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+        rng = _check_rng(rng, "EaPU")
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        n_th = np.broadcast_to(self.quantum_pulses(step), dg.shape)
+        q = n_th * step
+        mag = np.abs(dg)
+        u = rng.random(dg.shape)  # one draw per device, whatever the data
+        kept = (mag >= u * q) & (mag > 0)
+        supra = mag >= q
+        x = mag / step
+        if self.supra_rounding == "nearest":
+            n_supra = np.rint(x)
+        else:
+            # second stream of one draw per device: stochastic rounding of supra updates
+            v = rng.random(dg.shape)
+            fl = np.floor(x)
+            n_supra = fl + (v < x - fl)
+        n = np.where(supra, np.maximum(n_supra, 1.0), n_th)
+        n = np.where(kept, np.sign(dg) * n, 0.0)
+        pulses = _to_pulses(n, self.max_pulses)
+        return UpdatePlan(pulses=pulses, applied_target_s=pulses * step, kept=kept)
+
+
+class Mixed(UpdateRule):
+    """MADEM-style mixed precision: a digital accumulator ``χ`` per device.
+
+    Each call: ``χ += ΔG``; ``n = trunc(χ/ε)`` with ``ε = step`` (clipped to
+    ``max_pulses``); ``χ -= n·ε``. So ``χ + Σ applied == Σ ΔG`` at all times (up to
+    float rounding). ``shape`` may be given now or taken from the first call.
+    """
+
+    name = "mixed"
+
+    def __init__(self, max_pulses: int = 100, shape: tuple[int, ...] | None = None):
+        self.max_pulses = _check_max_pulses(max_pulses)
+        self.chi_s: np.ndarray | None = None
+        if shape is not None:
+            self.chi_s = np.zeros(tuple(shape), dtype=np.float64)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_pulses": self.max_pulses}
+
+    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        if self.chi_s is None:
+            self.chi_s = np.zeros(dg.shape, dtype=np.float64)
+        elif self.chi_s.shape != dg.shape:
+            raise ValueError(f"Mixed accumulator has shape {self.chi_s.shape}, ΔG has {dg.shape}")
+        chi = self.chi_s + dg
+        pulses = _to_pulses(np.trunc(chi / step), self.max_pulses)
+        applied = pulses * step
+        self.chi_s = chi - applied
+        return UpdatePlan(pulses=pulses, applied_target_s=applied, kept=pulses != 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chi_s": None if self.chi_s is None else self.chi_s.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        chi = state.get("chi_s")
+        self.chi_s = None if chi is None else np.array(chi, dtype=np.float64, copy=True)
+
+    def reset(self) -> None:
+        if self.chi_s is not None:
+            self.chi_s = np.zeros_like(self.chi_s)
+
+
+class Manhattan(UpdateRule):
+    """One pulse of ``sign(ΔG)`` where ``|ΔG| > threshold_s``; magnitude ignored."""
+
+    name = "manhattan"
+
+    def __init__(self, threshold_s: np.ndarray | float = 0.0):
+        th = np.asarray(threshold_s, dtype=np.float64)
+        if not (np.all(np.isfinite(th)) and np.all(th >= 0)):
+            raise ValueError("threshold_s must be finite and >= 0")
+        self.threshold_s = th
+
+    def config(self) -> dict[str, Any]:
+        th = self.threshold_s
+        return {"threshold_s": float(th) if th.ndim == 0 else th.tolist()}
+
+    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        pulses = np.where(np.abs(dg) > self.threshold_s, np.sign(dg), 0.0).astype(np.int64)
+        return _plan(pulses, step)
+
+
+class Stochastic(UpdateRule):
+    """Stochastic rounding of ``ΔG/step`` to whole pulses: ``floor(x) + Bernoulli(frac(x))``.
+
+    Unbiased (``E[pulses] = ΔG/step`` before the ``max_pulses`` clip); no
+    noise-derived threshold. One uniform draw per device per call.
+    """
+
+    name = "stochastic"
+    random = True
+
+    def __init__(self, max_pulses: int = 100):
+        self.max_pulses = _check_max_pulses(max_pulses)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_pulses": self.max_pulses}
+
+    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+        rng = _check_rng(rng, "Stochastic")
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        x = dg / step
+        u = rng.random(dg.shape)
+        fl = np.floor(x)
+        n = fl + (u < x - fl)
+        return _plan(_to_pulses(n, self.max_pulses), step)
+
+
+# --------------------------------------------------------------------------- factory
+
+RULES: dict[str, type[UpdateRule]] = {
+    cls.name: cls for cls in (Float, BP, EaPU, Mixed, Manhattan, Stochastic)
+}
+
+
+def make_rule(name: str, **kwargs: Any) -> UpdateRule:
+    """Build a rule by name (case-insensitive): ``make_rule("eapu", delta_g_th_s=1e-6)``."""
+    key = str(name).strip().lower()
+    if key not in RULES:
+        raise ValueError(f"unknown update rule {name!r}; valid names: {', '.join(sorted(RULES))}")
+    try:
+        return RULES[key](**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"bad arguments for update rule {key!r}: {exc}") from exc

@@ -1,0 +1,169 @@
+"""The Board contract on the in-process emulator: every operation, typed errors, safe idle on exit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drivers import BoardError, LimitViolation, PulseBatch, PulseProfile, Region, SafetyLimits, open_board
+from drivers.errors import AddressError
+
+
+def test_info_describes_the_board(emu):
+    info = emu.info
+    assert (info.rows, info.cols) == (32, 48)
+    assert info.emulated and info.capabilities.vmm and info.capabilities.vmm_transpose
+    assert info.capabilities.write_verify and info.capabilities.virtual_clock
+    assert info.protocol_version == 1
+    assert emu.limits.max_pulses_per_device <= info.hardware_limits.max_pulses_per_device
+
+
+def test_read_region_and_cells_agree(emu):
+    g = emu.read()
+    assert g.shape == (32, 48)
+    assert np.all((g > 0) & (g < emu.info.g_full_scale_s))
+    rows = np.array([5, 0, 5, 31])
+    cols = np.array([7, 0, 7, 47])
+    cells = emu.read_cells(rows, cols)
+    assert cells[0] == cells[2]  # repeats come from one read
+    np.testing.assert_allclose(cells, g[rows, cols], rtol=0.1)
+
+
+def test_set_pulses_raise_and_reset_pulses_lower_conductance(emu):
+    region = Region(0, 0, 8, 8)
+    before = emu.read(region)
+    emu.pulse(PulseBatch.from_dense(np.full((8, 8), 20)))
+    after_set = emu.read(region)
+    assert np.median(after_set - before) > 5e-6
+    report = emu.pulse(PulseBatch.from_dense(np.full((8, 8), -20)))
+    assert report.reset_pulses == 64 * 20 and report.devices == 64 and report.energy_j > 0
+    assert np.median(emu.read(region) - after_set) < -2e-6
+
+
+def test_status_counts_pulses_and_energy(emu):
+    s0 = emu.status()
+    emu.pulse(PulseBatch(np.array([1, 2]), np.array([3, 4]), np.array([3, -2])))
+    s1 = emu.status()
+    assert s1.pulses_total - s0.pulses_total == 5
+    assert s1.set_pulses_total - s0.set_pulses_total == 3
+    assert s1.write_energy_j > s0.write_energy_j
+    assert s1.clock_s > s0.clock_s
+
+
+def test_vmm_matches_read_conductances(emu):
+    region = Region(0, 0, 16, 8)
+    g = np.mean([emu.read(region) for _ in range(4)], axis=0)
+    rng = np.random.default_rng(0)
+    v = rng.uniform(-0.2, 0.2, size=(5, 16))
+    i = emu.vmm(region, v)
+    assert i.shape == (5, 8)
+    ideal = v @ g
+    assert np.max(np.abs(i - ideal)) < 0.05 * np.max(np.abs(ideal)) + 2e-7
+    it = emu.vmm(region, v[:, :8], transpose=True)
+    assert it.shape == (5, 16)
+    np.testing.assert_allclose(it, v[:, :8] @ g.T, atol=0.05 * np.max(np.abs(v[:, :8] @ g.T)) + 2e-7)
+
+
+def test_program_reaches_targets(emu):
+    rows, cols = np.divmod(np.arange(40), 48)
+    targets = np.linspace(20e-6, 80e-6, 40)
+    rep = emu.program(rows, cols, targets, tolerance_s=2e-6, max_iter=60)
+    assert rep.converged_fraction > 0.85
+    ok = rep.converged
+    assert np.all(np.abs(rep.achieved_s[ok] - targets[ok]) <= 2e-6 + emu.info.g_lsb_s)
+    assert rep.pulses > 0
+
+
+def test_virtual_clock_and_wait(emu):
+    t0 = emu.clock()
+    t1 = emu.wait(3600.0)
+    assert t1 == pytest.approx(t0 + 3600.0)
+    with pytest.raises(BoardError):
+        emu.wait(-1)
+
+
+def test_true_parameters_are_marked_emulator_only(emu):
+    p = emu.true_parameters()
+    assert p["emulator_only"] is True
+    assert p["sigma_w_s"] == pytest.approx(1e-6)
+
+
+def test_bad_requests_raise_typed_errors_and_send_nothing(emu):
+    sent = emu.wire_bytes
+    with pytest.raises(BoardError, match="outside"):
+        emu.read(Region(30, 0, 4, 4))
+    with pytest.raises(BoardError, match="more than once"):
+        emu.pulse(PulseBatch(np.array([1, 1]), np.array([1, 1]), np.array([1, 1])))
+    with pytest.raises(LimitViolation, match="max_pulses_per_device"):
+        emu.pulse(PulseBatch(np.array([1]), np.array([1]), np.array([400])))
+    with pytest.raises(LimitViolation, match="SET amplitude"):
+        emu.set_profiles(PulseProfile(amplitude_v=4.0, width_s=50e-9), PulseProfile(amplitude_v=-1.8, width_s=50e-9))
+    with pytest.raises(LimitViolation, match="pulse width"):
+        emu.set_profiles(PulseProfile(amplitude_v=1.6, width_s=1.0), PulseProfile(amplitude_v=-1.8, width_s=50e-9))
+    with pytest.raises(LimitViolation, match="max_read_v|DAC"):
+        emu.vmm(Region(0, 0, 4, 4), np.full((1, 4), 0.45))
+    with pytest.raises(BoardError, match="targets"):
+        emu.program(np.array([0]), np.array([0]), np.array([1.0]), 1e-6)
+    assert emu.wire_bytes == sent  # not one byte left the host
+
+
+def test_user_limits_tighten_the_hardware_limits():
+    with open_board("emu?rows=4&cols=4", limits=SafetyLimits(max_set_v=1.5, max_pulses_per_device=10)) as b:
+        assert b.limits.max_set_v == 1.5 and b.limits.max_pulses_per_device == 10
+        assert b.limits.max_reset_v <= b.info.hardware_limits.max_reset_v
+        with pytest.raises(LimitViolation):  # the default SET profile (1.6 V) is now beyond the limit
+            b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1])))
+
+
+def test_firmware_checks_limits_again():
+    """A host that skips its checks still cannot overdrive the emulated board."""
+    from firmware_stub.firmware import make_emulator
+    from protocols import messages as m
+    from protocols.messages import Op, Status
+    from protocols.session import ClientSession
+
+    endpoint = make_emulator(4, 4, seed=0)
+    digest = endpoint.firmware.array.state_digest()
+    client = ClientSession()
+    reply = client.receive_data(endpoint.receive(client.request(Op.SET_PROFILES, m.encode_profiles(5.0, 5e-8, -1.8, 5e-8))))
+    assert reply.status == Status.LIMIT_VIOLATION and b"SET amplitude" in reply.payload
+    reply = client.receive_data(endpoint.receive(client.request(
+        Op.PULSE, m.encode_pulse_request(np.array([0]), np.array([999])))))
+    assert reply.status == Status.LIMIT_VIOLATION
+    assert endpoint.firmware.array.state_digest() == digest
+
+
+@pytest.mark.parametrize("address, message", [
+    ("emu?rows=abc", "not a valid int"),
+    ("emu?bogus=1", "unknown option"),
+    ("emu?config=/nonexistent.toml", "does not exist"),
+    ("ftp://x", "unknown board address"),
+    ("serial:/dev/does-not-exist", "cannot open serial link"),
+    ("serial:", "needs a device path"),
+])
+def test_bad_addresses_get_clear_errors(address, message):
+    with pytest.raises(AddressError if not address.startswith("serial:/") else BoardError, match=message):
+        open_board(address)
+
+
+def test_same_seed_same_board_state():
+    digests = []
+    for _ in range(2):
+        with open_board("emu?rows=16&cols=16&seed=11") as b:
+            b.pulse(PulseBatch.from_dense(np.random.default_rng(0).integers(-3, 4, size=(16, 16))))
+            b.read()
+            digests.append(b.status(with_digest=True).state_digest)
+    assert digests[0] == digests[1]
+
+
+def test_context_manager_leaves_board_idle_on_error():
+    from drivers.fpga import FpgaBoard
+
+    board = open_board("emu?rows=4&cols=4")
+    assert isinstance(board, FpgaBoard)
+    endpoint = board.link.endpoint
+    with pytest.raises(KeyboardInterrupt):
+        with board:
+            endpoint.firmware.idle = False
+            raise KeyboardInterrupt
+    assert endpoint.firmware.idle

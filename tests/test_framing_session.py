@@ -1,0 +1,117 @@
+"""The frame layer and the sessions: survive garbage and partial reads; execute each request once."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.framing import MAX_PAYLOAD, FrameDecoder, encode_message
+from protocols.messages import Op, Status
+from protocols.session import ClientSession, ServerSession
+
+payloads = st.binary(min_size=0, max_size=3 * 1024)
+
+
+@given(payload=payloads, seq=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 10_000), max_size=8))
+def test_message_survives_any_partial_reads(payload, seq, cuts):
+    wire = encode_message(seq=seq, opcode=Op.PULSE, payload=payload, max_payload=512)
+    dec = FrameDecoder()
+    pieces, last = [], 0
+    for c in sorted(set(c % (len(wire) + 1) for c in cuts)):
+        pieces.append(wire[last:c])
+        last = c
+    pieces.append(wire[last:])
+    frames = [f for p in pieces for f in dec.feed(p)]
+    assert b"".join(f.payload for f in sorted(frames, key=lambda f: f.chunk_index)) == payload
+    assert {f.seq for f in frames} == {seq}
+    assert frames[0].chunk_count == max(1, -(-len(payload) // 512))
+
+
+@given(garbage=st.binary(max_size=300), payload=payloads)
+def test_garbage_before_a_message_is_skipped(garbage, payload):
+    dec = FrameDecoder()
+    dec.feed(garbage)
+    frames = dec.feed(encode_message(seq=7, opcode=Op.READ_CELLS, payload=payload))
+    assert b"".join(f.payload for f in frames) == payload
+
+
+@given(data=st.binary(max_size=2000))
+def test_decoder_never_raises_on_noise(data):
+    dec = FrameDecoder()
+    for f in dec.feed(data):  # a random valid frame is astronomically unlikely, but legal
+        assert f.chunk_index < f.chunk_count
+
+
+@settings(max_examples=50)
+@given(payload=st.binary(min_size=1, max_size=2000), pos=st.integers(0, 10**6), xor=st.integers(1, 255))
+def test_a_corrupted_byte_loses_the_frame_not_the_stream(payload, pos, xor):
+    first = bytearray(encode_message(seq=1, opcode=Op.PULSE, payload=payload))
+    i = 1 + pos % (len(first) - 2)  # keep the delimiters, damage the body
+    first[i] ^= xor
+    dec = FrameDecoder()
+    frames = dec.feed(bytes(first) + encode_message(seq=2, opcode=Op.PULSE, payload=payload))
+    assert [f.seq for f in frames][-1] == 2
+    assert all(f.seq != 1 or f.payload == payload for f in frames)
+
+
+def test_large_payloads_are_chunked():
+    payload = bytes(range(256)) * 200
+    wire = encode_message(seq=3, opcode=Op.READ_REGION, payload=payload)
+    frames = FrameDecoder().feed(wire)
+    assert len(frames) == -(-len(payload) // MAX_PAYLOAD)
+
+
+def _serve(server: ServerSession, wire: bytes, executed: list) -> bytes:
+    reqs, out = server.receive_data(wire)
+    for r in reqs:
+        executed.append(r.seq)
+        out += server.respond(r, Status.OK, r.payload[::-1])
+    return out
+
+
+def test_retried_request_is_replayed_not_executed_twice():
+    client, server, executed = ClientSession(), ServerSession(), []
+    wire = client.request(Op.PULSE, b"abc")
+    _serve(server, wire, executed)  # reply lost
+    reply = client.receive_data(_serve(server, client.retransmit(), executed))
+    assert reply is not None and reply.payload == b"cba"
+    assert executed == [1]
+    assert server.replays == 1
+
+
+def test_stale_request_is_dropped_and_late_reply_ignored():
+    client, server, executed = ClientSession(), ServerSession(), []
+    old = client.request(Op.PULSE, b"one")
+    late_reply = _serve(server, old, executed)
+    assert client.receive_data(late_reply) is not None
+    new = client.request(Op.PULSE, b"two")
+    assert client.receive_data(late_reply) is None  # a late copy of the old reply
+    new_reply = _serve(server, new, executed)
+    assert _serve(server, old, executed) == b""  # a late copy of the old request: not executed
+    assert client.receive_data(new_reply).payload == b"owt"
+    assert executed == [1, 2]
+
+
+def test_hello_rebases_sequence_numbers_for_a_restarted_host():
+    server, executed = ServerSession(), []
+    first = ClientSession(first_seq=100)
+    _serve(server, first.request(Op.HELLO, b""), executed)
+    _serve(server, first.request(Op.PULSE, b"x"), executed)
+    restarted = ClientSession(first_seq=1)
+    assert restarted.receive_data(_serve(server, restarted.request(Op.HELLO, b""), executed)) is not None
+    assert restarted.receive_data(_serve(server, restarted.request(Op.PULSE, b"y"), executed)) is not None
+    assert executed == [100, 101, 1, 2]
+
+
+def test_wrong_protocol_version_gets_a_clear_refusal():
+    from protocols.framing import PROTOCOL_VERSION, Frame, encode_frame
+
+    server = ServerSession()
+    wire = encode_frame(Frame(PROTOCOL_VERSION + 1, 0, 5, Op.HELLO, 0, 0, 1, b""))
+    reqs, out = server.receive_data(wire)
+    assert reqs == []
+    client = ClientSession(first_seq=5)
+    client.request(Op.HELLO, b"")
+    reply = client.receive_data(out)
+    assert reply.status == Status.VERSION_MISMATCH
+    assert b"not supported" in reply.payload
