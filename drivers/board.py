@@ -45,6 +45,7 @@ class Capabilities(BaseModel):
     write_verify: bool = False
     virtual_clock: bool = False
     true_parameters: bool = Field(False, description="emulator only: can report its true device parameters")
+    snapshot: bool = Field(False, description="emulator only: can save and restore its whole state")
 
 
 class BoardInfo(BaseModel):
@@ -104,6 +105,7 @@ class BoardStatus(BaseModel):
     vmm_calls_total: int
     max_pulses_per_device: int
     state_digest: str | None = Field(None, description="emulator only: hash of the true array state")
+    last_pulse_tag: int = Field(0, description="tag of the last tagged pulse batch the board applied")
 
 
 @dataclass(frozen=True)
@@ -269,8 +271,12 @@ class Board(abc.ABC):
             raise LimitViolation(f"ADC full scale {i_full_scale_a:.3g} A exceeds the compliance budget")
         return self._do_vmm(region, v, transpose, i_full_scale_a)
 
-    def pulse(self, batch: PulseBatch) -> PulseReport:
-        """Apply a sparse batch of SET/RESET pulses with the current profiles."""
+    def pulse(self, batch: PulseBatch, tag: int = 0) -> PulseReport:
+        """Apply a sparse batch of SET/RESET pulses with the current profiles.
+
+        A non-zero ``tag`` is remembered by the board (``status().last_pulse_tag``), so a
+        host resuming from a write-ahead log can tell whether its last batch was applied.
+        """
         if len(batch) == 0:
             return PulseReport(devices=0, set_pulses=0, reset_pulses=0, energy_j=0.0, duration_s=0.0,
                                clock_s=self.clock())
@@ -286,8 +292,10 @@ class Board(abc.ABC):
         check_pulse_counts(counts, self.limits)
         for p, pol in zip(self._profiles, (+1, -1)):
             check_profile(p, pol, self.limits)
+        if not 0 <= tag < 2**63:
+            raise BoardError("pulse tag must be in [0, 2**63)")
         order = np.argsort(flat, kind="stable")
-        return self._do_pulse(flat[order], counts[order])
+        return self._do_pulse(flat[order], counts[order], tag)
 
     def program(
         self,
@@ -339,6 +347,24 @@ class Board(abc.ABC):
             raise BoardError("true parameters are known only to an emulator")
         return self._do_true_parameters()
 
+    def snapshot(self) -> bytes:
+        """Emulator only: the board's whole state, for exact resume."""
+        if not self.info.capabilities.snapshot:
+            raise BoardError("only an emulator can save its state; a real array keeps its own")
+        return self._do_snapshot()
+
+    def restore(self, blob: bytes) -> None:
+        """Emulator only: return to a state saved by :meth:`snapshot`."""
+        if not self.info.capabilities.snapshot:
+            raise BoardError("only an emulator can restore a saved state")
+        self._do_restore(blob)
+
+    def _do_snapshot(self) -> bytes:
+        raise BoardError("snapshots are not supported by this board")
+
+    def _do_restore(self, blob: bytes) -> None:
+        raise BoardError("snapshots are not supported by this board")
+
     def safe_idle(self) -> None:
         """Remove every voltage from the array (outputs off, lines grounded/open)."""
         self._do_safe_idle()
@@ -386,7 +412,7 @@ class Board(abc.ABC):
         raise BoardError("VMM is not implemented by this board")
 
     @abc.abstractmethod
-    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray) -> PulseReport: ...
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int) -> PulseReport: ...
 
     @abc.abstractmethod
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport: ...

@@ -161,9 +161,9 @@ class FpgaBoard(Board):
         out = m.decode_vmm_result(payload, v.shape[0], req.n_out)
         return out.astype(np.float64) * (i_full_scale_a / adc_max)
 
-    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray) -> PulseReport:
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0) -> PulseReport:
         self._sync_profiles()
-        payload = self._transact(Op.PULSE, m.encode_pulse_request(flat_sorted, counts),
+        payload = self._transact(Op.PULSE, m.encode_pulse_request(flat_sorted, counts, tag),
                                  extra_s=float(np.abs(counts).sum()) * 1e-6)
         r = m.decode_pulse_result(payload)
         return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,
@@ -198,6 +198,13 @@ class FpgaBoard(Board):
 
     def _do_true_parameters(self) -> dict[str, Any]:
         return m.decode_json(self._transact(Op.TRUE_PARAMS), "TRUE_PARAMS reply")
+
+    def _do_snapshot(self) -> bytes:
+        return self._transact(Op.SNAPSHOT, extra_s=5.0)
+
+    def _do_restore(self, blob: bytes) -> None:
+        self._transact(Op.RESTORE, blob, extra_s=5.0)
+        self._profiles_on_board = False  # the snapshot carried the board's profiles; resend ours
 
     def _do_safe_idle(self) -> None:
         self._transact(Op.SAFE_IDLE)

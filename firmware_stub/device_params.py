@@ -55,7 +55,7 @@ class DeviceParams(BaseModel):
     stuck_fraction: float = Field(0.01, ge=0, le=1, description="fraction of devices stuck at g_min or g_max")
     stuck_high_share: float = Field(0.5, ge=0, le=1, description="share of stuck devices stuck at g_max")
     endurance_pulses: float = Field(1e6, gt=0, description="N_end: pulses after which a device wears out")
-    wear_window_loss: float = Field(0.5, ge=0, le=1, description="fraction of the window lost by N_end; stuck at 2*N_end")
+    wear_window_loss: float = Field(0.5, ge=0, le=1, description="fraction of the window lost between N_end and 2*N_end; stuck at 2*N_end")
 
     # pulse amplitude/width dependence: step scales as ((|V|-Vth)/(Vnom-Vth))**p * (w/wnom)
     v_set_nominal_v: float = Field(1.6, gt=0)

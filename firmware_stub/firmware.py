@@ -69,6 +69,7 @@ class Firmware:
         self.adc_range_a = (1e-6, 1e-2)
         self.profiles = ((p.v_set_nominal_v, p.width_nominal_s), (p.v_reset_nominal_v, p.width_nominal_s))
         self.idle = True
+        self.last_pulse_tag = 0
         self._handlers = {
             Op.HELLO: self._hello,
             Op.STATUS: self._status,
@@ -82,6 +83,8 @@ class Firmware:
             Op.WAIT: self._wait,
             Op.SAFE_IDLE: self._safe_idle,
             Op.TRUE_PARAMS: self._true_params,
+            Op.SNAPSHOT: self._snapshot,
+            Op.RESTORE: self._restore,
         }
 
     # ---- dispatch ------------------------------------------------------------------
@@ -111,7 +114,7 @@ class Firmware:
             "rows": self.array.rows,
             "cols": self.array.cols,
             "capabilities": {"vmm": True, "vmm_transpose": True, "write_verify": True,
-                             "virtual_clock": True, "true_parameters": True},
+                             "virtual_clock": True, "true_parameters": True, "snapshot": True},
             "hardware_limits": asdict(self.limits),
             "read_voltage_v": p.read_voltage_v,
             "g_lsb_s": self.g_lsb_s,
@@ -143,6 +146,7 @@ class Firmware:
             "vmm_calls_total": c.vmm_calls_total,
             "max_pulses_per_device": int(self.array.n_pulses.max()) if self.array.n_pulses.size else 0,
             "idle": self.idle,
+            "last_pulse_tag": self.last_pulse_tag,
         }
         if with_digest:
             out["state_digest"] = self.array.state_digest()
@@ -153,6 +157,23 @@ class Firmware:
 
     def _true_params(self, payload: bytes) -> bytes:
         return m.encode_json(self.array.true_parameters())
+
+    def _snapshot(self, payload: bytes) -> bytes:
+        meta = m.encode_json({"last_pulse_tag": self.last_pulse_tag, "profiles": self.profiles})
+        return len(meta).to_bytes(4, "little") + meta + self.array.snapshot()
+
+    def _restore(self, payload: bytes) -> bytes:
+        if len(payload) < 4 or len(payload) < 4 + int.from_bytes(payload[:4], "little"):
+            raise Refused(Status.BAD_REQUEST, "RESTORE: truncated snapshot")
+        n = int.from_bytes(payload[:4], "little")
+        meta = m.decode_json(payload[4:4 + n], "RESTORE")
+        try:
+            self.array.restore(payload[4 + n:])
+        except ValueError as exc:
+            raise Refused(Status.BAD_REQUEST, f"RESTORE: {exc}") from None
+        self.last_pulse_tag = int(meta["last_pulse_tag"])
+        self.profiles = tuple(tuple(p) for p in meta["profiles"])
+        return b""
 
     # ---- writes --------------------------------------------------------------------
     def _check_profile(self, v: float, w: float, polarity: int) -> None:
@@ -177,7 +198,7 @@ class Firmware:
             raise Refused(Status.BAD_REQUEST, f"cell index outside the {self.array.rows}x{self.array.cols} array")
 
     def _pulse(self, payload: bytes) -> bytes:
-        flat, counts = m.decode_pulse_request(payload)
+        flat, counts, tag = m.decode_pulse_request(payload)
         self._check_cells(flat)
         if counts.size:
             mags = np.abs(counts)
@@ -192,6 +213,8 @@ class Firmware:
             self._check_profile(v, w, pol)
         self.idle = False
         out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1])
+        if tag:
+            self.last_pulse_tag = tag
         self.idle = True
         return m.encode_pulse_result(m.PulseResult(int(flat.size), int(out.set_pulses), int(out.reset_pulses),
                                                    float(out.energy_j), float(out.duration_s), self.array.clock_s))

@@ -106,6 +106,116 @@ def bench(ctx: click.Context, address: str, as_json: bool, quick: bool) -> None:
         click.echo(f"{key:36s} {value}")
 
 
+TRAIN_OPTIONS = ("board", "task", "method", "epochs", "seed", "calibration", "batch_size", "lr", "hidden",
+                 "optimizer", "k")
+
+
+@cli.command()
+@click.option("--board", "address", default="emu", show_default=True, help="Board address (unused by --method float).")
+@click.option("--task", type=click.Choice(["digits", "denoise", "superres"]), default="digits", show_default=True)
+@click.option("--method", type=click.Choice(["float", "bp", "eapu", "mixed", "manhattan", "stochastic"]),
+              default="eapu", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help="calibration.json to use; without it the board is calibrated first.")
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--hidden", default=None, help="Hidden layer sizes, e.g. 32 or 64,32.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None)
+@click.option("--k", type=click.FloatRange(min=0, min_open=True), default=None, help="EaPU threshold factor k.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, batch_size, lr, hidden,
+          optimizer, k, resume, quiet) -> None:
+    """Train a network on the array (or digitally, --method float); writes the run directory."""
+    from pydantic import ValidationError
+
+    from hil.train import Interrupted, TrainConfig, load_config_for_resume
+    from hil.train import train as run_training
+
+    values = {"board": address, "task": task, "method": method, "epochs": epochs, "seed": seed,
+              "calibration": calibration, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+              "delta_g_th_k": k,
+              "hidden": None if hidden is None else [int(h) for h in str(hidden).split(",") if h.strip()]}
+    try:
+        if resume:
+            cfg = load_config_for_resume(out_dir)
+            given = {n for n in TRAIN_OPTIONS
+                     if ctx.get_parameter_source(n if n != "board" else "address") == click.core.ParameterSource.COMMANDLINE}
+            changed = [n for n in given if values.get("delta_g_th_k" if n == "k" else n) not in
+                       (None, getattr(cfg, "delta_g_th_k" if n == "k" else n))]
+            if changed:
+                _fail(f"--resume continues the run as configured in {out_dir}/config.json; "
+                      f"drop or correct {', '.join('--' + c.replace('_', '-') for c in sorted(changed))}")
+        else:
+            if (out_dir / "checkpoint.json").exists() and not (out_dir / "summary.json").exists():
+                _fail(f"{out_dir} holds an interrupted run: add --resume to continue it, or choose another --out")
+            cfg = TrainConfig(**{key: v for key, v in values.items() if v is not None})
+        summary = run_training(cfg, out_dir, resume=resume, progress=not quiet, limits=ctx.obj.limits)
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    except (BoardError, ValueError, ValidationError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps({k: v for k, v in summary.items()}, indent=2))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("comparison.png"),
+              show_default=True)
+def compare(run_dirs, plot_path: Path) -> None:
+    """Print a table of finished runs and write a comparison plot."""
+    from hil.compare import load_summaries, table
+    from hil.plots import plot_comparison
+
+    try:
+        summaries = load_summaries(list(run_dirs))
+    except ValueError as exc:
+        _fail(str(exc))
+    click.echo(table(summaries))
+    click.echo(f"plot: {plot_comparison(summaries, plot_path)}")
+
+
+@cli.command()
+@click.option("--board", "address", default="emu", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
+              show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+@click.pass_context
+def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seed: int, quiet: bool) -> None:
+    """Calibrate the board, train float, bp and eapu on digits, then compare them."""
+    from calibration.run import CalibrationParams, calibrate
+    from hil.compare import load_summaries, table
+    from hil.plots import plot_comparison
+    from hil.train import TrainConfig
+    from hil.train import train as run_training
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _open(ctx, address) as board:
+            report = calibrate(board, out_dir / "calibration", CalibrationParams(seed=seed), progress=not quiet)
+        cal_file = out_dir / "calibration" / "calibration.json"
+        click.echo(f"calibrated: delta_g_th = {report.delta_g_th_s * 1e6:.3f} uS, "
+                   f"write noise = {report.write_noise_sigma_s * 1e6:.3f} uS -> {cal_file}")
+        dirs = []
+        for method in ("float", "bp", "eapu"):
+            cfg = TrainConfig(task="digits", method=method, board=address, epochs=epochs, seed=seed,
+                              calibration=str(cal_file))
+            run_training(cfg, out_dir / method, progress=not quiet, limits=ctx.obj.limits)
+            dirs.append(out_dir / method)
+    except (BoardError, ValueError) as exc:
+        _fail(str(exc))
+    summaries = load_summaries(dirs)
+    click.echo(table(summaries))
+    click.echo(f"plot: {plot_comparison(summaries, out_dir / 'comparison.png')}")
+
+
 @cli.group()
 def emulator() -> None:
     """Serve the firmware emulator."""

@@ -32,6 +32,8 @@ class Op(IntEnum):
     CLOCK = 0x60
     WAIT = 0x61
     SAFE_IDLE = 0x70
+    SNAPSHOT = 0x7C
+    RESTORE = 0x7D
     TRUE_PARAMS = 0x7E
 
 
@@ -103,17 +105,22 @@ class PulseResult:
     clock_s: float
 
 
-def encode_pulse_request(flat_idx: np.ndarray, counts: np.ndarray) -> bytes:
-    return enc.encode_pulse_batch(flat_idx, counts)
+_TAG = struct.Struct("<Q")
 
 
-def decode_pulse_request(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def encode_pulse_request(flat_idx: np.ndarray, counts: np.ndarray, tag: int = 0) -> bytes:
+    """``tag`` (0 = none) is remembered by the board as its last applied batch, for write-ahead logs."""
+    return _TAG.pack(tag) + enc.encode_pulse_batch(flat_idx, counts)
+
+
+def decode_pulse_request(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    (tag,) = _unpack(_TAG, data, "PULSE")
     try:
-        idx, counts, off = enc.decode_pulse_batch(data)
+        idx, counts, off = enc.decode_pulse_batch(data, _TAG.size)
     except ValueError as exc:
         raise PayloadError(f"PULSE: {exc}") from None
     _expect_end(data, off, "PULSE")
-    return idx, counts
+    return idx, counts, tag
 
 
 def encode_pulse_result(r: PulseResult) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -565,30 +564,3 @@ def test_pulse_batch_byte_budget(fraction, budget):
     np.testing.assert_array_equal(i2, idx)
     np.testing.assert_array_equal(c2, counts)
     assert off == len(payload)
-
-
-def _best_time(fn, repeat=15):
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-@pytest.mark.parametrize("force_multibyte_gap", [False, True])
-def test_pulse_batch_throughput(force_multibyte_gap):
-    idx, counts = _random_batch(0.10, seed=7)
-    if force_multibyte_gap:  # exercise the general (non single-byte) varint path
-        idx[-1] = N_DEVICES + 10_000
-    payload = encode_pulse_batch(idx, counts)
-    t_enc = _best_time(lambda: encode_pulse_batch(idx, counts))
-    t_dec = _best_time(lambda: decode_pulse_batch(payload))
-    enc_rate, dec_rate = idx.size / t_enc, idx.size / t_dec
-    print(
-        f"\n10% batch ({idx.size} devices, multibyte={force_multibyte_gap}): "
-        f"encode {enc_rate:.3g} dev/s ({t_enc * 1e3:.2f} ms), "
-        f"decode {dec_rate:.3g} dev/s ({t_dec * 1e3:.2f} ms)"
-    )
-    assert enc_rate > 1e7
-    assert dec_rate > 1e7

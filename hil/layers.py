@@ -1,0 +1,200 @@
+"""Linear layers of the MLP: on the array (differential pairs) or digital (the float reference).
+
+An :class:`AnalogLinear` keeps its weights in the devices: the forward pass is a
+VMM on its tile, the backward pass to its inputs a transposed VMM (or, where the
+board has none, a product with a weight estimate read on a schedule), and an
+update becomes signed pulse counts for the devices the update rule keeps.
+
+The layer holds a host-side *estimate* of each device's conductance, refreshed by
+scheduled reads and advanced by the expected effect of the pulses sent.  It is
+used only to pick the device of a pair to move, its step per pulse (soft bounds)
+and the ADC range -- never as the weights themselves: there is no digital shadow
+copy, the device holds the weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivers.board import Board
+from hil.mapping import ConductanceMap, Tile
+from hil.update_rules import UpdateRule
+
+
+@dataclass
+class UpdateStats:
+    devices_written: int = 0
+    pulses: int = 0
+    saturated_pairs: int = 0
+
+
+class DigitalLinear:
+    """Weights in host memory: the ``float`` reference."""
+
+    analog = False
+
+    def __init__(self, w: np.ndarray):
+        self.w = np.array(w, dtype=np.float64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.w.shape
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.w
+
+    def backward_input(self, delta: np.ndarray) -> np.ndarray:
+        return delta @ self.w.T
+
+    def apply_delta(self, dw: np.ndarray) -> None:
+        self.w += dw
+
+    def weights(self) -> np.ndarray:
+        return self.w
+
+    def state_dict(self) -> dict:
+        return {"w": self.w.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.w = np.array(state["w"], dtype=np.float64)
+
+
+class AnalogLinear:
+    """A weight matrix stored as differential conductance pairs on a board tile."""
+
+    analog = True
+
+    def __init__(self, board: Board, tile: Tile, cmap: ConductanceMap):
+        self.board = board
+        self.tile = tile
+        self.cmap = cmap
+        self.region = tile.region
+        self.n_in, self.n_out = tile.n_in, tile.n_out
+        self.g_est = np.full((self.n_in, 2 * self.n_out), cmap.g_mid_s)
+        info = board.info
+        self.v_fs = min(info.dac_full_scale_v, board.limits.max_read_v)
+        self.use_transpose = info.capabilities.vmm and info.capabilities.vmm_transpose
+        self.w_read: np.ndarray | None = None  # scheduled weight estimate for boards without transposed VMM
+        self.pulse_counts = np.zeros((self.n_in, 2 * self.n_out), dtype=np.int64)
+        # pairs with a device that write-verify could not move (stuck, worn out): frozen, never written
+        self.dead = np.zeros((self.n_in, self.n_out), dtype=bool)
+
+    def _mark_dead(self, rows: np.ndarray, cols: np.ndarray, converged: np.ndarray) -> None:
+        bad = ~converged
+        self.dead[rows[bad], cols[bad] % self.n_out] = True
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_in, self.n_out)
+
+    # ---- programming and scheduled checks -------------------------------------------------
+    def program(self, w: np.ndarray, tolerance_s: float, max_iter: int = 60):
+        """Write-verify the initial weights; returns the ProgramReport."""
+        targets = self.cmap.targets(w)
+        rows, cols = np.indices(targets.shape)
+        rep = self.board.program(rows.ravel() + self.tile.row0, cols.ravel() + self.tile.col0, targets.ravel(),
+                                 tolerance_s, max_iter)
+        self.g_est = rep.achieved_s.reshape(targets.shape).copy()
+        self._mark_dead(rows.ravel(), cols.ravel(), rep.converged)
+        self.w_read = self.cmap.weights(self.g_est)
+        return rep
+
+    def refresh(self) -> np.ndarray:
+        """Scheduled check: read the tile, reset the estimate; returns the conductances."""
+        g = self.board.read(self.region)
+        self.g_est = g.copy()
+        self.w_read = self.cmap.weights(g)
+        return g
+
+    def rebalance(self, tolerance_s: float, max_iter: int = 60):
+        """Re-centre pairs with a device outside the band, keeping their difference.
+
+        Returns the ProgramReport, or None when no pair needed it.  Call after :meth:`refresh`.
+        """
+        c = self.cmap
+        n = self.n_out
+        gp, gm = self.g_est[:, :n], self.g_est[:, n:]
+        out = ((gp > c.g_hi_s) | (gp < c.g_lo_s) | (gm > c.g_hi_s) | (gm < c.g_lo_s)) & ~self.dead
+        if not out.any():
+            return None
+        i, j = np.nonzero(out)
+        half = np.clip((gp[i, j] - gm[i, j]) / 2, -(c.g_hi_s - c.g_lo_s) / 2, (c.g_hi_s - c.g_lo_s) / 2)
+        rows = np.concatenate([i, i]) + self.tile.row0
+        cols = np.concatenate([j, j + n]) + self.tile.col0
+        targets = np.concatenate([c.g_mid_s + half, c.g_mid_s - half])
+        rep = self.board.program(rows, cols, targets, tolerance_s, max_iter)
+        self.g_est[rows - self.tile.row0, cols - self.tile.col0] = rep.achieved_s
+        self._mark_dead(rows - self.tile.row0, cols - self.tile.col0, rep.converged)
+        return rep
+
+    def weights(self) -> np.ndarray:
+        """The last scheduled weight estimate (a read), for reports and plots."""
+        return self.cmap.weights(self.g_est)
+
+    # ---- compute -----------------------------------------------------------------------------
+    def _adc_range(self, v: np.ndarray, g: np.ndarray) -> float:
+        lo, hi = self.board.info.adc_full_scale_a
+        est = float(np.max(np.abs(v) @ g)) if v.size else lo
+        return float(np.clip(1.5 * est, lo, hi))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        s = float(np.max(np.abs(x)))
+        if s == 0.0:
+            return np.zeros((x.shape[0], self.n_out))
+        v = x * (self.v_fs / s)
+        i = self.board.vmm(self.region, v, i_full_scale_a=self._adc_range(v, self.g_est))
+        return (i[:, : self.n_out] - i[:, self.n_out:]) * (s / (self.v_fs * self.cmap.g_per_weight_s))
+
+    def backward_input(self, delta: np.ndarray) -> np.ndarray:
+        if not self.use_transpose:
+            if self.w_read is None:
+                self.refresh()
+            return delta @ self.w_read.T
+        s = float(np.max(np.abs(delta)))
+        if s == 0.0:
+            return np.zeros((delta.shape[0], self.n_in))
+        v = np.concatenate([delta, -delta], axis=1) * (self.v_fs / s)
+        i = self.board.vmm(self.region, v, transpose=True, i_full_scale_a=self._adc_range(v, self.g_est.T))
+        return i * (s / (self.v_fs * self.cmap.g_per_weight_s))
+
+    # ---- updates -------------------------------------------------------------------------------
+    def plan_update(self, dw: np.ndarray, rule: UpdateRule, rng: np.random.Generator):
+        """Pulses realising the weight change ``dw`` under ``rule``.
+
+        Returns (flat device indices, signed counts, UpdateStats).  A positive change
+        SETs G+ or RESETs G-, whichever keeps the pair's common mode nearer the band
+        centre and has headroom; a negative change the mirror image.
+        """
+        c, n = self.cmap, self.n_out
+        dg = dw * c.g_per_weight_s
+        gp, gm = self.g_est[:, :n], self.g_est[:, n:]
+        pos = dg > 0
+        low_cm = (gp + gm) < 2 * c.g_mid_s
+        set_ok_p, set_ok_m = gp < c.g_hi_s, gm < c.g_hi_s
+        reset_ok_p, reset_ok_m = gp > c.g_lo_s, gm > c.g_lo_s
+        use_set = np.where(pos, (low_cm & set_ok_p) | ~reset_ok_m, (low_cm & set_ok_m) | ~reset_ok_p)
+        saturated = np.where(pos, ~set_ok_p & ~reset_ok_m, ~set_ok_m & ~reset_ok_p) & (dg != 0)
+        on_plus = use_set == pos  # +: SET G+ or RESET G-;  -: SET G- or RESET G+
+        g_dev = np.where(on_plus, gp, gm)
+        step = np.where(use_set, c.step_set_s(g_dev), c.step_reset_s(g_dev))
+        plan = rule.plan(np.where(saturated | self.dead, 0.0, dg), step, rng)
+        mags = np.abs(plan.pulses)
+        i, j = np.nonzero(mags)
+        counts = np.where(use_set[i, j], mags[i, j], -mags[i, j])
+        col = np.where(on_plus[i, j], j, j + n)
+        self.g_est[i, col] = np.clip(g_dev[i, j] + counts * step[i, j], c.g_min_s, c.g_max_s)
+        self.pulse_counts[i, col] += mags[i, j]
+        flat = self.tile.flat_index(i, col, self.board.info.cols)
+        return flat, counts.astype(np.int64), UpdateStats(int(i.size), int(mags.sum()), int(saturated.sum()))
+
+    def state_dict(self) -> dict:
+        return {"g_est": self.g_est.copy(), "pulse_counts": self.pulse_counts.copy(), "dead": self.dead.copy(),
+                "w_read": None if self.w_read is None else self.w_read.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g_est = np.array(state["g_est"], dtype=np.float64)
+        self.pulse_counts = np.array(state["pulse_counts"], dtype=np.int64)
+        self.dead = np.array(state["dead"], dtype=bool)
+        self.w_read = None if state.get("w_read") is None else np.array(state["w_read"])

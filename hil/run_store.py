@@ -1,0 +1,108 @@
+"""The run directory: configuration, board identity, metrics stream, checkpoints, summary.
+
+Layout (ARCHITECTURE.md): ``config.json``, ``board.json``, ``calibration.json``,
+``metrics.jsonl`` (one JSON object per line, flushed as written), ``checkpoint.npz``
++ ``checkpoint.json`` (everything needed to resume exactly), ``summary.json`` and
+PNG plots.  Files that must never be seen half-written are replaced atomically
+(write to a temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._metrics = None
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.root / name, obj)
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.root / name).read_text())
+
+    # ---- metrics stream -------------------------------------------------------------------
+    def open_metrics(self, keep_while=None) -> None:
+        """Open metrics.jsonl for appending; with ``keep_while`` first drop lines it rejects
+        (the lines logged after the checkpoint a resumed run restarts from)."""
+        path = self.root / "metrics.jsonl"
+        if keep_while is not None and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                if keep_while(rec):
+                    kept.append(line)
+            atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+        self._metrics = open(path, "a", buffering=1)
+
+    def log(self, record: dict) -> None:
+        self._metrics.write(json.dumps(record, default=_json_default) + "\n")
+        self._metrics.flush()
+
+    def read_metrics(self) -> list[dict]:
+        path = self.root / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self._metrics:
+            self._metrics.close()
+            self._metrics = None
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self, meta: dict, arrays: dict[str, np.ndarray], blob: bytes | None) -> None:
+        """Arrays (and an optional board snapshot) first, then the JSON that names them: a kill
+        between the two leaves the previous checkpoint's JSON pointing at a consistent pair."""
+        gen = int(meta["generation"])
+        buf = io.BytesIO()
+        extra = {"board_snapshot": np.frombuffer(blob, dtype=np.uint8)} if blob is not None else {}
+        np.savez(buf, **arrays, **extra)
+        name = f"checkpoint.{gen % 2}.npz"
+        atomic_write_bytes(self.root / name, buf.getvalue())
+        atomic_write_json(self.root / "checkpoint.json", {**meta, "arrays_file": name})
+
+    def load_checkpoint(self) -> tuple[dict, dict[str, np.ndarray], bytes | None]:
+        meta = self.read_json("checkpoint.json")
+        with np.load(self.root / meta["arrays_file"], allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k != "board_snapshot"}
+            blob = data["board_snapshot"].tobytes() if "board_snapshot" in data.files else None
+        return meta, arrays, blob

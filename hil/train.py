@@ -1,0 +1,479 @@
+"""The host training loop: gradients on the PC, sparse write pulses to the array.
+
+One step: forward pass on the array (VMM per layer), loss and gradients on the
+host (transposed VMM for the backward pass), an optimizer step giving the desired
+weight change, the update rule turning it into pulse counts for the devices it
+keeps, and ONE sparse pulse batch for the whole network.  Nothing reads the whole
+array during training except the scheduled checks at epoch ends (counted).
+
+Resumable: a checkpoint is written *before* a step's pulse batch is sent (a
+write-ahead log entry holding the host state after the step and the batch, with a
+tag the board remembers).  A resumed run restores the checkpoint, sends the batch
+only if the board has not applied it, and continues; on an emulator the board's
+own state is restored from a snapshot in the checkpoint, so a resumed run ends
+exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.address import open_board
+from drivers.board import Board, PulseBatch
+from hil.layers import AnalogLinear, DigitalLinear
+from hil.mapping import ConductanceMap, place_tiles
+from hil.model import MLP
+from hil.nn import init_weights, mse, softmax_cross_entropy
+from hil.optim import make_optimizer
+from hil.run_store import RunStore
+from hil.tasks import accuracy, load_task, ssim
+from hil.update_rules import make_rule
+
+log = logging.getLogger(__name__)
+
+METHODS = ("float", "bp", "eapu", "mixed", "manhattan", "stochastic")
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (written to config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["digits", "denoise", "superres"] = "digits"
+    method: Literal["float", "bp", "eapu", "mixed", "manhattan", "stochastic"] = "eapu"
+    board: str = "emu"
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [32])
+    activation: str = "relu"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float | None = Field(None, gt=0, description="default depends on the task")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    w_max: float = Field(1.0, gt=0, description="|W| that spans the usable conductance band")
+    delta_g_th_k: float = Field(1.0, gt=0, description="EaPU threshold as a multiple of the calibrated ΔGth")
+    max_pulses: int = Field(64, ge=1, le=255)
+    calibration: str | None = None
+    checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints on snapshot-capable boards")
+    eval_batch: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "TrainConfig":
+        if self.lr is None:
+            self.lr = 0.1 if self.task == "digits" else 0.5
+        return self
+
+    @property
+    def loss(self) -> str:
+        return "cross_entropy" if self.task == "digits" else "mse"
+
+
+@dataclass
+class Totals:
+    """Running figures of a run, checkpointed with it."""
+
+    steps: int = 0
+    pulses: int = 0
+    devices_written: int = 0
+    write_fraction_sum: float = 0.0
+    saturated: int = 0
+    rebalance_pulses: int = 0
+    rebalance_pairs: int = 0
+    scheduled_reads: int = 0
+    wire_bytes: int = 0
+    wall_s: float = 0.0
+    program_energy_j: float = 0.0
+    program_pulses: int = 0
+    baseline: dict = field(default_factory=dict)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the run after a completed step; it can be resumed."""
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, board: Board | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.store = RunStore(out_dir)
+        self.progress = progress
+        self.task = load_task(cfg.task, cfg.seed)
+        self.board = board
+        self.totals = Totals()
+        self._stop = False
+        self.n_train = len(self.task.x_train)
+        self.steps_per_epoch = -(-self.n_train // cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        shapes = self._shapes()
+        rng = np.random.default_rng([cfg.seed, 1])
+        scheme = "he" if cfg.activation == "relu" else "xavier"
+        self.w0 = [init_weights(s, rng, scheme) for s in shapes]
+        self.optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, **({"momentum": cfg.momentum}
+                                                                     if cfg.optimizer == "sgd" else {}))
+        self.calibration = None
+        self.rule = None
+
+    def _shapes(self) -> list[tuple[int, int]]:
+        sizes = [self.task.n_in, *self.cfg.hidden, self.task.n_out]
+        return list(zip(sizes[:-1], sizes[1:]))
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        biases = [np.zeros(n_out) for _, n_out in self._shapes()]
+        output = "identity" if cfg.task == "digits" else "sigmoid"
+        if cfg.method == "float":
+            layers = [DigitalLinear(w) for w in self.w0]
+        else:
+            cal = self.calibration
+            cmap = ConductanceMap.from_calibration(cal, cfg.w_max)
+            tiles = place_tiles(self._shapes(), self.board.info.rows, self.board.info.cols)
+            layers = [AnalogLinear(self.board, t, cmap) for t in tiles]
+            step = cal.pulse_step_mean_s["set"]
+            kw: dict[str, Any] = {}
+            if cfg.method == "eapu":
+                kw = {"delta_g_th_s": cfg.delta_g_th_k * cal.delta_g_th_s, "max_pulses": cfg.max_pulses}
+            elif cfg.method == "manhattan":
+                kw = {"threshold_s": step / 2}
+            else:
+                kw = {"max_pulses": cfg.max_pulses}
+            self.rule = make_rule(cfg.method, **kw)
+        self.model = MLP(layers, biases, cfg.activation, output)
+
+    def _analog(self) -> list[AnalogLinear]:
+        return [layer for layer in self.model.layers if layer.analog]
+
+    # ---- state for checkpoints ------------------------------------------------------------
+    def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        arrays: dict[str, np.ndarray] = {}
+        for k, b in enumerate(self.model.biases):
+            arrays[f"b{k}"] = b
+        for k, layer in enumerate(self.model.layers):
+            for name, val in layer.state_dict().items():
+                if val is not None:
+                    arrays[f"layer{k}.{name}"] = val
+        opt = self.optimizer.state_dict()
+        opt_meta = {}
+        for name, val in opt.items():
+            if isinstance(val, list):
+                for i, a in enumerate(val):
+                    arrays[f"opt.{name}.{i}"] = np.asarray(a)
+                opt_meta[name] = len(val)
+            elif isinstance(val, np.ndarray):
+                arrays[f"opt.{name}"] = val
+                opt_meta[name] = "array"
+            else:
+                opt_meta[name] = {"value": val}
+        if self.rule is not None:
+            for name, val in self.rule.state_dict().items():
+                arrays[f"rule.{name}"] = np.asarray(val)
+        return {"totals": self.totals.__dict__, "optimizer": opt_meta}, arrays
+
+    def _load_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.model.biases = [arrays[f"b{k}"] for k in range(len(self.model.layers))]
+        for k, layer in enumerate(self.model.layers):
+            prefix = f"layer{k}."
+            layer.load_state_dict({n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}
+                                  | ({} if f"{prefix}w_read" in arrays else {"w_read": None}))
+        opt: dict[str, Any] = {}
+        for name, spec in meta["optimizer"].items():
+            if isinstance(spec, int):
+                opt[name] = [arrays[f"opt.{name}.{i}"] for i in range(spec)]
+            elif spec == "array":
+                opt[name] = arrays[f"opt.{name}"]
+            else:
+                opt[name] = spec["value"]
+        self.optimizer.load_state_dict(opt)
+        if self.rule is not None:
+            rule_state = {n[5:]: a for n, a in arrays.items() if n.startswith("rule.")}
+            if rule_state:
+                self.rule.load_state_dict(rule_state)
+        self.totals = Totals(**meta["totals"])
+
+    def _checkpoint(self, step: int, phase: str, pending: dict | None, with_snapshot: bool) -> None:
+        meta, arrays = self._state()
+        blob = self.board.snapshot() if (with_snapshot and self.board is not None) else None
+        if pending is not None:
+            arrays["pending.flat"] = pending["flat"]
+            arrays["pending.counts"] = pending["counts"]
+        meta.update({"generation": self._generation, "step": step, "phase": phase,
+                     "pending": None if pending is None else {"tag": pending["tag"], "record": pending["record"]}})
+        self.store.save_checkpoint(meta, arrays, blob)
+        self._generation += 1
+
+    # ---- one step -------------------------------------------------------------------------
+    def _batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.cfg.seed, 2, epoch]).permutation(self.n_train)
+        idx = perm[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
+        return self.task.x_train[idx], self.task.y_train[idx]
+
+    def _loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        if self.cfg.loss == "cross_entropy":
+            return softmax_cross_entropy(out, y)
+        return mse(out, y)
+
+    def _compute_step(self, step: int) -> dict:
+        """Everything of a step but sending its pulses: returns the pending batch."""
+        x, y = self._batch(step)
+        out, cache = self.model.forward(x)
+        loss, d_out = self._loss(out, y)
+        gw, gb = self.model.backward(cache, d_out)
+        deltas = self.optimizer.step(gw + gb)
+        n = len(self.model.layers)
+        dws, dbs = deltas[:n], deltas[n:]
+        for k in range(n):
+            self.model.biases[k] = self.model.biases[k] + dbs[k]
+        rng = np.random.default_rng([self.cfg.seed, 3, step])
+        flats, counts, written, pulses, saturated, holding = [], [], 0, 0, 0, 0
+        for layer, dw in zip(self.model.layers, dws):
+            if not layer.analog:
+                layer.apply_delta(dw)
+                continue
+            f, c, st = layer.plan_update(dw, self.rule, rng)
+            flats.append(f)
+            counts.append(c)
+            written += st.devices_written
+            pulses += st.pulses
+            saturated += st.saturated_pairs
+            holding += layer.g_est.size
+        wf = written / holding if holding else 0.0
+        t = self.totals
+        t.steps = step + 1
+        t.pulses += pulses
+        t.devices_written += written
+        t.write_fraction_sum += wf
+        t.saturated += saturated
+        record = {"kind": "step", "step": step, "epoch": step // self.steps_per_epoch, "loss": loss,
+                  "write_fraction": wf, "devices_written": written, "pulses": pulses}
+        flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
+        cnt = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        order = np.argsort(flat)
+        return {"flat": flat[order], "counts": cnt[order], "tag": step + 1, "record": record}
+
+    def _send(self, pending: dict) -> None:
+        if self.board is None or pending["flat"].size == 0:
+            return
+        cols = self.board.info.cols
+        self.board.pulse(PulseBatch(pending["flat"] // cols, pending["flat"] % cols, pending["counts"]),
+                         tag=int(pending["tag"]))
+
+    # ---- epochs ---------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        pred = self.model.predict(self.task.x_test, self.cfg.eval_batch)
+        if self.task.kind == "classification":
+            return {"test_accuracy": accuracy(pred, self.task.y_test)}
+        return {"test_ssim": float(ssim(np.clip(pred, 0, 1), self.task.y_test, image_shape=self.task.image_shape)),
+                "test_mse": float(np.mean((pred - self.task.y_test) ** 2))}
+
+    def _epoch_end(self, step: int) -> None:
+        epoch = step // self.steps_per_epoch
+        rec: dict[str, Any] = {"kind": "epoch", "step": step, "epoch": epoch}
+        if self.board is not None:
+            tol = self._program_tolerance()
+            for layer in self._analog():
+                layer.refresh()
+                self.totals.scheduled_reads += layer.g_est.size
+                rep = layer.rebalance(tol)
+                if rep is not None:
+                    self.totals.rebalance_pulses += rep.pulses
+                    self.totals.rebalance_pairs += rep.achieved_s.size // 2
+            rec["rebalance_pairs_total"] = self.totals.rebalance_pairs
+        rec.update(self.evaluate())
+        self.store.log(rec)
+        self._last_eval = rec
+
+    def _program_tolerance(self) -> float:
+        return max(self.calibration.write_noise_sigma_s, 0.5e-6)
+
+    # ---- public ---------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        self.store.create()
+        self._generation = 0
+        self._last_eval: dict = {}
+        self._prepare_board(resume)
+        self._build()
+        start = 0
+        if resume:
+            start = self._resume()
+        else:
+            self.store.write_json("config.json", cfg.model_dump())
+            self.store.open_metrics(keep_while=lambda rec: False)
+            self._initial_programming()
+        snapshot_ok = self.board is not None and self.board.info.capabilities.snapshot
+        every = cfg.checkpoint_every if (snapshot_ok or self.board is None) else 1
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        bar = self._progress(start)
+        try:
+            for step in range(start, self.total_steps):
+                t0 = time.perf_counter()
+                wire0 = self.board.wire_bytes if self.board is not None else 0
+                pending = self._compute_step(step)
+                if step % every == 0 or step == self.total_steps - 1:
+                    wire_ckpt = self.board.wire_bytes if self.board is not None else 0
+                    self._checkpoint(step, "before_send", pending, with_snapshot=snapshot_ok)
+                    if self.board is not None:  # snapshot traffic is the run store's, not training's
+                        wire0 += self.board.wire_bytes - wire_ckpt
+                self._finish_step(step, pending)
+                if self.board is not None:
+                    self.totals.wire_bytes += self.board.wire_bytes - wire0
+                self.totals.wall_s += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{pending['record']['loss']:.3f}",
+                                    wf=f"{pending['record']['write_fraction']:.2%}",
+                                    **{k[5:]: f"{v:.3f}" for k, v in self._last_eval.items() if k.startswith("test_")})
+                if self._stop and step < self.total_steps - 1:
+                    self._checkpoint(step, "done", None, with_snapshot=snapshot_ok)
+                    raise Interrupted(f"stopped after step {step + 1} of {self.total_steps}; "
+                                      f"resume with: hil train --resume --out {self.store.root}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+            self.store.close()
+        summary = self._summary()
+        self.store.write_json("summary.json", summary)
+        from hil.plots import plot_run
+
+        plot_run(self.store.root, self.model, self._analog())
+        return summary
+
+    def _finish_step(self, step: int, pending: dict) -> None:
+        self._send(pending)
+        self.store.log(pending["record"])
+        if (step + 1) % self.steps_per_epoch == 0:
+            self._epoch_end(step)
+
+    def _on_sigint(self, *_: object) -> None:
+        if self._stop:  # a second Ctrl-C: stop now (the checkpoint of the last step still holds)
+            raise KeyboardInterrupt
+        self._stop = True
+        log.warning("Ctrl-C: stopping after the current step (press again to stop at once)")
+
+    def _progress(self, start: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=start, desc=f"{self.cfg.method} {self.cfg.task}", unit="step")
+
+    def _prepare_board(self, resume: bool) -> None:
+        if self.cfg.method == "float":
+            return
+        if self.board is None:
+            raise ValueError("an array method needs a board")
+        info = self.board.info
+        from calibration.report import CalibrationReport
+
+        if self.cfg.calibration:
+            self.calibration = CalibrationReport.load(self.cfg.calibration)
+        elif resume or self.store.exists("calibration.json"):
+            self.calibration = CalibrationReport.load(self.store.root / "calibration.json")
+        else:
+            from calibration.run import CalibrationParams, calibrate
+
+            log.info("no calibration given: calibrating the board first")
+            self.calibration = calibrate(self.board, self.store.root / "calibration", CalibrationParams(seed=self.cfg.seed),
+                                         progress=self.progress)
+        if not resume:
+            self.store.write_json("calibration.json", self.calibration.model_dump(mode="json"))
+            self.store.write_json("board.json", {"info": info.model_dump(mode="json"),
+                                                 "limits": self.board.limits.model_dump(),
+                                                 "status": self.board.status().model_dump()})
+
+    def _initial_programming(self) -> None:
+        if self.board is None:
+            return
+        for layer, w in zip(self._analog(), self.w0):
+            rep = layer.program(w, self._program_tolerance())
+            self.totals.program_pulses += rep.pulses
+            self.totals.program_energy_j += rep.energy_j
+        self.totals.baseline = self.board.status().model_dump()
+
+    def _resume(self) -> int:
+        if not self.store.exists("checkpoint.json"):
+            raise ValueError(f"{self.store.root} holds no checkpoint to resume from")
+        saved = TrainConfig(**self.store.read_json("config.json"))
+        if saved.model_dump() != self.cfg.model_dump():
+            raise ValueError(f"--resume: the run in {self.store.root} was made with another configuration: "
+                             f"{saved.model_dump()}")
+        meta, arrays, blob = self.store.load_checkpoint()
+        self._generation = int(meta["generation"]) + 1
+        if blob is not None:
+            self.board.restore(blob)
+        self._load_state(meta, arrays)
+        step, phase = int(meta["step"]), meta["phase"]
+        if phase == "done":
+            self.store.open_metrics(keep_while=lambda r: r["step"] <= step)
+            self._last_eval = self._last_epoch_record()
+            return step + 1
+        self.store.open_metrics(keep_while=lambda r: r["step"] < step)
+        self._last_eval = self._last_epoch_record()
+        pending = {"flat": arrays["pending.flat"], "counts": arrays["pending.counts"], **meta["pending"]}
+        applied = self.board is not None and self.board.status().last_pulse_tag >= int(pending["tag"])
+        if applied:
+            log.info("resume: the board already applied the batch of step %d", step)
+            pending = {**pending, "flat": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64)}
+        self._finish_step(step, pending)
+        return step + 1
+
+    def _last_epoch_record(self) -> dict:
+        epochs = [r for r in self.store.read_metrics() if r.get("kind") == "epoch"]
+        return epochs[-1] if epochs else {}
+
+    def _summary(self) -> dict:
+        cfg, t = self.cfg, self.totals
+        metrics = self.evaluate() if not self._last_eval else {k: v for k, v in self._last_eval.items()
+                                                                if k.startswith("test_")}
+        max_pulses = max((int(layer.pulse_counts.max()) for layer in self._analog()), default=0)
+        summary: dict[str, Any] = {
+            "task": cfg.task, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs, "steps": t.steps,
+            **metrics,
+            "write_fraction_mean": t.write_fraction_sum / t.steps if t.steps else 0.0,
+            "pulses_total": t.pulses, "devices_written_total": t.devices_written,
+            "max_pulses_per_device": max_pulses,
+            "write_energy_j": 0.0, "read_energy_j": 0.0,
+            "wire_bytes_total": t.wire_bytes, "wall_s": t.wall_s,
+            "rebalance_pulses": t.rebalance_pulses, "rebalance_pairs": t.rebalance_pairs,
+            "saturated_updates_skipped": t.saturated, "scheduled_read_cells": t.scheduled_reads,
+            "program_pulses": t.program_pulses, "program_energy_j": t.program_energy_j,
+        }
+        if self.board is not None:
+            end, base = self.board.status().model_dump(), t.baseline
+            summary["write_energy_j"] = end["write_energy_j"] - base["write_energy_j"]
+            summary["read_energy_j"] = (end["read_energy_j"] - base["read_energy_j"]
+                                        + end["adc_energy_j"] - base["adc_energy_j"])
+            summary["board"] = cfg.board
+            if cfg.method == "eapu":
+                summary["delta_g_th_s"] = cfg.delta_g_th_k * self.calibration.delta_g_th_s
+        return summary
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None) -> dict:
+    """Run (or resume) a training run; opens and safely closes the board."""
+    if cfg.method == "float":
+        return Trainer(cfg, out_dir, None, progress).run(resume)
+    with open_board(cfg.board, limits) as board:
+        return Trainer(cfg, out_dir, board, progress).run(resume)
+
+
+def load_config_for_resume(out_dir: str | Path) -> TrainConfig:
+    path = Path(out_dir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"{out_dir} holds no run to resume (no config.json)")
+    return TrainConfig(**json.loads(path.read_text()))
+
+
+def copy_calibration(src: str | Path, out_dir: str | Path) -> None:
+    shutil.copy(src, Path(out_dir) / "calibration.json")
