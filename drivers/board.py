@@ -46,6 +46,8 @@ class Capabilities(BaseModel):
     virtual_clock: bool = False
     true_parameters: bool = Field(False, description="emulator only: can report its true device parameters")
     snapshot: bool = Field(False, description="emulator only: can save and restore its whole state")
+    iv_sweep: bool = False
+    forming: bool = False
 
 
 class BoardInfo(BaseModel):
@@ -175,6 +177,14 @@ class ProgramReport:
     @property
     def converged_fraction(self) -> float:
         return float(np.mean(self.converged)) if self.converged.size else 1.0
+
+
+@dataclass(frozen=True)
+class FormReport:
+    """Which devices a forming pulse formed, and their conductance afterwards."""
+
+    formed: np.ndarray
+    g_after_s: np.ndarray
 
 
 class Board(abc.ABC):
@@ -327,6 +337,59 @@ class Board(abc.ABC):
             z = np.zeros(0)
             return ProgramReport(z, z.astype(bool), z.astype(int), 0, 0.0)
         return self._do_program(flat, targets_s, float(tolerance_s), int(max_iter))
+
+    def form(self, rows: np.ndarray, cols: np.ndarray, voltage_v: float, width_s: float,
+             compliance_a: float) -> "FormReport":
+        """A forming pulse on each listed device under current compliance."""
+        if not self.info.capabilities.forming:
+            raise BoardError(f"this board ({self.info.kind}) cannot apply forming pulses")
+        rows, cols = self._check_cells(rows, cols)
+        lim = self.limits
+        if not 0 < voltage_v <= lim.max_form_v:
+            raise LimitViolation(f"forming voltage {voltage_v:+.3f} V is outside (0, {lim.max_form_v:.3f}] V (max_form_v)")
+        self._check_duration(width_s)
+        self._check_compliance(compliance_a)
+        flat = rows * self.info.cols + cols
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        formed, g = self._do_form(uniq, float(voltage_v), float(width_s), float(compliance_a))
+        return FormReport(formed[inverse], g[inverse])
+
+    def iv_sweep(self, rows: np.ndarray, cols: np.ndarray, voltages_v: np.ndarray, step_s: float,
+                 compliance_a: float) -> np.ndarray:
+        """A DC voltage staircase on each listed device; currents (A), shape (devices, steps)."""
+        if not self.info.capabilities.iv_sweep:
+            raise BoardError(f"this board ({self.info.kind}) cannot run I-V sweeps")
+        rows, cols = self._check_cells(rows, cols)
+        volts = np.asarray(voltages_v, dtype=float).reshape(-1)
+        lim = self.limits
+        if not np.all(np.isfinite(volts)):
+            raise LimitViolation("sweep voltages contain NaN or infinity")
+        top = max(lim.max_set_v, lim.max_form_v)
+        if volts.size and (volts.max() > top or volts.min() < -lim.max_reset_v):
+            raise LimitViolation(f"sweep from {volts.min():+.3f} V to {volts.max():+.3f} V leaves "
+                                 f"[-{lim.max_reset_v:.3f}, {top:.3f}] V (max_reset_v, max_set_v/max_form_v)")
+        self._check_duration(step_s)
+        self._check_compliance(compliance_a)
+        flat = rows * self.info.cols + cols
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        return self._do_iv_sweep(uniq, volts, float(step_s), float(compliance_a))[inverse]
+
+    def _check_duration(self, seconds: float) -> None:
+        lim = self.limits
+        if not lim.min_pulse_width_s <= seconds <= lim.max_pulse_width_s:
+            raise LimitViolation(f"duration {seconds:.3g} s is outside [{lim.min_pulse_width_s:.3g}, "
+                                 f"{lim.max_pulse_width_s:.3g}] s (pulse width limits)")
+
+    def _check_compliance(self, compliance_a: float) -> None:
+        if not 0 < compliance_a <= self.limits.compliance_a:
+            raise LimitViolation(f"compliance {compliance_a:.3g} A is outside (0, {self.limits.compliance_a:.3g}] A "
+                                 "(compliance_a)")
+
+    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
+        raise BoardError("forming is not implemented by this board")
+
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
+        raise BoardError("I-V sweeps are not implemented by this board")
 
     def clock(self) -> float:
         """The board clock in seconds (virtual on the emulator)."""

@@ -180,6 +180,17 @@ class FpgaBoard(Board):
         inv[order] = np.arange(order.size)
         return ProgramReport(self._codes_to_g(got)[inv], conv[inv], iters[inv], pulses, energy)
 
+    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
+        payload = self._transact(Op.FORM, m.encode_form_request(flat, voltage_v, width_s, compliance_a))
+        formed, codes = m.decode_form_result(payload, flat.size)
+        return formed, self._codes_to_g(codes)
+
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
+        virtual = self._info.capabilities.virtual_clock
+        payload = self._transact(Op.IV_SWEEP, m.encode_iv_request(flat, volts, step_s, compliance_a),
+                                 extra_s=0.0 if virtual else volts.size * step_s * 1.5)
+        return m.decode_iv_result(payload, flat.size, volts.size)
+
     def _do_clock(self) -> float:
         return m.decode_f64(self._transact(Op.CLOCK), "CLOCK reply")
 

@@ -35,6 +35,7 @@ class SafetyLimits(BaseModel):
     max_set_v: float = Field(2.5, gt=0, description="largest positive write amplitude")
     max_reset_v: float = Field(2.5, gt=0, description="largest magnitude of a negative write amplitude")
     max_read_v: float = Field(0.3, gt=0, description="largest |V| for reads and VMM inputs")
+    max_form_v: float = Field(3.5, gt=0, description="largest forming (and positive sweep) voltage")
     compliance_a: float = Field(1e-3, gt=0, description="current compliance for reads and sweeps")
     min_pulse_width_s: float = Field(10e-9, gt=0)
     max_pulse_width_s: float = Field(1e-3, gt=0)

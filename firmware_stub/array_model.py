@@ -216,7 +216,16 @@ class MemristorArray:
         g0[stuck_high] = self.g_max[stuck_high]
         self.g = g0
         self.stuck = self.stuck_factory.copy()  # grows when devices wear out
+        self._draw_forming()
         self.refresh_derived()
+
+    def _draw_forming(self) -> None:
+        """Unformed devices and forming voltages, from a fifth stream so the other draws do not move."""
+        p, n = self.params, self.n_devices
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(4,)))
+        self.v_form = p.v_form_v * (1.0 + p.sigma_form_rel * rng.standard_normal(n))
+        self.unformed = (rng.random(n) < p.unformed_fraction) & ~self.stuck_factory
+        self.g[self.unformed] = p.g_unformed_s
 
     def _spread(self, rng: np.random.Generator, nominal: float, sigma: float) -> np.ndarray:
         alpha = nominal * (1.0 + sigma * rng.standard_normal(self.n_devices))
@@ -225,7 +234,8 @@ class MemristorArray:
     def refresh_derived(self) -> None:
         """Recompute the cached per-device gains; call after editing alpha, g_max or stuck by hand."""
         self.inv_window = 1.0 / (self.g_max - self.params.g_min_s)
-        mobile = ~self.stuck
+        self._any_unformed = bool(self.unformed.any())
+        mobile = ~(self.stuck | self.unformed)
         # alpha of devices that move (0 if stuck), and alpha / window for the gamma == 1 fast path
         self._alpha_mobile = {+1: self.alpha_set * mobile, -1: self.alpha_reset * mobile}
         self._gain = {k: a * self.inv_window for k, a in self._alpha_mobile.items()}
@@ -294,6 +304,9 @@ class MemristorArray:
         outcome = PulseOutcome(pulses[+1], pulses[-1], energy, duration)
         self.book_write_batch(outcome, idx.size)
         self._redraw_write_event(idx)
+        if self._any_unformed:  # the window clip lifted them to g_min: an unformed filament stays absent
+            hit = idx[self.unformed[idx]]
+            self.g[hit] = self.params.g_unformed_s
         return outcome
 
     @staticmethod
@@ -437,8 +450,12 @@ class MemristorArray:
         g_eff = np.where(stuck, g, g_eff)
         return np.maximum(g_eff, 0.0, out=g_eff)
 
+    def _frozen(self) -> np.ndarray:
+        """Devices whose conductance no pulse moves: stuck, worn out or not yet formed."""
+        return self.stuck | self.unformed
+
     def _state_at(self, sel) -> tuple[np.ndarray, ...]:
-        return self.g[sel], self.e_w[sel], self.xi_r[sel], self.t_w[sel], self.stuck[sel]
+        return self.g[sel], self.e_w[sel], self.xi_r[sel], self.t_w[sel], self._frozen()[sel]
 
     def _region_state(self, row0: int, col0: int, nrows: int, ncols: int) -> tuple[np.ndarray, ...]:
         if not (0 <= row0 and 0 <= col0 and nrows > 0 and ncols > 0
@@ -446,7 +463,7 @@ class MemristorArray:
             raise ValueError(f"region ({row0},{col0}) {nrows}x{ncols} outside the {self.rows}x{self.cols} array")
         block = (slice(row0, row0 + nrows), slice(col0, col0 + ncols))
         return tuple(a.reshape(self.rows, self.cols)[block]
-                     for a in (self.g, self.e_w, self.xi_r, self.t_w, self.stuck))
+                     for a in (self.g, self.e_w, self.xi_r, self.t_w, self._frozen()))
 
     def _check_indices(self, flat_idx) -> np.ndarray:
         idx = np.asarray(flat_idx, dtype=np.int64).reshape(-1)
@@ -568,7 +585,7 @@ class MemristorArray:
         """sha256 of fixed and dynamic state, clock and random-stream positions."""
         h = hashlib.sha256()
         for a in (self.alpha_set, self.alpha_reset, self.g_max, self.stuck_factory,
-                  self.g, self.e_w, self.xi_r, self.t_w, self.n_pulses, self.stuck):
+                  self.g, self.e_w, self.xi_r, self.t_w, self.n_pulses, self.stuck, self.unformed):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(np.float64(self.clock_s).tobytes())
         for rng in self._rngs:
@@ -580,7 +597,7 @@ class MemristorArray:
         return self._rngs[{"pulse": _STREAM_PULSE, "write": _STREAM_WRITE, "read": _STREAM_READ}[stream]]
 
     # ---- snapshots (emulator only: exact resume of an interrupted run) ---------------
-    _DYNAMIC = ("g", "e_w", "xi_r", "t_w", "n_pulses", "stuck")
+    _DYNAMIC = ("g", "e_w", "xi_r", "t_w", "n_pulses", "stuck", "unformed")
 
     def snapshot(self) -> bytes:
         """The whole dynamic state (arrays, clock, counters, random-stream positions) as bytes.
@@ -625,3 +642,81 @@ class MemristorArray:
         for rng, state in zip(self._rngs, meta["rngs"]):
             rng.bit_generator.state = state
         self.refresh_derived()
+
+    # ---- forming and DC sweeps (characterization) ------------------------------------
+    def form(self, flat_idx, voltage_v: float, width_s: float, compliance_a: float) -> np.ndarray:
+        """A forming pulse on each device; returns the mask of devices formed by it.
+
+        An unformed device whose forming voltage is reached forms: its filament grows
+        until the current meets the compliance, leaving ``G = compliance / V`` (inside
+        its window).  Formed devices see a compliance-limited strong SET.  Energy is
+        ``V * I * width`` per device with the current at most the compliance.
+        """
+        p = self.params
+        idx = self._check_indices(flat_idx)
+        g_cc = np.clip(compliance_a / voltage_v, p.g_min_s, self.g_max[idx])
+        newly = self.unformed[idx] & (voltage_v >= self.v_form[idx])
+        formed_before = ~self.unformed[idx] & ~self.stuck[idx]
+        g_before = self.g[idx].copy()
+        g_after = g_before.copy()
+        g_after[newly] = g_cc[newly]
+        strong = formed_before & (voltage_v > p.v_set_threshold_v)
+        g_after[strong] = np.maximum(g_before[strong], g_cc[strong])
+        self.g[idx] = g_after
+        self.unformed[idx[newly]] = False
+        touched = idx[newly | strong]
+        self._redraw_write_event(touched)
+        self.n_pulses[idx] += 1
+        current = np.minimum(np.maximum(g_before, g_after) * voltage_v, compliance_a)
+        self.counters.write_energy_j += float(voltage_v * width_s * current.sum())
+        self.counters.pulses_total += int(idx.size)
+        self.counters.set_pulses_total += int(idx.size)
+        self.counters.write_events_total += int(touched.size)
+        self.clock_s += p.t_command_s + width_s
+        self.refresh_derived()
+        return newly
+
+    def iv_sweep(self, flat_idx, voltages_v, step_s: float, compliance_a: float) -> np.ndarray:
+        """DC staircase on each device: returns currents (n_devices, n_steps), amps.
+
+        Each step holds its voltage for ``step_s``.  A step beyond a switching threshold
+        counts as ``n = pulse_scale(V, step_s)`` nominal pulses, applied in the
+        continuous limit of the soft-bounds law (``1-x -> (1-x)*exp(-n*alpha/window)``
+        for SET, ``x -> x*exp(-n*alpha/window)`` for RESET) -- a DC step is many small
+        pulses, not one huge one.  The compliance caps a SET at ``compliance / V``; an
+        unformed device forms once its forming voltage is reached.  The current is the
+        read conductance times V, clipped at the compliance.  Loops over voltage steps
+        only, vectorised over devices.
+        """
+        p = self.params
+        idx = self._check_indices(flat_idx)
+        volts = np.asarray(voltages_v, dtype=np.float64).reshape(-1)
+        out = np.empty((idx.size, volts.size))
+        for k, v in enumerate(volts):
+            if v > 0 and self.unformed[idx].any():
+                self.form(idx[self.unformed[idx]], float(v), step_s, compliance_a)
+            n_equiv = pulse_scale(p, float(v), step_s) if v != 0 else 0.0
+            movable = idx[~self._frozen()[idx]]
+            if n_equiv > 0 and movable.size:
+                lo, hi = p.g_min_s, self.g_max[movable]
+                window = hi - lo
+                x = np.clip((self.g[movable] - lo) / window, 0.0, 1.0)
+                if v > 0:
+                    x = 1.0 - (1.0 - x) * np.exp(-n_equiv * self.alpha_set[movable] / window)
+                    g = np.minimum(lo + x * window, max(compliance_a / v, lo))
+                else:
+                    x = x * np.exp(-n_equiv * self.alpha_reset[movable] / window)
+                    g = lo + x * window
+                self.g[movable] = g
+                self._redraw_write_event(movable)
+                self.n_pulses[movable] += 1
+                self.counters.write_events_total += int(movable.size)
+            g_eff = self._effective_g(*self._state_at(idx))
+            out[:, k] = np.clip(self._read_noisy(g_eff) * v, -compliance_a, compliance_a)
+            energy = float(np.abs(out[:, k]).sum() * abs(v) * step_s)
+            if n_equiv > 0:
+                self.counters.write_energy_j += energy
+            else:
+                self.counters.read_energy_j += energy
+            self.clock_s += p.t_command_s + step_s
+        return out

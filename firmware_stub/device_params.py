@@ -57,6 +57,12 @@ class DeviceParams(BaseModel):
     endurance_pulses: float = Field(1e6, gt=0, description="N_end: pulses after which a device wears out")
     wear_window_loss: float = Field(0.5, ge=0, le=1, description="fraction of the window lost between N_end and 2*N_end; stuck at 2*N_end")
 
+    # forming: a fraction of fresh devices needs a forming pulse before it switches
+    unformed_fraction: float = Field(0.0, ge=0, le=1, description="fraction of devices that start unformed")
+    g_unformed_s: float = Field(0.02e-6, gt=0, description="conductance of an unformed device")
+    v_form_v: float = Field(2.6, gt=0, description="mean forming voltage")
+    sigma_form_rel: float = Field(0.05, ge=0, description="relative device-to-device spread of the forming voltage")
+
     # pulse amplitude/width dependence: step scales as ((|V|-Vth)/(Vnom-Vth))**p * (w/wnom)
     v_set_nominal_v: float = Field(1.6, gt=0)
     v_reset_nominal_v: float = Field(-1.8, lt=0)

@@ -37,6 +37,7 @@ class HardwareLimits:
     max_set_v: float = 3.0
     max_reset_v: float = 3.0
     max_read_v: float = 0.5
+    max_form_v: float = 4.0
     compliance_a: float = 1e-3
     min_pulse_width_s: float = 10e-9
     max_pulse_width_s: float = 1e-3
@@ -83,6 +84,8 @@ class Firmware:
             Op.WAIT: self._wait,
             Op.SAFE_IDLE: self._safe_idle,
             Op.TRUE_PARAMS: self._true_params,
+            Op.FORM: self._form,
+            Op.IV_SWEEP: self._iv_sweep,
             Op.SNAPSHOT: self._snapshot,
             Op.RESTORE: self._restore,
         }
@@ -114,7 +117,8 @@ class Firmware:
             "rows": self.array.rows,
             "cols": self.array.cols,
             "capabilities": {"vmm": True, "vmm_transpose": True, "write_verify": True,
-                             "virtual_clock": True, "true_parameters": True, "snapshot": True},
+                             "virtual_clock": True, "true_parameters": True, "snapshot": True,
+                             "iv_sweep": True, "forming": True},
             "hardware_limits": asdict(self.limits),
             "read_voltage_v": p.read_voltage_v,
             "g_lsb_s": self.g_lsb_s,
@@ -233,6 +237,40 @@ class Firmware:
         )
         self.idle = True
         return m.encode_program_result(self._g_codes(achieved), conv, iters, pulses, energy)
+
+    def _check_compliance(self, icc: float) -> None:
+        if not (np.isfinite(icc) and 0 < icc <= self.limits.compliance_a):
+            raise Refused(Status.LIMIT_VIOLATION, f"compliance {icc:.3g} A outside (0, {self.limits.compliance_a:.3g}] A")
+
+    def _check_width(self, w: float) -> None:
+        lim = self.limits
+        if not (np.isfinite(w) and lim.min_pulse_width_s <= w <= lim.max_pulse_width_s):
+            raise Refused(Status.LIMIT_VIOLATION, f"duration {w:.3g} s outside "
+                                                  f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
+
+    def _form(self, payload: bytes) -> bytes:
+        flat, v, w, icc = m.decode_form_request(payload)
+        self._check_cells(flat)
+        if not (np.isfinite(v) and 0 < v <= self.limits.max_form_v):
+            raise Refused(Status.LIMIT_VIOLATION, f"forming voltage {v:.3f} V outside (0, {self.limits.max_form_v}] V")
+        self._check_width(w)
+        self._check_compliance(icc)
+        formed = self.array.form(flat, v, w, icc)
+        return m.encode_form_result(formed, self._g_codes(self.array.read_g(flat)))
+
+    def _iv_sweep(self, payload: bytes) -> bytes:
+        flat, volts, step, icc = m.decode_iv_request(payload)
+        self._check_cells(flat)
+        lim = self.limits
+        if volts.size and (not np.all(np.isfinite(volts)) or volts.max() > max(lim.max_set_v, lim.max_form_v)
+                           or volts.min() < -lim.max_reset_v):
+            raise Refused(Status.LIMIT_VIOLATION, "sweep voltage beyond the hardware limits")
+        self._check_width(step)
+        self._check_compliance(icc)
+        self.idle = False
+        cur = self.array.iv_sweep(flat, volts, step, icc)
+        self.idle = True
+        return enc.encode_f64(cur.reshape(-1))
 
     # ---- reads ---------------------------------------------------------------------
     def _g_codes(self, g: np.ndarray) -> np.ndarray:

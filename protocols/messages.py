@@ -29,6 +29,8 @@ class Op(IntEnum):
     READ_CELLS = 0x31
     VMM = 0x40
     PROGRAM = 0x50
+    FORM = 0x52
+    IV_SWEEP = 0x54
     CLOCK = 0x60
     WAIT = 0x61
     SAFE_IDLE = 0x70
@@ -280,3 +282,56 @@ def decode_f64(data: bytes, what: str) -> float:
     (x,) = _unpack(_F64, data, what)
     _expect_end(data, _F64.size, what)
     return x
+
+
+# ---- FORM and IV_SWEEP (characterization) ------------------------------------------------
+_FORM = struct.Struct("<ddd")
+_IV = struct.Struct("<ddI")
+
+
+def encode_form_request(flat_sorted: np.ndarray, voltage_v: float, width_s: float, compliance_a: float) -> bytes:
+    return _FORM.pack(voltage_v, width_s, compliance_a) + encode_cells(flat_sorted)
+
+
+def decode_form_request(data: bytes) -> tuple[np.ndarray, float, float, float]:
+    v, w, icc = _unpack(_FORM, data, "FORM")
+    idx, off = decode_cells(data, "FORM", _FORM.size)
+    _expect_end(data, off, "FORM")
+    return idx, v, w, icc
+
+
+def encode_form_result(formed: np.ndarray, g_codes: np.ndarray) -> bytes:
+    return np.packbits(formed.astype(bool)).tobytes() + enc.encode_u16(g_codes)
+
+
+def decode_form_result(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    nbits = -(-n // 8)
+    formed = np.unpackbits(np.frombuffer(data, np.uint8, min(nbits, len(data))))[:n].astype(bool)
+    codes = decode_codes_u16(data[nbits:], n, "FORM reply")
+    return formed, codes
+
+
+def encode_iv_request(flat_sorted: np.ndarray, voltages_v: np.ndarray, step_s: float, compliance_a: float) -> bytes:
+    return _IV.pack(step_s, compliance_a, voltages_v.size) + enc.encode_f64(voltages_v) + encode_cells(flat_sorted)
+
+
+def decode_iv_request(data: bytes) -> tuple[np.ndarray, np.ndarray, float, float]:
+    step, icc, n_v = _unpack(_IV, data, "IV_SWEEP")
+    if 8 * n_v > len(data):
+        raise PayloadError("IV_SWEEP: voltage count exceeds the payload")
+    try:
+        volts, off = enc.decode_f64(data, n_v, _IV.size)
+    except ValueError as exc:
+        raise PayloadError(f"IV_SWEEP: {exc}") from None
+    idx, off = decode_cells(data, "IV_SWEEP", off)
+    _expect_end(data, off, "IV_SWEEP")
+    return idx, volts, step, icc
+
+
+def decode_iv_result(data: bytes, n_cells: int, n_v: int) -> np.ndarray:
+    try:
+        cur, off = enc.decode_f64(data, n_cells * n_v)
+    except ValueError as exc:
+        raise PayloadError(f"IV_SWEEP reply: {exc}") from None
+    _expect_end(data, off, "IV_SWEEP reply")
+    return cur.reshape(n_cells, n_v)
