@@ -3,7 +3,34 @@
 Other tools read this file, so the headline fields are plain numbers in SI units
 (siemens, seconds) under the names ARCHITECTURE.md fixes; the one-sigma
 uncertainty of each measured field is given under the same name in
-``uncertainty``.  Everything else (curves, fits, sample description) follows.
+``uncertainty`` (``pulse_step_mean_s.set`` etc. for dict entries, ``drift.mu_s`` for
+the drift parameters).  Everything else (curves, fits, sample description)
+follows.
+
+Fields the training loop reads: ``delta_g_th_s``, ``delta_g_th_pulses``,
+``pulse_step_mean_s`` ({"set", "reset"}), ``pulse_response`` (soft-bounds fit per
+polarity: ``alpha_s``, ``gamma``, ``g_min_s``, ``g_max_s``), ``window_s``
+({"g_min_s", "g_max_s"}) and ``write_noise_sigma_s``.
+
+Conventions:
+
+* ``write_noise_sigma_s`` is the offset ``s`` of ONE write event (redrawn at every
+  pulse batch), including the relaxation spread at t ~ 0, which no measurement of
+  G can separate from it: ``s = sqrt(sigma_w^2 + sigma_r0^2)``.  The change between
+  reads before and after an event carries two such offsets.
+* ``c2c_sigma_s`` is the cycle-to-cycle spread of one SET pulse at mid-window
+  (``c2c_sigma_rel`` times the mean SET step there), so one event of n pulses at
+  mid-window spreads as ``sigma(n)^2 = s^2 + n c2c_sigma_s^2``.
+* ``pulse_response[pol]`` gives the mean step per pulse
+  ``alpha_s * (1-x)**gamma`` (SET) or ``alpha_s * x**gamma`` (RESET),
+  ``x = (G - g_min_s)/(g_max_s - g_min_s)``; ``pulse_step_mean_s[pol]`` is its value at
+  x = 0.5.
+* ``drift`` follows ``-mu_s ln(1+t/t0_s)`` (mean) and ``sigma1_s ln(1+t/t0_s)`` (spread
+  of the change since t ~ 0); ``sigma0_s`` is None: the spread at t ~ 0 is part of
+  ``write_noise_sigma_s``.
+* ``run`` holds what legitimately differs between two runs of the same calibration
+  (address, wall-clock times, board-clock times, resumed stages, files); everything
+  else is a deterministic function of the seed and the board's state.
 """
 
 from __future__ import annotations
@@ -19,14 +46,14 @@ class DriftModel(BaseModel):
 
     model: str = "log"
     mu_s: float
-    sigma0_s: float
+    sigma0_s: float | None = Field(None, description="spread at t ~ 0: inside write_noise_sigma_s, not separable")
     sigma1_s: float
     t0_s: float = 1.0
     per_level: list[dict] = Field(default_factory=list, description="fits for each programmed level")
 
 
 class SoftBoundsFit(BaseModel):
-    """Mean step per pulse as a function of normalised state: ``alpha_s * (1-x)**gamma`` (SET) or ``alpha_s * x**gamma`` (RESET)."""
+    """Mean step per pulse versus normalised state: ``alpha_s (1-x)**gamma`` (SET) or ``alpha_s x**gamma`` (RESET)."""
 
     alpha_s: float
     gamma: float
@@ -37,30 +64,46 @@ class SoftBoundsFit(BaseModel):
 class CalibrationReport(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    schema_version: int = 1
+    schema_version: int = 2
     board: dict = Field(default_factory=dict, description="identity of the board measured")
+    profiles: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="pulse profiles calibrated: set/reset amplitude_v, width_s")
     delta_g_th_s: float = Field(description="EaPU noise threshold: SNR=1 change times k, siemens")
     delta_g_th_k: float = 1.0
-    delta_g_th_pulses: int = Field(description="pulses of one EaPU quantum at mid-window")
-    write_noise_sigma_s: float = Field(description="write offset per write event, sigma_w")
-    c2c_sigma_s: float = Field(description="cycle-to-cycle spread of one pulse's step, absolute")
+    delta_g_th_pulses: int = Field(description="pulses of one EaPU quantum at mid-window (larger of the polarities)")
+    delta_g_th_pulses_by_polarity: dict[str, int] = Field(default_factory=dict)
+    delta_g_th_by_polarity: dict[str, dict[str, float]] = Field(default_factory=dict)
+    write_noise_sigma_s: float = Field(description="write offset per write event, sigma_w (incl. relaxation at t~0)")
+    c2c_sigma_s: float = Field(description="cycle-to-cycle spread of one SET pulse's step at mid-window, absolute")
+    c2c_sigma_rel: float | None = Field(None, description="cycle-to-cycle spread relative to the step")
     pulse_step_mean_s: dict[str, float] = Field(description="mean |step| per pulse at mid-window, set/reset")
     pulse_response: dict[str, SoftBoundsFit] = Field(default_factory=dict)
+    pulse_step_curve: dict[str, dict[str, list[float]]] = Field(
+        default_factory=dict, description="model-free mean |step| and its spread over devices versus G, per polarity")
     read_noise_rel: float
     drift: DriftModel
-    drift_delay_s: float | None = Field(None, description="write-to-use delay whose drift spread was added to delta_g_th_s")
+    drift_delay_s: float | None = Field(
+        None, description="write-to-use delay whose drift spread was added to delta_g_th_s")
     stuck_fraction: float
-    d2d_cv: float = Field(description="device-to-device coefficient of variation of the step size")
-    window_s: dict[str, float] = Field(default_factory=dict, description="g_min / g_max estimates")
+    stuck: dict = Field(default_factory=dict, description="stuck counts (map in the HDF5 file)")
+    d2d_cv: float = Field(description="device-to-device coefficient of variation of the (SET) step size")
+    d2d: dict = Field(default_factory=dict, description="step CV per polarity, window CV, sources")
+    window_s: dict[str, float] = Field(default_factory=dict, description="g_min_s / g_max_s estimates")
     uncertainty: dict[str, float] = Field(default_factory=dict, description="one-sigma uncertainty by field name")
-    sample: dict = Field(default_factory=dict, description="devices used, pulses each received, parameters")
-    duration_s: float = 0.0
+    sample: dict = Field(default_factory=dict, description="devices used and pulses each received, per stage")
+    stages: dict = Field(default_factory=dict, description="full result of every stage")
+    params: dict = Field(default_factory=dict, description="calibration parameters")
+    run: dict = Field(default_factory=dict, description="address, wall/board-clock times, resumed stages, files")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2))
 
+    def deterministic(self) -> dict:
+        """Everything but ``run``: equal for two runs with the same seed on the same board state."""
+        return self.model_dump(mode="json", exclude={"run"})
+
     @classmethod
-    def load(cls, path: str | Path) -> "CalibrationReport":
+    def load(cls, path: str | Path) -> CalibrationReport:
         p = Path(path)
         try:
             return cls.model_validate(json.loads(p.read_text()))

@@ -84,7 +84,15 @@ def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
         return FpgaBoard(link, limits, timeout_s=_number(params, "timeout", float, 2.0, address),
                          retries=_number(params, "retries", int, 5, address), address=address)
 
+    if address.startswith("visa:"):
+        path = address[len("visa:"):]
+        if not path:
+            raise AddressError("visa: needs a bench file, e.g. visa:bench.toml")
+        from drivers.visa_bench import VisaBenchBoard
+
+        return VisaBenchBoard.from_file(path, limits)
+
     raise AddressError(
         f"unknown board address {address!r}; use 'emu[?seed=..&rows=..&cols=..&config=FILE]', "
-        "'serial:/dev/ttyUSB0[?baud=..]' or 'serial:socket://HOST:PORT'"
+        "'serial:/dev/ttyUSB0[?baud=..]', 'serial:socket://HOST:PORT' or 'visa:BENCH.toml'"
     )

@@ -80,7 +80,8 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
     caps = [k for k, v in i["capabilities"].items() if v]
     click.echo(f"capabilities {', '.join(caps) or 'none'}")
     click.echo(f"read         {i['read_voltage_v']} V, LSB {i['g_lsb_s']:.3g} S, full scale {i['g_full_scale_s']:.3g} S")
-    click.echo(f"converters   DAC {i['dac_bits']} bit (+-{i['dac_full_scale_v']} V), ADC {i['adc_bits']} bit")
+    if i["capabilities"]["vmm"]:
+        click.echo(f"converters   DAC {i['dac_bits']} bit (+-{i['dac_full_scale_v']} V), ADC {i['adc_bits']} bit")
     click.echo("limits       " + ", ".join(f"{k}={v:g}" for k, v in data["effective_limits"].items()))
     click.echo(f"clock        {data['status']['clock_s']:.6g} s")
 
@@ -112,7 +113,8 @@ TRAIN_OPTIONS = ("board", "task", "method", "epochs", "seed", "calibration", "ba
 
 @cli.command()
 @click.option("--board", "address", default="emu", show_default=True, help="Board address (unused by --method float).")
-@click.option("--task", type=click.Choice(["digits", "denoise", "superres"]), default="digits", show_default=True)
+@click.option("--task", type=click.Choice(["digits", "digits-small", "denoise", "superres"]), default="digits",
+              show_default=True, help="digits-small: 4x4 pooled digits, for small benches.")
 @click.option("--method", type=click.Choice(["float", "bp", "eapu", "mixed", "manhattan", "stochastic"]),
               default="eapu", show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
@@ -263,6 +265,14 @@ def serve(use_pty: bool, tcp: str | None, rows: int, cols: int, seed: int, confi
     except KeyboardInterrupt:
         server.stop.set()
     click.echo("emulator stopped", err=True)
+
+
+from calibration.cli import calibrate_cmd, characterize_group  # noqa: E402
+from drivers.visa_cli import serve_bench_command  # noqa: E402
+
+emulator.add_command(serve_bench_command)
+cli.add_command(calibrate_cmd)
+cli.add_command(characterize_group)
 
 
 def main() -> None:

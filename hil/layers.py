@@ -5,6 +5,10 @@ VMM on its tile, the backward pass to its inputs a transposed VMM (or, where the
 board has none, a product with a weight estimate read on a schedule), and an
 update becomes signed pulse counts for the devices the update rule keeps.
 
+On a board without VMM (the VISA bench) the forward pass multiplies by weights
+*measured* from the devices: the tile is read at the scheduled checks and the
+devices written by each step are read right after their pulses.
+
 The layer holds a host-side *estimate* of each device's conductance, refreshed by
 scheduled reads and advanced by the expected effect of the pulses sent.  It is
 used only to pick the device of a pair to move, its step per pulse (soft bounds)
@@ -140,6 +144,10 @@ class AnalogLinear:
         return float(np.clip(1.5 * est, lo, hi))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.board.info.capabilities.vmm:
+            if self.w_read is None:
+                self.refresh()
+            return x @ self.w_read
         s = float(np.max(np.abs(x)))
         if s == 0.0:
             return np.zeros((x.shape[0], self.n_out))
@@ -188,6 +196,21 @@ class AnalogLinear:
         self.pulse_counts[i, col] += mags[i, j]
         flat = self.tile.flat_index(i, col, self.board.info.cols)
         return flat, counts.astype(np.int64), UpdateStats(int(i.size), int(mags.sum()), int(saturated.sum()))
+
+    def after_pulses(self, flat: np.ndarray) -> int:
+        """On a board without VMM the host computes with measured weights: re-read the devices
+        just written (few, under EaPU) so the next forward pass sees them.  Returns cells read."""
+        if self.board.info.capabilities.vmm or flat.size == 0:
+            return 0
+        cols = self.board.info.cols
+        r, c = flat // cols - self.tile.row0, flat % cols - self.tile.col0
+        mine = (r >= 0) & (r < self.n_in) & (c >= 0) & (c < 2 * self.n_out)
+        if not mine.any():
+            return 0
+        g = self.board.read_cells(flat[mine] // cols, flat[mine] % cols)
+        self.g_est[r[mine], c[mine]] = g
+        self.w_read = self.cmap.weights(self.g_est)
+        return int(mine.sum())
 
     def state_dict(self) -> dict:
         return {"g_est": self.g_est.copy(), "pulse_counts": self.pulse_counts.copy(), "dead": self.dead.copy(),

@@ -167,7 +167,7 @@ def test_no_overlap_between_train_and_test(tasks):
 
 
 def test_load_task_errors():
-    with pytest.raises(ValueError, match="digits, denoise, superres"):
+    with pytest.raises(ValueError, match="digits, digits-small, denoise, superres"):
         load_task("mnist")
     with pytest.raises(ValueError):
         load_task("digits", test_fraction=1.5)

@@ -1,0 +1,340 @@
+"""``calibrate`` and ``characterize`` commands for the ``hil`` command line.
+
+Registered into ``hil`` with::
+
+    from calibration.cli import calibrate_cmd, characterize_group
+    cli.add_command(calibrate_cmd)        # hil calibrate --board ADDR --out DIR ...
+    cli.add_command(characterize_group)   # hil characterize PROCEDURE --board ADDR --out DIR ...
+
+They follow ``hil``'s conventions: the safety limits come from ``ctx.obj.limits``
+(``hil --limits FILE``), boards are opened with :func:`drivers.address.open_board`,
+and errors a user can fix end with a one-line ``error: ...`` on stderr and exit
+status 2.  Ctrl-C during a calibration keeps the finished stages in
+``DIR/calibration.h5`` (exit status 130); ``--resume`` continues from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from drivers.address import open_board
+from drivers.errors import BoardError
+from drivers.limits import PulseProfile
+
+log = logging.getLogger("hil.calibration")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _limits(ctx: click.Context):
+    return getattr(ctx.obj, "limits", None)
+
+
+def _open(ctx: click.Context, address: str):
+    try:
+        return open_board(address, _limits(ctx))
+    except BoardError as exc:
+        _fail(str(exc))
+
+
+def _profiles(set_amplitude, set_width, reset_amplitude, reset_width):
+    """Optional SET / RESET profiles from the command-line options (None: the board's current)."""
+    from drivers.limits import DEFAULT_RESET, DEFAULT_SET
+
+    set_p = reset_p = None
+    if set_amplitude is not None or set_width is not None:
+        set_p = PulseProfile(amplitude_v=DEFAULT_SET.amplitude_v if set_amplitude is None else set_amplitude,
+                             width_s=DEFAULT_SET.width_s if set_width is None else set_width)
+    if reset_amplitude is not None or reset_width is not None:
+        reset_p = PulseProfile(amplitude_v=DEFAULT_RESET.amplitude_v if reset_amplitude is None else reset_amplitude,
+                               width_s=DEFAULT_RESET.width_s if reset_width is None else reset_width)
+    return set_p, reset_p
+
+
+def _profile_options(f):
+    for opt in reversed([
+        click.option("--set-amplitude", type=float, help="SET pulse amplitude, volts (default: the board's profile)."),
+        click.option("--set-width", type=float, help="SET pulse width, seconds."),
+        click.option("--reset-amplitude", type=float, help="RESET pulse amplitude, volts (negative)."),
+        click.option("--reset-width", type=float, help="RESET pulse width, seconds."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _us(x: float) -> str:
+    return f"{x * 1e6:.4g} uS"
+
+
+@click.command("calibrate")
+@click.option("--board", "address", required=True, help="Board address, e.g. emu, serial:/dev/ttyUSB0.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for calibration.json, calibration.h5 and the plots.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Devices per sampled stage (default: read noise 1024, pulse response 1024, write noise 2048, "
+                   "drift 2048).")
+@click.option("--k", "k", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="ΔGth = k x the SNR=1 change.")
+@click.option("--drift-delay", type=click.FloatRange(min=0), default=None,
+              help="Write-to-use delay (s) whose drift spread is added to the noise in quadrature.")
+@click.option("--drift-duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Last drift read after programming, seconds of board clock (default 1e4; real time on a "
+                   "board without a virtual clock).")
+@click.option("--resume", is_flag=True, help="Continue the calibration already in --out (same board, same options).")
+@_profile_options
+@click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's headline figures as JSON.")
+@click.pass_context
+def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sample: int | None, k: float,
+                  drift_delay: float | None, drift_duration: float | None, resume: bool, set_amplitude, set_width,
+                  reset_amplitude, reset_width, no_plots: bool, no_progress: bool, as_json: bool) -> None:
+    """Calibrate a board: read noise, stuck map, pulse response, write noise -> ΔGth, drift, spreads."""
+    from pydantic import ValidationError
+
+    from calibration.run import H5_NAME, JSON_NAME, CalibrationParams, calibrate
+
+    try:
+        set_p, reset_p = _profiles(set_amplitude, set_width, reset_amplitude, reset_width)
+        extra = {}
+        if drift_duration is not None:
+            from calibration.run import CalibrationParams as _P
+
+            extra["drift"] = _P.model_fields["drift"].default.model_copy(update={"t_max_s": drift_duration})
+        params = CalibrationParams(seed=seed, sample=sample, k=k, drift_delay_s=drift_delay, set_profile=set_p,
+                                   reset_profile=reset_p, plots=not no_plots, **extra)
+    except (ValidationError, ValueError) as exc:
+        _fail(f"invalid option: {exc}")
+    try:
+        with _open(ctx, address) as board:
+            report = calibrate(board, out_dir, params, resume=resume, progress=not no_progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished stages are kept in {out_dir / H5_NAME}; "
+                   "rerun with --resume to continue", err=True)
+        sys.exit(130)
+    except (BoardError, ValueError, OSError) as exc:
+        kept = out_dir / H5_NAME
+        suffix = f" (finished stages kept in {kept}; --resume continues)" if kept.exists() else ""
+        _fail(f"{exc}{suffix}")
+    head = {
+        "calibration": str(out_dir / JSON_NAME),
+        "delta_g_th_s": report.delta_g_th_s,
+        "delta_g_th_pulses": report.delta_g_th_pulses,
+        "write_noise_sigma_s": report.write_noise_sigma_s,
+        "c2c_sigma_s": report.c2c_sigma_s,
+        "pulse_step_mean_s": report.pulse_step_mean_s,
+        "read_noise_rel": report.read_noise_rel,
+        "drift_mu_s": report.drift.mu_s,
+        "stuck_fraction": report.stuck_fraction,
+        "d2d_cv": report.d2d_cv,
+        "wall_s": report.run.get("wall_duration_s"),
+    }
+    if as_json:
+        click.echo(json.dumps(head, indent=2))
+        return
+    click.echo(f"calibration  {out_dir / JSON_NAME}")
+    click.echo(f"ΔGth         {_us(report.delta_g_th_s)} (k={report.delta_g_th_k:g}), "
+               f"{report.delta_g_th_pulses} pulses per quantum")
+    click.echo(f"write noise  s = {_us(report.write_noise_sigma_s)} per event, "
+               f"c2c = {_us(report.c2c_sigma_s)} per pulse at mid-window")
+    click.echo(f"step         SET {_us(report.pulse_step_mean_s['set'])}, "
+               f"RESET {_us(report.pulse_step_mean_s['reset'])} per pulse at mid-window")
+    click.echo(f"window       {_us(report.window_s['g_min_s'])} .. {_us(report.window_s['g_max_s'])}")
+    click.echo(f"read noise   {100 * report.read_noise_rel:.3g} %")
+    click.echo(f"drift        mu = {_us(report.drift.mu_s)} per ln(1+t/{report.drift.t0_s:g} s)")
+    click.echo(f"stuck        {100 * report.stuck_fraction:.3g} % of devices; d2d step CV {report.d2d_cv:.3g}")
+    click.echo(f"took         {report.run.get('wall_duration_s', 0):.1f} s")
+
+
+# ---- characterize ---------------------------------------------------------------------------
+@click.group("characterize")
+def characterize_group() -> None:
+    """Device-characterization routines (each writes DIR/NAME.h5 and DIR/NAME.png)."""
+
+
+def _common(f):
+    for opt in reversed([
+        click.option("--board", "address", required=True, help="Board address."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path)),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--region", default=None, metavar="ROW0,COL0,ROWS,COLS",
+                     help="Rectangle of devices (default: see each routine)."),
+    ]):
+        f = opt(f)
+    return _profile_options(f)
+
+
+def _region(text: str | None):
+    if text is None:
+        return None
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4:
+        _fail(f"--region expects ROW0,COL0,ROWS,COLS (four integers), got {text!r}")
+    return parts
+
+
+def _run_char(ctx, name: str, address: str, out_dir: Path, params_fn, profiles, **kwargs) -> None:
+    from pydantic import ValidationError
+
+    from calibration import characterize as ch
+
+    try:
+        set_p, reset_p = _profiles(*profiles)
+    except (ValidationError, ValueError) as exc:
+        _fail(f"invalid option: {exc}")
+    try:
+        with _open(ctx, address) as board:
+            if set_p is not None or reset_p is not None:
+                board.set_profiles(set_p or board.profiles[0], reset_p or board.profiles[1])
+            try:
+                params = params_fn(board)
+            except ValidationError as exc:
+                _fail(f"invalid option: {exc}")
+            extra = {k: (v(board) if callable(v) else v) for k, v in kwargs.items()}
+            measured = ch.run(name, board, params, out_dir, **extra)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing of this routine was saved", err=True)
+        sys.exit(130)
+    except (BoardError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    stem = name.replace("-", "_")
+    click.echo(f"{name}: {out_dir / (stem + '.h5')}, {out_dir / (stem + '.png')}")
+    click.echo(measured.result.model_dump_json(indent=2))
+
+
+@characterize_group.command("read-all")
+@_common
+@click.option("--reads", default=1, show_default=True, type=click.IntRange(min=1), help="Reads averaged.")
+@click.pass_context
+def read_all_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width, reads):
+    """Conductance map of the array (or --region)."""
+    from calibration.characterize import ReadAllParams
+
+    _run_char(ctx, "read-all", address, out_dir,
+              lambda b: ReadAllParams(seed=seed, n_reads=reads, region=_region(region)),
+              (set_amplitude, set_width, reset_amplitude, reset_width))
+
+
+@characterize_group.command("pulse-response")
+@_common
+@click.option("--devices", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Random sample size when no --region is given.")
+@click.option("--pulses-per-step", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", default=48, show_default=True, type=click.IntRange(min=1))
+@click.option("--cycles", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--reads", default=2, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def pulse_response_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
+                       devices, pulses_per_step, steps, cycles, reads):
+    """SET then RESET pulse trains across the window, read after every write event."""
+    from calibration.characterize import CharPulseResponseParams
+
+    _run_char(ctx, "pulse-response", address, out_dir,
+              lambda b: CharPulseResponseParams(seed=seed, region=_region(region), n_devices=devices,
+                                                pulses_per_step=pulses_per_step, steps=steps, cycles=cycles,
+                                                n_reads=reads),
+              (set_amplitude, set_width, reset_amplitude, reset_width))
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        vals = ()
+    if not vals:
+        _fail(f"{what} expects comma-separated numbers, got {text!r}")
+    return vals
+
+
+@characterize_group.command("retention")
+@_common
+@click.option("--devices", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--targets", default="10e-6,30e-6,50e-6,70e-6", show_default=True, help="Levels in siemens.")
+@click.option("--tolerance", default=1.5e-6, show_default=True, type=float, help="Write-verify tolerance, siemens.")
+@click.option("--duration", default=1e4, show_default=True, type=float, help="Last read, seconds of board clock.")
+@click.option("--times", default=9, show_default=True, type=click.IntRange(min=2), help="Log-spaced reads.")
+@click.option("--reads", default=4, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def retention_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
+                  devices, targets, tolerance, duration, times, reads):
+    """Write-verify levels and follow them on the board clock."""
+    from calibration.characterize import RetentionParams
+
+    _run_char(ctx, "retention", address, out_dir,
+              lambda b: RetentionParams(seed=seed, region=_region(region), n_devices=devices,
+                                        targets_s=_floats(targets, "--targets"), tolerance_s=tolerance,
+                                        t_max_s=duration, n_times=times, n_reads=reads),
+              (set_amplitude, set_width, reset_amplitude, reset_width))
+
+
+@characterize_group.command("endurance")
+@_common
+@click.option("--devices", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--cycles", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--pulses", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Pulses of each polarity per cycle.")
+@click.option("--checkpoints", default=20, show_default=True, type=click.IntRange(min=2))
+@click.pass_context
+def endurance_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
+                  devices, cycles, pulses, checkpoints):
+    """Full SET/RESET cycling; the high/low states read at log-spaced cycles."""
+    from calibration.characterize import EnduranceParams
+
+    _run_char(ctx, "endurance", address, out_dir,
+              lambda b: EnduranceParams(seed=seed, region=_region(region), n_devices=devices, cycles=cycles,
+                                        pulses_per_cycle=pulses, checkpoints=checkpoints),
+              (set_amplitude, set_width, reset_amplitude, reset_width))
+
+
+@characterize_group.command("program")
+@_common
+@click.option("--targets", "targets_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Target map (siemens): .npy, or .csv/.txt of rows x cols.")
+@click.option("--pattern", type=click.Choice(["uniform", "checkerboard", "gradient", "random"]), default=None,
+              help="Generated target map instead of --targets.")
+@click.option("--low", default=10e-6, show_default=True, type=float, help="Pattern low level, siemens.")
+@click.option("--high", default=60e-6, show_default=True, type=float, help="Pattern high level, siemens.")
+@click.option("--tolerance", default=1.0e-6, show_default=True, type=float, help="Write-verify tolerance, siemens.")
+@click.option("--max-iter", default=40, show_default=True, type=click.IntRange(1, 1000))
+@click.pass_context
+def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
+                targets_file, pattern, low, high, tolerance, max_iter):
+    """Write-verify a target conductance map (--targets FILE or --pattern)."""
+    from calibration.characterize import ProgramParams, target_pattern
+
+    if (targets_file is None) == (pattern is None):
+        _fail("give exactly one of --targets FILE or --pattern")
+    reg = _region(region)
+
+    def targets(board):
+        shape = (reg[2], reg[3]) if reg else (board.info.rows, board.info.cols)
+        if pattern is not None:
+            return target_pattern(pattern, shape, low, high)
+        try:
+            if targets_file.suffix == ".npy":
+                data = np.load(targets_file)
+            else:
+                data = np.loadtxt(targets_file, delimiter=None if targets_file.suffix == ".txt" else ",")
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read the target map {targets_file}: {exc}")
+        return np.atleast_2d(np.asarray(data, dtype=float))
+
+    _run_char(ctx, "program", address, out_dir,
+              lambda b: ProgramParams(seed=seed, region=reg, tolerance_s=tolerance, max_iter=max_iter),
+              (set_amplitude, set_width, reset_amplitude, reset_width), targets_s=targets)
+
+
+COMMANDS = (calibrate_cmd, characterize_group)

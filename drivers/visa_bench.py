@@ -1,0 +1,527 @@
+"""The VISA bench as a Board: a Keithley 2450 SMU, a Keysight 33500B pulse generator and a
+Keithley 707B switch matrix wired to a crossbar array, described by a bench file.
+
+How each operation is done (honestly, one device at a time -- this board is slow by
+nature: two to four instrument round trips per cell read or per device pulsed, plus
+the instruments' own time):
+
+* **read**: for each cell the matrix closes exactly SMU HI -> the cell's word line and
+  SMU LO -> its bit line (``channel.exclusiveclose`` + read-back of the closed
+  crosspoints and the error count in the same exchange), then the SMU turns its
+  output on, takes one ``:READ?`` at the read voltage under the current limit, turns
+  the output off and reports its error count.  ``G = I / V``.  Relays therefore never
+  switch under voltage (``hot_switching = true`` in the bench file keeps the output on
+  during a read sweep instead: faster, harder on the relays).
+* **pulse**: per polarity the generator is set once to the profile (level, width,
+  period) and its output turned on (idling at 0 V); then for each device the matrix
+  routes generator HI -> word line, LO -> bit line for SET (reversed for RESET, so the
+  device sees a negative pulse), and ``*TRG`` fires a burst of ``|count|`` pulses;
+  ``*OPC?`` waits for it and the error queue is read.  Output off after each phase,
+  all crosspoints open after each operation.
+* **program** (write-verify) runs on the host on top of read and pulse.
+* **VMM** is not offered (``capabilities.vmm`` is false).
+
+Limits: the board's hardware limits are the instruments' ratings tightened by the
+bench file's ``[limits]``; the effective limits also honour the user's.  The read
+voltage and compliance of the bench file are checked before any instrument is
+opened; profiles, pulse counts and read voltages before any command of an operation
+is sent (the :class:`~drivers.board.Board` template methods); the generator's own
+voltage limits (``VOLT:LIM``) are set as a second line of defence.
+
+Clock: without a virtual clock, ``clock()`` is host monotonic time since the board
+was opened and ``wait()`` sleeps.  An emulated bench (``emulated = true``) whose file
+declares ``virtual_clock = true`` asks the emulators instead: every instrument
+emulator advances the shared array's clock by the real duration of what it does
+(integration time, relay settling, burst length, command latency), ``clock()`` reads
+it with the vendor query ``:EMULation:CLOCk?`` and ``wait(s)`` sends
+``:EMULation:WAIT s``, so an hour of retention takes milliseconds.  A real
+instrument answers those vendor commands with ``-113 Undefined header``; the board
+checks at open that an emulated bench really is one.
+
+Failures: a lost link (:class:`~drivers.errors.LinkError`, a timeout
+:class:`~drivers.errors.BoardTimeout`) or an instrument error
+(:class:`~drivers.errors.InstrumentError`) stops the operation; before the error
+propagates the board turns the generator and SMU outputs off and opens the matrix
+(reconnecting to an instrument whose link dropped, once), and attaches what was
+done so far to the exception (``exc.partial``: the conductances read, NaN where not
+read; or the :class:`~drivers.board.PulseReport` of the bursts that completed without
+error, with ``exc.in_flight = (row, col, signed count)`` naming the device whose burst
+was under way, or None).  Ctrl-C gets the same treatment, and leaving the ``with``
+block puts the bench in safe idle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from drivers.bench_file import BenchFile, load_bench_file
+from drivers.board import (
+    Board,
+    BoardInfo,
+    BoardStatus,
+    Capabilities,
+    ProgramReport,
+    PulseBatch,
+    PulseReport,
+    Region,
+)
+from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation, LinkError
+from drivers.instruments.keithley707b import Keithley707B
+from drivers.instruments.keithley2450 import I_RANGES, Keithley2450
+from drivers.instruments.keysight33500b import MAX_BURST, MAX_OPEN_CIRCUIT_V, MIN_WIDTH_S, Keysight33500B
+from drivers.instruments.scpi_property import VisaInstrument
+from drivers.limits import PulseProfile, SafetyLimits, check_read_voltage
+
+log = logging.getLogger(__name__)
+
+LINE_FREQUENCY_HZ = 50.0
+
+#: What the instruments themselves can do (2450: 1.05 A, 210 V; 33500B: +-10 V open circuit,
+#: 16 ns pulses -- 20 ns with the fastest 8.4 ns edges; 10^8 pulses per burst).
+INSTRUMENT_LIMITS = SafetyLimits(
+    max_set_v=MAX_OPEN_CIRCUIT_V, max_reset_v=MAX_OPEN_CIRCUIT_V, max_read_v=21.0, compliance_a=1.05,
+    min_pulse_width_s=20e-9, max_pulse_width_s=1.0, max_pulses_per_batch=10**9,
+    max_pulses_per_device=MAX_BURST,
+)
+
+
+def bench_hardware_limits(config: BenchFile) -> SafetyLimits:
+    """The instruments' ratings, tightened by the bench file's ``[limits]``."""
+    return INSTRUMENT_LIMITS.tightened(config.limits) if config.limits else INSTRUMENT_LIMITS
+
+
+class VisaBenchBoard(Board):
+    """A Board made of bench instruments over pyvisa; see the module docstring."""
+
+    def __init__(self, config: BenchFile, limits: SafetyLimits | None = None, *, resource_manager: Any = None,
+                 path: str | Path | None = None):
+        super().__init__(limits)
+        self.config = config
+        self.path = Path(path) if path else None
+        self._hw_limits = bench_hardware_limits(config)
+        self._limits = self._user_limits.tightened(self._hw_limits)
+        self._compliance_a = self._check_settings()
+        b = config.bench
+        self._rows, self._cols = b.rows, b.cols
+        self._v_read = config.smu.read_voltage_v
+        self._t_int = config.smu.nplc / LINE_FREQUENCY_HZ
+        self._t0 = time.monotonic()
+        n = b.rows * b.cols
+        self._g_last = np.full(n, np.nan)
+        self._pulses_per_device = np.zeros(n, dtype=np.int64)
+        self._totals = {"pulses": 0, "set": 0, "reset": 0, "write_events": 0, "write_energy": 0.0,
+                        "read_energy": 0.0, "cells_read": 0}
+        self._compliance_warned = False
+        self._last_tag = 0
+        self._own_rm = resource_manager is None
+        self._rm = resource_manager
+        self.smu: Keithley2450 | None = None
+        self.generator: Keysight33500B | None = None
+        self.matrix: Keithley707B | None = None
+        try:
+            if self._rm is None:
+                self._rm = _resource_manager(b.visa_library)
+            self._open_instruments()
+            self._configure()
+            self._info = self._build_info()
+        except BaseException:
+            self._abort_open()
+            raise
+
+    # ---- opening -----------------------------------------------------------------------------------
+    def _check_settings(self) -> float:
+        """Bench-file settings against the effective limits, before anything is opened."""
+        lim = self._limits
+        check_read_voltage(self.config.smu.read_voltage_v, lim)
+        asked = self.config.smu.compliance_a
+        if asked is not None and asked > lim.compliance_a:
+            raise LimitViolation(f"the bench file asks for a {asked:g} A compliance; the effective limit is "
+                                 f"{lim.compliance_a:g} A (compliance_a)")
+        compliance = asked if asked is not None else lim.compliance_a
+        if compliance < 1e-9:
+            raise LimitViolation(f"a compliance of {compliance:g} A is below the SMU's 1 nA minimum")
+        return min(compliance, 1.05)
+
+    def _open_instruments(self) -> None:
+        c, t = self.config, self.config.bench.timeout_s
+        self.matrix = Keithley707B.open(self._rm, c.switch_matrix.resource, timeout_s=t)
+        self.smu = Keithley2450.open(self._rm, c.smu.resource, timeout_s=t)
+        self.generator = Keysight33500B.open(self._rm, c.pulse_generator.resource, timeout_s=t,
+                                             channel=c.pulse_generator.channel)
+
+    def _configure(self) -> None:
+        c = self.config
+        # relays open first, so nothing is connected while the sources are set up
+        self.matrix.clear_status()
+        self.matrix.configure()
+        for inst in (self.smu, self.generator):
+            inst.clear_status()
+            inst.reset()
+        self.generator.configure_pulser(limit_high_v=max(self._limits.max_set_v, self._limits.max_reset_v),
+                                        edge_time_s=c.pulse_generator.edge_time_s)
+        self.smu.configure_read(voltage_v=self._v_read, current_range_a=c.smu.current_range_a,
+                                compliance_a=self._compliance_a, nplc=c.smu.nplc,
+                                off_mode=c.smu.output_off_mode, terminals=c.smu.terminals)
+        if c.bench.emulated:
+            try:
+                float(self.smu.query(":EMUL:CLOC?"))
+                ok = self.smu.error_count == 0
+            except (BoardTimeout, ValueError):  # a real instrument does not answer an undefined query
+                ok = False
+            if not ok:
+                raise InstrumentError(
+                    f"the bench file declares an emulated bench, but the SMU at {c.smu.resource} does not "
+                    "answer the emulator's :EMULation:CLOCk? query: set emulated = false for real instruments")
+
+    def _abort_open(self) -> None:
+        for inst in (self.generator, self.smu, self.matrix):
+            if inst is None:
+                continue
+            try:
+                inst.shutdown()
+            except Exception:
+                pass
+            inst.close()
+        if self._own_rm and self._rm is not None:
+            try:
+                self._rm.close()
+            except Exception:
+                pass
+        self._closed = True
+
+    def _build_info(self) -> BoardInfo:
+        c = self.config
+        ids = [i.identity for i in (self.smu, self.generator, self.matrix)]
+        rng = _pick_current_range(c.smu.current_range_a)
+        full_scale_a = self._full_scale_a = min(rng * 1.05, self._compliance_a)
+        return BoardInfo(
+            kind="visa",
+            name=f"{c.bench.name}: {' + '.join(f'{i.manufacturer} {i.model}'.strip() for i in ids)}",
+            serial_number="/".join(i.serial_number for i in ids),
+            firmware_version="/".join(i.firmware for i in ids),
+            protocol_version=0,
+            rows=self._rows,
+            cols=self._cols,
+            capabilities=Capabilities(vmm=False, vmm_transpose=False, write_verify=True,
+                                      virtual_clock=c.bench.virtual_clock, true_parameters=c.bench.emulated),
+            hardware_limits=self._hw_limits,
+            read_voltage_v=self._v_read,
+            g_lsb_s=rng * 1e-6 / self._v_read,
+            g_full_scale_s=full_scale_a / self._v_read,
+            timing_resolution_s=1e-10,
+            emulated=c.bench.emulated,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, limits: SafetyLimits | None = None, **kw: Any) -> "VisaBenchBoard":
+        return cls(load_bench_file(path), limits, path=path, **kw)
+
+    # ---- identity ------------------------------------------------------------------------------------
+    @property
+    def info(self) -> BoardInfo:
+        return self._info
+
+    @property
+    def instruments(self) -> dict[str, VisaInstrument]:
+        return {"smu": self.smu, "pulse_generator": self.generator, "switch_matrix": self.matrix}
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(i.bytes_tx + i.bytes_rx for i in self.instruments.values() if i is not None)
+
+    # ---- routing --------------------------------------------------------------------------------------
+    def _channels(self, row: int, col: int, hi: str, lo: str, reverse: bool = False) -> list[str]:
+        w = self.config.wiring
+        wl, bl = w.word_lines[row], w.bit_lines[col]
+        if reverse:
+            wl, bl = bl, wl
+        return [w.channel(hi, wl), w.channel(lo, bl)]
+
+    # ---- failure handling --------------------------------------------------------------------------------
+    @contextmanager
+    def _operation(self, what: str) -> Iterator[None]:
+        """On any failure (Ctrl-C included): outputs off and relays open, then re-raise."""
+        try:
+            yield
+        except BaseException as exc:
+            log.warning("%s interrupted by %s: %s; putting the bench in safe idle", what, type(exc).__name__, exc)
+            self._emergency_idle()
+            raise
+
+    def _emergency_idle(self) -> None:
+        for inst in (self.generator, self.smu, self.matrix):
+            if inst is None:
+                continue
+            try:
+                _shutdown(inst)
+            except BaseException as exc:  # keep going: the other instruments must still be idled
+                log.error("could not put the %s in safe idle: %s", inst.label, exc)
+
+    # ---- Board hooks: profiles, reads ---------------------------------------------------------------------
+    def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
+        for p in (set_profile, reset_profile):
+            self._period(p.width_s)  # a profile the generator cannot make is refused now
+
+    def _read_flat(self, flat: np.ndarray) -> np.ndarray:
+        smu, matrix = self.smu, self.matrix
+        w = self.config.wiring
+        hot = self.config.smu.hot_switching
+        out = np.full(flat.size, np.nan)
+        with self._operation("read"):
+            try:
+                if hot:
+                    smu.output_enabled = True
+                for k, f in enumerate(flat.tolist()):
+                    r, c = divmod(f, self._cols)
+                    matrix.route(self._channels(r, c, w.smu_hi, w.smu_lo))
+                    current = smu.read_current(switch_output=not hot)
+                    if abs(current) >= self._full_scale_a * (1 - 1e-6):
+                        current = math.copysign(self._full_scale_a, current)  # saturates like an ADC
+                        if not self._compliance_warned:
+                            self._compliance_warned = True
+                            log.warning("cell (%d, %d) reads at the %.3g A full scale (range or compliance): "
+                                        "its conductance is clipped to %.3g S", r, c, self._full_scale_a,
+                                        self._full_scale_a / self._v_read)
+                    out[k] = current / self._v_read
+                    self._totals["cells_read"] += 1
+                    self._totals["read_energy"] += self._v_read**2 * abs(out[k]) * self._t_int
+            except BoardError as exc:
+                exc.partial = out  # type: ignore[attr-defined]
+                raise
+            finally:
+                if hot:
+                    _quiet(lambda: smu.output_off(confirm=True))
+                _quiet(lambda: matrix.open_all(confirm=True))
+        self._g_last[flat] = out
+        return out
+
+    def _do_read_region(self, region: Region) -> np.ndarray:
+        rows = np.arange(region.row0, region.row0 + region.rows)
+        cols = np.arange(region.col0, region.col0 + region.cols)
+        flat = (rows[:, None] * self._cols + cols[None, :]).ravel()
+        try:
+            return self._read_flat(flat).reshape(region.rows, region.cols)
+        except BoardError as exc:
+            if isinstance(getattr(exc, "partial", None), np.ndarray):
+                exc.partial = exc.partial.reshape(region.rows, region.cols)  # type: ignore[attr-defined]
+            raise
+
+    def _do_read_cells(self, flat_sorted: np.ndarray) -> np.ndarray:
+        return self._read_flat(np.asarray(flat_sorted, dtype=np.int64))
+
+    # ---- pulses -----------------------------------------------------------------------------------------------
+    def _period(self, width_s: float) -> float:
+        pg = self.config.pulse_generator
+        period = pg.period_s if pg.period_s is not None else max(pg.min_period_s, 2.0 * width_s)
+        if width_s > period - MIN_WIDTH_S:
+            raise LimitViolation(f"a {width_s:g} s pulse does not fit the bench's {period:g} s pulse period "
+                                 "([pulse_generator] period_s)")
+        return period
+
+    def _g_estimate(self, flat: int) -> float:
+        g = self._g_last[flat]
+        if math.isfinite(g):
+            return max(float(g), 0.0)
+        known = self._g_last[np.isfinite(self._g_last)]
+        return float(np.mean(known)) if known.size else 0.0
+
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0) -> PulseReport:
+        gen, matrix = self.generator, self.matrix
+        w = self.config.wiring
+        t_start = self._do_clock()
+        done = {"devices": 0, "set": 0, "reset": 0, "energy": 0.0}
+
+        def report(t_end: float) -> PulseReport:
+            return PulseReport(devices=done["devices"], set_pulses=done["set"], reset_pulses=done["reset"],
+                               energy_j=done["energy"], duration_s=max(0.0, t_end - t_start), clock_s=t_end)
+
+        phases = [(+1, self._profiles[0]), (-1, self._profiles[1])]
+        in_flight: tuple[int, int, int] | None = None
+        with self._operation("pulse batch"):
+            try:
+                for polarity, profile in phases:
+                    sel = np.flatnonzero(counts > 0) if polarity > 0 else np.flatnonzero(counts < 0)
+                    if sel.size == 0:
+                        continue
+                    level, width = abs(profile.amplitude_v), profile.width_s
+                    gen.set_pulse(level, width, self._period(width))
+                    gen.output_enabled = True
+                    try:
+                        for k in sel.tolist():
+                            f = int(flat_sorted[k])
+                            n = abs(int(counts[k]))
+                            r, c = divmod(f, self._cols)
+                            in_flight = (r, c, polarity * n)
+                            matrix.route(self._channels(r, c, w.pulse_hi, w.pulse_lo, reverse=polarity < 0))
+                            gen.fire_burst(n)
+                            in_flight = None
+                            done["devices"] += 1
+                            done["set" if polarity > 0 else "reset"] += n
+                            done["energy"] += level**2 * self._g_estimate(f) * width * n
+                            self._pulses_per_device[f] += n
+                    finally:
+                        _quiet(lambda: gen.output_off(confirm=True))
+            except BoardError as exc:
+                exc.partial = report(_quiet(self._do_clock) or t_start)  # type: ignore[attr-defined]
+                exc.in_flight = in_flight  # type: ignore[attr-defined]
+                raise
+            finally:
+                self._book_pulses(done)
+                _quiet(lambda: matrix.open_all(confirm=True))
+        if tag:
+            self._last_tag = tag
+        return report(self._do_clock())
+
+    def _book_pulses(self, done: dict) -> None:
+        t = self._totals
+        t["pulses"] += done["set"] + done["reset"]
+        t["set"] += done["set"]
+        t["reset"] += done["reset"]
+        t["write_events"] += done["devices"]
+        t["write_energy"] += done["energy"]
+
+    # ---- write-verify on the host ------------------------------------------------------------------------------
+    def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
+        wv = self.config.write_verify
+        lim = self.limits
+        rows, cols = np.divmod(flat, self._cols)
+        nominal = wv.nominal_step_s
+        floor, ceil = 0.25 * nominal, 8.0 * nominal
+        step = {+1: np.full(flat.size, nominal), -1: np.full(flat.size, nominal)}
+        n_max = int(min(wv.max_pulses_per_round, lim.max_pulses_per_device))
+        pulses, energy0 = 0, self._totals["write_energy"] + self._totals["read_energy"]
+        achieved = self.read_cells(rows, cols)
+        done = np.abs(achieved - targets_s) <= tolerance_s
+        iterations = np.zeros(flat.size, dtype=np.int64)
+        for _ in range(max_iter):
+            todo = np.flatnonzero(~done)
+            if todo.size == 0:
+                break
+            err = targets_s[todo] - achieved[todo]
+            up = err > 0
+            est = np.where(up, step[+1][todo], step[-1][todo])
+            per_device = max(1, min(n_max, lim.max_pulses_per_batch // todo.size))
+            counts = np.clip(np.rint(err / est), -per_device, per_device).astype(np.int64)
+            counts[counts == 0] = np.where(err[counts == 0] > 0, 1, -1)
+            rep = self.pulse(PulseBatch(rows[todo], cols[todo], counts))
+            pulses += rep.pulses
+            new = self.read_cells(rows[todo], cols[todo])
+            observed = np.clip((new - achieved[todo]) / counts, floor, ceil)
+            rate = 0.3 * np.minimum(1.0, np.abs(counts) / 4.0)
+            updated = (1 - rate) * est + rate * observed
+            step[+1][todo[up]] = updated[up]
+            step[-1][todo[~up]] = updated[~up]
+            achieved[todo] = new
+            iterations[todo] += 1
+            done[todo] = np.abs(new - targets_s[todo]) <= tolerance_s
+        energy = self._totals["write_energy"] + self._totals["read_energy"] - energy0
+        return ProgramReport(achieved, done, iterations, int(pulses), float(energy))
+
+    # ---- clock -----------------------------------------------------------------------------------------------------
+    def _do_clock(self) -> float:
+        if self.config.bench.virtual_clock:
+            return float(self.smu.query(":EMUL:CLOC?"))
+        return time.monotonic() - self._t0
+
+    def _do_wait(self, seconds: float) -> float:
+        if self.config.bench.virtual_clock:
+            self.smu.write(f":EMUL:WAIT {seconds:.9e}")
+            if self.smu.error_count:
+                self.smu.check_errors("on :EMULation:WAIT")
+        else:
+            time.sleep(seconds)
+        return self._do_clock()
+
+    # ---- status, truth, idle ---------------------------------------------------------------------------------------
+    def _do_status(self, with_digest: bool = False) -> BoardStatus:
+        t = self._totals
+        digest = None
+        if with_digest and self.config.bench.emulated:
+            digest = json.loads(self.smu.query(":EMUL:STAT? DIG")).get("state_digest")
+        return BoardStatus(
+            clock_s=self._do_clock(), pulses_total=t["pulses"], set_pulses_total=t["set"],
+            reset_pulses_total=t["reset"], write_events_total=t["write_events"], write_energy_j=t["write_energy"],
+            read_energy_j=t["read_energy"], adc_energy_j=0.0, cells_read_total=t["cells_read"], vmm_calls_total=0,
+            max_pulses_per_device=int(self._pulses_per_device.max(initial=0)), state_digest=digest,
+            last_pulse_tag=self._last_tag,
+        )
+
+    def status(self, with_digest: bool = False) -> BoardStatus:
+        """Host-side running totals (write energy estimated from the last read of each device)."""
+        return self._do_status(with_digest)
+
+    def _do_true_parameters(self) -> dict[str, Any]:
+        return json.loads(self.smu.query(":EMUL:TRUT?"))
+
+    def _do_safe_idle(self) -> None:
+        first: BaseException | None = None
+        for inst in (self.generator, self.smu, self.matrix):
+            if inst is None:
+                continue
+            try:
+                _shutdown(inst)
+            except Exception as exc:
+                log.error("safe idle of the %s failed: %s", inst.label, exc)
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _do_close(self) -> None:
+        for inst in (self.generator, self.smu, self.matrix):
+            if inst is not None:
+                inst.close()
+        if self._own_rm and self._rm is not None:
+            try:
+                self._rm.close()
+            except Exception as exc:
+                log.debug("closing the VISA resource manager: %s", exc)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+def _resource_manager(library: str) -> Any:
+    import pyvisa
+
+    try:
+        return pyvisa.ResourceManager(library)
+    except Exception as exc:
+        raise LinkError(f"cannot start the VISA library {library!r}: {exc}") from None
+
+
+def _pick_current_range(value: float) -> float:
+    for r in I_RANGES:
+        if value <= r * (1 + 1e-9):
+            return r
+    return I_RANGES[-1]
+
+
+def _shutdown(inst: VisaInstrument) -> None:
+    """Safe state of one instrument; after a link failure, reconnect once first."""
+    if inst.link_suspect:
+        try:
+            inst.reconnect()
+        except LinkError as exc:
+            log.error("%s: reconnecting failed: %s", inst.label, exc)
+            raise
+    inst.shutdown()
+
+
+def _quiet(fn) -> Any:
+    """Call ``fn`` in a cleanup path: failures are logged, not raised (the first error wins)."""
+    try:
+        return fn()
+    except Exception as exc:
+        log.warning("cleanup step %s failed: %s", getattr(fn, "__name__", fn), exc)
+        return None
+
+
+def open_visa_board(path: str | Path, limits: SafetyLimits | None = None) -> VisaBenchBoard:
+    """``open_board("visa:PATH")``."""
+    return VisaBenchBoard.from_file(path, limits)

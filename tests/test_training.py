@@ -1,0 +1,168 @@
+"""The training loop as users run it: run directories, summaries, resume after a kill, serial path."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hil.mapping import DoesNotFitError, place_tiles
+from hil.train import TrainConfig, train
+
+BOARD = "emu?rows=64&cols=96&seed=4"
+SUMMARY_KEYS = {"task", "method", "seed", "epochs", "steps", "write_fraction_mean", "pulses_total",
+                "devices_written_total", "max_pulses_per_device", "write_energy_j", "read_energy_j",
+                "wire_bytes_total", "wall_s"}
+NOT_DETERMINISTIC = {"wall_s", "board"}
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory) -> str:
+    from calibration.run import CalibrationParams, calibrate
+    from drivers import open_board
+
+    out = tmp_path_factory.mktemp("cal")
+    with open_board(BOARD) as board:
+        calibrate(board, out, CalibrationParams(seed=4), progress=False)
+    return str(out / "calibration.json")
+
+
+def _cfg(cal: str, **kw) -> TrainConfig:
+    base = dict(task="digits", method="eapu", board=BOARD, epochs=2, seed=4, calibration=cal, checkpoint_every=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _same_summary(a: dict, b: dict) -> None:
+    for key in set(a) | set(b):
+        if key not in NOT_DETERMINISTIC:
+            assert a[key] == b[key], key
+
+
+def test_float_run_writes_the_run_directory(tmp_path):
+    s = train(TrainConfig(task="digits", method="float", epochs=2, seed=1), tmp_path, progress=False)
+    assert SUMMARY_KEYS <= set(s) and s["test_accuracy"] > 0.85
+    assert s["write_fraction_mean"] == 0 and s["steps"] == 2 * 45
+    for name in ("config.json", "metrics.jsonl", "summary.json", "learning_curves.png", "checkpoint.json"):
+        assert (tmp_path / name).exists(), name
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(x)["kind"] == "step" for x in lines) == 90
+
+
+def test_eapu_run_on_the_array(tmp_path, calibration_file):
+    s = train(_cfg(calibration_file), tmp_path, progress=False)
+    assert SUMMARY_KEYS <= set(s)
+    assert s["test_accuracy"] > 0.8
+    assert 0 < s["write_fraction_mean"] < 0.05
+    assert s["pulses_total"] > 0 and s["write_energy_j"] > 0 and s["read_energy_j"] > 0
+    for name in ("board.json", "calibration.json", "pulses_per_device.png", "conductance_maps.png",
+                 "write_fraction.png"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_same_seed_same_summary(tmp_path, calibration_file):
+    a = train(_cfg(calibration_file, epochs=1), tmp_path / "a", progress=False)
+    b = train(_cfg(calibration_file, epochs=1), tmp_path / "b", progress=False)
+    _same_summary(a, b)
+
+
+def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
+    from firmware_stub.firmware import make_emulator
+    from firmware_stub.serve import PtyServer, serve_in_thread
+
+    in_process = train(_cfg(calibration_file, epochs=1), tmp_path / "emu", progress=False)
+    server = PtyServer(make_emulator(64, 96, seed=4))
+    thread = serve_in_thread(server)
+    try:
+        serial = train(_cfg(calibration_file, epochs=1, board=f"serial:{server.path}"), tmp_path / "pty",
+                       progress=False)
+    finally:
+        server.stop.set()
+        thread.join(5)
+    _same_summary(in_process, serial)
+
+
+def _hil_train(out: Path, cal: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--task", "digits", "--method", "eapu",
+         "--epochs", "2", "--seed", "4", "--calibration", cal, "--out", str(out), "--quiet", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("the run did not get going")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, calibration_file):
+    reference = tmp_path / "reference"
+    ref = _hil_train(reference, calibration_file)
+    assert ref.wait(300) == 0, ref.stderr.read()
+
+    out = tmp_path / "killed"
+    proc = _hil_train(out, calibration_file)
+    _wait_for_steps(out, 57, proc)  # mid-way through the second epoch, between checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert not (out / "summary.json").exists()
+
+    refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # no silent overwrite
+
+    resumed = _hil_train(out, calibration_file, "--resume")
+    assert resumed.wait(300) == 0, resumed.stderr.read()
+    a = json.loads((reference / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    _same_summary(a, b)
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(90))  # none lost, none twice
+
+
+def test_ctrl_c_stops_after_the_step_and_the_run_resumes(tmp_path, calibration_file):
+    out = tmp_path / "run"
+    proc = _hil_train(out, calibration_file)
+    _wait_for_steps(out, 10, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    assert "resume with" in proc.stderr.read()
+    resumed = _hil_train(out, calibration_file, "--resume")
+    assert resumed.wait(300) == 0, resumed.stderr.read()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 90
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, calibration_file):
+    out = tmp_path / "run"
+    proc = _hil_train(out, calibration_file)
+    _wait_for_steps(out, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    changed = _hil_train(out, calibration_file, "--resume", "--seed", "5")
+    changed.wait(60)
+    assert changed.returncode == 2 and "--seed" in changed.stderr.read()
+
+
+def test_a_network_too_big_for_the_array_says_how_much_it_needs():
+    with pytest.raises(DoesNotFitError, match="needs"):
+        place_tiles([(64, 128), (128, 10)], rows=64, cols=96)
+    tiles = place_tiles([(64, 32), (32, 10)], rows=64, cols=96)
+    assert tiles[1].col0 == 64
+
+
+def test_bad_training_input_is_a_clear_cli_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--out", str(tmp_path / "x"),
+                          "--board", "emu?rows=8&cols=8", "--method", "eapu", "--calibration", "/dev/null"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error:")

@@ -1,0 +1,146 @@
+"""The emulated VISA bench as a user runs it: serve-bench in one process, the board in another.
+
+``hil emulator serve-bench`` is the click command :func:`drivers.visa_cli.serve_bench_command`
+(the lead registers it in ``hil/cli.py``); until then these tests start it through the
+command object itself and through ``firmware_stub.scpi.serve_bench.main``.  Also: Ctrl-C
+(a real SIGINT) in a process driving the bench leaves the instruments idle.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers import PulseBatch
+from drivers.address import open_board
+from firmware_stub.scpi.serve_bench import start_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_CLICK = "from drivers.visa_cli import serve_bench_command; serve_bench_command()"
+SERVE_MAIN = "import sys; from firmware_stub.scpi.serve_bench import main; sys.exit(main())"
+
+
+def _hil_has_serve_bench() -> bool:
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "emulator", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    return "serve-bench" in out.stdout
+
+
+@pytest.fixture(params=["click", "main"])
+def served_bench(request, tmp_path):
+    """serve-bench in its own process; yields the bench file it wrote."""
+    out = tmp_path / "B.toml"
+    code = SERVE_CLICK if request.param == "click" else SERVE_MAIN
+    proc = subprocess.Popen([sys.executable, "-c", code, "--out", str(out), "--rows", "3", "--cols", "4",
+                             "--seed", "9"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == str(out), proc.stderr.read()
+        yield out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        assert proc.returncode == 0
+
+
+def test_open_board_on_a_served_bench(served_bench):
+    with open_board(f"visa:{served_bench}") as board:
+        assert (board.info.rows, board.info.cols) == (3, 4)
+        g = board.read()
+        assert g.shape == (3, 4) and np.all(g > 0)
+        board.pulse(PulseBatch.from_dense(np.full((3, 4), 10)))
+        assert np.median(board.read() - g) > 3e-6
+        assert board.true_parameters()["seed"] == 9
+
+
+def test_hil_info_on_a_served_bench(served_bench):
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{served_bench}", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["info"]["kind"] == "visa" and data["info"]["rows"] == 3 and data["info"]["cols"] == 4
+    assert data["info"]["capabilities"]["virtual_clock"] is True
+    text = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{served_bench}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "3 x 4 devices" in text.stdout
+
+
+def test_hil_emulator_serve_bench_when_wired(tmp_path):
+    if not _hil_has_serve_bench():
+        pytest.skip("hil emulator serve-bench is not registered in hil/cli.py yet")
+    out = tmp_path / "B.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "emulator", "serve-bench", "--out", str(out),
+                             "--rows", "2", "--cols", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == str(out)
+        info = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{out}"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert info.returncode == 0 and "2 x 2 devices" in info.stdout, info.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_bad_bench_file_is_a_one_line_cli_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bench]\nrows = 2\n")
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{bad}"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: bench file {bad}") and "Traceback" not in out.stderr
+
+
+def test_serve_bench_rejects_a_bad_config(tmp_path):
+    cfg = tmp_path / "device.toml"
+    cfg.write_text("g_min_s = -1\n")
+    out = subprocess.run([sys.executable, "-c", SERVE_CLICK, "--out", str(tmp_path / "B.toml"), "--config", str(cfg)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith("error:")
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from drivers import PulseBatch, open_board
+    with open_board("visa:" + sys.argv[1]) as board:
+        print("open", flush=True)
+        while True:
+            board.pulse(PulseBatch.from_dense(np.full((board.info.rows, board.info.cols), 3)))
+            board.read()
+""")
+
+
+def test_sigint_in_a_driving_process_leaves_the_bench_idle(tmp_path):
+    with start_bench(3, 3, seed=4) as running:
+        path = running.write_bench_file(tmp_path / "B.toml")
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert proc.stdout.readline().strip() == "open", proc.stderr.read()
+            deadline = time.monotonic() + 20
+            while running.bench.counters.bursts < 12 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            while not (running.generator.ch[1].output or running.smu.output) and time.monotonic() < deadline:
+                time.sleep(0.0005)  # interrupt while a source is on
+            proc.send_signal(signal.SIGINT)
+            proc.wait(20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+        with running.bench.lock:
+            assert running.smu.output is False
+            assert running.generator.ch[1].output is False
+            assert running.bench.closed == set()
