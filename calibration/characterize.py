@@ -1,4 +1,5 @@
-"""Device-characterization routines: read-all map, pulse response, retention, endurance, programming.
+"""Device-characterization routines: read-all map, pulse response, retention, endurance, programming,
+I-V sweeps under compliance and forming.
 
 Each routine takes a Board and a parameter model and returns
 :class:`~calibration.common.Measured` (result + raw arrays); :func:`save` writes
@@ -8,9 +9,6 @@ used on the command line (``hil characterize NAME``) to (function, params class)
 
 Devices are a rectangular ``region`` (row0, col0, rows, cols) or, where a routine
 samples, ``n_devices`` drawn at random from the whole array (seeded).
-
-Not here yet: I-V sweeps and forming need Board operations (voltage sweeps with
-compliance, forming pulses) that the Board contract does not offer.
 """
 
 from __future__ import annotations
@@ -327,6 +325,142 @@ def target_pattern(kind: str, shape: tuple[int, int], low_s: float, high_s: floa
     raise ValueError(f"unknown target pattern {kind!r}; use uniform, checkerboard, gradient or random")
 
 
+# ---- I-V sweep -------------------------------------------------------------------------------
+class IvSweepParams(ProcedureParams):
+    n_devices: int = Field(8, ge=1, description="random sample size when no region is given")
+    region: Rect | None = None
+    v_set_max_v: float = Field(1.5, gt=0, description="top of the positive (SET) branch")
+    v_reset_min_v: float = Field(-1.8, lt=0, description="bottom of the negative (RESET) branch")
+    step_v: float = Field(0.05, gt=0, description="voltage step of the staircase")
+    step_s: float = Field(1e-3, gt=0, description="time per voltage step")
+    compliance_a: float = Field(100e-6, gt=0, description="current compliance of the whole sweep")
+    cycles: int = Field(1, ge=1, description="full sweeps per device")
+
+
+class IvSweepResult(BaseModel):
+    sample: SampleInfo
+    v_set_median_v: float | None = Field(description="median voltage where |I| first reaches half the compliance")
+    v_reset_median_v: float | None = Field(description="median voltage where the RESET branch drops below a "
+                                                       "quarter of its peak")
+    on_off_ratio_median: float | None = Field(description="|I| at +0.2 V after the SET over the same before it")
+    compliance_a: float
+
+
+def _staircase(p: IvSweepParams) -> np.ndarray:
+    up = np.arange(0.0, p.v_set_max_v + p.step_v / 2, p.step_v)
+    down = np.arange(p.v_set_max_v, p.v_reset_min_v - p.step_v / 2, -p.step_v)
+    back = np.arange(p.v_reset_min_v, p.step_v / 2, p.step_v)
+    return np.concatenate([up, down, back])
+
+
+def iv_sweep(board: Board, params: IvSweepParams = IvSweepParams(), progress: Progress = None) -> Measured:
+    """Bipolar DC staircase 0 -> V_set,max -> V_reset,min -> 0 on each device under compliance.
+
+    Switching voltages are read off the curves: SET where the current first reaches
+    half the compliance on the rising branch, RESET where the negative-branch current
+    falls below a quarter of its peak magnitude.
+    """
+    flat = _devices(board, params.region, params.n_devices, params.seed, "iv-sweep")
+    rows, cols = split_flat(board, flat)
+    volts = _staircase(params)
+    curves = []
+    for c in range(params.cycles):
+        curves.append(board.iv_sweep(rows, cols, volts, params.step_s, params.compliance_a))
+        if progress:
+            progress(1)
+    i = np.stack(curves)  # (cycles, devices, steps)
+    last = i[-1]
+    n_up = int(np.searchsorted(volts[: np.argmax(volts) + 1], params.v_set_max_v - 1e-12)) + 1
+    rising = np.abs(last[:, :n_up]) >= params.compliance_a / 2
+    v_set = np.where(rising.any(axis=1), volts[np.argmax(rising, axis=1)], np.nan)
+    neg = volts < 0
+    v_reset = np.full(flat.size, np.nan)
+    if neg.any():
+        seg = np.abs(last[:, neg])
+        peak = seg.max(axis=1, keepdims=True)
+        below = (seg < peak / 4) & (np.arange(seg.shape[1]) > np.argmax(seg, axis=1)[:, None])
+        v_reset = np.where(below.any(axis=1) & (peak[:, 0] > 0), volts[neg][np.argmax(below, axis=1)], np.nan)
+    # on/off: |I| at +0.2 V on the falling branch (after SET) over the same on the rising one (before)
+    k_before = int(np.argmin(np.abs(volts[:n_up] - 0.2)))
+    k_after = n_up + int(np.argmin(np.abs(volts[n_up:] - 0.2)))
+    before, after = np.abs(last[:, k_before]), np.abs(last[:, k_after])
+    good = before > 0
+    ratio = float(np.median(after[good] / before[good])) if good.any() else None
+
+    def med(a):
+        return None if np.all(np.isnan(a)) else float(np.nanmedian(a))
+
+    result = IvSweepResult(sample=SampleInfo(n_devices=int(flat.size), selection="region" if params.region else "random"),
+                           v_set_median_v=med(v_set), v_reset_median_v=med(v_reset), on_off_ratio_median=ratio,
+                           compliance_a=params.compliance_a)
+    raw = Raw()
+    raw.add("voltages", volts, "V")
+    raw.add("currents", i, "A")
+    raw.add("devices", flat, "flat index")
+    raw.add("v_set", v_set, "V")
+    raw.add("v_reset", v_reset, "V")
+    return Measured(result, raw)
+
+
+# ---- forming ---------------------------------------------------------------------------------
+class FormingParams(ProcedureParams):
+    region: Rect | None = Field(None, description="devices to form; default the whole array")
+    v_start_v: float = Field(2.0, gt=0)
+    v_stop_v: float = Field(3.4, gt=0)
+    v_step_v: float = Field(0.1, gt=0)
+    width_s: float = Field(1e-6, gt=0)
+    compliance_a: float = Field(100e-6, gt=0)
+    formed_above_s: float = Field(5e-6, gt=0, description="a device reading above this conductance is formed")
+
+
+class FormingResult(BaseModel):
+    n_devices: int
+    formed_fraction: float
+    already_formed_fraction: float
+    v_form_median_v: float | None
+    g_after_median_s: float | None
+
+
+def forming(board: Board, params: FormingParams = FormingParams(), progress: Progress = None) -> Measured:
+    """Incremental forming: pulses of rising amplitude, each only on devices not yet formed.
+
+    A device counts as formed once a read shows it above ``formed_above_s``; devices
+    that already read above it before the first pulse are left alone.
+    """
+    flat = _devices(board, params.region, None, params.seed, "forming")
+    rows, cols = split_flat(board, flat)
+    g0 = board.read_cells(rows, cols)
+    formed = g0 > params.formed_above_s
+    already = formed.copy()
+    v_form = np.full(flat.size, np.nan)
+    steps = np.arange(params.v_start_v, params.v_stop_v + params.v_step_v / 2, params.v_step_v)
+    for v in steps:
+        todo = ~formed
+        if not todo.any():
+            break
+        board.form(rows[todo], cols[todo], float(v), params.width_s, params.compliance_a)
+        g = board.read_cells(rows[todo], cols[todo])
+        now = g > params.formed_above_s
+        idx = np.flatnonzero(todo)[now]
+        formed[idx] = True
+        v_form[idx] = v
+        if progress:
+            progress(1)
+    g_after = board.read_cells(rows, cols)
+    newly = formed & ~already
+    result = FormingResult(n_devices=int(flat.size), formed_fraction=float(formed.mean()),
+                           already_formed_fraction=float(already.mean()),
+                           v_form_median_v=float(np.median(v_form[newly])) if newly.any() else None,
+                           g_after_median_s=float(np.median(g_after[newly])) if newly.any() else None)
+    raw = Raw()
+    raw.add("devices", flat, "flat index")
+    raw.add("g_before", g0, "S")
+    raw.add("g_after", g_after, "S")
+    raw.add("v_form", v_form, "V")
+    raw.add("formed", formed, "bool")
+    return Measured(result, raw)
+
+
 # ---- plots and saving ----------------------------------------------------------------------
 def plot(name: str, measured: Measured, path: Path) -> Path:
     from calibration import plots
@@ -360,6 +494,25 @@ def plot(name: str, measured: Measured, path: Path) -> Path:
         return plots.plot_xy(cyc, {"G high": np.asarray(raw["g_high"]).mean(axis=1) * 1e6,
                                    "G low": np.asarray(raw["g_low"]).mean(axis=1) * 1e6},
                              path, "cycles", "mean G (uS)", "endurance", logx=True)
+    if name == "iv-sweep":
+        import matplotlib.pyplot as plt
+
+        volts, cur = np.asarray(raw["voltages"]), np.asarray(raw["currents"])
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for d in range(min(cur.shape[1], 8)):
+            ax.semilogy(volts, np.abs(cur[-1, d]) + 1e-12, lw=0.8)
+        ax.set(xlabel="V", ylabel="|I| (A)", title="I-V sweeps under compliance")
+        return plots._save(fig, path)
+    if name == "forming":
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        v = np.asarray(raw["v_form"])
+        ax[0].hist(v[np.isfinite(v)], bins=20)
+        ax[0].set(xlabel="forming voltage (V)", ylabel="devices")
+        ax[1].hist(np.asarray(raw["g_after"]) * 1e6, bins=40)
+        ax[1].set(xlabel="G after forming (uS)", ylabel="devices")
+        return plots._save(fig, path)
     raise ValueError(f"no plot for {name!r}")
 
 
@@ -369,6 +522,8 @@ PROCEDURES = {
     "retention": (retention, RetentionParams),
     "endurance": (endurance, EnduranceParams),
     "program": (program_map, ProgramParams),
+    "iv-sweep": (iv_sweep, IvSweepParams),
+    "forming": (forming, FormingParams),
 }
 
 

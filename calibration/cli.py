@@ -338,3 +338,45 @@ def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
 
 
 COMMANDS = (calibrate_cmd, characterize_group)
+
+
+@characterize_group.command("iv-sweep")
+@_common
+@click.option("--devices", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Random sample size when no --region is given.")
+@click.option("--v-max", default=1.5, show_default=True, type=float, help="Top of the SET branch (V).")
+@click.option("--v-min", default=-1.8, show_default=True, type=float, help="Bottom of the RESET branch (V).")
+@click.option("--step", "step_v", default=0.05, show_default=True, type=float, help="Voltage step (V).")
+@click.option("--dwell", "step_s", default=1e-3, show_default=True, type=float, help="Time per step (s).")
+@click.option("--compliance", default=100e-6, show_default=True, type=float, help="Current compliance (A).")
+@click.option("--cycles", default=1, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def iv_sweep_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
+                 devices, v_max, v_min, step_v, step_s, compliance, cycles):
+    """Bipolar DC I-V sweeps under current compliance."""
+    from calibration.characterize import IvSweepParams
+
+    _run_char(ctx, "iv-sweep", address, out_dir,
+              lambda b: IvSweepParams(seed=seed, region=_region(region), n_devices=devices, v_set_max_v=v_max,
+                                      v_reset_min_v=v_min, step_v=step_v, step_s=step_s,
+                                      compliance_a=compliance, cycles=cycles),
+              (set_amplitude, set_width, reset_amplitude, reset_width))
+
+
+@characterize_group.command("forming")
+@_common
+@click.option("--v-start", default=2.0, show_default=True, type=float)
+@click.option("--v-stop", default=3.4, show_default=True, type=float)
+@click.option("--v-step", default=0.1, show_default=True, type=float)
+@click.option("--width", default=1e-6, show_default=True, type=float, help="Forming pulse width (s).")
+@click.option("--compliance", default=100e-6, show_default=True, type=float, help="Current compliance (A).")
+@click.pass_context
+def forming_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
+                v_start, v_stop, v_step, width, compliance):
+    """Incremental forming pulses until each device conducts."""
+    from calibration.characterize import FormingParams
+
+    _run_char(ctx, "forming", address, out_dir,
+              lambda b: FormingParams(seed=seed, region=_region(region), v_start_v=v_start, v_stop_v=v_stop,
+                                      v_step_v=v_step, width_s=width, compliance_a=compliance),
+              (set_amplitude, set_width, reset_amplitude, reset_width))

@@ -59,3 +59,32 @@ def test_board_forming_and_sweep_respect_the_limits():
         rep = b.form([3], [3], 3.0, 1e-6, 100e-6)
         assert rep.g_after_s.shape == (1,)
         b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1])))  # the board still works
+
+
+def test_characterize_iv_sweep_and_forming_through_the_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    toml = tmp_path / "unformed.toml"
+    toml.write_text("unformed_fraction = 0.8\n")
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "characterize", "forming", "--board",
+                          f"emu?rows=8&cols=8&config={toml}", "--out", str(tmp_path / "f")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout[out.stdout.index("{"):])
+    assert res["formed_fraction"] >= 0.95 and 2.3 < res["v_form_median_v"] < 2.9  # stuck devices never form
+    assert (tmp_path / "f" / "forming.h5").exists() and (tmp_path / "f" / "forming.png").exists()
+
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "characterize", "iv-sweep", "--board", "emu?rows=8&cols=8",
+                          "--out", str(tmp_path / "iv"), "--compliance", "5e-5"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout[out.stdout.index("{"):])
+    assert 0.8 <= res["v_set_median_v"] <= 1.2 and res["v_reset_median_v"] < -0.9
+    assert res["on_off_ratio_median"] > 5
+
+    refused = subprocess.run([sys.executable, "-m", "hil.cli", "characterize", "iv-sweep", "--board",
+                              "emu?rows=8&cols=8", "--out", str(tmp_path / "x"), "--compliance", "0.5"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "compliance" in refused.stderr
