@@ -32,7 +32,7 @@ from calibration.common import (
     split_flat,
     stage_rng,
 )
-from calibration.drift import DriftParams, analyse_drift
+from calibration.drift import DriftParams, analyse_drift, read_at_log_times
 from drivers.board import Board, Region
 
 Rect = tuple[int, int, int, int]
@@ -178,18 +178,7 @@ def retention(board: Board, params: RetentionParams | None = None, progress: Pro
     targets = np.asarray(params.targets_s)[level_idx]
     rows, cols = split_flat(board, flat)
     prog = board.program(rows, cols, targets, params.tolerance_s, params.max_iter)
-    t_start = board.clock()
-    times = np.concatenate([[0.0], np.logspace(0.0, np.log10(params.t_max_s), params.n_times)])
-    reads = np.empty((times.size, flat.size))
-    actual = np.empty(times.size)
-    for k, t in enumerate(times):
-        now = board.clock() - t_start
-        if t > now:
-            board.wait(t - now)
-        actual[k] = board.clock() - t_start
-        reads[k] = read_mean(board, flat, params.n_reads)
-        if progress:
-            progress(1.0)
+    actual, reads = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads, progress)
     dp = DriftParams(n_devices=max(8, flat.size), levels=tuple(float(x) for x in params.targets_s),
                      n_reads=params.n_reads, t0_s=params.t0_s, t_max_s=params.t_max_s, n_times=params.n_times)
     result = analyse_drift(actual, reads, level_idx, prog.converged, dp, 0.0, quantisation_var(board), targets)

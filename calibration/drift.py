@@ -90,6 +90,27 @@ class DriftResult(BaseModel):
     sample: SampleInfo
 
 
+
+def read_at_log_times(board: Board, flat: np.ndarray, t_max_s: float, n_times: int, n_reads: int,
+                      progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``flat`` now and at ``n_times`` log-spaced times up to ``t_max_s`` on the board clock.
+
+    Returns (times actually read, s; reads of shape (n_times + 1, devices)).
+    """
+    t_start = board.clock()
+    times = np.concatenate([[0.0], np.logspace(0.0, np.log10(t_max_s), n_times)])
+    reads = np.empty((times.size, flat.size))
+    actual = np.empty(times.size)
+    for k, t in enumerate(times):
+        now = board.clock() - t_start
+        if t > now:
+            board.wait(t - now)
+        actual[k] = board.clock() - t_start
+        reads[k] = read_mean(board, flat, n_reads)
+        if progress:
+            progress(1.0)
+    return actual, reads
+
 def measure_drift(board: Board, params: DriftParams | None = None, *, g_min_s: float, g_max_s: float,
                   pool: np.ndarray | None = None, read_noise_rel: float = 0.0, progress: Progress = None) -> Measured:
     """Program levels across the window [g_min_s, g_max_s] and follow them on the board clock."""
@@ -106,18 +127,7 @@ def measure_drift(board: Board, params: DriftParams | None = None, *, g_min_s: f
         # alternate polarity over devices so that the levels stay put on average
         sign = np.where(np.arange(flat.size) % 2 == 0, 1, -1)
         pulse_devices(board, flat, sign * params.release_pulses)
-    t_start = board.clock()
-    times = np.concatenate([[0.0], np.logspace(0.0, np.log10(params.t_max_s), params.n_times)])
-    reads = np.empty((times.size, flat.size))
-    actual = np.empty(times.size)
-    for k, t in enumerate(times):
-        now = board.clock() - t_start
-        if t > now:
-            board.wait(t - now)
-        actual[k] = board.clock() - t_start
-        reads[k] = read_mean(board, flat, params.n_reads)
-        if progress:
-            progress(1.0)
+    actual, reads = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads, progress)
     result = analyse_drift(actual, reads, level_idx, prog.converged, params, read_noise_rel, quantisation_var(board),
                            targets)
     result.sample = SampleInfo.from_counts(np.zeros(flat.size, dtype=np.int64),

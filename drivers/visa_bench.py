@@ -73,12 +73,24 @@ from drivers.board import (
     PulseReport,
     Region,
 )
-from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation, LinkError
+from drivers.errors import (
+    BoardError,
+    BoardTimeout,
+    InstrumentError,
+    LimitViolation,
+    LinkError,
+)
 from drivers.instruments.keithley707b import Keithley707B
 from drivers.instruments.keithley2450 import I_RANGES, Keithley2450
-from drivers.instruments.keysight33500b import MAX_BURST, MAX_OPEN_CIRCUIT_V, MIN_WIDTH_S, Keysight33500B
+from drivers.instruments.keysight33500b import (
+    MAX_BURST,
+    MAX_OPEN_CIRCUIT_V,
+    MIN_WIDTH_S,
+    Keysight33500B,
+)
 from drivers.instruments.scpi_property import VisaInstrument
 from drivers.limits import PulseProfile, SafetyLimits, check_read_voltage
+from protocols.write_verify import write_verify_loop
 
 log = logging.getLogger(__name__)
 
@@ -393,37 +405,22 @@ class VisaBenchBoard(Board):
         wv = self.config.write_verify
         lim = self.limits
         rows, cols = np.divmod(flat, self._cols)
-        nominal = wv.nominal_step_s
-        floor, ceil = 0.25 * nominal, 8.0 * nominal
-        step = {+1: np.full(flat.size, nominal), -1: np.full(flat.size, nominal)}
-        n_max = int(min(wv.max_pulses_per_round, lim.max_pulses_per_device))
-        pulses, energy0 = 0, self._totals["write_energy"] + self._totals["read_energy"]
-        achieved = self.read_cells(rows, cols)
-        done = np.abs(achieved - targets_s) <= tolerance_s
-        iterations = np.zeros(flat.size, dtype=np.int64)
-        for _ in range(max_iter):
-            todo = np.flatnonzero(~done)
-            if todo.size == 0:
-                break
-            err = targets_s[todo] - achieved[todo]
-            up = err > 0
-            est = np.where(up, step[+1][todo], step[-1][todo])
-            per_device = max(1, min(n_max, lim.max_pulses_per_batch // todo.size))
-            counts = np.clip(np.rint(err / est), -per_device, per_device).astype(np.int64)
-            counts[counts == 0] = np.where(err[counts == 0] > 0, 1, -1)
-            rep = self.pulse(PulseBatch(rows[todo], cols[todo], counts))
-            pulses += rep.pulses
-            new = self.read_cells(rows[todo], cols[todo])
-            observed = np.clip((new - achieved[todo]) / counts, floor, ceil)
-            rate = 0.3 * np.minimum(1.0, np.abs(counts) / 4.0)
-            updated = (1 - rate) * est + rate * observed
-            step[+1][todo[up]] = updated[up]
-            step[-1][todo[~up]] = updated[~up]
-            achieved[todo] = new
-            iterations[todo] += 1
-            done[todo] = np.abs(new - targets_s[todo]) <= tolerance_s
+        energy0 = self._totals["write_energy"] + self._totals["read_energy"]
+        pulses = 0
+
+        def pulse(pos: np.ndarray, counts: np.ndarray) -> None:
+            nonlocal pulses
+            per_device = max(1, lim.max_pulses_per_batch // pos.size)
+            counts = np.clip(counts, -per_device, per_device)
+            pulses += self.pulse(PulseBatch(rows[pos], cols[pos], counts)).pulses
+
+        out = write_verify_loop(
+            read=lambda pos: self.read_cells(rows[pos], cols[pos]), pulse=pulse, n_devices=flat.size,
+            targets_s=targets_s, tolerance_s=tolerance_s, max_iter=max_iter, nominal_step_s=wv.nominal_step_s,
+            max_pulses_per_round=int(min(wv.max_pulses_per_round, lim.max_pulses_per_device)),
+        )
         energy = self._totals["write_energy"] + self._totals["read_energy"] - energy0
-        return ProgramReport(achieved, done, iterations, int(pulses), float(energy))
+        return ProgramReport(out.achieved_s, out.converged, out.iterations, int(pulses), float(energy))
 
     # ---- clock -----------------------------------------------------------------------------------------------------
     def _do_clock(self) -> float:
