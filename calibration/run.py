@@ -146,7 +146,7 @@ def _progress_bar(enabled, total: float):
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", desc="calibrate", dynamic_ncols=True,
+    bar = tqdm(total=total, unit="step", desc="calibrate", dynamic_ncols=True, disable=None,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
     return (lambda k: bar.update(k)), bar
 

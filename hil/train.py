@@ -382,7 +382,8 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=start, desc=f"{self.cfg.method} {self.cfg.task}", unit="step")
+        return tqdm(total=self.total_steps, initial=start, desc=f"{self.cfg.method} {self.cfg.task}", unit="step",
+                    disable=None)  # None: no bar when stderr is not a terminal (CI logs)
 
     def _prepare_board(self, resume: bool) -> None:
         if self.cfg.method == "float":
