@@ -1,13 +1,15 @@
 """Read noise: repeated reads of a device sample -> relative read noise.
 
 A random sample of devices is read ``n_reads`` times without any write in
-between.  With ``G_read = G (1 + s*xi)`` the per-device variance across reads is
-``s^2 G^2`` plus the converter's quantisation variance ``lsb^2/12``; the pooled
-estimate is the ratio of sums ``s^2 = sum(var_i - q) / sum(mean_i^2)``, which is
-estimate gives every device the same weight, ``s^2 = mean_i((var_i - q) / mean_i^2)``
-over devices that read well above the converter's resolution (a ratio of sums
-would let the few devices stuck at the top of the window dominate).  Its
-uncertainty comes from a bootstrap over devices.
+between.  With ``G_read = G (1 + s*xi)`` each read scatters by ``s G`` plus the
+converter's quantisation (variance ``lsb^2/12``).  The per-device variance is taken
+from *successive differences*, ``mean((r[k+1] - r[k])^2) / 2``: a device keeps
+relaxing while it is read (on a bench whose reads take milliseconds that is a
+visible slow drift), and differences of neighbouring reads cancel it where the
+plain variance would count it as noise.  The estimate gives every device the same
+weight, ``s^2 = mean_i((var_i - q) / mean_i^2)``, over devices that read well above
+the converter's resolution (a ratio of sums would let the few devices stuck at the
+top of the window dominate).  Its uncertainty comes from a bootstrap over devices.
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ class ReadNoiseResult(BaseModel):
 
 
 def relative_variances(reads: np.ndarray, q_var: float = 0.0, floor_s: float = 0.0) -> np.ndarray:
-    """Per-device ``(var - q) / mean^2`` from reads of shape (n_reads, n); NaN where mean <= floor."""
+    """Per-device ``(var - q) / mean^2`` from reads of shape (n_reads, n); NaN where mean <= floor.
+
+    ``var`` is half the mean squared difference of successive reads (insensitive to slow drift).
+    """
     mean = reads.mean(axis=0)
-    var = reads.var(axis=0, ddof=1)
+    steps = np.diff(reads, axis=0)
+    var = 0.5 * np.mean(steps * steps, axis=0)
     ok = mean > floor_s
     return np.where(ok, (var - q_var) / np.where(ok, mean, 1.0) ** 2, np.nan)
 

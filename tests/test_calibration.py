@@ -125,14 +125,36 @@ def _entry() -> list[str]:
 
 
 def test_default_calibration_of_a_128x128_emulator_through_the_cli(tmp_path):
+    import os
+    import pty
+
     out = tmp_path / "cal"
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()  # stderr on a real terminal, where a user sees the progress bar
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
     t0 = time.monotonic()
-    proc = subprocess.run([*_entry(), "calibrate", "--board", "emu", "--out", str(out)], capture_output=True,
-                          check=False, text=True, timeout=120)
+    proc = subprocess.Popen([*_entry(), "calibrate", "--board", "emu", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=slave, text=True)
+    os.close(slave)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    stdout = proc.communicate(timeout=120)[0]
+    os.close(master)
     wall = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, terminal.decode(errors="replace")
     assert wall < 60, f"default 128x128 calibration took {wall:.1f} s"
-    assert "%" in proc.stderr  # the tqdm progress bar
+    assert b"%" in terminal and b"<" in terminal  # the tqdm progress bar with its time estimate
+    assert "delta" in stdout.lower() or "took" in stdout
     report = CalibrationReport.load(out / JSON_NAME)
     assert report.board["rows"] == 128 and report.sample["stuck_map"]["n_devices"] == 128 * 128
     for key in ("delta_g_th_s", "write_noise_sigma_s", "read_noise_rel", "stuck_fraction", "d2d_cv"):
