@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -492,7 +491,3 @@ def load_config_for_resume(out_dir: str | Path) -> TrainConfig:
     if not path.exists():
         raise ValueError(f"{out_dir} holds no run to resume (no config.json)")
     return TrainConfig(**json.loads(path.read_text()))
-
-
-def copy_calibration(src: str | Path, out_dir: str | Path) -> None:
-    shutil.copy(src, Path(out_dir) / "calibration.json")
