@@ -15,6 +15,7 @@ to pyserial's URL handler.
 
 from __future__ import annotations
 
+import math
 from urllib.parse import parse_qsl, urlencode
 
 from drivers.board import Board
@@ -41,6 +42,8 @@ def _number(params: dict[str, str], key: str, kind: type, default, address: str)
         value = kind(params[key])
     except ValueError:
         raise AddressError(f"{address!r}: {key}={params[key]!r} is not a valid {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):
+        raise AddressError(f"{address!r}: {key} must be a finite number")
     if value < 0 if kind is int else value <= 0:
         raise AddressError(f"{address!r}: {key} must be positive")
     return value
@@ -80,9 +83,10 @@ def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
                                "serial:socket://127.0.0.1:7777")
         passthrough = {k: v for k, v in params.items() if k not in SERIAL_KEYS}
         url = target + ("?" + urlencode(passthrough) if passthrough else "")
-        link = SerialLink(url, baudrate=_number(params, "baud", int, 3_000_000, address))
-        return FpgaBoard(link, limits, timeout_s=_number(params, "timeout", float, 2.0, address),
-                         retries=_number(params, "retries", int, 5, address), address=address)
+        baud = _number(params, "baud", int, 3_000_000, address)
+        timeout_s = _number(params, "timeout", float, 2.0, address)
+        retries = _number(params, "retries", int, 5, address)
+        return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address)
 
     if address.startswith("visa:"):
         path = address[len("visa:"):]

@@ -155,7 +155,10 @@ class FpgaBoard(Board):
         info = self._info
         dac_max = 2 ** (info.dac_bits - 1) - 1
         adc_max = 2 ** (info.adc_bits - 1) - 1
-        codes = enc.quantize(v, info.dac_full_scale_v / dac_max, info.dac_bits, signed=True).astype(np.int8)
+        lsb = info.dac_full_scale_v / dac_max
+        codes = enc.quantize(v, lsb, info.dac_bits, signed=True).astype(np.int64)
+        top = min(dac_max, int(np.floor(self.limits.max_read_v / lsb * (1 + 1e-12))))  # rounding never exceeds it
+        codes = np.clip(codes, -top, top).astype(np.int8)
         req = m.VmmRequest(region.row0, region.col0, region.rows, region.cols, transpose, codes, i_full_scale_a)
         payload = self._transact(Op.VMM, m.encode_vmm_request(req), extra_s=v.shape[0] * 1e-5)
         out = m.decode_vmm_result(payload, v.shape[0], req.n_out)
@@ -173,7 +176,10 @@ class FpgaBoard(Board):
         self._sync_profiles()
         order = np.argsort(flat)
         codes = enc.quantize(targets_s[order], self._info.g_lsb_s, 16, signed=False)
-        payload = self._transact(Op.PROGRAM, m.encode_program_request(flat[order], codes, tolerance_s, max_iter),
+        lim = self.limits  # each write-verify round is a pulse batch: the pulse-count limits hold for it
+        per_round = max(1, min(32, lim.max_pulses_per_device, lim.max_pulses_per_batch // flat.size))
+        payload = self._transact(Op.PROGRAM, m.encode_program_request(flat[order], codes, tolerance_s, max_iter,
+                                                                       per_round),
                                  extra_s=flat.size * max_iter * 1e-5)
         got, conv, iters, pulses, energy = m.decode_program_result(payload, flat.size)
         inv = np.empty_like(order)

@@ -132,6 +132,7 @@ class VisaBenchBoard(Board):
         self._totals = {"pulses": 0, "set": 0, "reset": 0, "write_events": 0, "write_energy": 0.0,
                         "read_energy": 0.0, "cells_read": 0}
         self._compliance_warned = False
+        self._smu_armed = False
         self._last_tag = 0
         self._own_rm = resource_manager is None
         self._rm = resource_manager
@@ -182,6 +183,7 @@ class VisaBenchBoard(Board):
         self.smu.configure_read(voltage_v=self._v_read, current_range_a=c.smu.current_range_a,
                                 compliance_a=self._compliance_a, nplc=c.smu.nplc,
                                 off_mode=c.smu.output_off_mode, terminals=c.smu.terminals)
+        self._smu_armed = True
         if c.bench.emulated:
             try:
                 float(self.smu.query(":EMUL:CLOC?"))
@@ -269,6 +271,7 @@ class VisaBenchBoard(Board):
             raise
 
     def _emergency_idle(self) -> None:
+        self._smu_armed = False  # shutdown zeroes the SMU's source level: re-arm before the next read
         for inst in (self.generator, self.smu, self.matrix):
             if inst is None:
                 continue
@@ -289,6 +292,10 @@ class VisaBenchBoard(Board):
         out = np.full(flat.size, np.nan)
         with self._operation("read"):
             try:
+                if not self._smu_armed:  # a safe idle left the source at 0 V (output off): back to the read level
+                    smu.source_voltage = float(self._v_read)
+                    smu.check_errors("after restoring the read voltage")
+                    self._smu_armed = True
                 if hot:
                     smu.output_enabled = True
                 for k, f in enumerate(flat.tolist()):
@@ -459,13 +466,14 @@ class VisaBenchBoard(Board):
         return json.loads(self.smu.query(":EMUL:TRUT?"))
 
     def _do_safe_idle(self) -> None:
+        self._smu_armed = False  # shutdown zeroes the SMU's source level: re-arm before the next read
         first: BaseException | None = None
         for inst in (self.generator, self.smu, self.matrix):
             if inst is None:
                 continue
             try:
                 _shutdown(inst)
-            except Exception as exc:
+            except BaseException as exc:  # Ctrl-C included: the other instruments must still be idled
                 log.error("safe idle of the %s failed: %s", inst.label, exc)
                 first = first or exc
         if first is not None:

@@ -224,16 +224,19 @@ class Firmware:
                                                    float(out.energy_j), float(out.duration_s), self.array.clock_s))
 
     def _program(self, payload: bytes) -> bytes:
-        flat, target_codes, tol, max_iter = m.decode_program_request(payload)
+        flat, target_codes, tol, max_iter, per_round = m.decode_program_request(payload)
         self._check_cells(flat)
-        if not (np.isfinite(tol) and tol > 0) or not 1 <= max_iter <= 1000:
-            raise Refused(Status.BAD_REQUEST, "PROGRAM: tolerance must be > 0 and max_iter in 1..1000")
+        if not (np.isfinite(tol) and tol > 0) or not 1 <= max_iter <= 1000 or per_round < 1:
+            raise Refused(Status.BAD_REQUEST, "PROGRAM: tolerance must be > 0, max_iter in 1..1000 and "
+                                              "max_pulses_per_round >= 1")
+        lim = self.limits  # a round is one pulse batch: it obeys the batch limits too
+        per_round = min(per_round, lim.max_pulses_per_device, max(1, lim.max_pulses_per_batch // max(flat.size, 1)))
         for (v, w), pol in zip(self.profiles, (+1, -1)):
             self._check_profile(v, w, pol)
         self.idle = False
         achieved, conv, iters, pulses, energy = write_verify(
             self.array, flat, target_codes.astype(float) * self.g_lsb_s, tol, max_iter,
-            self.profiles[0], self.profiles[1],
+            self.profiles[0], self.profiles[1], max_pulses_per_iter=per_round,
         )
         self.idle = True
         return m.encode_program_result(self._g_codes(achieved), conv, iters, pulses, energy)

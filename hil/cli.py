@@ -138,10 +138,13 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
     from hil.train import Interrupted, TrainConfig, load_config_for_resume
     from hil.train import train as run_training
 
+    try:
+        sizes = None if hidden is None else [int(h) for h in str(hidden).split(",") if h.strip()]
+    except ValueError:
+        _fail(f"--hidden expects layer sizes like 32 or 64,32; got {hidden!r}")
     values = {"board": address, "task": task, "method": method, "epochs": epochs, "seed": seed,
               "calibration": calibration, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-              "delta_g_th_k": k,
-              "hidden": None if hidden is None else [int(h) for h in str(hidden).split(",") if h.strip()]}
+              "delta_g_th_k": k, "hidden": sizes}
     try:
         if resume:
             cfg = load_config_for_resume(out_dir)
@@ -162,6 +165,8 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
         sys.exit(130)
     except (BoardError, ValueError, ValidationError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the run directory {out_dir}: {exc}")
     click.echo(json.dumps({k: v for k, v in summary.items()}, indent=2))
 
 
@@ -179,7 +184,10 @@ def compare(run_dirs, plot_path: Path) -> None:
     except ValueError as exc:
         _fail(str(exc))
     click.echo(table(summaries))
-    click.echo(f"plot: {plot_comparison(summaries, plot_path)}")
+    try:
+        click.echo(f"plot: {plot_comparison(summaries, plot_path)}")
+    except OSError as exc:
+        _fail(f"cannot write the plot {plot_path}: {exc}")
 
 
 @cli.command()
@@ -211,7 +219,7 @@ def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seed: int
                               calibration=str(cal_file))
             run_training(cfg, out_dir / method, progress=not quiet, limits=ctx.obj.limits)
             dirs.append(out_dir / method)
-    except (BoardError, ValueError) as exc:
+    except (BoardError, ValueError, OSError) as exc:
         _fail(str(exc))
     summaries = load_summaries(dirs)
     click.echo(table(summaries))

@@ -168,34 +168,57 @@ class AnalogLinear:
         return i * (s / (self.v_fs * self.cmap.g_per_weight_s))
 
     # ---- updates -------------------------------------------------------------------------------
-    def plan_update(self, dw: np.ndarray, rule: UpdateRule, rng: np.random.Generator):
-        """Pulses realising the weight change ``dw`` under ``rule``.
+    def _route(self, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a wanted direction per weight (``up``: the weight must grow), which device of each
+        pair moves and how: returns (use_set, on_plus, saturated).
 
-        Returns (flat device indices, signed counts, UpdateStats).  A positive change
-        SETs G+ or RESETs G-, whichever keeps the pair's common mode nearer the band
-        centre and has headroom; a negative change the mirror image.
+        Growing SETs G+ or RESETs G-, whichever keeps the pair's common mode nearer the band
+        centre and has headroom; shrinking is the mirror image.  ``saturated``: neither has room.
         """
         c, n = self.cmap, self.n_out
-        dg = dw * c.g_per_weight_s
         gp, gm = self.g_est[:, :n], self.g_est[:, n:]
-        pos = dg > 0
         low_cm = (gp + gm) < 2 * c.g_mid_s
         set_ok_p, set_ok_m = gp < c.g_hi_s, gm < c.g_hi_s
         reset_ok_p, reset_ok_m = gp > c.g_lo_s, gm > c.g_lo_s
-        use_set = np.where(pos, (low_cm & set_ok_p) | ~reset_ok_m, (low_cm & set_ok_m) | ~reset_ok_p)
-        saturated = np.where(pos, ~set_ok_p & ~reset_ok_m, ~set_ok_m & ~reset_ok_p) & (dg != 0)
-        on_plus = use_set == pos  # +: SET G+ or RESET G-;  -: SET G- or RESET G+
-        g_dev = np.where(on_plus, gp, gm)
-        step = np.where(use_set, c.step_set_s(g_dev), c.step_reset_s(g_dev))
-        plan = rule.plan(np.where(saturated | self.dead, 0.0, dg), step, rng)
-        mags = np.abs(plan.pulses)
+        use_set = np.where(up, (low_cm & set_ok_p) | ~reset_ok_m, (low_cm & set_ok_m) | ~reset_ok_p)
+        saturated = np.where(up, ~set_ok_p & ~reset_ok_m, ~set_ok_m & ~reset_ok_p)
+        on_plus = use_set == up  # up: SET G+ or RESET G-;  down: SET G- or RESET G+
+        return use_set, on_plus, saturated
+
+    def _step(self, use_set: np.ndarray, on_plus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, n = self.cmap, self.n_out
+        g_dev = np.where(on_plus, self.g_est[:, :n], self.g_est[:, n:])
+        return g_dev, np.where(use_set, c.step_set_s(g_dev), c.step_reset_s(g_dev))
+
+    def plan_update(self, dw: np.ndarray, rule: UpdateRule, rng: np.random.Generator):
+        """Pulses realising the weight change ``dw`` under ``rule``.
+
+        Returns (flat device indices, signed counts, UpdateStats).  The rule sees the step
+        of the device that would move in the direction of ``dw``; the pulses it plans are
+        routed by *their own* sign (a stateful rule such as ``mixed`` may pulse against
+        this step's ``dw``).  Frozen (dead) pairs and pairs with no headroom get nothing.
+        """
+        c, n = self.cmap, self.n_out
+        dg = dw * c.g_per_weight_s
+        use_set, on_plus, saturated = self._route(dg >= 0)
+        _, step = self._step(use_set, on_plus)
+        blocked = self.dead | (saturated & (dg != 0))
+        plan = rule.plan(np.where(blocked, 0.0, dg), step, rng)
+        pulses = np.where(self.dead, 0, plan.pulses)
+        flip = (pulses != 0) & ((pulses > 0) != (dg >= 0))
+        if flip.any():  # route those by the sign the rule chose
+            f_set, f_plus, f_sat = self._route(pulses > 0)
+            use_set, on_plus = np.where(flip, f_set, use_set), np.where(flip, f_plus, on_plus)
+            pulses = np.where(flip & f_sat, 0, pulses)
+        g_dev, step = self._step(use_set, on_plus)
+        mags = np.abs(pulses)
         i, j = np.nonzero(mags)
         counts = np.where(use_set[i, j], mags[i, j], -mags[i, j])
         col = np.where(on_plus[i, j], j, j + n)
         self.g_est[i, col] = np.clip(g_dev[i, j] + counts * step[i, j], c.g_min_s, c.g_max_s)
         self.pulse_counts[i, col] += mags[i, j]
         flat = self.tile.flat_index(i, col, self.board.info.cols)
-        return flat, counts.astype(np.int64), UpdateStats(int(i.size), int(mags.sum()), int(saturated.sum()))
+        return flat, counts.astype(np.int64), UpdateStats(int(i.size), int(mags.sum()), int(saturated[dg != 0].sum()))
 
     def after_pulses(self, flat: np.ndarray) -> int:
         """On a board without VMM the host computes with measured weights: re-read the devices

@@ -68,7 +68,7 @@ def plot_comparison(summaries: list[dict], path: str | Path) -> Path:
     ax[0].bar(names, [s.get(key, np.nan) for s in summaries])
     ax[0].set(title=key.replace("_", " "))
     ax[1].bar(names, [100 * s["write_fraction_mean"] for s in summaries])
-    ax[1].set(title="write fraction (%)", yscale="log")
+    ax[1].set(title="write fraction (%)")
     ax[2].bar(names, [max(s["write_energy_j"], 1e-18) for s in summaries])
     ax[2].set(title="write energy (J)", yscale="log")
     path = Path(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable before anything relies on it
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -101,8 +107,13 @@ class RunStore:
         atomic_write_json(self.root / "checkpoint.json", {**meta, "arrays_file": name})
 
     def load_checkpoint(self) -> tuple[dict, dict[str, np.ndarray], bytes | None]:
-        meta = self.read_json("checkpoint.json")
-        with np.load(self.root / meta["arrays_file"], allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files if k != "board_snapshot"}
-            blob = data["board_snapshot"].tobytes() if "board_snapshot" in data.files else None
+        try:
+            meta = self.read_json("checkpoint.json")
+            path = self.root / meta["arrays_file"]
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files if k != "board_snapshot"}
+                blob = data["board_snapshot"].tobytes() if "board_snapshot" in data.files else None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"the checkpoint in {self.root} is damaged ({type(exc).__name__}: {exc}); "
+                             "the run cannot be resumed from it") from None
         return meta, arrays, blob

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class Totals:
     program_energy_j: float = 0.0
     program_pulses: int = 0
     baseline: dict = field(default_factory=dict)
+    run_nonce: int = 0  # high half of every pulse tag: tags of another run never look like ours
 
 
 class Interrupted(Exception):
@@ -126,7 +128,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, **({"momentum": cfg.momentum}
                                                                      if cfg.optimizer == "sgd" else {}))
         self.calibration = None
-        self.rule = None
+        self.rules: list = []
 
     def _shapes(self) -> list[tuple[int, int]]:
         sizes = [self.task.n_in, *self.cfg.hidden, self.task.n_out]
@@ -152,7 +154,8 @@ class Trainer:
                 kw = {"threshold_s": step / 2}
             else:
                 kw = {"max_pulses": cfg.max_pulses}
-            self.rule = make_rule(cfg.method, **kw)
+            # one rule per layer: stateful rules (mixed) keep an accumulator shaped like their layer
+            self.rules = [make_rule(cfg.method, **kw) for _ in layers]
         self.model = MLP(layers, biases, cfg.activation, output)
 
     def _analog(self) -> list[AnalogLinear]:
@@ -179,9 +182,9 @@ class Trainer:
                 opt_meta[name] = "array"
             else:
                 opt_meta[name] = {"value": val}
-        if self.rule is not None:
-            for name, val in self.rule.state_dict().items():
-                arrays[f"rule.{name}"] = np.asarray(val)
+        for k, rule in enumerate(self.rules):
+            for name, val in rule.state_dict().items():
+                arrays[f"rule{k}.{name}"] = np.asarray(val)
         return {"totals": self.totals.__dict__, "optimizer": opt_meta}, arrays
 
     def _load_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -199,10 +202,11 @@ class Trainer:
             else:
                 opt[name] = spec["value"]
         self.optimizer.load_state_dict(opt)
-        if self.rule is not None:
-            rule_state = {n[5:]: a for n, a in arrays.items() if n.startswith("rule.")}
+        for k, rule in enumerate(self.rules):
+            prefix = f"rule{k}."
+            rule_state = {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}
             if rule_state:
-                self.rule.load_state_dict(rule_state)
+                rule.load_state_dict(rule_state)
         self.totals = Totals(**meta["totals"])
 
     def _checkpoint(self, step: int, phase: str, pending: dict | None, with_snapshot: bool) -> None:
@@ -241,11 +245,13 @@ class Trainer:
             self.model.biases[k] = self.model.biases[k] + dbs[k]
         rng = np.random.default_rng([self.cfg.seed, 3, step])
         flats, counts, written, pulses, saturated, holding = [], [], 0, 0, 0, 0
+        analog_k = 0
         for layer, dw in zip(self.model.layers, dws):
             if not layer.analog:
                 layer.apply_delta(dw)
                 continue
-            f, c, st = layer.plan_update(dw, self.rule, rng)
+            f, c, st = layer.plan_update(dw, self.rules[analog_k], rng)
+            analog_k += 1
             flats.append(f)
             counts.append(c)
             written += st.devices_written
@@ -264,7 +270,8 @@ class Trainer:
         flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
         cnt = np.concatenate(counts) if counts else np.zeros(0, np.int64)
         order = np.argsort(flat)
-        return {"flat": flat[order], "counts": cnt[order], "tag": step + 1, "record": record}
+        return {"flat": flat[order], "counts": cnt[order], "tag": (self.totals.run_nonce << 32) | (step + 1),
+                "record": record}
 
     def _send(self, pending: dict) -> None:
         if self.board is None or pending["flat"].size == 0:
@@ -315,6 +322,10 @@ class Trainer:
         if resume:
             start = self._resume()
         else:
+            if self.store.exists("config.json"):
+                raise ValueError(f"{self.store.root} already holds a run (config.json): choose another --out, "
+                                 "or --resume to continue that run")
+            self.totals.run_nonce = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
             self.store.write_json("config.json", cfg.model_dump())
             self.store.open_metrics(keep_while=lambda rec: False)
             self._initial_programming()
@@ -402,6 +413,11 @@ class Trainer:
             log.info("no calibration given: calibrating the board first")
             self.calibration = calibrate(self.board, self.store.root / "calibration", CalibrationParams(seed=self.cfg.seed),
                                          progress=self.progress)
+        profiles = getattr(self.calibration, "profiles", None) or {}
+        if "set" in profiles and "reset" in profiles:  # pulse with the profiles the calibration measured
+            from drivers.limits import PulseProfile
+
+            self.board.set_profiles(PulseProfile(**profiles["set"]), PulseProfile(**profiles["reset"]))
         if not resume:
             self.store.write_json("calibration.json", self.calibration.model_dump(mode="json"))
             self.store.write_json("board.json", {"info": info.model_dump(mode="json"),
@@ -439,7 +455,9 @@ class Trainer:
         self.store.open_metrics(keep_while=lambda r: r["step"] < step)
         self._last_eval = self._last_epoch_record()
         pending = {"flat": arrays["pending.flat"], "counts": arrays["pending.counts"], **meta["pending"]}
-        applied = self.board is not None and self.board.status().last_pulse_tag >= int(pending["tag"])
+        last = self.board.status().last_pulse_tag if self.board is not None else 0
+        tag = int(pending["tag"])
+        applied = (last >> 32) == (tag >> 32) and last >= tag  # only a tag of this very run counts
         if applied:
             log.info("resume: the board already applied the batch of step %d", step)
             pending = {**pending, "flat": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64)}

@@ -226,23 +226,25 @@ def decode_vmm_result(data: bytes, batch: int, n_out: int) -> np.ndarray:
 
 
 # ---- PROGRAM (write-verify) -------------------------------------------------------
-_PROGRAM = struct.Struct("<dI")
+_PROGRAM = struct.Struct("<dIH")
 _PROGRAM_RESULT = struct.Struct("<Qd")
 
 
-def encode_program_request(flat_sorted: np.ndarray, target_codes: np.ndarray, tolerance_s: float, max_iter: int) -> bytes:
-    return _PROGRAM.pack(tolerance_s, max_iter) + encode_cells(flat_sorted) + enc.encode_u16(target_codes)
+def encode_program_request(flat_sorted: np.ndarray, target_codes: np.ndarray, tolerance_s: float, max_iter: int,
+                           max_pulses_per_round: int) -> bytes:
+    return (_PROGRAM.pack(tolerance_s, max_iter, max_pulses_per_round) + encode_cells(flat_sorted)
+            + enc.encode_u16(target_codes))
 
 
-def decode_program_request(data: bytes) -> tuple[np.ndarray, np.ndarray, float, int]:
-    tol, max_iter = _unpack(_PROGRAM, data, "PROGRAM")
+def decode_program_request(data: bytes) -> tuple[np.ndarray, np.ndarray, float, int, int]:
+    tol, max_iter, per_round = _unpack(_PROGRAM, data, "PROGRAM")
     idx, off = decode_cells(data, "PROGRAM", _PROGRAM.size)
     try:
         targets, off = enc.decode_u16(data, idx.size, off)
     except ValueError as exc:
         raise PayloadError(f"PROGRAM: {exc}") from None
     _expect_end(data, off, "PROGRAM")
-    return idx, targets, tol, max_iter
+    return idx, targets, tol, max_iter, per_round
 
 
 def encode_program_result(achieved_codes: np.ndarray, converged: np.ndarray, iterations: np.ndarray,

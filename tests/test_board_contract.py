@@ -167,3 +167,27 @@ def test_context_manager_leaves_board_idle_on_error():
             endpoint.firmware.idle = False
             raise KeyboardInterrupt
     assert endpoint.firmware.idle
+
+
+def test_write_verify_obeys_the_pulse_count_limits():
+    """Every write-verify round is a pulse batch: no device gets more pulses than max_pulses_per_device."""
+    with open_board("emu?rows=4&cols=4&seed=2", limits=SafetyLimits(max_pulses_per_device=4)) as b:
+        array = b.link.endpoint.firmware.array
+        before = array.n_pulses.copy()
+        rep = b.program(np.arange(4), np.zeros(4, dtype=int), np.full(4, 90e-6), tolerance_s=1e-6, max_iter=3)
+        assert rep.iterations.max() <= 3
+        assert np.all(array.n_pulses - before <= 4 * 3)  # at most 4 pulses per round, 3 rounds
+
+
+def test_vmm_input_rounding_never_exceeds_the_read_limit():
+    from firmware_stub.firmware import make_emulator
+    from drivers.fpga import FpgaBoard
+    from drivers.links import InProcessLink
+
+    endpoint = make_emulator(4, 4, seed=0)
+    seen = []
+    original = endpoint.firmware.array.vmm
+    endpoint.firmware.array.vmm = lambda *a, **k: (seen.append(np.max(np.abs(a[4]))), original(*a, **k))[1]
+    with FpgaBoard(InProcessLink(endpoint), limits=SafetyLimits(max_read_v=0.13)) as b:
+        b.vmm(Region(0, 0, 4, 4), np.full((1, 4), 0.13))
+    assert seen and seen[0] <= 0.13

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hil.mapping import DoesNotFitError, place_tiles
@@ -166,3 +167,30 @@ def test_bad_training_input_is_a_clear_cli_error(tmp_path):
                           "--board", "emu?rows=8&cols=8", "--method", "eapu", "--calibration", "/dev/null"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error:")
+
+
+def test_every_array_method_trains_a_network_with_hidden_layers(tmp_path, calibration_file):
+    for method in ("bp", "mixed", "manhattan", "stochastic"):
+        s = train(_cfg(calibration_file, method=method, epochs=1, task="digits-small", hidden=[16]),
+                  tmp_path / method, progress=False)
+        assert s["steps"] == 45 and s["pulses_total"] > 0, method
+
+
+def test_pulses_follow_the_sign_the_rule_chose(calibration_file):
+    """A stateful rule (mixed) may pulse against this step's dw: the device must move its way."""
+    from calibration.report import CalibrationReport
+    from drivers import open_board
+    from hil.layers import AnalogLinear
+    from hil.mapping import ConductanceMap, Tile
+    from hil.update_rules import Mixed
+
+    cal = CalibrationReport.load(calibration_file)
+    with open_board(BOARD) as board:
+        layer = AnalogLinear(board, Tile(0, 0, 4, 3), ConductanceMap.from_calibration(cal, 3.0))
+        rule = Mixed(max_pulses=8, shape=(4, 3))
+        rule.chi_s = np.full((4, 3), -5e-6)  # a large negative backlog
+        flat, counts, _ = layer.plan_update(np.full((4, 3), 1e-4), rule, np.random.default_rng(0))
+        assert flat.size == 12
+        col = flat % board.info.cols
+        weight_sign = np.where(col < 3, 1, -1) * np.sign(counts)  # SET on G+ or RESET on G- grows W
+        assert np.all(weight_sign < 0)

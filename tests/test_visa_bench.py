@@ -369,3 +369,14 @@ def test_bench_file_missing_and_address_errors(tmp_path):
     bad.write_text(GOOD.replace("10.0.0.22::5025", "127.0.0.1::1").replace("[bench]", "[bench]\ntimeout_s = 0.3"))
     with pytest.raises(LinkError):
         open_board(f"visa:{bad}")
+
+
+def test_reads_work_again_after_a_safe_idle(served, board):
+    """A safe idle zeroes the SMU's source level; the next read must restore the read voltage."""
+    running, _ = served
+    before = board.read()
+    board.safe_idle()
+    after = board.read()
+    truth = running.array.true_conductance_s(np.arange(ROWS * COLS)).reshape(ROWS, COLS)
+    np.testing.assert_allclose(after, truth, rtol=0.05)
+    np.testing.assert_allclose(after, before, rtol=0.1)

@@ -103,6 +103,7 @@ class Keysight33500B(VisaInstrument):
         if width_s > period_s - MIN_WIDTH_S:
             raise LimitViolation(f"{self.label}: a {width_s:g} s pulse does not fit a {period_s:g} s period")
         s = self._state
+        changed = s.get("high") != level_v or s.get("width") != width_s or s.get("period") != period_s
         if s.get("high") != level_v:
             self.high_level = float(level_v)
             s["high"] = level_v
@@ -115,6 +116,12 @@ class Keysight33500B(VisaInstrument):
                 self.pulse_period = float(period_s)
                 self.pulse_width = float(width_s)
             s["width"], s["period"] = width_s, period_s
+        if changed:  # a setting the instrument refused must stop us before a burst fires at the old one
+            try:
+                self.check_errors("after setting the pulse")
+            except InstrumentError:
+                self._state = {}
+                raise
 
     def fire_burst(self, cycles: int) -> None:
         """``cycles`` pulses: *TRG, wait for completion (*OPC?), then the error queue must be empty."""
