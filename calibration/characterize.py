@@ -178,7 +178,7 @@ def retention(board: Board, params: RetentionParams | None = None, progress: Pro
     targets = np.asarray(params.targets_s)[level_idx]
     rows, cols = split_flat(board, flat)
     prog = board.program(rows, cols, targets, params.tolerance_s, params.max_iter)
-    actual, reads = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads, progress)
+    actual, reads, _ = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads, progress)
     dp = DriftParams(n_devices=max(8, flat.size), levels=tuple(float(x) for x in params.targets_s),
                      n_reads=params.n_reads, t0_s=params.t0_s, t_max_s=params.t_max_s, n_times=params.n_times)
     result = analyse_drift(actual, reads, level_idx, prog.converged, dp, 0.0, quantisation_var(board), targets)

@@ -91,25 +91,45 @@ class DriftResult(BaseModel):
 
 
 
+def position_in_batch(flat: np.ndarray) -> np.ndarray:
+    """Where each device falls, in [0, 1), in a batch the board works through in index order.
+
+    Boards take a batch's devices in ascending flat index (the Board contract sorts
+    them): a sequential board (the VISA bench, one device at a time) reaches device k
+    at ``start + position * duration``; a parallel board finishes a batch in
+    microseconds, so the correction vanishes there.
+    """
+    rank = np.empty(flat.size)
+    rank[np.argsort(flat, kind="stable")] = np.arange(flat.size)
+    return (rank + 0.5) / max(flat.size, 1)
+
+
 def read_at_log_times(board: Board, flat: np.ndarray, t_max_s: float, n_times: int, n_reads: int,
-                      progress=None) -> tuple[np.ndarray, np.ndarray]:
+                      progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read ``flat`` now and at ``n_times`` log-spaced times up to ``t_max_s`` on the board clock.
 
-    Returns (times actually read, s; reads of shape (n_times + 1, devices)).
+    Returns (times actually read relative to the start, s; reads of shape
+    (n_times + 1, devices); the board-clock time of each device's averaged read,
+    same shape, interpolated by its position in the read sweeps).
     """
     t_start = board.clock()
     times = np.concatenate([[0.0], np.logspace(0.0, np.log10(t_max_s), n_times)])
     reads = np.empty((times.size, flat.size))
     actual = np.empty(times.size)
+    device_times = np.empty((times.size, flat.size))
+    # mean position of a device over n_reads consecutive sweeps, as a fraction of their total time
+    where = (position_in_batch(flat) + (n_reads - 1) / 2.0) / n_reads
     for k, t in enumerate(times):
         now = board.clock() - t_start
         if t > now:
             board.wait(t - now)
-        actual[k] = board.clock() - t_start
+        before = board.clock()
+        actual[k] = before - t_start
         reads[k] = read_mean(board, flat, n_reads)
+        device_times[k] = before + (board.clock() - before) * where
         if progress:
             progress(1.0)
-    return actual, reads
+    return actual, reads, device_times
 
 def measure_drift(board: Board, params: DriftParams | None = None, *, g_min_s: float, g_max_s: float,
                   pool: np.ndarray | None = None, read_noise_rel: float = 0.0, progress: Progress = None) -> Measured:
@@ -123,13 +143,18 @@ def measure_drift(board: Board, params: DriftParams | None = None, *, g_min_s: f
     targets = g_min_s + np.asarray(params.levels)[level_idx] * window
     rows, cols = split_flat(board, flat)
     prog = board.program(rows, cols, targets, params.program_tolerance_rel * window, params.program_max_iter)
+    written = np.full(flat.size, board.clock())  # write-verify's last round: as good as it gets without release
     if params.release_pulses:
         # alternate polarity over devices so that the levels stay put on average
         sign = np.where(np.arange(flat.size) % 2 == 0, 1, -1)
+        before = board.clock()
         pulse_devices(board, flat, sign * params.release_pulses)
-    actual, reads = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads, progress)
-    result = analyse_drift(actual, reads, level_idx, prog.converged, params, read_noise_rel, quantisation_var(board),
-                           targets)
+        written = before + (board.clock() - before) * position_in_batch(flat)
+    actual, reads, device_times = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads,
+                                                    progress)
+    since_write = np.maximum(device_times - written[None, :], 0.0)  # each device's own age at each read
+    result = analyse_drift(since_write, reads, level_idx, prog.converged, params, read_noise_rel,
+                           quantisation_var(board), targets)
     result.sample = SampleInfo.from_counts(np.zeros(flat.size, dtype=np.int64),
                                            f"uniform random over responsive devices, {n_lv} levels; "
                                            f"write-verify used {prog.pulses} pulses in all")
@@ -148,14 +173,18 @@ def measure_drift(board: Board, params: DriftParams | None = None, *, g_min_s: f
 
 def analyse_drift(times: np.ndarray, reads: np.ndarray, level_idx: np.ndarray, converged: np.ndarray,
                   params: DriftParams, read_noise_rel: float, q_var: float, targets: np.ndarray) -> DriftResult:
+    """``times``: one age per read time (T+1,), or each device's own age (T+1, N)."""
+    times = np.asarray(times, dtype=float)
     lt = np.log1p(times / params.t0_s)
-    xc = lt - lt.mean()
-    sxx = float(np.sum(xc * xc))
+    if lt.ndim == 1:
+        lt = np.broadcast_to(lt[:, None], reads.shape)
+    xc = lt - lt.mean(axis=0)
+    sxx = np.sum(xc * xc, axis=0)
     change = reads[1:] - reads[0]  # (T, N)
     # per-device straight line in L (with intercept: no single read carries the whole reference)
-    slopes = (xc[:, None] * reads).sum(axis=0) / sxx
+    slopes = (xc * reads).sum(axis=0) / sxx
     read_var = (read_noise_rel**2 * reads**2 + q_var) / params.n_reads  # variance of each averaged read
-    slope_noise = (xc[:, None] ** 2 * read_var).sum(axis=0) / sxx**2
+    slope_noise = (xc**2 * read_var).sum(axis=0) / sxx**2
     rv = read_var[1:] + read_var[0]  # read-noise variance of each change from t ~ 0
 
     def fit(sel: np.ndarray) -> tuple[float, float, float, float]:
@@ -182,7 +211,7 @@ def analyse_drift(times: np.ndarray, reads: np.ndarray, level_idx: np.ndarray, c
                                     else float("nan"), n_devices=int(sel.sum()), mu_s=m, mu_sigma_s=m_se, sigma1_s=s))
     spread = np.sqrt(np.maximum(change[:, ok].var(axis=1, ddof=1) - rv[:, ok].mean(axis=1), 0.0))
     return DriftResult(mu_s=mu, mu_sigma_s=mu_se, sigma1_s=s1, sigma1_sigma_s=s1_se, t0_s=params.t0_s,
-                       times_s=times.tolist(), mean_shift_s=[0.0] + change[:, ok].mean(axis=1).tolist(),
+                       times_s=(times if times.ndim == 1 else times.mean(axis=1)).tolist(), mean_shift_s=[0.0] + change[:, ok].mean(axis=1).tolist(),
                        spread_s=[0.0] + spread.tolist(), per_level=per_level,
                        converged_fraction=float(np.mean(converged)),
                        sample=SampleInfo(n_devices=int(reads.shape[1]), selection=""))

@@ -3,10 +3,10 @@
 A random sample of devices is read ``n_reads`` times without any write in
 between.  With ``G_read = G (1 + s*xi)`` each read scatters by ``s G`` plus the
 converter's quantisation (variance ``lsb^2/12``).  The per-device variance is taken
-from *successive differences*, ``mean((r[k+1] - r[k])^2) / 2``: a device keeps
+from *second differences*, ``mean((r[k+1] - 2 r[k] + r[k-1])^2) / 6``: a device keeps
 relaxing while it is read (on a bench whose reads take milliseconds that is a
-visible slow drift), and differences of neighbouring reads cancel it where the
-plain variance would count it as noise.  The estimate gives every device the same
+visible drift, fastest right after a write), and second differences cancel its
+local slope where the plain variance would count it as noise.  The estimate gives every device the same
 weight, ``s^2 = mean_i((var_i - q) / mean_i^2)``, over devices that read well above
 the converter's resolution (a ratio of sums would let the few devices stuck at the
 top of the window dominate).  Its uncertainty comes from a bootstrap over devices.
@@ -53,11 +53,16 @@ class ReadNoiseResult(BaseModel):
 def relative_variances(reads: np.ndarray, q_var: float = 0.0, floor_s: float = 0.0) -> np.ndarray:
     """Per-device ``(var - q) / mean^2`` from reads of shape (n_reads, n); NaN where mean <= floor.
 
-    ``var`` is half the mean squared difference of successive reads (insensitive to slow drift).
+    ``var`` is a sixth of the mean squared second difference of successive reads (insensitive
+    to a drift that is locally linear); with fewer than three reads, half the squared first difference.
     """
     mean = reads.mean(axis=0)
-    steps = np.diff(reads, axis=0)
-    var = 0.5 * np.mean(steps * steps, axis=0)
+    if reads.shape[0] >= 3:
+        curv = np.diff(reads, n=2, axis=0)
+        var = np.mean(curv * curv, axis=0) / 6.0
+    else:
+        steps = np.diff(reads, axis=0)
+        var = 0.5 * np.mean(steps * steps, axis=0)
     ok = mean > floor_s
     return np.where(ok, (var - q_var) / np.where(ok, mean, 1.0) ** 2, np.nan)
 
