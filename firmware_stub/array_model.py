@@ -581,6 +581,16 @@ class MemristorArray:
         out["emulator_only"] = True
         return out
 
+    def totals(self, with_digest: bool = False) -> dict:
+        """Clock, running counters and the largest per-device pulse count (optionally the state digest)."""
+        from dataclasses import asdict
+
+        out = {"clock_s": self.clock_s, **asdict(self.counters),
+               "max_pulses_per_device": int(self.n_pulses.max()) if self.n_pulses.size else 0}
+        if with_digest:
+            out["state_digest"] = self.state_digest()
+        return out
+
     def state_digest(self) -> str:
         """sha256 of fixed and dynamic state, clock and random-stream positions."""
         h = hashlib.sha256()

@@ -136,25 +136,7 @@ class Firmware:
         return m.encode_json(self.info())
 
     def status(self, with_digest: bool = False) -> dict:
-        c = self.array.counters
-        out = {
-            "clock_s": self.array.clock_s,
-            "pulses_total": c.pulses_total,
-            "set_pulses_total": c.set_pulses_total,
-            "reset_pulses_total": c.reset_pulses_total,
-            "write_events_total": c.write_events_total,
-            "write_energy_j": c.write_energy_j,
-            "read_energy_j": c.read_energy_j,
-            "adc_energy_j": c.adc_energy_j,
-            "cells_read_total": c.cells_read_total,
-            "vmm_calls_total": c.vmm_calls_total,
-            "max_pulses_per_device": int(self.array.n_pulses.max()) if self.array.n_pulses.size else 0,
-            "idle": self.idle,
-            "last_pulse_tag": self.last_pulse_tag,
-        }
-        if with_digest:
-            out["state_digest"] = self.array.state_digest()
-        return out
+        return {**self.array.totals(with_digest), "idle": self.idle, "last_pulse_tag": self.last_pulse_tag}
 
     def _status(self, payload: bytes) -> bytes:
         return m.encode_json(self.status(with_digest=payload[:1] == b"\x01"))

@@ -292,18 +292,9 @@ class EmulatedBench:
         return out
 
     def status(self, with_digest: bool = False) -> dict:
-        a = self.array
-        c = a.counters
-        out = {
-            "clock_s": self.clock_s,
-            "pulses_total": c.pulses_total,
-            "set_pulses_total": c.set_pulses_total,
-            "reset_pulses_total": c.reset_pulses_total,
-            "write_events_total": c.write_events_total,
-            "write_energy_j": c.write_energy_j,
-            "read_energy_j": c.read_energy_j,
-            "cells_read_total": c.cells_read_total,
-            "max_pulses_per_device": int(a.n_pulses.max()) if a.n_pulses.size else 0,
+        return {
+            **self.array.totals(with_digest),
+            "clock_s": self.clock_s,  # synchronised with the wall clock on a wall-clock bench
             "relay_operations": self.counters.relay_operations,
             "hot_switches": self.counters.hot_switches,
             "smu_readings": self.counters.smu_readings,
@@ -311,7 +302,4 @@ class EmulatedBench:
             "read_disturbs": self.counters.read_disturbs,
             "closed_crosspoints": len(self.closed),
         }
-        if with_digest:
-            out["state_digest"] = a.state_digest()
-        return out
 
