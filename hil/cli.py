@@ -172,22 +172,38 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("comparison.png"),
-              show_default=True)
-def compare(run_dirs, plot_path: Path) -> None:
-    """Print a table of finished runs and write a comparison plot."""
-    from hil.compare import load_summaries, table
+@click.option("--json", "as_json", is_flag=True, help="Print the groups and ratios as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the figures (default: the runs' common parent folder).")
+@click.option("--overwrite", is_flag=True, help="Replace figures that already exist.")
+@click.option("--no-plot", is_flag=True, help="Only the table.")
+def compare(run_dirs, as_json: bool, out_dir: Path | None, overwrite: bool, no_plot: bool) -> None:
+    """Group finished runs by task x method x board settings: mean ± 95 % CI over seeds, gaps, ratios."""
+    import os
+
+    from hil import compare as cmp
     from hil.plots import plot_comparison
 
     try:
-        summaries = load_summaries(list(run_dirs))
+        groups, ratios = cmp.compare(list(run_dirs))
     except ValueError as exc:
         _fail(str(exc))
-    click.echo(table(summaries))
+    if as_json:
+        click.echo(json.dumps(cmp.to_json(groups, ratios), indent=2))
+    else:
+        click.echo(cmp.table(groups, ratios))
+    if no_plot:
+        return
+    target = out_dir or Path(os.path.commonpath([str(Path(d).resolve().parent) for d in run_dirs]))
     try:
-        click.echo(f"plot: {plot_comparison(summaries, plot_path)}")
+        target.mkdir(parents=True, exist_ok=True)
+        paths = plot_comparison(groups, target, overwrite=overwrite)
+    except FileExistsError as exc:
+        _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write the plot {plot_path}: {exc}")
+        _fail(f"cannot write the figures to {target}: {exc}")
+    for p in paths:
+        click.echo(f"plot: {p}", err=as_json)
 
 
 @cli.command()
@@ -201,7 +217,7 @@ def compare(run_dirs, plot_path: Path) -> None:
 def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seed: int, quiet: bool) -> None:
     """Calibrate the board, train float, bp and eapu on digits, then compare them."""
     from calibration.run import CalibrationParams, calibrate
-    from hil.compare import load_summaries, table
+    from hil import compare as cmp
     from hil.plots import plot_comparison
     from hil.train import TrainConfig
     from hil.train import train as run_training
@@ -221,9 +237,10 @@ def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seed: int
             dirs.append(out_dir / method)
     except (BoardError, ValueError, OSError) as exc:
         _fail(str(exc))
-    summaries = load_summaries(dirs)
-    click.echo(table(summaries))
-    click.echo(f"plot: {plot_comparison(summaries, out_dir / 'comparison.png')}")
+    groups, ratios = cmp.compare(dirs)
+    click.echo(cmp.table(groups, ratios))
+    for path in plot_comparison(groups, out_dir, overwrite=True):
+        click.echo(f"plot: {path}")
 
 
 @cli.group()

@@ -1,52 +1,330 @@
-"""Side-by-side figures of finished runs (``hil compare``)."""
+"""Finished runs grouped by task x method x board settings, with statistics over seeds (``hil compare``).
+
+A *group* is every run that differs only in its seed: same task, method, board
+settings (the board address with its ``seed`` option removed, so that each seed may
+have its own emulated board) and training settings.  Per group the figures are the
+mean over seeds with a 95 % confidence interval (Student's t).  Gaps to ``float`` are
+paired by seed (the same seed's float run on the same task and settings) and ratios
+between methods are formed within a task only, per seed, and summarised by their
+geometric mean with a t-interval on the log ratios.  Every ratio says what it is a
+ratio of.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
-COLUMNS = [
-    ("method", "method", "{}"),
-    ("task", "task", "{}"),
-    ("metric", None, "{:.4f}"),
-    ("write frac", "write_fraction_mean", "{:.3%}"),
-    ("pulses", "pulses_total", "{:,}"),
-    ("write E (J)", "write_energy_j", "{:.3g}"),
-    ("read E (J)", "read_energy_j", "{:.3g}"),
-    ("wall (s)", "wall_s", "{:.1f}"),
-]
+import numpy as np
+from scipy import stats as _st
+
+# training settings that are the seed's or the method's own, not the group's
+_PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task"}
+_METHOD_ONLY = {"method", "delta_g_th_k", "max_pulses"}
+METRICS = ("test_accuracy", "test_ssim")
 
 
-def load_summaries(run_dirs: list[str | Path]) -> list[dict]:
-    out = []
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over seeds with the half width of its 95 % confidence interval (nan for one seed)."""
+
+    mean: float
+    ci95: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Estimate | None":
+        v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+        if v.size == 0:
+            return None
+        if v.size == 1:
+            return cls(float(v[0]), math.nan, 1)
+        half = float(_st.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+        return cls(float(v.mean()), half, int(v.size))
+
+    def text(self, fmt: str = "{:.4f}", scale: float = 1.0) -> str:
+        m = fmt.format(self.mean * scale)
+        return m if math.isnan(self.ci95) else f"{m} ± {fmt.replace('+', '').format(self.ci95 * scale)}"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Geometric mean over paired seeds of ``numerator / denominator`` for one quantity, with a 95 % CI."""
+
+    task: str
+    quantity: str
+    numerator: str
+    denominator: str
+    ratio: float
+    ci95_low: float
+    ci95_high: float
+    n: int
+
+    def text(self) -> str:
+        ci = "" if math.isnan(self.ci95_low) else f" (95 % CI {self.ci95_low:.3g}-{self.ci95_high:.3g})"
+        return (f"{self.task}: {self.quantity} {self.numerator}/{self.denominator} = {self.ratio:.3g}x{ci}, "
+                f"{self.n} seed{'s' if self.n != 1 else ''}")
+
+
+@dataclass
+class Group:
+    task: str
+    method: str
+    board: str
+    settings: dict[str, Any]
+    metric: str | None
+    seeds: list[int] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    figures: dict[str, Estimate | None] = field(default_factory=dict)
+    gap_to_float: Estimate | None = None
+
+    def label(self, with_board: bool) -> str:
+        return f"{self.method} @ {self.board}" if with_board and self.board else self.method
+
+
+@dataclass(frozen=True)
+class Run:
+    summary: dict
+    config: dict
+    path: str
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("seed", self.config.get("seed", 0)))
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[Run]:
+    """Summaries (and configurations) of finished run directories; a clear error for anything else."""
+    runs = []
     for d in run_dirs:
-        path = Path(d) / "summary.json"
-        if not path.exists():
-            raise ValueError(f"{d} holds no summary.json: is it a finished run directory?")
-        s = json.loads(path.read_text())
-        s["_dir"] = str(d)
-        out.append(s)
+        d = Path(d)
+        path = d / "summary.json"
+        if not path.is_file():
+            raise ValueError(f"{d} holds no summary.json: give finished run directories (hil train --out DIR)")
+        try:
+            summary = json.loads(path.read_text())
+            cfg_path = d / "config.json"
+            config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the run in {d}: {exc}") from None
+        if "method" not in summary or "task" not in summary:
+            raise ValueError(f"{path} is not a training summary (no method or task): give run directories")
+        runs.append(Run(summary, config, str(d)))
+    if not runs:
+        raise ValueError("no run directories given")
+    return runs
+
+
+def board_settings(address: str | None) -> str:
+    """The board address without its ``seed`` option: runs on seeded emulators of one kind group together."""
+    if not address:
+        return ""
+    head, _, query = address.partition("?")
+    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "seed"]
+    return head + ("?" + urlencode(sorted(params)) if params else "")
+
+
+def _settings(run: Run, method_only: bool) -> dict[str, Any]:
+    drop = _PER_SEED | (_METHOD_ONLY if not method_only else {"method"})
+    return {k: v for k, v in sorted(run.config.items()) if k not in drop}
+
+
+def _metric(summary: dict) -> str | None:
+    return next((m for m in METRICS if summary.get(m) is not None), None)
+
+
+def _write_fraction_per_weight(s: dict) -> float | None:
+    return s.get("write_fraction_per_weight_mean")
+
+
+def _energy_total(s: dict) -> float | None:
+    if "energy_total_j" in s:
+        return s["energy_total_j"]
+    return None
+
+
+FIGURES: dict[str, Any] = {
+    "metric": None,  # filled per group
+    "write_fraction_per_weight": _write_fraction_per_weight,
+    "write_fraction_per_device": lambda s: s.get("write_fraction_mean"),
+    "energy_total_j": _energy_total,
+    "write_energy_j": lambda s: s.get("write_energy_j"),
+    "board_time_s": lambda s: s.get("board_time_s"),
+    "pulses_total": lambda s: s.get("pulses_total"),
+}
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Groups in a stable order (task, then float, bp, bp-pulses, eapu, others), with their statistics."""
+    groups: dict[str, Group] = {}
+    members: dict[str, list[Run]] = {}
+    for run in runs:
+        s = run.summary
+        board = board_settings(run.config.get("board", s.get("board")))
+        settings = _settings(run, method_only=True)
+        key = json.dumps([s["task"], s["method"], board, settings], sort_keys=True, default=str)
+        if key not in groups:
+            groups[key] = Group(s["task"], s["method"], board, settings, _metric(s))
+            members[key] = []
+        seeds = [r.seed for r in members[key]]
+        if run.seed in seeds:
+            other = members[key][seeds.index(run.seed)].path
+            raise ValueError(f"{run.path} and {other} are the same run settings with the same seed {run.seed}: "
+                             "give each seed once")
+        members[key].append(run)
+    for key, g in groups.items():
+        rs = sorted(members[key], key=lambda r: r.seed)
+        g.seeds, g.dirs = [r.seed for r in rs], [r.path for r in rs]
+        g.figures["metric"] = Estimate.of([r.summary.get(g.metric) for r in rs]) if g.metric else None
+        for name, get in FIGURES.items():
+            if get is not None and g.method != "float":
+                g.figures[name] = Estimate.of([get(r.summary) for r in rs])
+        g.figures.update(_retention(rs))
+    def pairing(r: Run, task: str, board: str) -> str:
+        return json.dumps([task, board, _settings(r, method_only=False), r.seed], sort_keys=True, default=str)
+
+    floats = {pairing(r, r.summary["task"], board_settings(r.config.get("board", r.summary.get("board")))): r
+              for r in runs if r.summary["method"] == "float"}
+    for key, g in groups.items():
+        if g.method == "float" or not g.metric:
+            continue
+        diffs = []
+        for r in members[key]:
+            f = floats.get(pairing(r, g.task, g.board))
+            if f is not None and f.summary.get(g.metric) is not None:
+                diffs.append(r.summary[g.metric] - f.summary[g.metric])
+        g.gap_to_float = Estimate.of(diffs)
+    order = {"float": 0, "bp": 1, "bp-pulses": 2, "eapu": 3}
+    return sorted(groups.values(), key=lambda g: (g.task, g.board, order.get(g.method, 9), g.method,
+                                                  json.dumps(g.settings, sort_keys=True, default=str)))
+
+
+def _retention(runs: list[Run]) -> dict[str, Estimate | None]:
+    out: dict[str, Estimate | None] = {}
+    for horizon in ("1s", "1h", "1d"):
+        vals = [(r.summary.get("retention") or {}).get(horizon) for r in runs]
+        if any(v is not None for v in vals):
+            out[f"retention_{horizon}"] = Estimate.of(vals)
     return out
 
 
-def table(summaries: list[dict]) -> str:
+def energy_ratios(runs: list[Run], numerators=("bp", "bp-pulses"), denominator: str = "eapu") -> list[Ratio]:
+    """Per-seed ratios of total and write energy, within a task and board settings only."""
+    def key(r: Run):
+        return (r.summary["task"], board_settings(r.config.get("board", r.summary.get("board"))),
+                json.dumps(_settings(r, method_only=False), sort_keys=True, default=str), r.seed)
+
+    by_method: dict[str, dict] = {}
+    for r in runs:
+        by_method.setdefault(r.summary["method"], {})[key(r)] = r
+    out = []
+    for num in numerators:
+        for quantity, get in (("total training energy", _energy_total),
+                              ("write energy", lambda s: s.get("write_energy_j"))):
+            pairs: dict[str, list[float]] = {}
+            for k, r_num in by_method.get(num, {}).items():
+                r_den = by_method.get(denominator, {}).get(k)
+                if r_den is None:
+                    continue
+                a, b = get(r_num.summary), get(r_den.summary)
+                if a is not None and b is not None and a > 0 and b > 0:
+                    pairs.setdefault(k[0] + ("" if not k[1] else f" @ {k[1]}"), []).append(math.log(a / b))
+            for task, logs in sorted(pairs.items()):
+                est = Estimate.of(logs)
+                lo = hi = math.nan
+                if not math.isnan(est.ci95):
+                    lo, hi = math.exp(est.mean - est.ci95), math.exp(est.mean + est.ci95)
+                out.append(Ratio(task, quantity, num, denominator, math.exp(est.mean), lo, hi, est.n))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- output
+
+def _metric_scale(metric: str | None) -> tuple[float, str, str]:
+    """Display scale, unit and format: accuracy in percent, SSIM as is."""
+    if metric == "test_accuracy":
+        return 100.0, " %", "{:.2f}"
+    return 1.0, "", "{:.4f}"
+
+
+def _task_table(tg: list[Group], ratios: list[Ratio]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and notes (retention, ratios) of one task's groups."""
+    with_board = len({g.board for g in tg}) > 1
+    task = tg[0].task
+    metric = next((g.metric for g in tg if g.metric), None)
+    scale, unit, fmt = _metric_scale(metric)
+    mname = {"test_accuracy": "test accuracy (%)", "test_ssim": "test SSIM"}.get(metric, "metric")
+    head = ["group", "seeds", mname, f"gap to float{' (points)' if unit else ''}", "writes/weight/step",
+            "writes/device/step", "total energy (J)", "write energy (J)", "board time (s)"]
     rows = []
-    for s in summaries:
-        row = []
-        for title, key, fmt in COLUMNS:
-            if key is None:
-                val = s.get("test_accuracy", s.get("test_ssim"))
-                row.append("-" if val is None else fmt.format(val))
-            else:
-                row.append(fmt.format(s.get(key, 0)))
-        rows.append(row)
-    metric_name = "accuracy" if "test_accuracy" in summaries[0] else "SSIM"
-    titles = [metric_name if t == "metric" else t for t, _, _ in COLUMNS]
-    widths = [max(len(t), *(len(r[i]) for r in rows)) for i, t in enumerate(titles)]
-    lines = ["  ".join(t.rjust(w) for t, w in zip(titles, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
-    by_method = {s["method"]: s for s in summaries}
-    if "bp" in by_method and "eapu" in by_method and by_method["eapu"]["write_energy_j"] > 0:
-        ratio = by_method["bp"]["write_energy_j"] / by_method["eapu"]["write_energy_j"]
-        lines.append(f"write energy bp / eapu = {ratio:.1f}x (published: 50.54x)")
+    for g in tg:
+        def cell(name, fmt_=fmt, sc=1.0):
+            e = g.figures.get(name)
+            return "-" if e is None else e.text(fmt_, sc)
+
+        rows.append([g.label(with_board), str(len(g.seeds)), cell("metric", fmt, scale),
+                     "-" if g.gap_to_float is None else g.gap_to_float.text("{:+.2f}" if unit else "{:+.4f}", scale),
+                     cell("write_fraction_per_weight", "{:.3%}"), cell("write_fraction_per_device", "{:.3%}"),
+                     cell("energy_total_j", "{:.3g}"), cell("write_energy_j", "{:.3g}"),
+                     cell("board_time_s", "{:.1f}")])
+    notes = []
+    for g in tg:
+        ret = [(h, g.figures.get(f"retention_{h}")) for h in ("1s", "1h", "1d")]
+        if any(e is not None for _, e in ret):
+            notes.append(f"retention of {g.label(with_board)} (test metric after no writes for): "
+                         + ", ".join(f"{h} {e.text(fmt, scale)}" for h, e in ret if e is not None))
+    notes += [r.text() for r in ratios if r.task.split(" @ ")[0] == task]
+    return head, rows, notes
+
+
+def _by_task(groups: list[Group]) -> list[list[Group]]:
+    return [[g for g in groups if g.task == t] for t in sorted({g.task for g in groups})]
+
+
+def table(groups: list[Group], ratios: list[Ratio]) -> str:
+    """One table per task: mean ± 95 % CI over seeds of every figure, then the ratios within that task."""
+    lines: list[str] = []
+    for tg in _by_task(groups):
+        head, rows, notes = _task_table(tg, ratios)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines.append(f"task {tg[0].task} (mean ± 95 % CI over seeds)")
+        for r in [head, *rows]:
+            lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+        lines += ["  " + n for n in notes]
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def markdown(groups: list[Group], ratios: list[Ratio]) -> str:
+    """The same tables as :func:`table`, as Markdown."""
+    lines: list[str] = []
+    for tg in _by_task(groups):
+        head, rows, notes = _task_table(tg, ratios)
+        lines += [f"#### Task `{tg[0].task}` (mean ± 95 % CI over seeds)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += [""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def to_json(groups: list[Group], ratios: list[Ratio]) -> dict:
+    def est(e: Estimate | None):
+        return None if e is None else {"mean": e.mean, "ci95": None if math.isnan(e.ci95) else e.ci95, "n": e.n}
+
+    return {
+        "groups": [{"task": g.task, "method": g.method, "board": g.board, "settings": g.settings,
+                    "metric": g.metric, "seeds": g.seeds, "dirs": g.dirs,
+                    "figures": {k: est(v) for k, v in g.figures.items()},
+                    "gap_to_float": est(g.gap_to_float)} for g in groups],
+        "ratios": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
+                   for r in ratios],
+    }
+
+
+def compare(run_dirs: list[str | Path]) -> tuple[list[Group], list[Ratio]]:
+    runs = load_runs(run_dirs)
+    return group_runs(runs), energy_ratios(runs)

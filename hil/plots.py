@@ -60,17 +60,48 @@ def plot_run(run_dir: str | Path, model=None, analog_layers=()) -> list[Path]:
     return out
 
 
-def plot_comparison(summaries: list[dict], path: str | Path) -> Path:
-    """Bar charts of metric, write fraction and write energy per run."""
-    names = [f"{s['method']}" for s in summaries]
-    key = "test_accuracy" if "test_accuracy" in summaries[0] else "test_ssim"
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.8))
-    ax[0].bar(names, [s.get(key, np.nan) for s in summaries])
-    ax[0].set(title=key.replace("_", " "))
-    ax[1].bar(names, [100 * s["write_fraction_mean"] for s in summaries])
-    ax[1].set(title="write fraction (%)")
-    ax[2].bar(names, [max(s["write_energy_j"], 1e-18) for s in summaries])
-    ax[2].set(title="write energy (J)", yscale="log")
-    path = Path(path)
-    _save(fig, path)
-    return path
+def plot_comparison(groups, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """One figure per task: test metric, write fraction per weight, total and write energy per group.
+
+    Bars are means over seeds with 95 % confidence intervals; a method without a figure (``float``
+    writes nothing) has no bar there.  Refuses to overwrite an existing figure unless ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    out: list[Path] = []
+    panels = [("metric", None, 1.0, False), ("write_fraction_per_weight", "writes per weight per step (%)", 100.0,
+                                                  False),
+              ("energy_total_j", "total training energy (J)", 1.0, True),
+              ("write_energy_j", "write energy (J)", 1.0, True)]
+    for task in sorted({g.task for g in groups}):
+        tg = [g for g in groups if g.task == task]
+        path = out_dir / f"comparison_{task}.png"
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists: pass --out to another folder (or --overwrite)")
+        with_board = len({g.board for g in tg}) > 1
+        labels = [g.label(with_board) for g in tg]
+        metric = next((g.metric for g in tg if g.metric), "metric")
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+        for ax, (name, title, scale, log) in zip(axes, panels):
+            if name == "metric":
+                title = {"test_accuracy": "test accuracy (%)", "test_ssim": "test SSIM"}.get(metric, metric)
+                scale = 100.0 if metric == "test_accuracy" else 1.0
+            est = [g.figures.get(name) for g in tg]
+            xs = [k for k, e in enumerate(est) if e is not None]
+            means = [est[k].mean * scale for k in xs]
+            errs = [0.0 if np.isnan(est[k].ci95) else est[k].ci95 * scale for k in xs]
+            ax.bar(xs, means, yerr=errs, capsize=4, color="tab:blue", alpha=0.8)
+            for x, m, e in zip(xs, means, errs):
+                ax.annotate(f"{m:.3g}", (x, m + e), ha="center", va="bottom", fontsize=8,
+                            xytext=(0, 3), textcoords="offset points")
+            ax.set_xticks(range(len(tg)), labels, rotation=30, ha="right")
+            ax.set(title=title, ylabel=title)
+            if log and means:
+                ax.set_yscale("log")
+            if not xs:
+                ax.text(0.5, 0.5, "no method here has this figure", ha="center", va="center",
+                        transform=ax.transAxes)
+        n = max(len(g.seeds) for g in tg)
+        fig.suptitle(f"task {task}: mean and 95 % CI over {n} seed{'s' if n != 1 else ''}")
+        _save(fig, path)
+        out.append(path)
+    return out

@@ -1,0 +1,105 @@
+"""`hil compare`: runs grouped by task x method x board settings, statistics over seeds, ratios within a task.
+
+The run directories here are written as `hil train` writes them (config.json + summary.json) with
+chosen figures, so that every statistic can be checked against a hand computation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from hil.compare import board_settings, compare
+
+
+def _run(root, name, *, task="digits", method="eapu", seed=0, board="emu", metric=0.9, energy=1e-6,
+         write_energy=1e-7, **cfg):
+    d = root / name
+    d.mkdir()
+    key = "test_accuracy" if task.startswith("digits") else "test_ssim"
+    config = {"task": task, "method": method, "seed": seed, "board": f"{board}?seed={seed}" if board == "emu" else board,
+              "epochs": 10, "lr": 0.03, **cfg}
+    summary = {"task": task, "method": method, "seed": seed, key: metric, "write_fraction_mean": 0.01,
+               "write_fraction_per_weight_mean": 0.02}
+    if method != "float":
+        summary.update(energy_total_j=energy, write_energy_j=write_energy)
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def test_groups_over_seeds_have_t_intervals_and_paired_gaps(tmp_path):
+    acc_f = [0.95, 0.96, 0.94, 0.97, 0.955]
+    acc_e = [0.94, 0.95, 0.945, 0.955, 0.95]
+    dirs = []
+    for s, (f, e) in enumerate(zip(acc_f, acc_e)):
+        dirs.append(_run(tmp_path, f"f{s}", method="float", seed=s, metric=f))
+        dirs.append(_run(tmp_path, f"e{s}", method="eapu", seed=s, metric=e, energy=1e-6 * (1 + s)))
+        dirs.append(_run(tmp_path, f"b{s}", method="bp", seed=s, metric=0.5, energy=4e-6 * (1 + s),
+                         write_energy=3e-7))
+    groups, ratios = compare(dirs)
+    assert [g.method for g in groups] == ["float", "bp", "eapu"]
+    eapu = groups[2]
+    half = stats.t.ppf(0.975, 4) * np.std(acc_e, ddof=1) / math.sqrt(5)
+    assert eapu.figures["metric"].mean == pytest.approx(np.mean(acc_e))
+    assert eapu.figures["metric"].ci95 == pytest.approx(half)
+    diffs = np.subtract(acc_e, acc_f)
+    assert eapu.gap_to_float.mean == pytest.approx(diffs.mean())
+    assert eapu.gap_to_float.ci95 == pytest.approx(stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5))
+    total = [r for r in ratios if r.quantity == "total training energy" and r.numerator == "bp"]
+    assert len(total) == 1 and total[0].ratio == pytest.approx(4.0) and total[0].n == 5
+    write = [r for r in ratios if r.quantity == "write energy" and r.numerator == "bp"][0]
+    assert write.ratio == pytest.approx(3.0)
+
+
+def test_ratios_and_gaps_stay_within_a_task_and_board(tmp_path):
+    dirs = [
+        _run(tmp_path, "d-bp", task="digits", method="bp", energy=8e-6),
+        _run(tmp_path, "d-ea", task="digits", method="eapu", energy=1e-6),
+        _run(tmp_path, "s-bp", task="denoise", method="bp", energy=2e-6, metric=0.7),
+        _run(tmp_path, "s-ea", task="denoise", method="eapu", energy=1e-6, metric=0.8),
+        _run(tmp_path, "n-ea", task="digits", method="eapu", board="emu?preset=noisy2x", energy=1.0),
+    ]
+    groups, ratios = compare(dirs)
+    assert {(g.task, g.method, g.board) for g in groups} == {
+        ("digits", "bp", "emu"), ("digits", "eapu", "emu"), ("denoise", "bp", "emu"), ("denoise", "eapu", "emu"),
+        ("digits", "eapu", "emu?preset=noisy2x")}
+    totals = {r.task: r.ratio for r in ratios if r.quantity == "total training energy"}
+    assert totals == {"digits @ emu": pytest.approx(8.0), "denoise @ emu": pytest.approx(2.0)}
+    assert {g.metric for g in groups if g.task == "denoise"} == {"test_ssim"}
+    assert all(g.gap_to_float is None for g in groups)  # no float runs given: no gap invented
+
+
+def test_the_same_seed_twice_in_a_group_is_refused(tmp_path):
+    a = _run(tmp_path, "a", seed=3)
+    b = _run(tmp_path, "b", seed=3)
+    with pytest.raises(ValueError, match="same seed 3"):
+        compare([a, b])
+
+
+def test_board_settings_drop_only_the_seed():
+    assert board_settings("emu?seed=4&preset=noisy2x&rows=64") == "emu?preset=noisy2x&rows=64"
+    assert board_settings("serial:socket://127.0.0.1:7777") == "serial:socket://127.0.0.1:7777"
+
+
+def test_compare_cli_json_and_figures_never_overwritten(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dirs = [str(_run(runs, f"{m}{s}", method=m, seed=s, metric=0.9 + 0.01 * s))
+            for m in ("float", "bp", "eapu") for s in range(3)]
+    cmd = [sys.executable, "-m", "hil.cli", "compare", *dirs]
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert [g["method"] for g in data["groups"]] == ["float", "bp", "eapu"]
+    assert all(g["seeds"] == [0, 1, 2] for g in data["groups"])
+    assert (runs / "comparison_digits.png").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+    assert subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True).returncode == 0
