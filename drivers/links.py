@@ -75,14 +75,30 @@ class SerialLink:
             raise LinkError(f"serial link {self.url!r} failed while writing: {exc}") from None
         self.bytes_tx += len(data)
 
+    _DRAIN_CAP = 1 << 20  # bytes one read() call gathers at most, so a streaming peer cannot hold it
+
     def read(self, timeout_s: float) -> bytes:
+        """Block up to ``timeout_s`` for the first byte, then take everything already there in bulk.
+
+        pyserial's ``in_waiting`` is exact on real ports but only 0 or 1 on ``socket://``, so the
+        drain reads with a zero timeout and a large size instead: one system call per burst, not
+        per byte, on every kind of port.
+        """
+        port = self._port
         try:
-            self._port.timeout = max(timeout_s, 0.0)
-            data = self._port.read(1)
+            port.timeout = max(timeout_s, 0.0)
+            data = port.read(1)
             if data:
-                waiting = self._port.in_waiting
-                if waiting:
-                    data += self._port.read(waiting)
+                port.timeout = 0
+                chunks = [data]
+                got = 1
+                while got < self._DRAIN_CAP:
+                    more = port.read(self._DRAIN_CAP - got)
+                    if not more:
+                        break
+                    chunks.append(more)
+                    got += len(more)
+                data = b"".join(chunks)
         except (serial.SerialException, OSError) as exc:
             raise LinkError(f"serial link {self.url!r} failed while reading: {exc}") from None
         if data:
