@@ -207,37 +207,35 @@ def compare(run_dirs, as_json: bool, out_dir: Path | None, overwrite: bool, no_p
 
 
 @cli.command()
-@click.option("--board", "address", default="emu", show_default=True)
+@click.option("--board", "address", default="emu", show_default=True,
+              help="Board address; an emulator gets its own board seed per seed (emu?seed=S).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
               show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", "seeds_text", default="5", show_default=True,
+              help="A count (5: seeds 0-4) or a list of seeds (0-9, 3,7,11).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out (finished parts are kept).")
 @click.option("--quiet", is_flag=True)
 @click.pass_context
-def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seed: int, quiet: bool) -> None:
-    """Calibrate the board, train float, bp and eapu on digits, then compare them."""
-    from calibration.run import CalibrationParams, calibrate
+def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seeds_text: str, resume: bool,
+         quiet: bool) -> None:
+    """Calibrate, train float, bp and eapu on digits over several seeds, then compare them."""
     from hil import compare as cmp
+    from hil.demo import DemoPlan, parse_seeds, run_demo
     from hil.plots import plot_comparison
-    from hil.train import TrainConfig
-    from hil.train import train as run_training
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _open(ctx, address) as board:
-            report = calibrate(board, out_dir / "calibration", CalibrationParams(seed=seed), progress=not quiet)
-        cal_file = out_dir / "calibration" / "calibration.json"
-        click.echo(f"calibrated: delta_g_th = {report.delta_g_th_s * 1e6:.3f} uS, "
-                   f"write noise = {report.write_noise_sigma_s * 1e6:.3f} uS -> {cal_file}")
-        dirs = []
-        for method in ("float", "bp", "eapu"):
-            cfg = TrainConfig(task="digits", method=method, board=address, epochs=epochs, seed=seed,
-                              calibration=str(cal_file))
-            run_training(cfg, out_dir / method, progress=not quiet, limits=ctx.obj.limits)
-            dirs.append(out_dir / method)
+        seeds = parse_seeds(seeds_text)
+    except ValueError as exc:
+        _fail(str(exc))
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        _fail(f"{out_dir} already holds a demo: add --resume to continue it, or choose another --out")
+    plan = DemoPlan(address, out_dir, tuple(seeds), epochs)
+    try:
+        dirs = run_demo(plan, limits=ctx.obj.limits, progress=not quiet, echo=click.echo)
+        groups, ratios = cmp.compare(dirs)
     except (BoardError, ValueError, OSError) as exc:
         _fail(str(exc))
-    groups, ratios = cmp.compare(dirs)
     click.echo(cmp.table(groups, ratios))
     for path in plot_comparison(groups, out_dir, overwrite=True):
         click.echo(f"plot: {path}")

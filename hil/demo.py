@@ -1,0 +1,104 @@
+"""The main job (``hil demo``): calibrate, train ``float``, ``bp`` and ``eapu`` over several seeds, compare.
+
+Each seed gets its own board where the address names an emulator (``emu?seed=S``: a
+fresh draw of devices, so the spread over seeds covers device variation as well as
+training noise) and the same board otherwise.  Layout of the output folder::
+
+    OUT/seed-S/calibration/   calibration of that seed's board
+    OUT/seed-S/METHOD/        one training run directory per method
+    OUT/comparison_TASK.png   figures of ``hil compare``
+
+Every part that has finished is kept and skipped when the demo is run again with
+``resume``; an interrupted part is resumed from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qsl, urlencode
+
+log = logging.getLogger(__name__)
+
+DEMO_METHODS = ("float", "bp", "eapu")
+
+
+def board_for_seed(address: str, seed: int) -> str:
+    """``emu...`` addresses get ``seed=S`` (each seed its own emulated board); other boards are used as given."""
+    if address != "emu" and not address.startswith("emu?"):
+        return address
+    _, _, query = address.partition("?")
+    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "seed"]
+    return "emu?" + urlencode([("seed", str(seed)), *params])
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"5"`` -> five seeds 0..4; ``"0-9"``, ``"3,7,11"`` or ``"0-4,10"`` -> those seeds."""
+    text = text.strip()
+    try:
+        if text.isdigit():
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            return list(range(n))
+        seeds: list[int] = []
+        for part in text.split(","):
+            a, sep, b = part.strip().partition("-")
+            seeds += list(range(int(a), int(b) + 1)) if sep else [int(a)]
+    except ValueError:
+        raise ValueError(f"--seeds expects a count (5) or a list of seeds (0-9, 3,7,11); got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r} names no seed, or one seed twice")
+    return seeds
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    address: str
+    out_dir: Path
+    seeds: tuple[int, ...]
+    epochs: int = 10
+    task: str = "digits"
+    methods: tuple[str, ...] = DEMO_METHODS
+
+    def calibration_dir(self, seed: int) -> Path:
+        return self.out_dir / f"seed-{seed}" / "calibration"
+
+    def run_dir(self, seed: int, method: str) -> Path:
+        return self.out_dir / f"seed-{seed}" / method
+
+    def run_dirs(self) -> list[Path]:
+        return [self.run_dir(s, m) for s in self.seeds for m in self.methods]
+
+
+def run_demo(plan: DemoPlan, *, limits=None, progress: bool = True,
+             echo: Callable[[str], None] = print) -> list[Path]:
+    """Calibrate and train every seed of ``plan`` that has not finished yet; returns the run directories."""
+    from calibration.run import CalibrationParams, calibrate
+    from drivers.address import open_board
+    from hil.train import TrainConfig, train
+
+    for seed in plan.seeds:
+        address = board_for_seed(plan.address, seed)
+        cal_dir = plan.calibration_dir(seed)
+        cal_file = cal_dir / "calibration.json"
+        needs_board = any(m != "float" for m in plan.methods)
+        if needs_board and not cal_file.is_file():
+            with open_board(address, limits) as board:
+                report = calibrate(board, cal_dir, CalibrationParams(seed=seed), resume=cal_dir.is_dir(),
+                                   progress=progress)
+            echo(f"seed {seed}: {address} calibrated, delta_g_th = {report.delta_g_th_s * 1e6:.3f} µS, "
+                 f"write noise = {report.write_noise_sigma_s * 1e6:.3f} µS")
+        for method in plan.methods:
+            run_dir = plan.run_dir(seed, method)
+            if (run_dir / "summary.json").is_file():
+                continue
+            cfg = TrainConfig(task=plan.task, method=method, board=address, epochs=plan.epochs, seed=seed,
+                              calibration=str(cal_file) if method != "float" else None)
+            resume = (run_dir / "config.json").is_file()
+            summary = train(cfg, run_dir, resume=resume, progress=progress, limits=limits)
+            metric = next(k for k in ("test_accuracy", "test_ssim") if k in summary)
+            echo(f"seed {seed}: {method} {metric} = {summary[metric]:.4f}")
+    return plan.run_dirs()
