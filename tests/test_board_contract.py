@@ -14,7 +14,7 @@ def test_info_describes_the_board(emu):
     assert (info.rows, info.cols) == (32, 48)
     assert info.emulated and info.capabilities.vmm and info.capabilities.vmm_transpose
     assert info.capabilities.write_verify and info.capabilities.virtual_clock
-    assert info.protocol_version == 1
+    assert info.protocol_version == 2
     assert emu.limits.max_pulses_per_device <= info.hardware_limits.max_pulses_per_device
 
 
