@@ -38,7 +38,7 @@ class SafetyLimits(BaseModel):
     max_form_v: float = Field(3.5, gt=0, description="largest forming (and positive sweep) voltage")
     compliance_a: float = Field(1e-3, gt=0, description="current compliance for reads and sweeps")
     min_pulse_width_s: float = Field(
-        1e-9, gt=0, description="shortest pulse; a short pulse puts less energy into a device, not more, so "
+        1e-12, gt=0, description="shortest pulse; a short pulse puts less energy into a device, not more, so "
         "the default leaves the floor to the hardware (its own minimum); raise it for a generator whose "
         "short pulses ring or overshoot")
     max_pulse_width_s: float = Field(1e-3, gt=0)

@@ -28,8 +28,12 @@ from protocols.session import ServerSession
 log = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = "emu-1.1.0"
-TIMING_RESOLUTION_S = 1e-9
-"""Pulse-timer tick: every pulse width is a whole number of ticks."""
+TIMING_RESOLUTION_S = 100e-12
+"""Pulse-timer tick: every pulse width is a whole number of ticks, from one tick up.
+
+100 ps (a serialiser-driven pulse generator) lets the ``bp`` baseline write nearly every
+non-zero update as asked: its typical request is a few per cent of a 50 ns pulse's step.
+"""
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class HardwareLimits:
     max_read_v: float = 0.5
     max_form_v: float = 4.0
     compliance_a: float = 1e-3
-    min_pulse_width_s: float = 1e-9  # one tick of the pulse timer: partial pulses down to 1/50 of 50 ns
+    min_pulse_width_s: float = 100e-12  # one tick of the pulse timer (see TIMING_RESOLUTION_S)
     max_pulse_width_s: float = 1e-3
     max_pulses_per_batch: int = 64_000_000
     max_pulses_per_device: int = 255
