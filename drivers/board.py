@@ -29,6 +29,7 @@ from drivers.limits import (
     SafetyLimits,
     check_profile,
     check_pulse_counts,
+    check_pulse_widths,
     check_read_voltage,
 )
 
@@ -138,12 +139,21 @@ class PulseBatch:
     """A sparse batch of write pulses: device ``(rows[k], cols[k])`` gets ``counts[k]`` pulses.
 
     A positive count is that many SET pulses, a negative one that many RESET pulses
-    (each with the board's current profile for the polarity).  Devices appear once.
+    (each with the board's current profile for the polarity).  Devices appear once;
+    one batch is one write event for every device it names.
+
+    ``last_pulse_width_s`` (optional, seconds, one entry per device): the width of
+    each device's LAST pulse -- a width-modulated partial pulse, whose mean step
+    scales with its width -- at most its polarity's profile width (equal to it: a full
+    pulse).  ``None``: every pulse has the profile's width.  The board checks every
+    width against the effective limits (``min_pulse_width_s``..``max_pulse_width_s``)
+    and makes it on its timing grid (``BoardInfo.timing_resolution_s``, nearest point).
     """
 
     rows: np.ndarray
     cols: np.ndarray
     counts: np.ndarray
+    last_pulse_width_s: np.ndarray | None = None
 
     @classmethod
     def from_dense(cls, counts: np.ndarray, row0: int = 0, col0: int = 0) -> "PulseBatch":
@@ -300,10 +310,24 @@ class Board(abc.ABC):
         check_pulse_counts(counts, self.limits)
         for p, pol in zip(self._profiles, (+1, -1)):
             check_profile(p, pol, self.limits)
+        widths = self._check_last_widths(batch, counts)
         if not 0 <= tag < 2**63:
             raise BoardError("pulse tag must be in [0, 2**63)")
         order = np.argsort(flat, kind="stable")
-        return self._do_pulse(flat[order], counts[order], tag)
+        return self._do_pulse(flat[order], counts[order], tag, None if widths is None else widths[order])
+
+    def _check_last_widths(self, batch: PulseBatch, counts: np.ndarray) -> np.ndarray | None:
+        """The batch's last-pulse widths (s), checked against the limits and the profiles; None if all full."""
+        if batch.last_pulse_width_s is None:
+            return None
+        widths = np.asarray(batch.last_pulse_width_s, dtype=float).reshape(-1)
+        if widths.shape != counts.shape:
+            raise BoardError("pulse batch last_pulse_width_s must have one entry per device")
+        profile_w = np.where(counts > 0, self._profiles[0].width_s, self._profiles[1].width_s)
+        check_pulse_widths(widths, profile_w, self.limits)
+        if np.all(widths >= profile_w):
+            return None
+        return widths
 
     def program(
         self,
@@ -473,7 +497,9 @@ class Board(abc.ABC):
         raise BoardError("VMM is not implemented by this board")
 
     @abc.abstractmethod
-    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int) -> PulseReport: ...
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int,
+                  last_width_s: np.ndarray | None = None) -> PulseReport:
+        """Apply a checked batch.  ``last_width_s``: width (s) of each device's last pulse, or None (all full)."""
 
     @abc.abstractmethod
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport: ...

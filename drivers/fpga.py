@@ -54,13 +54,30 @@ class FpgaBoard(Board):
         self.retries = retries
         self.retransmissions = 0
         try:
-            hello = m.decode_json(self._transact(Op.HELLO, bytes([PROTOCOL_VERSION])), "HELLO reply")
+            hello = self._hello()
             self._info = _board_info(hello)
             self._max_payload = int(hello.get("max_payload", 16384))
         except BaseException:
             link.close()
             raise
         self._profiles_on_board = False
+
+    def _hello(self) -> dict:
+        """HELLO in this codec's protocol version; a board that speaks only version 1 is then
+        spoken to in version 1 (every operation but partial pulses works)."""
+        try:
+            return m.decode_json(self._transact(Op.HELLO, bytes([PROTOCOL_VERSION])), "HELLO reply")
+        except ProtocolError as exc:
+            if "VERSION_MISMATCH" not in str(exc):
+                raise
+        log.info("the board does not speak protocol version %d: falling back to version 1", PROTOCOL_VERSION)
+        self._session = ClientSession(version=1)
+        return m.decode_json(self._transact(Op.HELLO, bytes([1])), "HELLO reply")
+
+    @property
+    def protocol_version(self) -> int:
+        """The protocol version this board is spoken to in."""
+        return self._session.version
 
     def _sync_profiles(self) -> None:
         """Send the host's profiles before the first write, so both ends agree after a reconnect.
@@ -164,9 +181,31 @@ class FpgaBoard(Board):
         out = m.decode_vmm_result(payload, v.shape[0], req.n_out)
         return out.astype(np.float64) * (i_full_scale_a / adc_max)
 
-    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0) -> PulseReport:
+    def _width_ticks(self, counts: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray | None:
+        """Last-pulse widths in timing ticks (0 = full profile width), or None when all are full."""
+        if last_width_s is None:
+            return None
+        res = self._info.timing_resolution_s
+        profile_w = np.where(counts > 0, self._profiles[0].width_s, self._profiles[1].width_s)
+        ticks = np.rint(last_width_s / res).astype(np.int64)
+        ticks[ticks >= np.rint(profile_w / res)] = 0  # a full-width last pulse is an ordinary pulse
+        if not ticks.any():
+            return None
+        made = ticks[ticks > 0] * res
+        if made.min() < self.limits.min_pulse_width_s * (1 - 1e-9):
+            raise LimitViolation(f"a {made.min():.3g} s pulse (a width on this board's {res:.3g} s timing grid) is "
+                                 f"shorter than min_pulse_width_s = {self.limits.min_pulse_width_s:.3g} s")
+        if self.protocol_version < 2:
+            raise BoardError("this board speaks protocol version 1, which has no pulse widths: it cannot make "
+                             "partial pulses (use --method bp-pulses, or update its firmware)")
+        return ticks
+
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
+                  last_width_s: np.ndarray | None = None) -> PulseReport:
+        ticks = self._width_ticks(counts, last_width_s)
         self._sync_profiles()
-        payload = self._transact(Op.PULSE, m.encode_pulse_request(flat_sorted, counts, tag),
+        payload = self._transact(Op.PULSE, m.encode_pulse_request(flat_sorted, counts, tag, ticks,
+                                                                  version=self.protocol_version),
                                  extra_s=float(np.abs(counts).sum()) * 1e-6)
         r = m.decode_pulse_result(payload)
         return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,

@@ -37,7 +37,10 @@ class SafetyLimits(BaseModel):
     max_read_v: float = Field(0.3, gt=0, description="largest |V| for reads and VMM inputs")
     max_form_v: float = Field(3.5, gt=0, description="largest forming (and positive sweep) voltage")
     compliance_a: float = Field(1e-3, gt=0, description="current compliance for reads and sweeps")
-    min_pulse_width_s: float = Field(10e-9, gt=0)
+    min_pulse_width_s: float = Field(
+        1e-12, gt=0, description="shortest pulse; a short pulse puts less energy into a device, not more, so "
+        "the default leaves the floor to the hardware (its own minimum); raise it for a generator whose "
+        "short pulses ring or overshoot")
     max_pulse_width_s: float = Field(1e-3, gt=0)
     max_pulses_per_batch: int = Field(8_000_000, gt=0, description="pulses in one batch, all devices")
     max_pulses_per_device: int = Field(255, gt=0, description="pulses one device may get in one batch")
@@ -93,6 +96,33 @@ def check_pulse_counts(counts: np.ndarray, limits: SafetyLimits) -> None:
     if total > limits.max_pulses_per_batch:
         raise LimitViolation(
             f"the batch holds {total} pulses; the limit is {limits.max_pulses_per_batch} (max_pulses_per_batch)"
+        )
+
+
+def check_pulse_widths(widths_s: np.ndarray, profile_width_s: np.ndarray | float, limits: SafetyLimits) -> None:
+    """Raise unless every (partial) pulse width is within the limits and at most its profile's width.
+
+    A relative tolerance of 1e-9 absorbs float rounding of widths planned on the limit.
+    """
+    w = np.asarray(widths_s, dtype=float)
+    if w.size == 0:
+        return
+    if not np.all(np.isfinite(w)):
+        raise LimitViolation("pulse widths contain NaN or infinity")
+    tol = 1 + 1e-9
+    lo, hi = float(w.min()), float(w.max())
+    if lo * tol < limits.min_pulse_width_s or hi > limits.max_pulse_width_s * tol:
+        raise LimitViolation(
+            f"pulse widths from {lo:.3g} s to {hi:.3g} s leave [{limits.min_pulse_width_s:.3g}, "
+            f"{limits.max_pulse_width_s:.3g}] s (min_pulse_width_s, max_pulse_width_s); plan partial pulses "
+            "on the board's width grid (hil.layers.width_grid) or change the limits"
+        )
+    over = w > np.asarray(profile_width_s, dtype=float) * tol
+    if np.any(over):
+        k = int(np.argmax(over))
+        raise LimitViolation(
+            f"a last-pulse width of {w[k]:.3g} s exceeds its profile's width: a partial pulse is at most one "
+            "full pulse (send more pulses instead)"
         )
 
 

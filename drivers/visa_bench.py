@@ -17,7 +17,13 @@ the instruments' own time):
   routes generator HI -> word line, LO -> bit line for SET (reversed for RESET, so the
   device sees a negative pulse), and ``*TRG`` fires a burst of ``|count|`` pulses;
   ``*OPC?`` waits for it and the error queue is read.  Output off after each phase,
-  all crosspoints open after each operation.
+  all crosspoints open after each operation.  A device with a partial last pulse
+  (``PulseBatch.last_pulse_width_s``) gets, while routed, its full-width burst and then
+  one pulse at its own width; devices are grouped by width so the generator's width is
+  rewritten only when it changes.  The generator's 20 ns minimum makes partial pulses
+  shorter than that impossible here (the ``bp`` rule rounds them, unbiased, to 0 or
+  20 ns); and the emulated bench counts each burst as a write event, so a device with
+  whole pulses AND a partial one gets two write events there (one on the FPGA board).
 * **program** (write-verify) runs on the host on top of read and pulse.
 * **VMM** is not offered (``capabilities.vmm`` is false).
 
@@ -352,9 +358,37 @@ class VisaBenchBoard(Board):
         known = self._g_last[np.isfinite(self._g_last)]
         return float(np.mean(known)) if known.size else 0.0
 
-    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0) -> PulseReport:
+    @staticmethod
+    def _bursts(sel: np.ndarray, counts: np.ndarray, last_width_s: np.ndarray | None,
+                width_s: float) -> list[tuple[int, list[tuple[float, int]]]]:
+        """(position, [(width, pulses), ...]) per device of one phase, ordered to change the width rarely.
+
+        Full-width devices first, then devices with whole pulses and a partial one (a full burst, then
+        the partial pulse while still routed: one write event), then partial-only devices, each group
+        sorted by the partial width so that devices sharing a width share one generator setting.
+        """
+        mags = np.abs(counts[sel])
+        if last_width_s is None:
+            return [(int(k), [(width_s, int(n))]) for k, n in zip(sel.tolist(), mags.tolist())]
+        w = last_width_s[sel]
+        partial = w < width_s
+        group = np.where(~partial, 0, np.where(mags > 1, 1, 2))
+        order = np.lexsort((np.where(partial, w, 0.0), group))
+        out = []
+        for k in order.tolist():
+            n, pos = int(mags[k]), int(sel[k])
+            if not partial[k]:
+                out.append((pos, [(width_s, n)]))
+            else:
+                out.append((pos, ([(width_s, n - 1)] if n > 1 else []) + [(float(w[k]), 1)]))
+        return out
+
+    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
+                  last_width_s: np.ndarray | None = None) -> PulseReport:
         gen, matrix = self.generator, self.matrix
         w = self.config.wiring
+        for width in ([] if last_width_s is None else np.unique(last_width_s).tolist()):
+            self._period(width)  # every width must fit the bench's period before anything is sent
         t_start = self._do_clock()
         done = {"devices": 0, "set": 0, "reset": 0, "energy": 0.0}
 
@@ -370,21 +404,24 @@ class VisaBenchBoard(Board):
                     sel = np.flatnonzero(counts > 0) if polarity > 0 else np.flatnonzero(counts < 0)
                     if sel.size == 0:
                         continue
-                    level, width = abs(profile.amplitude_v), profile.width_s
-                    gen.set_pulse(level, width, self._period(width))
+                    level = abs(profile.amplitude_v)
+                    bursts = self._bursts(sel, counts, last_width_s, profile.width_s)
+                    gen.set_pulse(level, bursts[0][1][0][0], self._period(bursts[0][1][0][0]))
                     gen.output_enabled = True
                     try:
-                        for k in sel.tolist():
+                        for k, train in bursts:
                             f = int(flat_sorted[k])
                             n = abs(int(counts[k]))
                             r, c = divmod(f, self._cols)
                             in_flight = (r, c, polarity * n)
                             matrix.route(self._channels(r, c, w.pulse_hi, w.pulse_lo, reverse=polarity < 0))
-                            gen.fire_burst(n)
+                            for width, pulses in train:
+                                gen.set_pulse(level, width, self._period(width))  # writes only what changed
+                                gen.fire_burst(pulses)
+                                done["energy"] += level**2 * self._g_estimate(f) * width * pulses
                             in_flight = None
                             done["devices"] += 1
                             done["set" if polarity > 0 else "reset"] += n
-                            done["energy"] += level**2 * self._g_estimate(f) * width * n
                             self._pulses_per_device[f] += n
                     finally:
                         _quiet(lambda: gen.output_off(confirm=True))

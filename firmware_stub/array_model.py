@@ -279,28 +279,66 @@ class MemristorArray:
             return 0.0
         return self.params.t_command_s + n_steps * (width_s + self.params.t_pulse_gap_s)
 
-    def write_batch_duration_s(self, counts: np.ndarray, set_width_s: float, reset_width_s: float) -> float:
-        """Duration of a pulse batch: SET phase then RESET phase, each if present."""
-        return (self._phase_duration_s(int(counts.max(initial=0)), set_width_s)
-                + self._phase_duration_s(int(-counts.min(initial=0)), reset_width_s))
+    def _last_slot_trim_s(self, n_abs: np.ndarray, last_ratio: np.ndarray | None, width_s: float) -> float:
+        """How much shorter than a full pulse a phase's last pulse slot is.
 
-    def apply_pulses(self, flat_idx, counts, set_profile, reset_profile) -> PulseOutcome:
+        Every slot but the last holds a full pulse of the device with the most pulses; the
+        last slot lasts as long as the longest last pulse of the devices with that many.
+        """
+        if last_ratio is None or n_abs.size == 0:
+            return 0.0
+        top = n_abs == n_abs.max()
+        return (1.0 - float(last_ratio[top].max())) * width_s
+
+    def write_batch_duration_s(self, counts: np.ndarray, set_width_s: float, reset_width_s: float,
+                               last_width_s: np.ndarray | None = None) -> float:
+        """Duration of a pulse batch: SET phase then RESET phase, each if present (partial last pulses shorter)."""
+        total = 0.0
+        for polarity, width_s in ((+1, set_width_s), (-1, reset_width_s)):
+            part = counts > 0 if polarity > 0 else counts < 0
+            if not part.any():
+                continue
+            n_abs = np.abs(counts[part])
+            ratio = None if last_width_s is None else np.asarray(last_width_s)[part] / width_s
+            total += (self._phase_duration_s(int(n_abs.max()), width_s)
+                      - self._last_slot_trim_s(n_abs, ratio, width_s))
+        return total
+
+    def apply_pulses(self, flat_idx, counts, set_profile, reset_profile,
+                     last_width_s: np.ndarray | None = None) -> PulseOutcome:
         """Apply ``counts[i]`` pulses to device ``flat_idx[i]`` (+n SET, -n RESET).
 
         The SET phase runs first, then the RESET phase; within a phase pulse index k is
         applied to every device with ``|count| > k`` at once.  One call is one write
         event for every touched device: its write offset and relaxation draw are
         redrawn and ``t_w`` is set to the clock at the batch end.
+
+        ``last_width_s`` (optional, one per device, seconds, in (0, profile width]): the
+        width of each device's last pulse, a width-modulated partial pulse of the same
+        write event.  Its step scales with its width (``pulse_scale``: ``width/width_nominal``;
+        the cycle-to-cycle spread scales with it) and its energy uses its own width.
         """
         idx, counts = self.validate_pulse_batch(flat_idx, counts)
         profiles = {+1: check_profile(set_profile, +1), -1: check_profile(reset_profile, -1)}
+        last_w = None
+        if last_width_s is not None:
+            last_w = np.asarray(last_width_s, dtype=np.float64).reshape(-1)
+            if last_w.shape != counts.shape or not np.all((last_w > 0) & np.isfinite(last_w)):
+                raise ValueError("last_width_s must hold one positive width per device")
         pulses, energy, duration = {+1: 0, -1: 0}, 0.0, 0.0
         for polarity, part in self._split_by_polarity(counts):
             amplitude_v, width_s = profiles[polarity]
             n_abs = counts[part] if polarity > 0 else -counts[part]
-            e_phase, pulses[polarity], n_steps = self._run_phase(idx[part], n_abs, polarity, amplitude_v, width_s)
+            ratio = None
+            if last_w is not None:
+                ratio = last_w[part] / width_s
+                if ratio.max() > 1 + 1e-9:
+                    raise ValueError("a last pulse is longer than its profile's width")
+                ratio = None if ratio.min() >= 1.0 else np.minimum(ratio, 1.0)
+            e_phase, pulses[polarity], n_steps = self._run_phase(idx[part], n_abs, polarity, amplitude_v, width_s,
+                                                                 ratio)
             energy += e_phase + self.params.line_capacitance_f * amplitude_v**2 * pulses[polarity]
-            duration += self._phase_duration_s(n_steps, width_s)
+            duration += self._phase_duration_s(n_steps, width_s) - self._last_slot_trim_s(n_abs, ratio, width_s)
         outcome = PulseOutcome(pulses[+1], pulses[-1], energy, duration)
         self.book_write_batch(outcome, idx.size)
         self._redraw_write_event(idx)
@@ -345,11 +383,14 @@ class MemristorArray:
         self.t_w[sel] = self.clock_s
 
     def _run_phase(self, idx: np.ndarray, n_abs: np.ndarray, polarity: int, amplitude_v: float,
-                   width_s: float) -> tuple[float, int, int]:
+                   width_s: float, last_ratio: np.ndarray | None = None) -> tuple[float, int, int]:
         """All pulses of one polarity: returns (resistive energy, pulses, max pulses per device).
 
         Devices are ordered by descending count so that the devices still pulsed at
-        pulse index k are a prefix of the working arrays.
+        pulse index k are a prefix of the working arrays; those whose LAST pulse is at
+        index k are the tail ``[n_active[k+1], n_active[k])`` of that prefix, where
+        ``last_ratio`` (width of the last pulse / profile width, per device) scales
+        their step and energy.
         """
         p = self.params
         order = _descending_order(n_abs)
@@ -358,6 +399,8 @@ class MemristorArray:
         else:
             idx, n_abs = idx[order], n_abs[order]
             sel = idx
+            if last_ratio is not None:
+                last_ratio = last_ratio[order]
         n_steps = int(n_abs[0])
         n_active = np.searchsorted(-n_abs, -np.arange(n_steps), side="left")  # devices with |count| > k
         gamma = p.gamma_set if polarity > 0 else p.gamma_reset
@@ -375,7 +418,8 @@ class MemristorArray:
         noise = self._noise[_STREAM_PULSE]
         step, factor = self._work_buffers(idx.size)
         energy_half = amplitude_v**2 * width_s / 2.0
-        g_sums = 0.0  # sum over pulses of G_before + G_after
+        g_sums = 0.0  # sum over pulses of (G_before + G_after) * (pulse width / profile width)
+        ends = n_active.tolist()[1:] + [0]  # devices still pulsed after index k
         for k, m in enumerate(n_active.tolist()):
             gk, sk = g[:m], step[:m]
             if wear:
@@ -383,14 +427,17 @@ class MemristorArray:
                 np.minimum(gk, hi, out=gk)
             else:
                 hi, inv = g_max[:m], (None if folded else inv_window[:m])
-            g_sums += gk.sum()
+            tail = None if last_ratio is None else slice(ends[k], m)  # devices on their last pulse
+            g_sums += gk.sum() if tail is None else self._width_weighted_sum(gk, tail, last_ratio)
             anchor = hi if polarity > 0 else p.g_min_s
             self._soft_bound_factor(gk, anchor, inv, gamma, out=sk)
             sk *= coef[:m]
             sk *= noise.affine(m, scale, scale * p.sigma_c2c, out=factor[:m])
+            if tail is not None:
+                sk[tail] *= last_ratio[tail]
             gk += sk
             np.clip(gk, p.g_min_s, hi, out=gk)
-            g_sums += gk.sum()
+            g_sums += gk.sum() if tail is None else self._width_weighted_sum(gk, tail, last_ratio)
             if wear:
                 self._stick_worn(n0[:m] + (k + 1), stuck[:m], coef[:m])
         if not isinstance(sel, slice):
@@ -400,6 +447,11 @@ class MemristorArray:
             self.stuck[sel] = stuck
             self.refresh_derived()
         return energy_half * g_sums, int(n_abs.sum()), n_steps
+
+    @staticmethod
+    def _width_weighted_sum(g: np.ndarray, tail: slice, ratio: np.ndarray) -> float:
+        """Sum of ``g`` with the devices of ``tail`` weighted by their last pulse's width ratio."""
+        return float(g.sum() - g[tail].sum() + g[tail] @ ratio[tail])
 
     def _work_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Scratch step (float64) and noise factor (float32) arrays, kept between calls.

@@ -21,13 +21,19 @@ from firmware_stub.device_params import DeviceParams
 from firmware_stub.write_verify import write_verify
 from protocols import encoding as enc
 from protocols import messages as m
-from protocols.framing import MAX_PAYLOAD, PROTOCOL_VERSION
+from protocols.framing import MAX_PAYLOAD, PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from protocols.messages import Op, Status
 from protocols.session import ServerSession
 
 log = logging.getLogger(__name__)
 
-FIRMWARE_VERSION = "emu-1.0.0"
+FIRMWARE_VERSION = "emu-1.1.0"
+TIMING_RESOLUTION_S = 100e-12
+"""Pulse-timer tick: every pulse width is a whole number of ticks, from one tick up.
+
+100 ps (a serialiser-driven pulse generator) lets the ``bp`` baseline write nearly every
+non-zero update as asked: its typical request is a few per cent of a 50 ns pulse's step.
+"""
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class HardwareLimits:
     max_read_v: float = 0.5
     max_form_v: float = 4.0
     compliance_a: float = 1e-3
-    min_pulse_width_s: float = 10e-9
+    min_pulse_width_s: float = 100e-12  # one tick of the pulse timer (see TIMING_RESOLUTION_S)
     max_pulse_width_s: float = 1e-3
     max_pulses_per_batch: int = 64_000_000
     max_pulses_per_device: int = 255
@@ -71,6 +77,8 @@ class Firmware:
         self.profiles = ((p.v_set_nominal_v, p.width_nominal_s), (p.v_reset_nominal_v, p.width_nominal_s))
         self.idle = True
         self.last_pulse_tag = 0
+        self.timing_resolution_s = TIMING_RESOLUTION_S
+        self._version = PROTOCOL_VERSION  # of the request being handled
         self._handlers = {
             Op.HELLO: self._hello,
             Op.STATUS: self._status,
@@ -91,8 +99,12 @@ class Firmware:
         }
 
     # ---- dispatch ------------------------------------------------------------------
-    def handle(self, opcode: int, payload: bytes) -> tuple[Status, bytes]:
+    def handle(self, opcode: int, payload: bytes, version: int = PROTOCOL_VERSION) -> tuple[Status, bytes]:
+        """One request of protocol ``version`` (the frame's) -> (status, reply payload)."""
         handler = self._handlers.get(opcode)  # type: ignore[call-overload]
+        if version not in SUPPORTED_VERSIONS:
+            return Status.VERSION_MISMATCH, m.encode_json({"error": f"protocol version {version} is not supported"})
+        self._version = version
         if handler is None:
             return Status.UNKNOWN_OPCODE, m.encode_json({"error": f"unknown opcode 0x{opcode:02x}"})
         try:
@@ -127,7 +139,8 @@ class Firmware:
             "dac_full_scale_v": self.dac_full_scale_v,
             "adc_bits": p.adc_bits,
             "adc_full_scale_a": list(self.adc_range_a),
-            "timing_resolution_s": 1e-9,
+            "timing_resolution_s": self.timing_resolution_s,
+            "protocol_versions": list(SUPPORTED_VERSIONS),
             "emulated": True,
             "max_payload": MAX_PAYLOAD,
         }
@@ -183,8 +196,24 @@ class Firmware:
         if flat.size and (flat[0] < 0 or flat[-1] >= self.array.rows * self.array.cols):
             raise Refused(Status.BAD_REQUEST, f"cell index outside the {self.array.rows}x{self.array.cols} array")
 
+    def _last_widths(self, counts: np.ndarray, ticks: np.ndarray | None) -> np.ndarray | None:
+        """Width (s) of each device's last pulse from its ticks (0 = full), checked; None if all full."""
+        if ticks is None or not ticks.any():
+            return None
+        profile_w = np.where(counts > 0, self.profiles[0][1], self.profiles[1][1])
+        partial = ticks != 0
+        w = np.where(partial, ticks * self.timing_resolution_s, profile_w)
+        lim = self.limits
+        wp = w[partial]
+        if wp.min() < lim.min_pulse_width_s * (1 - 1e-9) or wp.max() > lim.max_pulse_width_s * (1 + 1e-9):
+            raise Refused(Status.LIMIT_VIOLATION, f"pulse widths from {wp.min():.3g} s to {wp.max():.3g} s outside "
+                                                  f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
+        if np.any(w > profile_w * (1 + 1e-9)):
+            raise Refused(Status.LIMIT_VIOLATION, "a last-pulse width exceeds its profile's width")
+        return w
+
     def _pulse(self, payload: bytes) -> bytes:
-        flat, counts, tag = m.decode_pulse_request(payload)
+        flat, counts, tag, ticks = m.decode_pulse_request(payload, self._version)
         self._check_cells(flat)
         if counts.size:
             mags = np.abs(counts)
@@ -197,8 +226,9 @@ class Firmware:
                 raise Refused(Status.LIMIT_VIOLATION, "too many pulses in one batch")
         for (v, w), pol in zip(self.profiles, (+1, -1)):
             self._check_profile(v, w, pol)
+        last_w = self._last_widths(counts, ticks)
         self.idle = False
-        out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1])
+        out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1], last_width_s=last_w)
         if tag:
             self.last_pulse_tag = tag
         self.idle = True
@@ -325,7 +355,7 @@ class FirmwareEndpoint:
                 return out
             parts = [out]
             for req in requests:
-                status, payload = self.firmware.handle(req.opcode, req.payload)
+                status, payload = self.firmware.handle(req.opcode, req.payload, req.version)
                 if status != Status.OK:
                     log.info("refused opcode 0x%02x seq %d: %s", req.opcode, req.seq, payload[:200])
                 parts.append(self.session.respond(req, status, payload))

@@ -52,25 +52,26 @@ def _one_pulse(array: MemristorArray, i: int, polarity: int, amplitude_v: float,
     return v2 * (g + g_after) / 2.0 * width_s + p.line_capacitance_f * v2
 
 
-def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, reset_profile) -> PulseOutcome:
+def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, reset_profile,
+                      last_width_s=None) -> PulseOutcome:
     """Same contract and physics as :meth:`MemristorArray.apply_pulses`, one cell at a time."""
     idx, counts = array.validate_pulse_batch(flat_idx, counts)
+    last_w = [None] * idx.size if last_width_s is None else np.asarray(last_width_s, float).tolist()
     v_set, w_set = check_profile(set_profile, +1)
     v_reset, w_reset = check_profile(reset_profile, -1)
-    s_set, s_reset = pulse_scale(array.params, v_set, w_set), pulse_scale(array.params, v_reset, w_reset)
     rng_pulse, rng_write = array.rng("pulse"), array.rng("write")
     energy, n_set, n_reset = 0.0, 0, 0
-    for i, c in zip(idx.tolist(), counts.tolist()):
+    for i, c, lw in zip(idx.tolist(), counts.tolist(), last_w):
+        v, w, pol = (v_set, w_set, +1) if c > 0 else (v_reset, w_reset, -1)
+        for k in range(abs(c)):
+            w_k = lw if (lw is not None and k == abs(c) - 1) else w  # the last pulse may be a partial one
+            energy += _one_pulse(array, i, pol, v, w_k, pulse_scale(array.params, v, w_k), rng_pulse)
         if c > 0:
-            for _ in range(c):
-                energy += _one_pulse(array, i, +1, v_set, w_set, s_set, rng_pulse)
             n_set += c
         else:
-            for _ in range(-c):
-                energy += _one_pulse(array, i, -1, v_reset, w_reset, s_reset, rng_pulse)
             n_reset -= c
     array.refresh_derived()  # devices may have worn out
-    outcome = PulseOutcome(n_set, n_reset, energy, array.write_batch_duration_s(counts, w_set, w_reset))
+    outcome = PulseOutcome(n_set, n_reset, energy, array.write_batch_duration_s(counts, w_set, w_reset, last_width_s))
     array.book_write_batch(outcome, idx.size)
     for i in idx.tolist():
         array.e_w[i] = array.params.sigma_w_s * rng_write.standard_normal()

@@ -17,6 +17,7 @@ import click
 from drivers.address import open_board
 from drivers.errors import BoardError
 from drivers.limits import SafetyLimits, load_limits
+from hil.update_rules import RULES
 
 log = logging.getLogger("hil")
 
@@ -115,8 +116,9 @@ TRAIN_OPTIONS = ("board", "task", "method", "epochs", "seed", "calibration", "ba
 @click.option("--board", "address", default="emu", show_default=True, help="Board address (unused by --method float).")
 @click.option("--task", type=click.Choice(["digits", "digits-small", "denoise", "superres"]), default="digits",
               show_default=True, help="digits-small: 4x4 pooled digits, for small benches.")
-@click.option("--method", type=click.Choice(["float", "bp", "eapu", "mixed", "manhattan", "stochastic"]),
-              default="eapu", show_default=True)
+@click.option("--method", type=click.Choice(list(RULES)), default="eapu", show_default=True,
+              help="bp: every update written as asked (whole pulses + one width-modulated pulse); "
+                   "bp-pulses: every update rounded to whole pulses (at least one).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))

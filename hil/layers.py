@@ -24,7 +24,15 @@ import numpy as np
 
 from drivers.board import Board
 from hil.mapping import ConductanceMap, Tile
-from hil.update_rules import UpdateRule
+from hil.update_rules import UpdateRule, WidthGrid
+
+
+def width_grid(board: Board, use_set: np.ndarray | bool) -> WidthGrid:
+    """The partial-pulse widths ``board`` makes, as fractions of the profile width of each device's
+    polarity (``use_set``: True where the device is SET): its timing resolution, from its effective
+    minimum pulse width up."""
+    w = np.where(use_set, board.profiles[0].width_s, board.profiles[1].width_s)
+    return WidthGrid(board.info.timing_resolution_s / w, board.limits.min_pulse_width_s / w)
 
 
 @dataclass
@@ -193,32 +201,43 @@ class AnalogLinear:
     def plan_update(self, dw: np.ndarray, rule: UpdateRule, rng: np.random.Generator):
         """Pulses realising the weight change ``dw`` under ``rule``.
 
-        Returns (flat device indices, signed counts, UpdateStats).  The rule sees the step
-        of the device that would move in the direction of ``dw``; the pulses it plans are
-        routed by *their own* sign (a stateful rule such as ``mixed`` may pulse against
-        this step's ``dw``).  Frozen (dead) pairs and pairs with no headroom get nothing.
+        Returns (flat device indices, signed pulse counts, last-pulse widths in seconds,
+        UpdateStats).  A count includes a device's partial pulse (``bp``), which is its
+        last pulse; its width is ``|partial_frac|`` of the profile width of its polarity
+        (the others: the full profile width).  The rule sees the step of the device that
+        would move in the direction of ``dw`` and the board's width grid; the pulses it
+        plans are routed by *their own* sign (a stateful rule such as ``mixed`` may pulse
+        against this step's ``dw``).  Frozen (dead) pairs and pairs with no headroom get nothing.
         """
         c, n = self.cmap, self.n_out
         dg = dw * c.g_per_weight_s
         use_set, on_plus, saturated = self._route(dg >= 0)
         _, step = self._step(use_set, on_plus)
         blocked = self.dead | (saturated & (dg != 0))
-        plan = rule.plan(np.where(blocked, 0.0, dg), step, rng)
+        plan = rule.plan(np.where(blocked, 0.0, dg), step, rng, width_grid(self.board, use_set))
         pulses = np.where(self.dead, 0, plan.pulses)
-        flip = (pulses != 0) & ((pulses > 0) != (dg >= 0))
+        partial = np.where(self.dead, 0.0, plan.partial_frac)
+        total = pulses + partial
+        flip = (total != 0) & ((total > 0) != (dg >= 0))
         if flip.any():  # route those by the sign the rule chose
-            f_set, f_plus, f_sat = self._route(pulses > 0)
+            f_set, f_plus, f_sat = self._route(total > 0)
             use_set, on_plus = np.where(flip, f_set, use_set), np.where(flip, f_plus, on_plus)
             pulses = np.where(flip & f_sat, 0, pulses)
+            partial = np.where(flip & f_sat, 0.0, partial)
         g_dev, step = self._step(use_set, on_plus)
-        mags = np.abs(pulses)
-        i, j = np.nonzero(mags)
-        counts = np.where(use_set[i, j], mags[i, j], -mags[i, j])
+        mags, frac = np.abs(pulses), np.abs(partial)
+        slots = mags + (frac > 0)  # pulses sent: the whole ones and the partial one
+        i, j = np.nonzero(slots)
+        counts = np.where(use_set[i, j], slots[i, j], -slots[i, j])
         col = np.where(on_plus[i, j], j, j + n)
-        self.g_est[i, col] = np.clip(g_dev[i, j] + counts * step[i, j], c.g_min_s, c.g_max_s)
-        self.pulse_counts[i, col] += mags[i, j]
+        moved = (mags[i, j] + frac[i, j]) * step[i, j]
+        self.g_est[i, col] = np.clip(g_dev[i, j] + np.where(counts > 0, moved, -moved), c.g_min_s, c.g_max_s)
+        self.pulse_counts[i, col] += slots[i, j]
+        profile_w = np.where(use_set[i, j], self.board.profiles[0].width_s, self.board.profiles[1].width_s)
+        last_w = np.where(frac[i, j] > 0, frac[i, j] * profile_w, profile_w)
         flat = self.tile.flat_index(i, col, self.board.info.cols)
-        return flat, counts.astype(np.int64), UpdateStats(int(i.size), int(mags.sum()), int(saturated[dg != 0].sum()))
+        stats = UpdateStats(int(i.size), int(slots.sum()), int(saturated[dg != 0].sum()))
+        return flat, counts.astype(np.int64), last_w, stats
 
     def after_pulses(self, flat: np.ndarray) -> int:
         """On a board without VMM the host computes with measured weights: re-read the devices

@@ -38,11 +38,11 @@ from hil.nn import init_weights, mse, softmax_cross_entropy
 from hil.optim import make_optimizer
 from hil.run_store import RunStore
 from hil.tasks import accuracy, load_task, ssim
-from hil.update_rules import make_rule
+from hil.update_rules import RULES, make_rule
 
 log = logging.getLogger(__name__)
 
-METHODS = ("float", "bp", "eapu", "mixed", "manhattan", "stochastic")
+METHODS = tuple(RULES)  # one per update rule: float, bp, bp-pulses, eapu, mixed, manhattan, stochastic
 
 
 class TrainConfig(BaseModel):
@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Literal["digits", "digits-small", "denoise", "superres"] = "digits"
-    method: Literal["float", "bp", "eapu", "mixed", "manhattan", "stochastic"] = "eapu"
+    method: Literal[METHODS] = "eapu"  # type: ignore[valid-type]
     board: str = "emu"
     epochs: int = Field(10, ge=1)
     seed: int = 0
@@ -215,6 +215,7 @@ class Trainer:
         if pending is not None:
             arrays["pending.flat"] = pending["flat"]
             arrays["pending.counts"] = pending["counts"]
+            arrays["pending.last_width_s"] = pending["last_width_s"]
         meta.update({"generation": self._generation, "step": step, "phase": phase,
                      "pending": None if pending is None else {"tag": pending["tag"], "record": pending["record"]}})
         self.store.save_checkpoint(meta, arrays, blob)
@@ -244,16 +245,17 @@ class Trainer:
         for k in range(n):
             self.model.biases[k] = self.model.biases[k] + dbs[k]
         rng = np.random.default_rng([self.cfg.seed, 3, step])
-        flats, counts, written, pulses, saturated, holding = [], [], 0, 0, 0, 0
+        flats, counts, widths, written, pulses, saturated, holding = [], [], [], 0, 0, 0, 0
         analog_k = 0
         for layer, dw in zip(self.model.layers, dws):
             if not layer.analog:
                 layer.apply_delta(dw)
                 continue
-            f, c, st = layer.plan_update(dw, self.rules[analog_k], rng)
+            f, c, w, st = layer.plan_update(dw, self.rules[analog_k], rng)
             analog_k += 1
             flats.append(f)
             counts.append(c)
+            widths.append(w)
             written += st.devices_written
             pulses += st.pulses
             saturated += st.saturated_pairs
@@ -269,16 +271,17 @@ class Trainer:
                   "write_fraction": wf, "devices_written": written, "pulses": pulses}
         flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
         cnt = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        last_w = np.concatenate(widths) if widths else np.zeros(0)
         order = np.argsort(flat)
-        return {"flat": flat[order], "counts": cnt[order], "tag": (self.totals.run_nonce << 32) | (step + 1),
-                "record": record}
+        return {"flat": flat[order], "counts": cnt[order], "last_width_s": last_w[order],
+                "tag": (self.totals.run_nonce << 32) | (step + 1), "record": record}
 
     def _send(self, pending: dict) -> None:
         if self.board is None or pending["flat"].size == 0:
             return
         cols = self.board.info.cols
-        self.board.pulse(PulseBatch(pending["flat"] // cols, pending["flat"] % cols, pending["counts"]),
-                         tag=int(pending["tag"]))
+        self.board.pulse(PulseBatch(pending["flat"] // cols, pending["flat"] % cols, pending["counts"],
+                                    pending.get("last_width_s")), tag=int(pending["tag"]))
         for layer in self._analog():
             self.totals.scheduled_reads += layer.after_pulses(pending["flat"])
 
@@ -454,13 +457,14 @@ class Trainer:
             return step + 1
         self.store.open_metrics(keep_while=lambda r: r["step"] < step)
         self._last_eval = self._last_epoch_record()
-        pending = {"flat": arrays["pending.flat"], "counts": arrays["pending.counts"], **meta["pending"]}
+        pending = {"flat": arrays["pending.flat"], "counts": arrays["pending.counts"],
+                   "last_width_s": arrays.get("pending.last_width_s"), **meta["pending"]}
         last = self.board.status().last_pulse_tag if self.board is not None else 0
         tag = int(pending["tag"])
         applied = (last >> 32) == (tag >> 32) and last >= tag  # only a tag of this very run counts
         if applied:
             log.info("resume: the board already applied the batch of step %d", step)
-            pending = {**pending, "flat": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64)}
+            pending = {**pending, "flat": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64), "last_width_s": None}
         self._finish_step(step, pending)
         return step + 1
 

@@ -3,14 +3,19 @@
 The training loop computes an optimizer step on the host, maps it to a desired
 conductance change ``ΔG`` (siemens) for every device of every differential pair,
 and asks an :class:`UpdateRule` which pulses to send. The rule answers with an
-:class:`UpdatePlan`: a signed pulse count per device (``+`` = SET, conductance
-goes up; ``-`` = RESET, conductance goes down; ``0`` = no write event at all).
+:class:`UpdatePlan`: a signed count of whole pulses per device (``+`` = SET,
+conductance goes up; ``-`` = RESET, conductance goes down) and, for ``bp`` only, a
+signed partial pulse (a single pulse whose width is a fraction of the profile's);
+a device with neither gets no write event at all.
 
 Rules (see ``docs/EAPU.md``):
 
 ==============  ==============================================================
 ``float``       :class:`Float` -- marker, no array; the loop applies ΔW digitally
-``bp``          :class:`BP` -- every non-zero ΔG written, ``max(1, round(|ΔG|/μ))``
+``bp``          :class:`BP` -- the published every-step noisy write: one write event per
+                non-zero ΔG, sized as asked (whole pulses + one width-modulated pulse)
+``bp-pulses``   :class:`BPPulses` -- every non-zero ΔG written as ``max(1, round(|ΔG|/μ))``
+                whole pulses (all ``bp`` can be on a board without width modulation)
 ``eapu``        :class:`EaPU` -- the error-aware probabilistic update
 ``mixed``       :class:`Mixed` -- MADEM-style digital accumulator ``χ``
 ``manhattan``   :class:`Manhattan` -- one pulse of ``sign(ΔG)`` above a threshold
@@ -24,8 +29,8 @@ Conventions shared by every rule
   be per device and state dependent; the caller supplies it. SET and RESET steps
   differ on real devices: build a per-device step for the direction each device
   will move with :func:`directional_step`.
-* ``UpdatePlan.applied_target_s = pulses * step_s`` is the conductance change the
-  rule intends to cause, i.e. what the pulses produce *on average* if the
+* ``UpdatePlan.applied_target_s = (pulses + partial_frac) * step_s`` is the
+  conductance change the rule intends to cause, i.e. what the pulses produce *on average* if the
   calibrated step is right. All statistical properties (unbiasedness, χ
   conservation) are stated for this quantity.
 * Randomness comes only from the ``np.random.Generator`` passed to ``plan``. The
@@ -35,9 +40,21 @@ Conventions shared by every rule
 * Everything is vectorised elementwise; the array shape is free (a matrix, a
   flat vector of devices, a stack of both pair halves ...).
 * Non-finite ``ΔG`` or non-positive / non-finite steps raise ``ValueError``.
+* ``plan`` takes an optional :class:`WidthGrid`: the partial-pulse widths the board
+  can make. Only ``bp`` sends partial pulses; the whole-pulse rules ignore it.
 * Every rule has ``state_dict()`` / ``load_state_dict()`` (empty for stateless
   rules) and ``config()``, with ``make_rule(rule.name, **rule.config())``
   rebuilding an equivalent rule.
+
+BP with partial pulses
+----------------------
+The published BP baseline writes every non-zero update every step, as asked: a
+device's write event is ``n = floor(|ΔG|/step)`` whole pulses plus ONE pulse whose
+width is the remaining fraction of the profile width (the device model's width law:
+a pulse's mean step scales with its width). Boards make widths on a grid (timing
+resolution) from a minimum width up; :class:`BP` rounds the fraction to that grid
+stochastically and without bias (see its docstring), so only requests below the
+board's shortest pulse can skip a step. :class:`BPPulses` is the whole-pulse variant.
 
 EaPU in pulse units
 -------------------
@@ -72,6 +89,8 @@ __all__ = [
     "UpdateRule",
     "Float",
     "BP",
+    "BPPulses",
+    "WidthGrid",
     "EaPU",
     "Mixed",
     "Manhattan",
@@ -89,19 +108,32 @@ class UpdatePlan:
     Attributes
     ----------
     pulses:
-        ``int64``, same shape as ``delta_g_s``. Signed pulse count per device:
-        ``> 0`` SET pulses (conductance up), ``< 0`` RESET pulses, ``0`` untouched
-        (no write event, hence no write noise).
+        ``int64``, same shape as ``delta_g_s``. Signed count of WHOLE pulses per
+        device (each of the full profile width): ``> 0`` SET pulses (conductance
+        up), ``< 0`` RESET pulses.
     applied_target_s:
-        ``float64``, ``pulses * step_s``: the mean conductance change the rule
-        intends to cause (siemens), for bookkeeping and weight-estimate updates.
+        ``float64``, ``(pulses + partial_frac) * step_s``: the mean conductance
+        change the rule intends to cause (siemens), for bookkeeping and
+        weight-estimate updates.
     kept:
-        ``bool``, the devices that receive a write event (``pulses != 0``).
+        ``bool``, the devices that receive a write event (whole or partial pulses);
+        the others get nothing, hence no write noise.
+    partial_frac:
+        ``float64`` in ``(-1, 1)``, same shape: one extra pulse per device whose
+        width is ``|partial_frac|`` times the profile width of its polarity (its mean
+        step scales with its width), signed like ``pulses`` (a device never gets
+        both polarities); ``0`` = no partial pulse. Only :class:`BP` plans partial
+        pulses; the default (``None``) means none.
     """
 
     pulses: np.ndarray
     applied_target_s: np.ndarray
     kept: np.ndarray
+    partial_frac: np.ndarray = None  # type: ignore[assignment]  # zeros when not given
+
+    def __post_init__(self) -> None:
+        if self.partial_frac is None:
+            object.__setattr__(self, "partial_frac", np.zeros(np.shape(self.pulses)))
 
     @property
     def n_written(self) -> int:
@@ -109,14 +141,45 @@ class UpdatePlan:
         return int(np.count_nonzero(self.kept))
 
     @property
+    def n_partial(self) -> int:
+        """Number of partial (width-modulated) pulses."""
+        return int(np.count_nonzero(self.partial_frac))
+
+    @property
     def n_pulses(self) -> int:
-        """Total number of pulses (both polarities)."""
-        return int(np.abs(self.pulses).sum())
+        """Total number of pulses sent, whole and partial (both polarities)."""
+        return int(np.abs(self.pulses).sum()) + self.n_partial
 
     @property
     def write_fraction(self) -> float:
         """Devices written / devices considered (0.0 for an empty plan)."""
         return self.n_written / self.kept.size if self.kept.size else 0.0
+
+
+@dataclass(frozen=True)
+class WidthGrid:
+    """The partial-pulse widths a board can make, as fractions of the profile width.
+
+    A board makes widths on a grid of its timing resolution, from its (effective)
+    minimum pulse width up. ``quantum_frac = timing_resolution_s / profile width``
+    and ``min_frac = min_pulse_width_s / profile width``, each a scalar or an array
+    broadcastable to ``ΔG`` (per device: SET and RESET profiles may differ in width).
+    Build it for a board with :func:`hil.layers.width_grid`.
+    """
+
+    quantum_frac: np.ndarray | float
+    min_frac: np.ndarray | float
+
+    def levels(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(quantum, smallest non-zero width) per device, as fractions, broadcast to ``shape``."""
+        q = np.asarray(self.quantum_frac, dtype=np.float64)
+        m = np.asarray(self.min_frac, dtype=np.float64)
+        if not (np.all(np.isfinite(q)) and np.all(q > 0) and np.all(np.isfinite(m)) and np.all(m >= 0)):
+            raise ValueError("WidthGrid: quantum_frac must be finite and > 0, min_frac finite and >= 0")
+        q = np.broadcast_to(q, shape)
+        # the shortest width the board makes: the first grid point at or above the minimum
+        m_eff = np.maximum(np.ceil(np.broadcast_to(m, shape) / q * (1 - 1e-9)), 1.0) * q
+        return q, m_eff
 
 
 # --------------------------------------------------------------------------- helpers
@@ -192,8 +255,13 @@ class UpdateRule(ABC):
         delta_g_s: np.ndarray,
         step_s: np.ndarray | float,
         rng: np.random.Generator | None = None,
+        width_grid: WidthGrid | None = None,
     ) -> UpdatePlan:
-        """Decide the pulses for the desired changes ``delta_g_s`` (siemens)."""
+        """Decide the pulses for the desired changes ``delta_g_s`` (siemens).
+
+        ``width_grid``: the partial-pulse widths the board can make; used by ``bp``
+        only (the whole-pulse rules ignore it). ``None``: any width.
+        """
 
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (JSON-friendly)."""
@@ -226,15 +294,19 @@ class Float(UpdateRule):
     name = "float"
     uses_array = False
 
-    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:  # noqa: D102
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:  # noqa: D102
         raise RuntimeError("the 'float' rule has no array: apply ΔW digitally (uses_array=False)")
 
 
-class BP(UpdateRule):
-    """Plain backprop writes: every device with ``ΔG != 0`` gets
-    ``sign(ΔG) * max(1, round(|ΔG|/step))`` pulses, clipped to ``max_pulses``."""
+class BPPulses(UpdateRule):
+    """Backprop writes in whole pulses: every device with ``ΔG != 0`` gets
+    ``sign(ΔG) * max(1, round(|ΔG|/step))`` pulses, clipped to ``max_pulses``.
 
-    name = "bp"
+    On a board without width modulation this is all plain BP can be; a request far
+    below one step is rounded UP to a whole pulse (a sign-SGD-like overshoot).
+    """
+
+    name = "bp-pulses"
 
     def __init__(self, max_pulses: int = 100):
         self.max_pulses = _check_max_pulses(max_pulses)
@@ -242,11 +314,68 @@ class BP(UpdateRule):
     def config(self) -> dict[str, Any]:
         return {"max_pulses": self.max_pulses}
 
-    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         dg = _as_delta(delta_g_s)
         step = _as_step(step_s, dg.shape)
         n = np.maximum(1.0, np.rint(np.abs(dg) / step)) * np.sign(dg)  # sign(0) = 0
         return _plan(_to_pulses(n, self.max_pulses), step)
+
+
+class BP(UpdateRule):
+    """The published every-step noisy write: ``ΔG`` written as asked, one write event per device.
+
+    ``x = min(|ΔG|/step, max_pulses)`` becomes ``n = floor(x)`` whole pulses plus one
+    partial pulse of width fraction ``f = x - n`` of the profile width, in the
+    direction of ``ΔG``; so ``(n + f) * step = |ΔG|`` (up to the clip).
+
+    With a :class:`WidthGrid` the fraction is rounded stochastically to the widths
+    the board can make: to the two neighbouring grid widths with the probabilities
+    that keep its mean at ``f`` -- and below the board's shortest width ``m`` to
+    ``m`` with probability ``f/m``, else to no partial pulse. So ``E[applied] = ΔG``
+    exactly (before the clip); only a device whose whole request lies below the
+    shortest width can go unwritten in a step (then with probability ``1 - f/m``).
+    A fraction rounded up to a full width becomes one more whole pulse. One uniform
+    draw per device per call, whatever the data (the run replays from its seed).
+    """
+
+    name = "bp"
+    random = True
+
+    def __init__(self, max_pulses: int = 100):
+        self.max_pulses = _check_max_pulses(max_pulses)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_pulses": self.max_pulses}
+
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
+        rng = _check_rng(rng, "BP")
+        dg = _as_delta(delta_g_s)
+        step = _as_step(step_s, dg.shape)
+        x = np.minimum(np.abs(dg) / step, self.max_pulses)
+        n = np.floor(x)
+        f = x - n
+        u = rng.random(dg.shape)  # one draw per device, whatever the data
+        if width_grid is not None:
+            f = _round_to_grid(f, u, *width_grid.levels(dg.shape))
+        whole = f >= 1.0  # rounded up to a full pulse
+        n = n + whole
+        f = np.where(whole, 0.0, f)
+        sign = np.sign(dg)
+        pulses = _to_pulses(n * sign, self.max_pulses)
+        partial = f * sign + 0.0  # no negative zeros
+        applied = (pulses + partial) * step
+        return UpdatePlan(pulses=pulses, applied_target_s=applied, kept=(pulses != 0) | (partial != 0),
+                          partial_frac=partial)
+
+
+def _round_to_grid(f: np.ndarray, u: np.ndarray, q: np.ndarray, m_eff: np.ndarray) -> np.ndarray:
+    """Unbiased stochastic rounding of fractions ``f`` in [0, 1) to {0} ∪ {m_eff, m_eff+q, ...} ∪ {1}."""
+    below = f < m_eff
+    lo = np.where(below, 0.0, np.clip(np.floor(f / q) * q, m_eff, f))  # clip: float guards
+    hi = np.minimum(np.where(below, m_eff, lo + q), 1.0)
+    p_up = np.clip((f - lo) / np.maximum(hi - lo, 1e-300), 0.0, 1.0)
+    out = np.where(u < p_up, hi, lo)
+    return np.where(f > 0, out, 0.0)
 
 
 class EaPU(UpdateRule):
@@ -302,7 +431,7 @@ class EaPU(UpdateRule):
         q = self.quantum_pulses(step) * step
         return np.minimum(1.0, np.abs(dg) / q)
 
-    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         rng = _check_rng(rng, "EaPU")
         dg = _as_delta(delta_g_s)
         step = _as_step(step_s, dg.shape)
@@ -345,7 +474,7 @@ class Mixed(UpdateRule):
     def config(self) -> dict[str, Any]:
         return {"max_pulses": self.max_pulses}
 
-    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         dg = _as_delta(delta_g_s)
         step = _as_step(step_s, dg.shape)
         if self.chi_s is None:
@@ -385,7 +514,7 @@ class Manhattan(UpdateRule):
         th = self.threshold_s
         return {"threshold_s": float(th) if th.ndim == 0 else th.tolist()}
 
-    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         dg = _as_delta(delta_g_s)
         step = _as_step(step_s, dg.shape)
         pulses = np.where(np.abs(dg) > self.threshold_s, np.sign(dg), 0.0).astype(np.int64)
@@ -408,7 +537,7 @@ class Stochastic(UpdateRule):
     def config(self) -> dict[str, Any]:
         return {"max_pulses": self.max_pulses}
 
-    def plan(self, delta_g_s, step_s, rng=None) -> UpdatePlan:
+    def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         rng = _check_rng(rng, "Stochastic")
         dg = _as_delta(delta_g_s)
         step = _as_step(step_s, dg.shape)
@@ -422,7 +551,7 @@ class Stochastic(UpdateRule):
 # --------------------------------------------------------------------------- factory
 
 RULES: dict[str, type[UpdateRule]] = {
-    cls.name: cls for cls in (Float, BP, EaPU, Mixed, Manhattan, Stochastic)
+    cls.name: cls for cls in (Float, BP, BPPulses, EaPU, Mixed, Manhattan, Stochastic)
 }
 
 

@@ -86,6 +86,25 @@ pulse batch (``encode_pulse_batch``)
     1024x1024 crossbar with counts in +-1..+-3 (see ``tests/test_encoding.py``):
     ~2.9 B/device at 0.1 % density and ~2.0 B/device at 10 % density.
 
+pulse batch with widths, protocol version 2 (``encode_pulse_batch_v2``)
+    The version-1 pulse batch, preceded by a flag byte and optionally followed
+    by the width of each device's last pulse::
+
+        u8       flags                   bit 0: the width field follows;
+                                         bits 1-7 reserved, must be 0
+        uvarint  N | N gaps | N zigzag(count)      as in version 1
+        [bit 0]  N x uvarint  ticks      width of each device's LAST pulse in
+                                         units of the board's timing resolution
+                                         (HELLO ``timing_resolution_s``);
+                                         0 = the full profile width
+
+    A device's last pulse is a width-modulated partial pulse when its ticks
+    are non-zero; its other ``|count| - 1`` pulses have the profile's width.
+    The encoder leaves the field out (flags 0, one byte of overhead) when
+    every tick is 0.  With a 1 ns resolution a partial pulse below 128 ns
+    costs one byte per written device.  Decoders of version-1 payloads use
+    ``decode_pulse_batch``; the version is the frame header's.
+
 fixed-width little-endian arrays
     ``encode_u16`` / ``encode_i16`` / ``encode_i8`` / ``encode_f64`` write the
     raw element bytes in little-endian order (``<u2``, ``<i2``, ``i1``,
@@ -124,6 +143,9 @@ __all__ = [
     "decode_sparse_indices",
     "encode_pulse_batch",
     "decode_pulse_batch",
+    "encode_pulse_batch_v2",
+    "decode_pulse_batch_v2",
+    "PULSE_FLAG_WIDTHS",
     "encode_u16",
     "decode_u16",
     "encode_i16",
@@ -591,6 +613,55 @@ def decode_pulse_batch(
         k = int(np.argmax(z == 0))
         raise DecodeError(f"pulse batch count #{k} is zero")
     return _gaps_to_index(gaps), _unzigzag(z), end
+
+
+#: Flag bit of a version-2 pulse batch: a per-device last-pulse width field follows.
+PULSE_FLAG_WIDTHS = 0x01
+
+
+def encode_pulse_batch_v2(
+    flat_idx: np.ndarray, counts: np.ndarray, last_width_ticks: np.ndarray | None = None
+) -> bytes:
+    """Encode a version-2 pulse batch: ``u8 flags | v1 batch | [N uvarint ticks]``.
+
+    ``last_width_ticks``: None, or one non-negative integer per device (0 = full
+    profile width); all-zero ticks are left out like None.
+    """
+    body = encode_pulse_batch(flat_idx, counts)
+    if last_width_ticks is None:
+        return bytes([0]) + body
+    ticks = _to_u64_nonneg(last_width_ticks, "last_width_ticks")
+    n = _as_int_array(counts, "counts").size
+    if ticks.size != n:
+        raise ValueError(f"last_width_ticks must have one entry per device ({ticks.size} != {n})")
+    if not ticks.any():
+        return bytes([0]) + body
+    return b"".join((bytes([PULSE_FLAG_WIDTHS]), body, _encode_raw(ticks)))
+
+
+def decode_pulse_batch_v2(
+    data: Buffer, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Decode a version-2 pulse batch -> ``(flat_idx, counts, ticks or None, new_offset)``.
+
+    ``ticks`` is ``int64`` (0 = full width) or None when the batch has no width
+    field.  Raises :class:`DecodeError` on reserved flag bits or any error of
+    the version-1 part or of the width field.
+    """
+    buf = _as_u8(data)
+    offset = _check_offset(buf, offset)
+    if offset >= buf.size:
+        raise DecodeError("truncated pulse batch: the flag byte is missing")
+    flags = int(buf[offset])
+    if flags & ~PULSE_FLAG_WIDTHS:
+        raise DecodeError(f"pulse batch flags 0x{flags:02x} set reserved bits (only 0x01 is defined)")
+    idx, counts, pos = decode_pulse_batch(buf, offset + 1)
+    if not flags & PULSE_FLAG_WIDTHS:
+        return idx, counts, None, pos
+    ticks, end = _decode_raw(buf, idx.size, pos)
+    if ticks.dtype == np.uint64 and ticks.size and ticks.max() > _U64(_I64_MAX):
+        raise DecodeError("pulse width ticks do not fit in int64")
+    return idx, counts, ticks.astype(np.int64), end
 
 
 # --------------------------------------------------------------------------

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 
 from cobs import cobs
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""The version this codec speaks by default.  2 added per-device pulse widths to PULSE."""
+SUPPORTED_VERSIONS = (1, 2)
+"""Versions a server answers (each in the request's own version)."""
 MAX_PAYLOAD = 16384
 """Largest payload of one frame, bytes; longer messages are split into chunks."""
 MAX_CHUNKS = 0xFFFF
@@ -73,7 +76,7 @@ def encode_frame(frame: Frame) -> bytes:
 
 def encode_message(
     *, seq: int, opcode: int, payload: bytes, status: int = 0, flags: int = 0,
-    max_payload: int = MAX_PAYLOAD,
+    max_payload: int = MAX_PAYLOAD, version: int = PROTOCOL_VERSION,
 ) -> bytes:
     """Wire bytes of a whole message, split into as many chunks as it needs.
 
@@ -86,7 +89,7 @@ def encode_message(
         raise ValueError(f"message of {len(payload)} bytes needs {n} chunks; at most {MAX_CHUNKS} are allowed")
     view = memoryview(payload)
     return DELIMITER + b"".join(
-        encode_frame(Frame(PROTOCOL_VERSION, flags, seq, opcode, status, i, n,
+        encode_frame(Frame(version, flags, seq, opcode, status, i, n,
                            bytes(view[i * max_payload:(i + 1) * max_payload])))
         for i in range(n)
     )

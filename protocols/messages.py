@@ -110,19 +110,34 @@ class PulseResult:
 _TAG = struct.Struct("<Q")
 
 
-def encode_pulse_request(flat_idx: np.ndarray, counts: np.ndarray, tag: int = 0) -> bytes:
-    """``tag`` (0 = none) is remembered by the board as its last applied batch, for write-ahead logs."""
-    return _TAG.pack(tag) + enc.encode_pulse_batch(flat_idx, counts)
+def encode_pulse_request(flat_idx: np.ndarray, counts: np.ndarray, tag: int = 0,
+                         last_width_ticks: np.ndarray | None = None, version: int = 2) -> bytes:
+    """``u64 tag`` then the pulse batch of protocol ``version`` (1: no widths; 2: flags and widths).
+
+    ``tag`` (0 = none) is remembered by the board as its last applied batch, for write-ahead logs.
+    ``last_width_ticks`` (version 2 only): width of each device's last pulse in timing-resolution
+    ticks, 0 = full profile width.
+    """
+    if version == 1:
+        if last_width_ticks is not None and np.any(last_width_ticks):
+            raise ValueError("protocol version 1 has no pulse widths: the board cannot make partial pulses")
+        return _TAG.pack(tag) + enc.encode_pulse_batch(flat_idx, counts)
+    return _TAG.pack(tag) + enc.encode_pulse_batch_v2(flat_idx, counts, last_width_ticks)
 
 
-def decode_pulse_request(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+def decode_pulse_request(data: bytes, version: int = 2) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """(flat indices, counts, tag, last-pulse width ticks or None) of a PULSE of protocol ``version``."""
     (tag,) = _unpack(_TAG, data, "PULSE")
     try:
-        idx, counts, off = enc.decode_pulse_batch(data, _TAG.size)
+        if version == 1:
+            idx, counts, off = enc.decode_pulse_batch(data, _TAG.size)
+            ticks = None
+        else:
+            idx, counts, ticks, off = enc.decode_pulse_batch_v2(data, _TAG.size)
     except ValueError as exc:
         raise PayloadError(f"PULSE: {exc}") from None
     _expect_end(data, off, "PULSE")
-    return idx, counts, tag
+    return idx, counts, tag, ticks
 
 
 def encode_pulse_result(r: PulseResult) -> bytes:

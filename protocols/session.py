@@ -22,6 +22,7 @@ from protocols.framing import (
     FLAG_RETRANSMIT,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Frame,
     FrameDecoder,
     encode_message,
@@ -65,7 +66,9 @@ def _newer(a: int, b: int) -> bool:
 class ClientSession:
     """The host end: numbers requests, reassembles the reply to the pending one."""
 
-    def __init__(self, first_seq: int = 1, max_payload: int = MAX_PAYLOAD):
+    def __init__(self, first_seq: int = 1, max_payload: int = MAX_PAYLOAD, version: int = PROTOCOL_VERSION):
+        self.version = version
+        """Protocol version of the requests this session sends."""
         self._seq = (first_seq - 1) & 0xFFFFFFFF
         self._max_payload = max_payload
         self._decoder = FrameDecoder()
@@ -89,7 +92,8 @@ class ClientSession:
         self._pending = (self._seq, opcode, payload)
         self._rx = _Reassembly()
         self.progress = 0
-        return encode_message(seq=self._seq, opcode=opcode, payload=payload, max_payload=self._max_payload)
+        return encode_message(seq=self._seq, opcode=opcode, payload=payload, max_payload=self._max_payload,
+                              version=self.version)
 
     def retransmit(self) -> bytes:
         """The pending request again, same sequence number, marked as a retransmission."""
@@ -97,7 +101,7 @@ class ClientSession:
             raise RuntimeError("no request is pending")
         seq, opcode, payload = self._pending
         return encode_message(seq=seq, opcode=opcode, payload=payload, flags=FLAG_RETRANSMIT,
-                              max_payload=self._max_payload)
+                              max_payload=self._max_payload, version=self.version)
 
     def receive_data(self, data: bytes) -> Message | None:
         """Feed received bytes; returns the complete reply to the pending request, if it is here."""
@@ -154,11 +158,13 @@ class ServerSession:
             msg = self._rx.add(f)
             if msg is None:
                 continue
-            if f.version != PROTOCOL_VERSION:
+            if f.version not in SUPPORTED_VERSIONS:
                 replay += encode_message(
                     seq=msg.seq, opcode=msg.opcode, status=Status.VERSION_MISMATCH, flags=FLAG_RESPONSE,
+                    version=f.version if 0 < f.version < 256 else PROTOCOL_VERSION,
                     payload=encode_json({"error": f"protocol version {f.version} is not supported; "
-                                                  f"this firmware speaks version {PROTOCOL_VERSION}"}),
+                                                  "this firmware speaks versions "
+                                                  f"{', '.join(map(str, SUPPORTED_VERSIONS))}"}),
                 )
                 continue
             if self._last_seq is not None and msg.seq == self._last_seq:
@@ -177,7 +183,7 @@ class ServerSession:
     def respond(self, request: Request, status: int, payload: bytes) -> bytes:
         """Wire bytes of the reply to ``request``; cached for replay if the request is retried."""
         wire = encode_message(seq=request.seq, opcode=request.opcode, status=status, payload=payload,
-                              flags=FLAG_RESPONSE, max_payload=self._max_payload)
+                              flags=FLAG_RESPONSE, max_payload=self._max_payload, version=request.version)
         if request.seq == self._last_seq:
             self._last_reply = wire
         return wire

@@ -14,7 +14,7 @@ def test_info_describes_the_board(emu):
     assert (info.rows, info.cols) == (32, 48)
     assert info.emulated and info.capabilities.vmm and info.capabilities.vmm_transpose
     assert info.capabilities.write_verify and info.capabilities.virtual_clock
-    assert info.protocol_version == 1
+    assert info.protocol_version == 2
     assert emu.limits.max_pulses_per_device <= info.hardware_limits.max_pulses_per_device
 
 
@@ -191,3 +191,51 @@ def test_vmm_input_rounding_never_exceeds_the_read_limit():
     with FpgaBoard(InProcessLink(endpoint), limits=SafetyLimits(max_read_v=0.13)) as b:
         b.vmm(Region(0, 0, 4, 4), np.full((1, 4), 0.13))
     assert seen and seen[0] <= 0.13
+
+
+def test_partial_pulses_are_applied_as_one_write_event(emu):
+    s0 = emu.status()
+    w = np.array([50e-9, 7.3e-9, 0.1e-9])  # full, partial, the hardware's one-tick minimum
+    rep = emu.pulse(PulseBatch(np.array([1, 2, 3]), np.array([3, 4, 5]), np.array([3, -1, 1]), w))
+    s1 = emu.status()
+    assert (rep.devices, rep.set_pulses, rep.reset_pulses) == (3, 4, 1)
+    assert s1.write_events_total - s0.write_events_total == 3
+
+
+def test_out_of_window_widths_are_refused_before_any_byte(emu):
+    digest = emu.status(with_digest=True).state_digest
+    sent = emu.wire_bytes
+    cases = [
+        (np.array([0.05e-9]), "min_pulse_width_s"),   # below the hardware's minimum
+        (np.array([60e-9]), "exceeds its profile"),   # longer than a full pulse
+        (np.array([np.nan]), "NaN"),
+        (np.array([5e-9, 5e-9]), "one entry per device"),
+    ]
+    for widths, message in cases:
+        with pytest.raises((LimitViolation, BoardError), match=message):
+            emu.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1]), widths))
+        assert emu.wire_bytes == sent
+    strict = SafetyLimits(min_pulse_width_s=20e-9)  # the user's floor tightens the hardware's
+    with open_board("emu?rows=4&cols=4", strict) as b:
+        n = b.wire_bytes
+        with pytest.raises(LimitViolation, match="min_pulse_width_s"):
+            b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1]), np.array([10e-9])))
+        assert b.wire_bytes == n
+    assert emu.status(with_digest=True).state_digest == digest  # and the array never saw a pulse
+
+
+def test_firmware_refuses_a_width_beyond_its_limits_and_changes_nothing():
+    from firmware_stub.firmware import make_emulator
+    from protocols import messages as m
+    from protocols.messages import Op, Status
+    from protocols.session import ClientSession
+
+    endpoint = make_emulator(4, 4, seed=0)
+    digest = endpoint.firmware.array.state_digest()
+    client = ClientSession()
+    for ticks, text in (([600], b"profile"), ([0, 2 * 10**7], b"outside")):
+        flat = np.arange(len(ticks))
+        reply = client.receive_data(endpoint.receive(client.request(
+            Op.PULSE, m.encode_pulse_request(flat, np.ones(len(ticks), np.int64), 0, np.array(ticks)))))
+        assert reply.status == Status.LIMIT_VIOLATION and text in reply.payload
+    assert endpoint.firmware.array.state_digest() == digest

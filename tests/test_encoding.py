@@ -16,6 +16,7 @@ from protocols.encoding import (
     decode_i8,
     decode_i16,
     decode_pulse_batch,
+    decode_pulse_batch_v2,
     decode_sparse_indices,
     decode_u16,
     decode_uvarints,
@@ -24,6 +25,7 @@ from protocols.encoding import (
     encode_i8,
     encode_i16,
     encode_pulse_batch,
+    encode_pulse_batch_v2,
     encode_sparse_indices,
     encode_u16,
     encode_uvarints,
@@ -302,6 +304,54 @@ def test_pulse_batch_layout():
     # N=3 | gaps 3, 0, 295 (a7 02) | zigzag 4, 1, 5
     assert data == bytes.fromhex("03 03 00 a7 02 04 01 05")
     assert encode_pulse_batch(np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == b"\x00"
+
+
+@PROP
+@given(pulse_batches(), st.data())
+def test_pulse_batch_v2_roundtrip_with_widths(batch, data):
+    idx, counts = batch
+    ticks = np.array(data.draw(st.lists(st.one_of(st.just(0), st.integers(0, 600), st.integers(0, I64_MAX)),
+                                        min_size=idx.size, max_size=idx.size)), dtype=np.int64)
+    wire = encode_pulse_batch_v2(idx, counts, ticks)
+    i2, c2, t2, off = decode_pulse_batch_v2(wire)
+    np.testing.assert_array_equal(i2, idx)
+    np.testing.assert_array_equal(c2, counts)
+    assert off == len(wire)
+    if ticks.any():
+        np.testing.assert_array_equal(t2, ticks)
+        assert wire[0] == 0x01 and t2.dtype == np.int64
+    else:  # an all-full batch costs one flag byte over version 1
+        assert t2 is None and wire == b"\x00" + encode_pulse_batch(idx, counts)
+    # concatenated payloads decode back to back
+    i3, c3, t3, off3 = decode_pulse_batch_v2(wire + wire, off)
+    np.testing.assert_array_equal(i3, idx)
+    assert off3 == 2 * len(wire)
+
+
+def test_pulse_batch_v2_layout_and_validation():
+    wire = encode_pulse_batch_v2(np.array([3, 4, 300]), np.array([2, -1, -3]), np.array([0, 20, 200]))
+    # flags 01 | v1 batch | ticks 0, 20, 200 (c8 01)
+    assert wire == bytes.fromhex("01 03 03 00 a7 02 04 01 05 00 14 c8 01")
+    assert encode_pulse_batch_v2(np.array([5]), np.array([1]), None) == bytes.fromhex("00 01 05 02")
+    with pytest.raises(ValueError, match="one entry per device"):
+        encode_pulse_batch_v2(np.array([1, 2]), np.array([1, 1]), np.array([3]))
+    with pytest.raises(ValueError, match="non-negative"):
+        encode_pulse_batch_v2(np.array([1]), np.array([1]), np.array([-3]))
+    with pytest.raises(DecodeError, match="reserved"):
+        decode_pulse_batch_v2(bytes.fromhex("02 01 05 02"))
+    with pytest.raises(DecodeError, match="flag byte"):
+        decode_pulse_batch_v2(b"")
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_pulse_batch_v2(bytes.fromhex("01 02 05 00 02 02 14"))  # one width of two
+
+
+@FUZZ
+@given(st.binary(max_size=64))
+def test_pulse_batch_v2_fuzz_raises_only_decode_error(blob):
+    try:
+        decode_pulse_batch_v2(blob)
+    except DecodeError:
+        pass
 
 
 def test_pulse_batch_validation():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +116,28 @@ def test_wrong_protocol_version_gets_a_clear_refusal():
     reply = client.receive_data(out)
     assert reply.status == Status.VERSION_MISMATCH
     assert b"not supported" in reply.payload
+
+
+def test_version_1_requests_are_still_served_in_version_1():
+    """Version 2 added pulse widths; a version-1 host's PULSE (no flag byte) still works."""
+    import numpy as np
+
+    from firmware_stub.firmware import make_emulator
+    from protocols import messages as m
+    from protocols.framing import FrameDecoder
+
+    endpoint = make_emulator(4, 4, seed=0)
+    old = ClientSession(version=1)
+    wire = endpoint.receive(old.request(Op.PULSE, m.encode_pulse_request(np.array([1, 5]), np.array([2, -1]), 7,
+                                                                         version=1)))
+    assert {f.version for f in FrameDecoder().feed(wire)} == {1}  # answered in the request's version
+    reply = old.receive_data(wire)
+    assert reply.status == Status.OK
+    r = m.decode_pulse_result(reply.payload)
+    assert (r.devices, r.set_pulses, r.reset_pulses) == (2, 2, 1)
+    with pytest.raises(ValueError, match="version 1 has no pulse widths"):
+        m.encode_pulse_request(np.array([1]), np.array([1]), 0, np.array([3]), version=1)
+    # a version-2 payload sent as version 1 is malformed there, and says so
+    reply = old.receive_data(endpoint.receive(old.request(
+        Op.PULSE, m.encode_pulse_request(np.array([1]), np.array([1]), 0, np.array([3]), version=2))))
+    assert reply.status == Status.BAD_REQUEST and b"PULSE" in reply.payload

@@ -388,3 +388,47 @@ def test_write_verify_converges_for_working_devices_and_not_for_stuck_ones():
     assert energy > 0
     truth = arr.true_conductance_s(idx[converged & ok])
     assert np.median(np.abs(truth - targets[converged & ok])) < 1e-6
+
+
+# ---- partial (width-modulated) pulses ---------------------------------------------------------
+@pytest.mark.parametrize("ratio", [0.04, 0.3, 0.75])
+def test_a_partial_pulse_steps_by_its_width(ratio):
+    """bp's partial pulse: mean step = width ratio x a full pulse's (the width law), over many
+    devices and several seeds, c2c noise on; whole pulses before it in the same write event."""
+    for seed in (1, 2, 3):
+        full, part = make(seed, **QUIET), make(seed, **QUIET)
+        for a in (full, part):
+            place_at_x(a, 0.3)
+        ok = ~full.stuck
+        expected = (full.alpha_set * 0.7)[ok]  # mean step of one full pulse at x = 0.3 (gamma = 1)
+        before = part.g.copy()
+        n = part.n_devices
+        part.apply_pulses(everything(part), np.ones(n, np.int64), SET, RESET, last_width_s=np.full(n, ratio * 50e-9))
+        assert_mean((part.g - before)[ok] / expected, ratio)
+        # two whole pulses + one partial, all in one write event
+        events = part.counters.write_events_total
+        before = part.g.copy()
+        out = part.apply_pulses(everything(part), np.full(n, 3), SET, RESET, last_width_s=np.full(n, ratio * 50e-9))
+        assert part.counters.write_events_total - events == n and out.set_pulses == 3 * n
+        x_before = (before - 1e-6) / (part.g_max - 1e-6)
+        k = part.alpha_set / (part.g_max - 1e-6)  # soft bounds: each pulse shrinks the next by (1 - k)
+        expected_3 = part.alpha_set * (1 - x_before) * (1 + (1 - k) + ratio * (1 - k) ** 2)
+        assert_mean((part.g - before)[ok] / expected_3[ok], 1.0)
+
+
+def test_partial_pulse_energy_and_duration_use_its_width():
+    arr = make(line_capacitance_f=0.0)
+    dev = int(np.flatnonzero(~arr.stuck)[0])
+    g_before = arr.g[dev]
+    out = arr.apply_pulses([dev], [1], SET, RESET, last_width_s=[12e-9])
+    v = SET[0]
+    assert out.energy_j == pytest.approx(v**2 * (g_before + arr.g[dev]) / 2 * 12e-9, rel=1e-12)
+    p = arr.params
+    assert out.duration_s == pytest.approx(p.t_command_s + 12e-9 + p.t_pulse_gap_s)
+    # a batch's last slot lasts as long as the longest last pulse of the devices with the most pulses
+    out = arr.apply_pulses([0, 5, 9], [3, 3, 1], SET, RESET, last_width_s=[20e-9, 30e-9, 40e-9])
+    assert out.duration_s == pytest.approx(p.t_command_s + 2 * (50e-9 + p.t_pulse_gap_s) + 30e-9 + p.t_pulse_gap_s)
+    assert out.duration_s == pytest.approx(arr.write_batch_duration_s(np.array([3, 3, 1]), 50e-9, 50e-9,
+                                                                      np.array([20e-9, 30e-9, 40e-9])))
+    with pytest.raises(ValueError, match="longer"):
+        arr.apply_pulses([0], [1], SET, RESET, last_width_s=[60e-9])

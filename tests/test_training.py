@@ -170,7 +170,7 @@ def test_bad_training_input_is_a_clear_cli_error(tmp_path):
 
 
 def test_every_array_method_trains_a_network_with_hidden_layers(tmp_path, calibration_file):
-    for method in ("bp", "mixed", "manhattan", "stochastic"):
+    for method in ("bp", "bp-pulses", "mixed", "manhattan", "stochastic"):
         s = train(_cfg(calibration_file, method=method, epochs=1, task="digits-small", hidden=[16]),
                   tmp_path / method, progress=False)
         assert s["steps"] == 45 and s["pulses_total"] > 0, method
@@ -189,7 +189,7 @@ def test_pulses_follow_the_sign_the_rule_chose(calibration_file):
         layer = AnalogLinear(board, Tile(0, 0, 4, 3), ConductanceMap.from_calibration(cal, 3.0))
         rule = Mixed(max_pulses=8, shape=(4, 3))
         rule.chi_s = np.full((4, 3), -5e-6)  # a large negative backlog
-        flat, counts, _ = layer.plan_update(np.full((4, 3), 1e-4), rule, np.random.default_rng(0))
+        flat, counts, _, _ = layer.plan_update(np.full((4, 3), 1e-4), rule, np.random.default_rng(0))
         assert flat.size == 12
         col = flat % board.info.cols
         weight_sign = np.where(col < 3, 1, -1) * np.sign(counts)  # SET on G+ or RESET on G- grows W

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from hil.update_rules import (
     BP,
+    BPPulses,
     RULES,
     EaPU,
     Float,
@@ -26,6 +27,7 @@ from hil.update_rules import (
     Mixed,
     Stochastic,
     UpdatePlan,
+    WidthGrid,
     directional_step,
     make_rule,
 )
@@ -205,13 +207,66 @@ def test_eapu_per_device_threshold_and_matrix_shape():
 
 @SETTINGS
 @given(device_case(max_n=32), st.integers(1, 20))
-def test_bp_touches_every_nonzero_device(case, max_pulses):
+def test_bp_pulses_touches_every_nonzero_device(case, max_pulses):
     dg, step, _, _ = case
-    plan = BP(max_pulses).plan(dg, step)
+    plan = BPPulses(max_pulses).plan(dg, step)
     assert np.array_equal(plan.kept, dg != 0)
     assert np.array_equal(np.sign(plan.pulses), np.sign(dg).astype(np.int64))
     expect = np.clip(np.maximum(1, np.rint(np.abs(dg) / step)), 1, max_pulses) * (dg != 0)
     assert np.array_equal(np.abs(plan.pulses), expect.astype(np.int64))
+
+
+@SETTINGS
+@given(device_case(max_n=32), st.integers(1, 20))
+def test_bp_writes_every_nonzero_device_as_asked(case, max_pulses):
+    """Without a width grid: one write event per non-zero ΔG, exactly (n + f) * step = |ΔG|."""
+    dg, step, _, seed = case
+    plan = BP(max_pulses).plan(dg, step, np.random.default_rng(seed))
+    assert np.array_equal(plan.kept, dg != 0)
+    total = plan.pulses + plan.partial_frac
+    assert np.all(np.sign(total) == np.sign(dg))
+    assert np.all((np.abs(plan.partial_frac) < 1) & (plan.pulses * plan.partial_frac >= 0))
+    want = np.sign(dg) * np.minimum(np.abs(dg) / step, max_pulses)
+    assert np.allclose(total, want, rtol=1e-12, atol=1e-12)
+    assert np.allclose(plan.applied_target_s, want * step, rtol=1e-12, atol=1e-24)
+    assert np.all(np.abs(plan.pulses) + (plan.partial_frac != 0) <= max_pulses)
+
+
+@SETTINGS
+@given(device_case(max_n=8), st.integers(1, 12), st.integers(0, 12))
+def test_bp_on_a_width_grid_is_unbiased(case, quantum_div, min_quanta):
+    """On a board's width grid the partial pulse is rounded stochastically: E[applied] = ΔG,
+    every width is a grid point at or above the minimum, and only requests below the
+    shortest pulse can go unwritten."""
+    dg, step, _, seed = case
+    q = 1.0 / (4 * quantum_div)
+    m = min_quanta * q
+    grid = WidthGrid(q, m)
+    plan = BP(1000).plan(*tiled(dg, step), np.random.default_rng(seed), grid)
+    f = np.abs(plan.partial_frac)
+    ticks = f / q
+    assert np.allclose(ticks, np.rint(ticks), atol=1e-6)
+    assert np.all((f == 0) | (f >= max(m, q) * (1 - 1e-9)))
+    x = np.abs(dg) / step
+    m_eff = max(min_quanta, 1) * q
+    assert np.all(plan.kept[:, (x >= m_eff) & (dg != 0)])
+    assert not plan.kept[:, dg == 0].any()
+    # the applied change per draw lies within one grid cell (or [0, m_eff]) of the request
+    width = max(q, m_eff)
+    var = (width * step) ** 2 / 4
+    tol = bernstein_tol(var, width * step, R)
+    assert np.all(np.abs(plan.applied_target_s.mean(axis=0) - dg) <= tol + 1e-18)
+
+
+def test_bp_small_requests_no_longer_become_whole_pulses():
+    """The overshoot that made plain BP sign-SGD: a 0.043-step request was one whole pulse."""
+    dg = np.full(50_000, 0.043 * US)
+    whole = BPPulses(64).plan(dg, 1 * US)
+    assert np.all(whole.applied_target_s == 1 * US)
+    plan = BP(64).plan(dg, 1 * US, np.random.default_rng(3), WidthGrid(1 / 50, 1 / 50))
+    assert plan.write_fraction == 1.0 and plan.n_pulses == dg.size and not plan.pulses.any()
+    assert set(np.unique(plan.partial_frac)) == {0.04, 0.06}
+    assert abs(plan.applied_target_s.mean() / (0.043 * US) - 1) < 0.01
 
 
 @SETTINGS
@@ -305,11 +360,11 @@ def test_float_is_a_marker():
 
 
 def test_make_rule_factory_and_config_round_trip():
-    with pytest.raises(ValueError, match="bp, eapu, float, manhattan, mixed, stochastic"):
+    with pytest.raises(ValueError, match="bp, bp-pulses, eapu, float, manhattan, mixed, stochastic"):
         make_rule("sgd")
     with pytest.raises(TypeError, match="eapu"):
         make_rule("eapu", max_pulses=3)  # missing delta_g_th_s
-    rules = [EaPU(1 * US, 7, "stochastic"), BP(9), Mixed(4), Manhattan(0.1 * US), Stochastic(3), Float()]
+    rules = [EaPU(1 * US, 7, "stochastic"), BP(9), BPPulses(5), Mixed(4), Manhattan(0.1 * US), Stochastic(3), Float()]
     for r in rules:
         clone = make_rule(r.name.upper(), **r.config())
         assert type(clone) is type(r) and clone.config() == r.config()
@@ -327,13 +382,17 @@ def test_validation():
         EaPU(1 * US, supra_rounding="up")
     with pytest.raises(ValueError):
         BP(2.5)
+    with pytest.raises(TypeError, match="Generator"):
+        BP(3).plan(np.zeros(2), 1 * US, None)
+    with pytest.raises(ValueError, match="WidthGrid"):
+        BP(3).plan(np.ones(2), 1 * US, rng, WidthGrid(0.0, 0.1))
     with pytest.raises(ValueError):
         Manhattan(-1.0)
     with pytest.raises(TypeError, match="Generator"):
         EaPU(1 * US).plan(np.zeros(2), 1 * US, None)
     with pytest.raises(TypeError, match="Generator"):
         Stochastic(3).plan(np.zeros(2), 1 * US, 42)
-    for rule in (EaPU(1 * US), BP(), Mixed(), Manhattan(), Stochastic()):
+    for rule in (EaPU(1 * US), BP(), BPPulses(), Mixed(), Manhattan(), Stochastic()):
         with pytest.raises(ValueError, match="NaN"):
             rule.plan(np.array([np.nan]), 1 * US, rng)
         with pytest.raises(ValueError, match="step_s"):
@@ -347,7 +406,7 @@ def test_validation():
 def test_huge_requests_are_clipped_without_overflow():
     dg = np.array([1e3, -1e3, 1e-3])
     step = 1e-12
-    for rule in (BP(50), Mixed(50), Stochastic(50), EaPU(1e-9, 50)):
+    for rule in (BP(50), BPPulses(50), Mixed(50), Stochastic(50), EaPU(1e-9, 50)):
         plan = rule.plan(dg, step, np.random.default_rng(0))
         assert np.array_equal(plan.pulses, [50, -50, 50])
 

@@ -140,6 +140,23 @@ def test_profiles_reach_the_generator(served, board):
     assert ch.lim_on and ch.lim_high == pytest.approx(2.5) and ch.load == float("inf")
 
 
+def test_partial_pulses_set_the_generator_width_per_device(served, board):
+    """bp's partial pulses: each device gets its last pulse at its own width, devices grouped by width."""
+    running, _ = served
+    n0 = len(running.generator.log)
+    w = np.array([30e-9, 50e-9, 30e-9, 40e-9, 50e-9])  # 50 ns = the profile: full pulses
+    board.pulse(PulseBatch(np.array([0, 0, 1, 2, 3]), np.array([0, 1, 1, 2, 3]), np.array([1, 2, 3, 1, 1]), w))
+    log = running.generator.log[n0:]
+    widths = [float(line.split()[-1]) for line in log if "PULS:WIDT " in line]
+    # full-width devices at 50 ns; then (1,1): 2 full pulses and one of 30 ns while routed; then the
+    # partial-only devices by width: (0,0) shares the 30 ns setting, (2,2) needs 40 ns
+    assert widths == pytest.approx([50e-9, 30e-9, 40e-9], rel=1e-6)
+    assert sum(line.strip() == "*TRG" for line in log) == 6
+    assert [int(line.split()[-1]) for line in log if "BURS:NCYC " in line] == [2, 1, 2, 1]
+    assert running.array.counters.pulses_total == 2 + 1 + 3 + 1 + 1 == board.status().pulses_total
+    assert_idle(running)
+
+
 # ---- limits: refused before any instrument receives a command ------------------------------------------
 def test_out_of_limit_requests_send_nothing(served, board):
     running, _ = served
