@@ -61,7 +61,7 @@ from calibration.threshold import delta_g_threshold
 from calibration.write_noise import STAGE as WN
 from calibration.write_noise import WriteNoiseParams, WriteNoiseResult, measure_write_noise
 from drivers.board import Board
-from drivers.limits import PulseProfile, check_profile
+from drivers.limits import PulseProfile, check_event_pulses, check_profile
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,10 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     set_p, reset_p = board.profiles
     check_profile(set_p, +1, board.limits)  # refuse before measuring anything, not at the first pulse
     check_profile(reset_p, -1, board.limits)
+    for what, n in ((f"the {PR} stage's pulses_per_step", sp[PR].pulses_per_step),
+                    (f"the {WN} stage's pulse_counts", max(sp[WN].pulse_counts)),
+                    (f"the {DRIFT} stage's release_pulses", sp[DRIFT].release_pulses)):
+        check_event_pulses(n, board.limits, what)  # single write events; the other stages split theirs
     identity = board_identity(board)
     store = RawStore(out / H5_NAME)
     done = store.start(identity, info.model_dump(mode="json"), params.fingerprint(), resume,
