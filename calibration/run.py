@@ -174,15 +174,15 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
         if n is not None and n > n_all:
             raise ValueError(f"the {name} sample of {n} devices is larger than the {info.rows}x{info.cols} array "
                              f"({n_all} devices); pass a smaller sample")
+    for what, n in ((f"the {PR} stage's pulses_per_step", sp[PR].pulses_per_step),
+                    (f"the {WN} stage's pulse_counts", max(sp[WN].pulse_counts)),
+                    (f"the {DRIFT} stage's release_pulses", sp[DRIFT].release_pulses)):
+        check_event_pulses(n, board.limits, what)  # single write events; the other stages split theirs
     if params.set_profile is not None or params.reset_profile is not None:
         board.set_profiles(params.set_profile or board.profiles[0], params.reset_profile or board.profiles[1])
     set_p, reset_p = board.profiles
     check_profile(set_p, +1, board.limits)  # refuse before measuring anything, not at the first pulse
     check_profile(reset_p, -1, board.limits)
-    for what, n in ((f"the {PR} stage's pulses_per_step", sp[PR].pulses_per_step),
-                    (f"the {WN} stage's pulse_counts", max(sp[WN].pulse_counts)),
-                    (f"the {DRIFT} stage's release_pulses", sp[DRIFT].release_pulses)):
-        check_event_pulses(n, board.limits, what)  # single write events; the other stages split theirs
     identity = board_identity(board)
     store = RawStore(out / H5_NAME)
     done = store.start(identity, info.model_dump(mode="json"), params.fingerprint(), resume,
