@@ -9,6 +9,10 @@ used on the command line (``hil characterize NAME``) to (function, params class)
 
 Devices are a rectangular ``region`` (row0, col0, rows, cols) or, where a routine
 samples, ``n_devices`` drawn at random from the whole array (seeded).
+
+Every routine checks all its voltages, widths, compliances and pulse counts against
+the board's effective limits before its first operation (:data:`PREFLIGHT`, run by
+:func:`run` before anything is sent, and by each routine itself).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from calibration.common import (
     Measured,
@@ -25,6 +29,7 @@ from calibration.common import (
     Raw,
     SampleInfo,
     Stopwatch,
+    check_board_profiles,
     choose_devices,
     pulse_devices,
     quantisation_var,
@@ -34,6 +39,15 @@ from calibration.common import (
 )
 from calibration.drift import DriftParams, analyse_drift, read_at_log_times
 from drivers.board import Board, Region
+from drivers.errors import BoardError, LimitViolation
+from drivers.limits import (
+    check_compliance,
+    check_duration,
+    check_event_pulses,
+    check_form_voltage,
+    check_sweep_voltages,
+    exceeds,
+)
 
 Rect = tuple[int, int, int, int]
 
@@ -116,10 +130,16 @@ class CharPulseResponseResult(BaseModel):
     sample: SampleInfo
 
 
+def preflight_pulse_response(board: Board, params: CharPulseResponseParams) -> None:
+    check_board_profiles(board)
+    check_event_pulses(params.pulses_per_step, board.limits, "pulses_per_step")
+
+
 def pulse_response(board: Board, params: CharPulseResponseParams | None = None,
                    progress: Progress = None) -> Measured:
     """``cycles`` x (``steps`` SET events, ``steps`` RESET events), reads after each event."""
     params = params or CharPulseResponseParams()
+    preflight_pulse_response(board, params)
     flat = _devices(board, params.region, params.n_devices, params.seed, "pulse_response")
     m, k = params.pulses_per_step, params.steps
     n_events = 2 * k * params.cycles
@@ -171,6 +191,7 @@ class RetentionParams(ProcedureParams):
 def retention(board: Board, params: RetentionParams | None = None, progress: Progress = None) -> Measured:
     """Write-verify levels, then read them at log-spaced times (the verified state itself, no release)."""
     params = params or RetentionParams()
+    check_board_profiles(board)
     flat = _devices(board, params.region, params.n_devices, params.seed, "retention")
     rng = stage_rng(params.seed, "retention-levels")
     n_lv = len(params.targets_s)
@@ -218,6 +239,7 @@ class EnduranceResult(BaseModel):
 def endurance(board: Board, params: EnduranceParams | None = None, progress: Progress = None) -> Measured:
     """Cycle devices between the bounds; read the high and low states at log-spaced checkpoints."""
     params = params or EnduranceParams()
+    check_board_profiles(board)
     flat = _devices(board, params.region, params.n_devices, params.seed, "endurance")
     checks = np.unique(np.round(np.logspace(0, np.log10(params.cycles), params.checkpoints)).astype(int))
     hi = np.empty((checks.size, flat.size))
@@ -273,6 +295,7 @@ def program_map(board: Board, targets_s: np.ndarray, params: ProgramParams | Non
                 progress: Progress = None) -> Measured:
     """Write-verify the target map ``targets_s`` (shape of the region) and read the result back."""
     params = params or ProgramParams()
+    check_board_profiles(board)
     info = board.info
     reg = Region(*params.region) if params.region else Region(0, 0, info.rows, info.cols)
     reg.check_within(info.rows, info.cols)
@@ -339,7 +362,18 @@ def _staircase(p: IvSweepParams) -> np.ndarray:
     up = np.arange(0.0, p.v_set_max_v + p.step_v / 2, p.step_v)
     down = np.arange(p.v_set_max_v, p.v_reset_min_v - p.step_v / 2, -p.step_v)
     back = np.arange(p.v_reset_min_v, p.step_v / 2, p.step_v)
-    return np.concatenate([up, down, back])
+    # the half-step margins of arange must not carry a point past the range asked for
+    return np.clip(np.concatenate([up, down, back]), p.v_reset_min_v, p.v_set_max_v)
+
+
+def preflight_iv_sweep(board: Board, params: IvSweepParams) -> None:
+    """The whole staircase, its step time and the compliance against the effective limits."""
+    if not board.info.capabilities.iv_sweep:
+        raise BoardError(f"this board ({board.info.kind}) cannot run I-V sweeps")
+    lim = board.limits
+    check_sweep_voltages(_staircase(params), lim)
+    check_duration(params.step_s, lim, "sweep step duration (--step-s)")
+    check_compliance(params.compliance_a, lim)
 
 
 def iv_sweep(board: Board, params: IvSweepParams = IvSweepParams(), progress: Progress = None) -> Measured:
@@ -349,6 +383,7 @@ def iv_sweep(board: Board, params: IvSweepParams = IvSweepParams(), progress: Pr
     half the compliance on the rising branch, RESET where the negative-branch current
     falls below a quarter of its peak magnitude.
     """
+    preflight_iv_sweep(board, params)
     flat = _devices(board, params.region, params.n_devices, params.seed, "iv-sweep")
     rows, cols = split_flat(board, flat)
     volts = _staircase(params)
@@ -401,6 +436,17 @@ class FormingParams(ProcedureParams):
     compliance_a: float = Field(100e-6, gt=0)
     formed_above_s: float = Field(5e-6, gt=0, description="a device reading above this conductance is formed")
 
+    @model_validator(mode="after")
+    def _rising(self) -> "FormingParams":
+        if self.v_stop_v < self.v_start_v:
+            raise ValueError(f"v_stop_v ({self.v_stop_v:g} V) is below v_start_v ({self.v_start_v:g} V)")
+        return self
+
+    def steps_v(self) -> np.ndarray:
+        """v_start, v_start + step, ... up to v_stop (never beyond it; v_stop itself if on the grid)."""
+        n = int(np.floor((self.v_stop_v - self.v_start_v) / self.v_step_v + 1e-9)) + 1
+        return np.minimum(self.v_start_v + self.v_step_v * np.arange(n), self.v_stop_v)
+
 
 class FormingResult(BaseModel):
     n_devices: int
@@ -410,19 +456,34 @@ class FormingResult(BaseModel):
     g_after_median_s: float | None
 
 
+def preflight_forming(board: Board, params: FormingParams) -> None:
+    """Every forming voltage, the width and the compliance against the effective limits."""
+    if not board.info.capabilities.forming:
+        raise BoardError(f"this board ({board.info.kind}) cannot apply forming pulses")
+    lim = board.limits
+    top = float(params.steps_v().max())
+    if exceeds(top, lim.max_form_v):
+        raise LimitViolation(f"the forming staircase ends at {top:.3f} V, above the effective limit max_form_v = "
+                             f"{lim.max_form_v:.3f} V; lower --v-stop to at most {lim.max_form_v:.3f} V")
+    check_form_voltage(top, lim)
+    check_duration(params.width_s, lim, "forming pulse width (--width)")
+    check_compliance(params.compliance_a, lim)
+
+
 def forming(board: Board, params: FormingParams = FormingParams(), progress: Progress = None) -> Measured:
     """Incremental forming: pulses of rising amplitude, each only on devices not yet formed.
 
     A device counts as formed once a read shows it above ``formed_above_s``; devices
     that already read above it before the first pulse are left alone.
     """
+    preflight_forming(board, params)
     flat = _devices(board, params.region, None, params.seed, "forming")
     rows, cols = split_flat(board, flat)
     g0 = board.read_cells(rows, cols)
     formed = g0 > params.formed_above_s
     already = formed.copy()
     v_form = np.full(flat.size, np.nan)
-    steps = np.arange(params.v_start_v, params.v_stop_v + params.v_step_v / 2, params.v_step_v)
+    steps = params.steps_v()
     for v in steps:
         todo = ~formed
         if not todo.any():
@@ -505,6 +566,21 @@ def plot(name: str, measured: Measured, path: Path) -> Path:
     raise ValueError(f"no plot for {name!r}")
 
 
+def _no_preflight(board: Board, params: BaseModel) -> None:
+    """Reads only: the board checks the read voltage itself."""
+
+
+#: What each routine checks before its first operation (run() calls it before anything is sent).
+PREFLIGHT = {
+    "read-all": _no_preflight,
+    "pulse-response": preflight_pulse_response,
+    "retention": lambda board, params: check_board_profiles(board),
+    "endurance": lambda board, params: check_board_profiles(board),
+    "program": lambda board, params: check_board_profiles(board),
+    "iv-sweep": preflight_iv_sweep,
+    "forming": preflight_forming,
+}
+
 PROCEDURES = {
     "read-all": (read_all, ReadAllParams),
     "pulse-response": (pulse_response, CharPulseResponseParams),
@@ -537,6 +613,7 @@ def run(name: str, board: Board, params: BaseModel | None = None, out_dir: str |
         raise ValueError(f"unknown characterization {name!r}; choose from {', '.join(PROCEDURES)}")
     fn, cls = PROCEDURES[name]
     params = params or cls()
+    PREFLIGHT[name](board, params)  # before the first request of any kind
     watch = Stopwatch(board)
     measured = fn(board, *([kwargs.pop("targets_s")] if "targets_s" in kwargs else []), params, progress=progress)
     if out_dir is not None:

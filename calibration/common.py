@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.board import Board, PulseBatch
 from drivers.errors import BoardError
+from drivers.limits import batch_slices, check_event_pulses, check_profile, max_pulses_per_event
 
 Progress = Callable[[float], None] | None
 """Progress callback: called with the number of work units just finished."""
@@ -175,9 +176,11 @@ def quantisation_var(board: Board) -> float:
 def pulse_devices(board: Board, flat: np.ndarray, counts: np.ndarray | int, split: bool = False) -> int:
     """Give device ``flat[k]`` ``counts[k]`` pulses (+SET / -RESET) in one write event.
 
-    With ``split`` a count beyond the board's per-batch limit is given as several
-    consecutive batches (several write events); without it such a count is an error.
-    Returns the number of batches sent.
+    Devices are packed into as few batches as the per-batch pulse limit allows, each
+    device's pulses in one batch.  With ``split`` a count beyond what one batch may give
+    one device (:func:`~drivers.limits.max_pulses_per_event`) is given as several
+    consecutive batches (several write events); without it such a count is refused
+    before anything is sent.  Returns the number of batches sent.
     """
     flat = np.asarray(flat, dtype=np.int64)
     counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), flat.shape).copy()
@@ -185,25 +188,29 @@ def pulse_devices(board: Board, flat: np.ndarray, counts: np.ndarray | int, spli
     flat, counts = flat[keep], counts[keep]
     if flat.size == 0:
         return 0
-    limit = board.limits.max_pulses_per_device
-    if not split and np.abs(counts).max() > limit:
-        raise ValueError(f"{int(np.abs(counts).max())} pulses per write event exceed the board's "
-                         f"max_pulses_per_device ({limit}); lower the pulse count")
+    lim = board.limits
+    if not split:
+        check_event_pulses(int(np.abs(counts).max()), lim, "a write event")
+    per_event = max_pulses_per_event(lim)
     rows, cols = split_flat(board, flat)
     batches = 0
     remaining = counts
-    batch_limit = board.limits.max_pulses_per_batch
     while np.any(remaining):
-        now = np.clip(remaining, -limit, limit)
+        now = np.clip(remaining, -per_event, per_event)
         sel = np.flatnonzero(now)
-        # keep every batch under the per-batch pulse budget too
-        csum = np.cumsum(np.abs(now[sel]))
-        for part in np.split(sel, np.searchsorted(csum, np.arange(batch_limit, csum[-1], batch_limit), "right")):
-            if part.size:
-                board.pulse(PulseBatch(rows[part], cols[part], now[part]))
-                batches += 1
+        for part in batch_slices(np.abs(now[sel]), lim.max_pulses_per_batch):
+            idx = sel[part]
+            board.pulse(PulseBatch(rows[idx], cols[idx], now[idx]))
+            batches += 1
         remaining = remaining - now
     return batches
+
+
+def check_board_profiles(board: Board) -> None:
+    """Refuse before any operation if the board's current SET/RESET profiles break the effective limits."""
+    set_p, reset_p = board.profiles
+    check_profile(set_p, +1, board.limits)
+    check_profile(reset_p, -1, board.limits)
 
 
 def check_profile_polarity(board: Board) -> None:

@@ -61,7 +61,7 @@ from calibration.threshold import delta_g_threshold
 from calibration.write_noise import STAGE as WN
 from calibration.write_noise import WriteNoiseParams, WriteNoiseResult, measure_write_noise
 from drivers.board import Board
-from drivers.limits import PulseProfile, check_profile
+from drivers.limits import PulseProfile, check_event_pulses, check_profile
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,10 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
         if n is not None and n > n_all:
             raise ValueError(f"the {name} sample of {n} devices is larger than the {info.rows}x{info.cols} array "
                              f"({n_all} devices); pass a smaller sample")
+    for what, n in ((f"the {PR} stage's pulses_per_step", sp[PR].pulses_per_step),
+                    (f"the {WN} stage's pulse_counts", max(sp[WN].pulse_counts)),
+                    (f"the {DRIFT} stage's release_pulses", sp[DRIFT].release_pulses)):
+        check_event_pulses(n, board.limits, what)  # single write events; the other stages split theirs
     if params.set_profile is not None or params.reset_profile is not None:
         board.set_profiles(params.set_profile or board.profiles[0], params.reset_profile or board.profiles[1])
     set_p, reset_p = board.profiles

@@ -7,6 +7,7 @@ from drivers.errors import (
     BoardError,
     BoardTimeout,
     InstrumentError,
+    LimitConflict,
     LimitViolation,
     LinkError,
     ProtocolError,
@@ -15,6 +16,6 @@ from drivers.limits import PulseProfile, SafetyLimits
 
 __all__ = [
     "open_board", "Board", "BoardInfo", "BoardStatus", "ProgramReport", "PulseBatch", "PulseReport", "Region",
-    "AddressError", "BoardError", "BoardTimeout", "InstrumentError", "LimitViolation", "LinkError",
+    "AddressError", "BoardError", "BoardTimeout", "InstrumentError", "LimitConflict", "LimitViolation", "LinkError",
     "ProtocolError", "PulseProfile", "SafetyLimits",
 ]

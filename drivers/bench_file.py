@@ -44,8 +44,26 @@ Example (``hil emulator serve-bench`` writes one like it for the emulated bench)
     nominal_step_s = 5e-7
     max_pulses_per_round = 32
 
-    [limits]                      # optional: what the bench (probe card, wiring) tolerates
-    max_set_v = 3.0
+    [limits]                      # the bench's hardware limits: what the devices, probe card and wiring tolerate
+    max_set_v = 3.0               # largest SET amplitude, volts
+    max_reset_v = 3.0             # largest |RESET amplitude|, volts
+    max_read_v = 0.5              # largest |read voltage|
+    max_form_v = 4.0
+    compliance_a = 1e-3
+    min_pulse_width_s = 1e-8
+    max_pulse_width_s = 1e-3
+    max_pulses_per_batch = 64000000
+    max_pulses_per_device = 255
+
+The ``[limits]`` section states the bench's **hardware limits**, the analogue of what an
+FPGA controller reports about itself.  Every field it leaves out -- or the whole section
+-- takes the device-safe default of :data:`drivers.limits.DEVICE_SAFE_LIMITS` (the values
+above: the emulated array and FPGA board's own), never the instruments' ratings, which
+are far beyond what a memristor survives (the pulse generator makes 10 V).  A stated
+value beyond an instrument's rating is cut to the rating.  A user limits file
+(``hil --limits FILE``) can only tighten these: a looser user value is logged as a
+warning and not used, and ``hil info`` shows which side set each effective limit.
+``hil emulator serve-bench`` writes the section out in full.
 
 Every problem is reported with the file and the field (:class:`BenchFileError`).
 """
@@ -198,7 +216,9 @@ class BenchFile(_Section):
     switch_matrix: SwitchMatrixSection
     wiring: WiringSection
     write_verify: WriteVerifySection = WriteVerifySection()
-    limits: SafetyLimits | None = None
+    limits: SafetyLimits | None = Field(None, description="the [limits] fields as written; the fields left out "
+                                                          "take DEVICE_SAFE_LIMITS (drivers.visa_bench."
+                                                          "bench_hardware_limits)")
 
     @model_validator(mode="after")
     def _geometry(self) -> "BenchFile":

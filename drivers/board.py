@@ -25,12 +25,19 @@ from drivers.errors import BoardError, LimitViolation
 from drivers.limits import (
     DEFAULT_RESET,
     DEFAULT_SET,
+    EffectiveLimits,
     PulseProfile,
     SafetyLimits,
+    check_compliance,
+    check_duration,
+    check_form_voltage,
     check_profile,
     check_pulse_counts,
     check_pulse_widths,
     check_read_voltage,
+    check_sweep_voltages,
+    effective_limits,
+    exceeds,
 )
 
 log = logging.getLogger(__name__)
@@ -202,7 +209,7 @@ class Board(abc.ABC):
 
     def __init__(self, limits: SafetyLimits | None = None):
         self._user_limits = limits or SafetyLimits()
-        self._limits: SafetyLimits | None = None
+        self._effective: EffectiveLimits | None = None
         self._profiles: tuple[PulseProfile, PulseProfile] = (DEFAULT_SET, DEFAULT_RESET)
         self._closed = False
 
@@ -214,9 +221,22 @@ class Board(abc.ABC):
     @property
     def limits(self) -> SafetyLimits:
         """Effective limits: the stricter of the user's and the hardware's in every field."""
-        if self._limits is None:
-            self._limits = self._user_limits.tightened(self.info.hardware_limits)
-        return self._limits
+        return self.effective_limits.limits
+
+    @property
+    def effective_limits(self) -> EffectiveLimits:
+        """The effective limits with, per field, which side set them (and the user values refused).
+
+        Implementations resolve this when they open (:meth:`_resolve_limits`), so that a user
+        limits file that conflicts with the hardware fails at open, before any operation.
+        """
+        if self._effective is None:
+            self._resolve_limits()
+        return self._effective
+
+    def _resolve_limits(self) -> None:
+        """Tighten the user's limits with the hardware's; :class:`LimitConflict` if they cannot both hold."""
+        self._effective = effective_limits(self._user_limits, self.info.hardware_limits)
 
     @property
     def profiles(self) -> tuple[PulseProfile, PulseProfile]:
@@ -231,8 +251,8 @@ class Board(abc.ABC):
     # ---- operations (checked) -------------------------------------------------
     def set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
         """Set the pulse used for each polarity; both are checked against the limits first."""
-        check_profile(set_profile, +1, self.limits)
-        check_profile(reset_profile, -1, self.limits)
+        set_profile = check_profile(set_profile, +1, self.limits)
+        reset_profile = check_profile(reset_profile, -1, self.limits)
         self._do_set_profiles(set_profile, reset_profile)
         self._profiles = (set_profile, reset_profile)
 
@@ -279,7 +299,7 @@ class Board(abc.ABC):
         if v.shape[1] != n_in:
             raise BoardError(f"VMM input has {v.shape[1]} entries per vector; the region needs {n_in}")
         check_read_voltage(v, self.limits)
-        if np.max(np.abs(v), initial=0.0) > info.dac_full_scale_v * (1 + 1e-9):
+        if exceeds(np.max(np.abs(v), initial=0.0), info.dac_full_scale_v):
             raise LimitViolation(
                 f"VMM input of {np.max(np.abs(v)):.3f} V exceeds the DAC full scale of {info.dac_full_scale_v:.3f} V"
             )
@@ -367,10 +387,9 @@ class Board(abc.ABC):
             raise BoardError(f"this board ({self.info.kind}) cannot apply forming pulses")
         rows, cols = self._check_cells(rows, cols)
         lim = self.limits
-        if not 0 < voltage_v <= lim.max_form_v:
-            raise LimitViolation(f"forming voltage {voltage_v:+.3f} V is outside (0, {lim.max_form_v:.3f}] V (max_form_v)")
-        self._check_duration(width_s)
-        self._check_compliance(compliance_a)
+        voltage_v = check_form_voltage(voltage_v, lim)
+        width_s = check_duration(width_s, lim, "forming pulse width")
+        compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
         formed, g = self._do_form(uniq, float(voltage_v), float(width_s), float(compliance_a))
@@ -382,30 +401,13 @@ class Board(abc.ABC):
         if not self.info.capabilities.iv_sweep:
             raise BoardError(f"this board ({self.info.kind}) cannot run I-V sweeps")
         rows, cols = self._check_cells(rows, cols)
-        volts = np.asarray(voltages_v, dtype=float).reshape(-1)
         lim = self.limits
-        if not np.all(np.isfinite(volts)):
-            raise LimitViolation("sweep voltages contain NaN or infinity")
-        top = max(lim.max_set_v, lim.max_form_v)
-        if volts.size and (volts.max() > top or volts.min() < -lim.max_reset_v):
-            raise LimitViolation(f"sweep from {volts.min():+.3f} V to {volts.max():+.3f} V leaves "
-                                 f"[-{lim.max_reset_v:.3f}, {top:.3f}] V (max_reset_v, max_set_v/max_form_v)")
-        self._check_duration(step_s)
-        self._check_compliance(compliance_a)
+        volts = check_sweep_voltages(np.asarray(voltages_v, dtype=float).reshape(-1), lim)
+        step_s = check_duration(step_s, lim, "sweep step duration")
+        compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
         return self._do_iv_sweep(uniq, volts, float(step_s), float(compliance_a))[inverse]
-
-    def _check_duration(self, seconds: float) -> None:
-        lim = self.limits
-        if not lim.min_pulse_width_s <= seconds <= lim.max_pulse_width_s:
-            raise LimitViolation(f"duration {seconds:.3g} s is outside [{lim.min_pulse_width_s:.3g}, "
-                                 f"{lim.max_pulse_width_s:.3g}] s (pulse width limits)")
-
-    def _check_compliance(self, compliance_a: float) -> None:
-        if not 0 < compliance_a <= self.limits.compliance_a:
-            raise LimitViolation(f"compliance {compliance_a:.3g} A is outside (0, {self.limits.compliance_a:.3g}] A "
-                                 "(compliance_a)")
 
     def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
         raise BoardError("forming is not implemented by this board")

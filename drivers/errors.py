@@ -37,3 +37,7 @@ class InstrumentError(BoardError):
     def __init__(self, message: str, code: int | None = None):
         super().__init__(message)
         self.code = code
+
+
+class LimitConflict(LimitViolation):
+    """Two sets of limits cannot both hold (e.g. pulse-width windows that do not overlap); nothing was sent."""

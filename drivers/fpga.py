@@ -20,7 +20,7 @@ import numpy as np
 
 from drivers.board import Board, BoardInfo, BoardStatus, Capabilities, ProgramReport, PulseReport, Region
 from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation, ProtocolError
-from drivers.limits import PulseProfile, SafetyLimits
+from drivers.limits import REL_TOL, PulseProfile, SafetyLimits
 from drivers.links import Link
 from protocols import encoding as enc
 from protocols import messages as m
@@ -57,6 +57,7 @@ class FpgaBoard(Board):
             hello = self._hello()
             self._info = _board_info(hello)
             self._max_payload = int(hello.get("max_payload", 16384))
+            self._resolve_limits()  # a user limits file that conflicts with the hardware fails here
         except BaseException:
             link.close()
             raise
@@ -174,7 +175,7 @@ class FpgaBoard(Board):
         adc_max = 2 ** (info.adc_bits - 1) - 1
         lsb = info.dac_full_scale_v / dac_max
         codes = enc.quantize(v, lsb, info.dac_bits, signed=True).astype(np.int64)
-        top = min(dac_max, int(np.floor(self.limits.max_read_v / lsb * (1 + 1e-12))))  # rounding never exceeds it
+        top = min(dac_max, int(np.floor(self.limits.max_read_v / lsb * (1 + REL_TOL))))  # rounding never exceeds it
         codes = np.clip(codes, -top, top).astype(np.int8)
         req = m.VmmRequest(region.row0, region.col0, region.rows, region.cols, transpose, codes, i_full_scale_a)
         payload = self._transact(Op.VMM, m.encode_vmm_request(req), extra_s=v.shape[0] * 1e-5)
@@ -212,15 +213,28 @@ class FpgaBoard(Board):
                            energy_j=r.energy_j, duration_s=r.duration_s, clock_s=r.clock_s)
 
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
+        """Write-verify on the board.  Each round is one pulse batch of up to ``per_round`` pulses per device,
+        so devices are programmed in groups small enough that a round respects max_pulses_per_batch."""
         self._sync_profiles()
         order = np.argsort(flat)
-        codes = enc.quantize(targets_s[order], self._info.g_lsb_s, 16, signed=False)
-        lim = self.limits  # each write-verify round is a pulse batch: the pulse-count limits hold for it
-        per_round = max(1, min(32, lim.max_pulses_per_device, lim.max_pulses_per_batch // flat.size))
-        payload = self._transact(Op.PROGRAM, m.encode_program_request(flat[order], codes, tolerance_s, max_iter,
-                                                                       per_round),
-                                 extra_s=flat.size * max_iter * 1e-5)
-        got, conv, iters, pulses, energy = m.decode_program_result(payload, flat.size)
+        flat_sorted, targets_sorted = flat[order], targets_s[order]
+        lim = self.limits
+        group = min(flat.size, lim.max_pulses_per_batch)
+        parts = []
+        for start in range(0, flat.size, group):
+            sel = slice(start, start + group)
+            n = flat_sorted[sel].size
+            per_round = max(1, min(32, lim.max_pulses_per_device, lim.max_pulses_per_batch // n))
+            codes = enc.quantize(targets_sorted[sel], self._info.g_lsb_s, 16, signed=False)
+            payload = self._transact(Op.PROGRAM, m.encode_program_request(flat_sorted[sel], codes, tolerance_s,
+                                                                           max_iter, per_round),
+                                     extra_s=n * max_iter * 1e-5)
+            parts.append(m.decode_program_result(payload, n))
+        got = np.concatenate([p[0] for p in parts])
+        conv = np.concatenate([p[1] for p in parts])
+        iters = np.concatenate([p[2] for p in parts])
+        pulses = int(sum(p[3] for p in parts))
+        energy = float(sum(p[4] for p in parts))
         inv = np.empty_like(order)
         inv[order] = np.arange(order.size)
         return ProgramReport(self._codes_to_g(got)[inv], conv[inv], iters[inv], pulses, energy)

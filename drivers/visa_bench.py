@@ -27,8 +27,11 @@ the instruments' own time):
 * **program** (write-verify) runs on the host on top of read and pulse.
 * **VMM** is not offered (``capabilities.vmm`` is false).
 
-Limits: the board's hardware limits are the instruments' ratings tightened by the
-bench file's ``[limits]``; the effective limits also honour the user's.  The read
+Limits: the board's hardware limits are what the bench file's ``[limits]`` states the
+bench (probe card, wiring, devices) tolerates -- the device-safe
+:data:`~drivers.limits.DEVICE_SAFE_LIMITS` for every field it does not state --
+tightened by the instruments' ratings (:data:`INSTRUMENT_LIMITS`); a user limits
+file can only tighten them further (:func:`~drivers.limits.effective_limits`).  The read
 voltage and compliance of the bench file are checked before any instrument is
 opened; profiles, pulse counts and read voltages before any command of an operation
 is sent (the :class:`~drivers.board.Board` template methods); the generator's own
@@ -95,7 +98,16 @@ from drivers.instruments.keysight33500b import (
     Keysight33500B,
 )
 from drivers.instruments.scpi_property import VisaInstrument
-from drivers.limits import PulseProfile, SafetyLimits, check_read_voltage
+from drivers.limits import (
+    DEVICE_SAFE_LIMITS,
+    PulseProfile,
+    SafetyLimits,
+    batch_slices,
+    check_compliance,
+    check_read_voltage,
+    effective_limits,
+    max_pulses_per_event,
+)
 from protocols.write_verify import write_verify_loop
 
 log = logging.getLogger(__name__)
@@ -105,15 +117,26 @@ LINE_FREQUENCY_HZ = 50.0
 #: What the instruments themselves can do (2450: 1.05 A, 210 V; 33500B: +-10 V open circuit,
 #: 16 ns pulses -- 20 ns with the fastest 8.4 ns edges; 10^8 pulses per burst).
 INSTRUMENT_LIMITS = SafetyLimits(
-    max_set_v=MAX_OPEN_CIRCUIT_V, max_reset_v=MAX_OPEN_CIRCUIT_V, max_read_v=21.0, compliance_a=1.05,
+    max_set_v=MAX_OPEN_CIRCUIT_V, max_reset_v=MAX_OPEN_CIRCUIT_V, max_read_v=21.0, max_form_v=MAX_OPEN_CIRCUIT_V,
+    compliance_a=1.05,
     min_pulse_width_s=20e-9, max_pulse_width_s=1.0, max_pulses_per_batch=10**9,
     max_pulses_per_device=MAX_BURST,
 )
 
 
-def bench_hardware_limits(config: BenchFile) -> SafetyLimits:
-    """The instruments' ratings, tightened by the bench file's ``[limits]``."""
-    return INSTRUMENT_LIMITS.tightened(config.limits) if config.limits else INSTRUMENT_LIMITS
+def bench_hardware_limits(config: BenchFile, path: str | Path | None = None) -> SafetyLimits:
+    """The bench's hardware limits: the bench file's ``[limits]`` (device-safe defaults for the fields it
+    leaves out) tightened by the instruments' ratings.
+
+    A stated value beyond an instrument's rating is not used (logged at INFO: the instrument
+    cannot exceed its rating anyway); a stated pulse-width
+    window outside the generator's is a :class:`~drivers.errors.LimitConflict`.
+    """
+    given = config.limits.model_dump(include=config.limits.model_fields_set) if config.limits else {}
+    stated = SafetyLimits(**{**DEVICE_SAFE_LIMITS.model_dump(), **given})
+    where = f"the bench file{f' {path}' if path else ''}'s [limits]"
+    return effective_limits(stated, INSTRUMENT_LIMITS, user_label=where, hardware_label="the instruments' ratings",
+                            explicit=frozenset(given), warn=logging.INFO).limits
 
 
 class VisaBenchBoard(Board):
@@ -124,8 +147,9 @@ class VisaBenchBoard(Board):
         super().__init__(limits)
         self.config = config
         self.path = Path(path) if path else None
-        self._hw_limits = bench_hardware_limits(config)
-        self._limits = self._user_limits.tightened(self._hw_limits)
+        self._hw_limits = bench_hardware_limits(config, path)
+        self._effective = effective_limits(self._user_limits, self._hw_limits,
+                                           hardware_label="the bench's hardware limits")
         self._compliance_a = self._check_settings()
         b = config.bench
         self._rows, self._cols = b.rows, b.cols
@@ -158,12 +182,15 @@ class VisaBenchBoard(Board):
     # ---- opening -----------------------------------------------------------------------------------
     def _check_settings(self) -> float:
         """Bench-file settings against the effective limits, before anything is opened."""
-        lim = self._limits
+        lim = self.limits
         check_read_voltage(self.config.smu.read_voltage_v, lim)
         asked = self.config.smu.compliance_a
-        if asked is not None and asked > lim.compliance_a:
-            raise LimitViolation(f"the bench file asks for a {asked:g} A compliance; the effective limit is "
-                                 f"{lim.compliance_a:g} A (compliance_a)")
+        if asked is not None:
+            try:
+                asked = check_compliance(asked, lim)
+            except LimitViolation:
+                raise LimitViolation(f"the bench file asks for a {asked:g} A compliance; the effective limit is "
+                                     f"{lim.compliance_a:g} A (compliance_a)") from None
         compliance = asked if asked is not None else lim.compliance_a
         if compliance < 1e-9:
             raise LimitViolation(f"a compliance of {compliance:g} A is below the SMU's 1 nA minimum")
@@ -184,7 +211,7 @@ class VisaBenchBoard(Board):
         for inst in (self.smu, self.generator):
             inst.clear_status()
             inst.reset()
-        self.generator.configure_pulser(limit_high_v=max(self._limits.max_set_v, self._limits.max_reset_v),
+        self.generator.configure_pulser(limit_high_v=max(self.limits.max_set_v, self.limits.max_reset_v),
                                         edge_time_s=c.pulse_generator.edge_time_s)
         self.smu.configure_read(voltage_v=self._v_read, current_range_a=c.smu.current_range_a,
                                 compliance_a=self._compliance_a, nplc=c.smu.nplc,
@@ -453,15 +480,15 @@ class VisaBenchBoard(Board):
         pulses = 0
 
         def pulse(pos: np.ndarray, counts: np.ndarray) -> None:
+            # one round: every device in one batch if the batch limit allows, else in consecutive batches
             nonlocal pulses
-            per_device = max(1, lim.max_pulses_per_batch // pos.size)
-            counts = np.clip(counts, -per_device, per_device)
-            pulses += self.pulse(PulseBatch(rows[pos], cols[pos], counts)).pulses
+            for part in batch_slices(np.abs(counts), lim.max_pulses_per_batch):
+                pulses += self.pulse(PulseBatch(rows[pos[part]], cols[pos[part]], counts[part])).pulses
 
         out = write_verify_loop(
             read=lambda pos: self.read_cells(rows[pos], cols[pos]), pulse=pulse, n_devices=flat.size,
             targets_s=targets_s, tolerance_s=tolerance_s, max_iter=max_iter, nominal_step_s=wv.nominal_step_s,
-            max_pulses_per_round=int(min(wv.max_pulses_per_round, lim.max_pulses_per_device)),
+            max_pulses_per_round=int(min(wv.max_pulses_per_round, max_pulses_per_event(lim))),
         )
         energy = self._totals["write_energy"] + self._totals["read_energy"] - energy0
         return ProgramReport(out.achieved_s, out.converged, out.iterations, int(pulses), float(energy))

@@ -66,8 +66,11 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
     """Identity, geometry, capabilities and limits of a board."""
     try:
         with _open(ctx, address) as board:
+            eff = board.effective_limits
             data = {"address": address, "info": board.info.model_dump(mode="json"),
-                    "effective_limits": board.limits.model_dump(), "status": board.status().model_dump()}
+                    "effective_limits": eff.limits.model_dump(), "limit_sources": dict(eff.sources),
+                    "limits_refused": {k: {"asked": a, "used": u} for k, (a, u) in eff.refused.items()},
+                    "status": board.status().model_dump()}
     except BoardError as exc:
         _fail(str(exc))
     if as_json:
@@ -83,7 +86,15 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
     click.echo(f"read         {i['read_voltage_v']} V, LSB {i['g_lsb_s']:.3g} S, full scale {i['g_full_scale_s']:.3g} S")
     if i["capabilities"]["vmm"]:
         click.echo(f"converters   DAC {i['dac_bits']} bit (+-{i['dac_full_scale_v']} V), ADC {i['adc_bits']} bit")
-    click.echo("limits       " + ", ".join(f"{k}={v:g}" for k, v in data["effective_limits"].items()))
+    click.echo("limits       effective value, set by (user: --limits file, default: built-in user default, "
+               "hardware: the board)")
+    hw = i["hardware_limits"]
+    for k, v in data["effective_limits"].items():
+        src = data["limit_sources"][k]
+        note = f"  (hardware allows {hw[k]:g})" if src != "hardware" and hw[k] != v else ""
+        if k in data["limits_refused"]:
+            note = f"  (--limits asked {data['limits_refused'][k]['asked']:g}: beyond the hardware, not used)"
+        click.echo(f"  {k:22s} {v:<10g} {src}{note}")
     click.echo(f"clock        {data['status']['clock_s']:.6g} s")
 
 

@@ -183,8 +183,7 @@ def test_open_refuses_settings_beyond_the_limits(served, tmp_path):
     hot.write_text(text)
     with pytest.raises(LimitViolation, match="compliance"):
         open_board(f"visa:{hot}")  # 5 mA asked, 1 mA allowed
-    strict = tmp_path / "strict.toml"
-    strict.write_text(path.read_text() + "\n[limits]\nmax_set_v = 1.5\n")
+    strict = running.write_bench_file(tmp_path / "strict.toml", limits={"max_set_v": 1.5})
     with open_board(f"visa:{strict}") as b:  # the bench's own limit tightens the default profile out
         assert b.info.hardware_limits.max_set_v == 1.5
         with pytest.raises(LimitViolation, match="SET amplitude"):

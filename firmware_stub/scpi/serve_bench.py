@@ -3,7 +3,9 @@
 :func:`start_bench` builds one :class:`~firmware_stub.array_model.MemristorArray`, the
 shared :class:`~firmware_stub.scpi.bench.EmulatedBench` and the three instrument
 emulators, each on its own TCP port, in background threads.  :meth:`RunningBench.bench_toml`
-is the matching bench file (``drivers.bench_file`` validates it on the host side), so
+is the matching bench file (``drivers.bench_file`` validates it on the host side), with a
+``[limits]`` section stating the emulated devices' hardware limits explicitly (the same as
+the emulated FPGA board's, :class:`~firmware_stub.firmware.HardwareLimits`), so
 ``open_board("visa:bench.toml")`` drives the emulated array through the real
 instrument drivers, pyvisa-py and TCP.
 
@@ -22,11 +24,12 @@ import argparse
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from firmware_stub.array_model import MemristorArray
 from firmware_stub.device_params import DeviceParams, load_device_params
+from firmware_stub.firmware import HardwareLimits
 from firmware_stub.scpi.bench import EmulatedBench, Wiring
 from firmware_stub.scpi.keithley707b import Keithley707B
 from firmware_stub.scpi.keithley2450 import Keithley2450
@@ -58,8 +61,13 @@ class RunningBench:
     def instruments(self) -> dict[str, object]:
         return {"smu": self.smu, "pulse_generator": self.generator, "switch_matrix": self.matrix}
 
-    def bench_toml(self, *, timeout_s: float = 2.0, name: str | None = None, extra: str = "") -> str:
-        """The bench file that describes this bench (emulated; virtual clock unless served on the wall clock)."""
+    def bench_toml(self, *, timeout_s: float = 2.0, name: str | None = None, extra: str = "",
+                   limits: dict[str, float] | None = None) -> str:
+        """The bench file that describes this bench (emulated; virtual clock unless served on the wall clock).
+
+        Its ``[limits]`` are the devices' hardware limits (:class:`HardwareLimits`), with ``limits``
+        overriding single fields.
+        """
         b, w = self.bench, self.bench.wiring
         a = b.array
         name = name or f"emulated bench {a.rows}x{a.cols} seed {a.seed}"
@@ -97,6 +105,9 @@ class RunningBench:
             f"word_lines = {list(w.word_lines)}",
             f"bit_lines = {list(w.bit_lines)}",
             f"columns_per_slot = {w.columns_per_slot}",
+            "",
+            "[limits]                      # what the emulated devices tolerate (a user --limits file only tightens)",
+            *(f"{k} = {v!r}" for k, v in {**asdict(HardwareLimits()), **(limits or {})}.items()),
         ]
         return "\n".join(lines) + "\n" + extra
 
