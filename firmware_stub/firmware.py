@@ -8,14 +8,17 @@ in front of it, so that bytes in give bytes out; the pty, TCP and in-process
 transports all drive that one method.
 
 Board time: the endpoint also keeps the bench's clock for the link.  Every executed
-request advances the array's virtual clock by its frames' transfer time at the link's
-nominal rate (``DeviceParams.link_baud``, ``link_bits_per_byte`` symbols per byte), by the
-per-command latency ``t_link_turnaround_s``, and, once executed, by its reply's transfer
-time; the operation itself books its own duration in the array model.  Frame sizes are
-the nominal ones of the message (COBS worst case, one frame per chunk), so the clock does
-not depend on the transport: in-process, pty and TCP give the same board time.  Replayed
-replies to retransmitted requests and line noise cost no board time (the clock stays
-deterministic under faults).
+request that operates the array (:data:`TIMED_OPS`: pulses, programming, reads, VMM,
+forming, sweeps, waits) advances the array's virtual clock by its frames' transfer time at
+the link's nominal rate (``DeviceParams.link_baud``, ``link_bits_per_byte`` symbols per
+byte), by the per-command latency ``t_link_turnaround_s``, and, once executed, by its
+reply's transfer time; the operation itself books its own duration in the array model.
+Frame sizes are the nominal ones of the message (COBS worst case, one frame per chunk),
+so the clock does not depend on the transport: in-process, pty and TCP give the same
+board time.  Housekeeping (HELLO, STATUS, CLOCK, SET_PROFILES, SAFE_IDLE) and the
+emulator-only commands (SNAPSHOT, RESTORE, TRUE_PARAMS) cost no board time, and neither
+do replayed replies to retransmitted requests nor line noise: so the clock is the same
+whether or not a run was checkpointed, interrupted and resumed, and under link faults.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class HardwareLimits:
     max_pulse_width_s: float = 1e-3
     max_pulses_per_batch: int = 64_000_000
     max_pulses_per_device: int = 255
+
+
+TIMED_OPS = frozenset({Op.PULSE, Op.PROGRAM, Op.READ_REGION, Op.READ_CELLS, Op.VMM, Op.FORM, Op.IV_SWEEP, Op.WAIT})
+"""Requests whose frames and latency pass on the board clock (see the module docstring)."""
 
 
 class Refused(Exception):
@@ -364,13 +371,16 @@ class FirmwareEndpoint:
             parts = [out]
             array = self.firmware.array
             for req in requests:
-                self._transfer(len(req.payload))  # the request arrived ...
-                array.advance(self.firmware.params.t_link_turnaround_s)  # ... and the link turned round
+                timed = req.opcode in TIMED_OPS
+                if timed:
+                    self._transfer(len(req.payload))  # the request arrived ...
+                    array.advance(self.firmware.params.t_link_turnaround_s)  # ... and the link turned round
                 status, payload = self.firmware.handle(req.opcode, req.payload)
                 if status != Status.OK:
                     log.info("refused opcode 0x%02x seq %d: %s", req.opcode, req.seq, payload[:200])
                 parts.append(self.session.respond(req, status, payload))
-                self._transfer(len(payload))  # the reply leaves
+                if timed:
+                    self._transfer(len(payload))  # the reply leaves
             return b"".join(parts)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from drivers import BoardError, LimitViolation, PulseBatch, PulseProfile, Region, SafetyLimits, open_board
 from drivers.errors import AddressError
+from firmware_stub.device_params import DeviceParams
 
 
 def test_info_describes_the_board(emu):
@@ -194,3 +195,76 @@ def test_vmm_input_rounding_never_exceeds_the_read_limit():
     with FpgaBoard(InProcessLink(endpoint), limits=SafetyLimits(max_read_v=0.13)) as b:
         b.vmm(Region(0, 0, 4, 4), np.full((1, 4), 0.13))
     assert seen and seen[0] <= 0.13
+
+
+# ---- board time --------------------------------------------------------------------------
+def _exchange(endpoint, client, op, payload=b""):
+    return client.receive_data(endpoint.receive(client.request(op, payload)))
+
+
+def test_board_clock_charges_frames_at_the_nominal_rate_and_a_latency_per_command():
+    """A bench's clock: each array command costs its frames at 3 Mbaud (10 bits a byte), a latency, its operation."""
+    from firmware_stub.firmware import make_emulator, message_wire_bytes
+    from protocols import messages as m
+    from protocols.messages import Op
+    from protocols.session import ClientSession
+
+    endpoint, client = make_emulator(8, 8, seed=0), ClientSession()
+    array, p = endpoint.firmware.array, endpoint.firmware.params
+    assert (p.link_baud, p.link_bits_per_byte) == (3e6, 10)  # the documented defaults
+    request = m.encode_cells(np.arange(10))  # cells of rows 0 and 1
+    t0 = array.clock_s
+    reply = _exchange(endpoint, client, Op.READ_CELLS, request)
+    wire_bytes = message_wire_bytes(len(request)) + message_wire_bytes(len(reply.payload))
+    expected = wire_bytes * 10 / 3e6 + p.t_link_turnaround_s + p.t_command_s + 2 * p.t_read_row_s
+    assert array.clock_s - t0 == pytest.approx(expected, rel=1e-9, abs=0)
+    t1 = array.clock_s
+    for op in (Op.STATUS, Op.CLOCK, Op.SNAPSHOT):  # housekeeping and emulator-only commands: no board time
+        _exchange(endpoint, client, op)
+    assert array.clock_s == t1
+
+
+def test_the_link_rate_is_a_device_setting_and_sets_the_board_time(tmp_path):
+    slow = tmp_path / "slow.toml"
+    slow.write_text("link_baud = 300000\n")
+    spans = []
+    for config in ("", f"&config={slow}"):
+        with open_board(f"emu?rows=16&cols=16{config}") as board:
+            t0 = board.clock()
+            board.read()
+            spans.append(board.clock() - t0)
+    p = DeviceParams()
+    op = p.t_link_turnaround_s + p.t_command_s + 16 * p.t_read_row_s
+    assert (spans[1] - op) == pytest.approx(10 * (spans[0] - op), rel=1e-9)
+
+
+# ---- device presets ------------------------------------------------------------------------
+def test_device_presets_by_address_with_config_overrides(tmp_path):
+    from firmware_stub.device_params import preset_names
+
+    assert {"default", "noisy2x", "paper"} <= set(preset_names())
+    default = DeviceParams()
+    with open_board("emu?rows=8&cols=8&preset=noisy2x") as board:
+        truth = board.true_parameters()
+        assert board.info.device_preset == "noisy2x" and board.info.device_config is None
+    assert truth["sigma_w_s"] == 2 * default.sigma_w_s and truth["sigma_c2c"] == 2 * default.sigma_c2c
+    override = tmp_path / "over.toml"
+    override.write_text("[device]\nsigma_c2c = 0.5\n")
+    with open_board(f"emu?rows=8&cols=8&preset=noisy2x&config={override}") as board:
+        truth = board.true_parameters()
+        assert board.info.device_config == str(override)
+    assert truth["sigma_w_s"] == 2 * default.sigma_w_s and truth["sigma_c2c"] == 0.5
+    with pytest.raises(AddressError, match="unknown device preset 'nope'"):
+        open_board("emu?preset=nope")
+
+
+def test_paper_preset_is_the_published_write_error_on_our_weight_scale():
+    """Published: sigma 2 uS on a weight unit of 80 uS.  Ours: |W| = w_max (3 for digits) spans 80 % of the window."""
+    from firmware_stub.device_params import load_device_params
+    from hil.train import TrainConfig
+
+    p = load_device_params(preset="paper")
+    w_max = TrainConfig(task="digits").w_max
+    g_per_weight = 0.8 * (p.g_max_s - p.g_min_s) / w_max
+    assert p.sigma_w_s / g_per_weight == pytest.approx(2 / 80, rel=0.01)
+    assert p.model_dump(exclude={"sigma_w_s"}) == DeviceParams().model_dump(exclude={"sigma_w_s"})
