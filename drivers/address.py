@@ -4,6 +4,7 @@
 address                                                meaning
 =====================================================  ==================================================
 ``emu`` / ``emu?seed=1&rows=128&cols=128&config=F``    in-process emulator through the real codec
+``emu?preset=paper&config=F``                          a shipped device preset, F overriding its fields
 ``serial:/dev/ttyUSB0?baud=3000000``                   FPGA controller on a serial port
 ``serial:socket://127.0.0.1:7777``                     anything pyserial's ``serial_for_url`` opens
 =====================================================  ==================================================
@@ -22,7 +23,7 @@ from drivers.board import Board
 from drivers.errors import AddressError
 from drivers.limits import SafetyLimits
 
-EMU_KEYS = {"seed", "rows", "cols", "config", "timeout", "retries"}
+EMU_KEYS = {"seed", "rows", "cols", "config", "preset", "timeout", "retries"}
 SERIAL_KEYS = {"baud", "timeout", "retries"}
 
 
@@ -67,11 +68,12 @@ def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
         from firmware_stub.device_params import load_device_params
         from firmware_stub.firmware import make_emulator
 
+        preset = params.get("preset", "default")
         try:
-            params_model = load_device_params(params.get("config"))
+            params_model = load_device_params(params.get("config"), preset)
         except ValueError as exc:
-            raise AddressError(str(exc)) from None
-        endpoint = make_emulator(rows, cols, seed, params_model)
+            raise AddressError(f"{address!r}: {exc}") from None
+        endpoint = make_emulator(rows, cols, seed, params_model, preset=preset, config=params.get("config"))
         return FpgaBoard(InProcessLink(endpoint), limits,
                          timeout_s=_number(params, "timeout", float, 2.0, address),
                          retries=_number(params, "retries", int, 5, address), address=address)
@@ -97,6 +99,6 @@ def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
         return VisaBenchBoard.from_file(path, limits)
 
     raise AddressError(
-        f"unknown board address {address!r}; use 'emu[?seed=..&rows=..&cols=..&config=FILE]', "
+        f"unknown board address {address!r}; use 'emu[?seed=..&rows=..&cols=..&preset=NAME&config=FILE]', "
         "'serial:/dev/ttyUSB0[?baud=..]', 'serial:socket://HOST:PORT' or 'visa:BENCH.toml'"
     )

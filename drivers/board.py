@@ -83,6 +83,8 @@ class BoardInfo(BaseModel):
     )
     timing_resolution_s: float = 1e-9
     emulated: bool = False
+    device_preset: str | None = Field(None, description="emulator only: the device preset the array was built from")
+    device_config: str | None = Field(None, description="emulator only: the file that overrode the preset's fields")
 
 
 class PulseReport(BaseModel):
@@ -101,7 +103,13 @@ class PulseReport(BaseModel):
 
 
 class BoardStatus(BaseModel):
-    """Running totals the board keeps since it was opened or reset."""
+    """Running totals the board keeps since it was opened or reset.
+
+    Energies (joules, docs/ENERGY.md): ``write_energy_j`` = ``write_device_energy_j`` (through the
+    devices) + ``write_periphery_energy_j`` (drivers and line charging); ``read_energy_j`` is the
+    cells' ``V^2 G t`` of reads and VMMs; ``adc_energy_j`` and ``dac_energy_j`` the converters'.
+    A board that cannot split an energy reports 0 for the part it does not know.
+    """
 
     clock_s: float
     pulses_total: int
@@ -109,8 +117,13 @@ class BoardStatus(BaseModel):
     reset_pulses_total: int
     write_events_total: int
     write_energy_j: float
+    write_device_energy_j: float = 0.0
+    write_periphery_energy_j: float = 0.0
     read_energy_j: float
     adc_energy_j: float
+    dac_energy_j: float = 0.0
+    adc_conversions_total: int = 0
+    dac_conversions_total: int = 0
     cells_read_total: int
     vmm_calls_total: int
     max_pulses_per_device: int

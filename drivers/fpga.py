@@ -295,6 +295,7 @@ def _board_info(hello: dict) -> BoardInfo:
             dac_full_scale_v=hello["dac_full_scale_v"], adc_bits=hello["adc_bits"],
             adc_full_scale_a=tuple(hello["adc_full_scale_a"]), timing_resolution_s=hello["timing_resolution_s"],
             emulated=hello.get("emulated", False),
+            device_preset=hello.get("device_preset"), device_config=hello.get("device_config"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"the board's HELLO reply is incomplete or invalid: {exc}") from None

@@ -517,7 +517,7 @@ class VisaBenchBoard(Board):
         return BoardStatus(
             clock_s=self._do_clock(), pulses_total=t["pulses"], set_pulses_total=t["set"],
             reset_pulses_total=t["reset"], write_events_total=t["write_events"], write_energy_j=t["write_energy"],
-            read_energy_j=t["read_energy"], adc_energy_j=0.0, cells_read_total=t["cells_read"], vmm_calls_total=0,
+            write_device_energy_j=t["write_energy"], read_energy_j=t["read_energy"], adc_energy_j=0.0, cells_read_total=t["cells_read"], vmm_calls_total=0,
             max_pulses_per_device=int(self._pulses_per_device.max(initial=0)), state_digest=digest,
             last_pulse_tag=self._last_tag,
         )

@@ -53,12 +53,14 @@ _ALPHA_FLOOR_REL = 0.05  # per-device alpha never below 5 % of nominal
 
 @dataclass(frozen=True)
 class PulseOutcome:
-    """Result of one pulse batch."""
+    """Result of one pulse batch: ``energy_j`` is the whole write energy, ``periphery_energy_j`` its
+    periphery part (fixed energy per device written plus line charging); the rest went through the devices."""
 
     set_pulses: int
     reset_pulses: int
     energy_j: float
     duration_s: float
+    periphery_energy_j: float = 0.0
 
 
 @dataclass
@@ -66,7 +68,9 @@ class ArrayCounters:
     """Running totals since construction (or :meth:`MemristorArray.reset_counters`).
 
     ``write_events_total`` counts device write events (one per touched device per
-    pulse batch); ``read_energy_j`` covers both cell reads and VMM.
+    pulse batch); ``write_energy_j`` is ``write_device_energy_j + write_periphery_energy_j``;
+    ``read_energy_j`` covers both cell reads and VMM (``V^2 G t_read`` per cell); converter
+    energies are booked per conversion (docs/ENERGY.md).
     """
 
     pulses_total: int = 0
@@ -74,9 +78,13 @@ class ArrayCounters:
     reset_pulses_total: int = 0
     write_events_total: int = 0
     write_energy_j: float = 0.0
+    write_device_energy_j: float = 0.0
+    write_periphery_energy_j: float = 0.0
     read_energy_j: float = 0.0
     adc_energy_j: float = 0.0
     adc_conversions_total: int = 0
+    dac_energy_j: float = 0.0
+    dac_conversions_total: int = 0
     cells_read_total: int = 0
     vmm_calls_total: int = 0
     vmm_vectors_total: int = 0
@@ -148,6 +156,13 @@ def pulse_scale(params: DeviceParams, amplitude_v: float, width_s: float) -> flo
         return 0.0
     ratio = over_v / (abs(v_nom) - abs(v_th))
     return ratio**params.amplitude_exponent * (width_s / params.width_nominal_s)
+
+
+def write_periphery_energy_j(params: DeviceParams, n_devices: int, pulses_at: list[tuple[float, int]]) -> float:
+    """Periphery energy of a write event on ``n_devices`` devices: a fixed energy per device
+    written plus ``C V^2`` line charging per pulse (``pulses_at``: (amplitude_v, pulses) pairs)."""
+    line = sum(amplitude_v**2 * n for amplitude_v, n in pulses_at)
+    return params.write_periphery_energy_j * n_devices + params.line_capacitance_f * line
 
 
 def check_profile(profile: tuple[float, float], polarity: int) -> tuple[float, float]:
@@ -337,9 +352,10 @@ class MemristorArray:
                 ratio = None if ratio.min() >= 1.0 else np.minimum(ratio, 1.0)
             e_phase, pulses[polarity], n_steps = self._run_phase(idx[part], n_abs, polarity, amplitude_v, width_s,
                                                                  ratio)
-            energy += e_phase + self.params.line_capacitance_f * amplitude_v**2 * pulses[polarity]
+            energy += e_phase
             duration += self._phase_duration_s(n_steps, width_s) - self._last_slot_trim_s(n_abs, ratio, width_s)
-        outcome = PulseOutcome(pulses[+1], pulses[-1], energy, duration)
+        periphery = write_periphery_energy_j(self.params, idx.size, [(profiles[k][0], pulses[k]) for k in (+1, -1)])
+        outcome = PulseOutcome(pulses[+1], pulses[-1], energy + periphery, duration, periphery)
         self.book_write_batch(outcome, idx.size)
         self._redraw_write_event(idx)
         if self._any_unformed:  # the window clip lifted them to g_min: an unformed filament stays absent
@@ -366,8 +382,14 @@ class MemristorArray:
         c.reset_pulses_total += outcome.reset_pulses
         c.pulses_total += outcome.set_pulses + outcome.reset_pulses
         c.write_events_total += int(n_devices)
-        c.write_energy_j += outcome.energy_j
+        self._book_write_energy(outcome.energy_j - outcome.periphery_energy_j, outcome.periphery_energy_j)
         self.clock_s += outcome.duration_s
+
+    def _book_write_energy(self, device_j: float, periphery_j: float = 0.0) -> None:
+        c = self.counters
+        c.write_device_energy_j += device_j
+        c.write_periphery_energy_j += periphery_j
+        c.write_energy_j += device_j + periphery_j
 
     def _redraw_write_event(self, idx: np.ndarray) -> None:
         if idx.size == 0:
@@ -591,10 +613,12 @@ class MemristorArray:
         self.counters.vmm_vectors_total += n_vectors
         self.clock_s += p.t_command_s + n_vectors * p.t_vmm_s
 
-    def account_conversions(self, n: int) -> None:
-        """Book ``n`` ADC conversions done by the firmware."""
+    def account_conversions(self, n: int, dac: int = 0) -> None:
+        """Book ``n`` ADC and ``dac`` DAC conversions done by the firmware."""
         self.counters.adc_conversions_total += int(n)
         self.counters.adc_energy_j += int(n) * self.params.adc_energy_j
+        self.counters.dac_conversions_total += int(dac)
+        self.counters.dac_energy_j += int(dac) * self.params.dac_energy_j
 
     # ---- truth and reproducibility ---------------------------------------------------
     def true_parameters(self) -> dict:
@@ -730,7 +754,8 @@ class MemristorArray:
         self._redraw_write_event(touched)
         self.n_pulses[idx] += 1
         current = np.minimum(np.maximum(g_before, g_after) * voltage_v, compliance_a)
-        self.counters.write_energy_j += float(voltage_v * width_s * current.sum())
+        self._book_write_energy(float(voltage_v * width_s * current.sum()),
+                                write_periphery_energy_j(p, idx.size, [(voltage_v, idx.size)]))
         self.counters.pulses_total += int(idx.size)
         self.counters.set_pulses_total += int(idx.size)
         self.counters.write_events_total += int(touched.size)
@@ -777,7 +802,7 @@ class MemristorArray:
             out[:, k] = np.clip(self._read_noisy(g_eff) * v, -compliance_a, compliance_a)
             energy = float(np.abs(out[:, k]).sum() * abs(v) * step_s)
             if n_equiv > 0:
-                self.counters.write_energy_j += energy
+                self._book_write_energy(energy)
             else:
                 self.counters.read_energy_j += energy
             self.clock_s += p.t_command_s + step_s

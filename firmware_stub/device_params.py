@@ -4,11 +4,17 @@ All values are SI (siemens, volts, seconds, joules, farads).  Defaults are
 literature-typical for a 1T1R HfOx/TaOx RRAM array and are a starting point, not a
 law.  A TOML file with any subset of the fields (flat, or under a ``[device]`` table)
 overrides the defaults; unknown keys are an error so a typo cannot pass silently.
+
+Presets are such files shipped with the package (``firmware_stub/presets/NAME.toml``):
+``default`` (all defaults), ``noisy2x`` (write error and cycle-to-cycle spread doubled) and
+``paper`` (the published EaPU simulation's write error on our weight scale, see the file).
+A user file given with a preset overrides the preset's fields.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,12 +77,21 @@ class DeviceParams(BaseModel):
     amplitude_exponent: float = Field(2.0, gt=0)
     width_nominal_s: float = Field(50e-9, gt=0)
 
-    # converters and timing
+    # converters and energy (sources and hand checks: docs/ENERGY.md)
     dac_bits: int = Field(8, ge=2, le=16)
     adc_bits: int = Field(10, ge=2, le=16)
-    adc_energy_j: float = Field(2e-12, ge=0, description="energy of one ADC conversion")
-    line_capacitance_f: float = Field(0.0, ge=0, description="optional C*V^2 term per write pulse")
-    t_command_s: float = Field(20e-6, ge=0, description="per-command latency on the board clock")
+    adc_energy_j: float = Field(2e-12, ge=0, description="energy of one ADC conversion (a VMM output or a cell read)")
+    dac_energy_j: float = Field(0.5e-12, ge=0, description="energy of one DAC conversion (one VMM input of one vector)")
+    line_capacitance_f: float = Field(16e-15, ge=0, description="row + column line charged by every write pulse: C*V^2 per pulse")
+    write_periphery_energy_j: float = Field(1e-12, ge=0, description="fixed driver/decoder/level-shifter energy per device "
+                                                                     "written (per write event)")
+
+    # timing (board clock; docs/DESIGN.md "Board time")
+    link_baud: float = Field(3e6, gt=0, description="nominal rate of the host link, symbols per second")
+    link_bits_per_byte: float = Field(10.0, gt=0, description="symbols per byte on the link (UART 8N1: 10)")
+    t_link_turnaround_s: float = Field(250e-6, ge=0, description="per-command latency of the host link (USB-serial "
+                                                                 "turnaround), on every executed request")
+    t_command_s: float = Field(20e-6, ge=0, description="per-operation set-up time of the array controller")
     t_pulse_gap_s: float = Field(50e-9, ge=0, description="idle time between two pulses")
     t_vmm_s: float = Field(1e-6, ge=0, description="time of one VMM input vector (all columns in parallel)")
     t_read_row_s: float = Field(1e-6, ge=0, description="time to read one row of cells in parallel")
@@ -98,19 +113,35 @@ class DeviceParams(BaseModel):
         return self.reset_asymmetry * self.alpha_set_s
 
 
-def load_device_params(path: str | Path | None) -> DeviceParams:
-    """Defaults overridden by a TOML file; a clear error names the file and the bad field."""
-    if path is None:
-        return DeviceParams()
-    path = Path(path)
+def preset_names() -> list[str]:
+    """Names of the device presets shipped with the package (``firmware_stub/presets/*.toml``)."""
+    return sorted(p.name[:-5] for p in resources.files("firmware_stub.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def _fields_of(text: str, where: str) -> dict:
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"device parameter file {path} does not exist") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"device parameter file {path} is not valid TOML: {exc}") from None
-    data = data.get("device", data)
+        raise ValueError(f"{where} is not valid TOML: {exc}") from None
+    return data.get("device", data)
+
+
+def load_device_params(path: str | Path | None = None, preset: str = "default") -> DeviceParams:
+    """A preset's parameters, overridden field by field by a TOML file; a clear error names the
+    preset, the file and the bad field."""
+    if preset not in preset_names():
+        raise ValueError(f"unknown device preset {preset!r}; choose one of {', '.join(preset_names())}")
+    data = _fields_of(resources.files("firmware_stub.presets").joinpath(f"{preset}.toml").read_text(),
+                      f"device preset {preset}")
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ValueError(f"device parameter file {path} does not exist") from None
+        data = {**data, **_fields_of(text, f"device parameter file {path}")}
     try:
         return DeviceParams(**data)
     except ValidationError as exc:
-        raise ValueError(f"device parameter file {path}: {exc}") from None
+        where = f"device parameter file {path} (over preset {preset})" if path is not None else f"device preset {preset}"
+        raise ValueError(f"{where}: {exc}") from None

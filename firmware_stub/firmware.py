@@ -6,6 +6,19 @@ request beyond them is answered with ``LIMIT_VIOLATION`` and changes nothing.
 :class:`FirmwareEndpoint` puts the sans-I/O :class:`~protocols.session.ServerSession`
 in front of it, so that bytes in give bytes out; the pty, TCP and in-process
 transports all drive that one method.
+
+Board time: the endpoint also keeps the bench's clock for the link.  Every executed
+request that operates the array (:data:`TIMED_OPS`: pulses, programming, reads, VMM,
+forming, sweeps, waits) advances the array's virtual clock by its frames' transfer time at
+the link's nominal rate (``DeviceParams.link_baud``, ``link_bits_per_byte`` symbols per
+byte), by the per-command latency ``t_link_turnaround_s``, and, once executed, by its
+reply's transfer time; the operation itself books its own duration in the array model.
+Frame sizes are the nominal ones of the message (COBS worst case, one frame per chunk),
+so the clock does not depend on the transport: in-process, pty and TCP give the same
+board time.  Housekeeping (HELLO, STATUS, CLOCK, SET_PROFILES, SAFE_IDLE) and the
+emulator-only commands (SNAPSHOT, RESTORE, TRUE_PARAMS) cost no board time, and neither
+do replayed replies to retransmitted requests nor line noise: so the clock is the same
+whether or not a run was checkpointed, interrupted and resumed, and under link faults.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from firmware_stub.device_params import DeviceParams
 from firmware_stub.write_verify import write_verify
 from protocols import encoding as enc
 from protocols import messages as m
-from protocols.framing import MAX_PAYLOAD, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from protocols.framing import CRC, HEADER, MAX_PAYLOAD, PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from protocols.messages import Op, Status
 from protocols.session import ServerSession
 
@@ -51,6 +64,10 @@ class HardwareLimits:
     max_pulses_per_device: int = 255
 
 
+TIMED_OPS = frozenset({Op.PULSE, Op.PROGRAM, Op.READ_REGION, Op.READ_CELLS, Op.VMM, Op.FORM, Op.IV_SWEEP, Op.WAIT})
+"""Requests whose frames and latency pass on the board clock (see the module docstring)."""
+
+
 class Refused(Exception):
     def __init__(self, status: Status, message: str):
         super().__init__(message)
@@ -61,11 +78,14 @@ class Firmware:
     """Executes requests on one :class:`MemristorArray`."""
 
     def __init__(self, array: MemristorArray, limits: HardwareLimits | None = None,
-                 name: str = "memristor-array-emulator", serial_number: str | None = None):
+                 name: str = "memristor-array-emulator", serial_number: str | None = None,
+                 device_preset: str = "default", device_config: str | None = None):
         self.array = array
         self.params: DeviceParams = array.params
         self.limits = limits or HardwareLimits()
         self.name = name
+        self.device_preset = device_preset
+        self.device_config = device_config
         self.serial_number = serial_number or f"EMU-{array.rows}x{array.cols}-seed{array.seed}"
         p = self.params
         self.g_full_scale_s = 2.0 * p.g_max_s
@@ -142,6 +162,9 @@ class Firmware:
             "timing_resolution_s": self.timing_resolution_s,
             "protocol_versions": list(SUPPORTED_VERSIONS),
             "emulated": True,
+            "device_preset": self.device_preset,
+            "device_config": self.device_config,
+            "link_baud": p.link_baud,
             "max_payload": MAX_PAYLOAD,
         }
 
@@ -246,10 +269,12 @@ class Firmware:
         for (v, w), pol in zip(self.profiles, (+1, -1)):
             self._check_profile(v, w, pol)
         self.idle = False
+        cells_before = self.array.counters.cells_read_total
         achieved, conv, iters, pulses, energy = write_verify(
             self.array, flat, target_codes.astype(float) * self.g_lsb_s, tol, max_iter,
             self.profiles[0], self.profiles[1], max_pulses_per_iter=per_round,
         )
+        self.array.account_conversions(self.array.counters.cells_read_total - cells_before)  # verify reads
         self.idle = True
         return m.encode_program_result(self._g_codes(achieved), conv, iters, pulses, energy)
 
@@ -271,7 +296,7 @@ class Firmware:
         self._check_width(w)
         self._check_compliance(icc)
         formed = self.array.form(flat, v, w, icc)
-        return m.encode_form_result(formed, self._g_codes(self.array.read_g(flat)))
+        return m.encode_form_result(formed, self._read_codes(self.array.read_g(flat)))
 
     def _iv_sweep(self, payload: bytes) -> bytes:
         flat, volts, step, icc = m.decode_iv_request(payload)
@@ -291,6 +316,11 @@ class Firmware:
     def _g_codes(self, g: np.ndarray) -> np.ndarray:
         return enc.quantize(g, self.g_lsb_s, 16, signed=False)
 
+    def _read_codes(self, g: np.ndarray) -> np.ndarray:
+        """Codes of freshly read cells: one ADC conversion each."""
+        self.array.account_conversions(g.size)
+        return self._g_codes(g)
+
     def _region(self, r0: int, c0: int, nr: int, nc: int) -> None:
         if nr <= 0 or nc <= 0 or r0 + nr > self.array.rows or c0 + nc > self.array.cols:
             raise Refused(Status.BAD_REQUEST, f"region ({r0},{c0}) size {nr}x{nc} outside the "
@@ -301,14 +331,14 @@ class Firmware:
         if len(payload) != 16:
             raise Refused(Status.BAD_REQUEST, "READ_REGION: payload must be 16 bytes")
         self._region(r0, c0, nr, nc)
-        return m.encode_codes_u16(self._g_codes(self.array.read_region(r0, c0, nr, nc).reshape(-1)))
+        return m.encode_codes_u16(self._read_codes(self.array.read_region(r0, c0, nr, nc).reshape(-1)))
 
     def _read_cells(self, payload: bytes) -> bytes:
         flat, off = m.decode_cells(payload)
         if off != len(payload):
             raise Refused(Status.BAD_REQUEST, "READ_CELLS: trailing bytes")
         self._check_cells(flat)
-        return m.encode_codes_u16(self._g_codes(self.array.read_g(flat)))
+        return m.encode_codes_u16(self._read_codes(self.array.read_g(flat)))
 
     def _vmm(self, payload: bytes) -> bytes:
         r = m.decode_vmm_request(payload)
@@ -320,7 +350,7 @@ class Firmware:
             raise Refused(Status.LIMIT_VIOLATION, "DAC code beyond the converter range")
         v = r.dac_codes.astype(float) * (self.dac_full_scale_v / self.dac_max_code)
         i = self.array.vmm(r.row0, r.col0, r.rows, r.cols, v, r.transpose)
-        self.array.account_conversions(i.size)
+        self.array.account_conversions(i.size, dac=r.dac_codes.size)
         codes = enc.quantize(i, r.i_full_scale_a / self.adc_max_code, self.params.adc_bits, signed=True)
         return enc.encode_i16(codes.reshape(-1))
 
@@ -340,13 +370,28 @@ class Firmware:
         return b""
 
 
+def message_wire_bytes(payload_bytes: int, max_payload: int = MAX_PAYLOAD) -> int:
+    """Nominal bytes on the wire of one message: its leading delimiter and, per chunk,
+    COBS(header | chunk | CRC) at its worst-case overhead (one byte in 254, plus one) and the delimiter."""
+    full, rest = divmod(int(payload_bytes), max_payload)
+    chunks = [max_payload] * full + ([rest] if rest or not full else [])
+    bodies = [HEADER.size + n + CRC.size for n in chunks]
+    return 1 + sum(b + b // 254 + 2 for b in bodies)
+
+
 class FirmwareEndpoint:
-    """Bytes in, bytes out: the session layer in front of the firmware.  Thread-safe."""
+    """Bytes in, bytes out: the session layer in front of the firmware, and the link's board time.  Thread-safe."""
 
     def __init__(self, firmware: Firmware):
         self.firmware = firmware
         self.session = ServerSession()
         self._lock = threading.Lock()
+        p = firmware.params
+        self.byte_time_s = p.link_bits_per_byte / p.link_baud
+
+    def _transfer(self, payload_bytes: int) -> None:
+        """Advance the board clock by one message's transfer time at the link's nominal rate."""
+        self.firmware.array.advance(message_wire_bytes(payload_bytes) * self.byte_time_s)
 
     def receive(self, data: bytes) -> bytes:
         with self._lock:
@@ -354,15 +399,27 @@ class FirmwareEndpoint:
             if not requests:
                 return out
             parts = [out]
+            array = self.firmware.array
             for req in requests:
+                timed = req.opcode in TIMED_OPS
+                if timed:
+                    self._transfer(len(req.payload))  # the request arrived ...
+                    array.advance(self.firmware.params.t_link_turnaround_s)  # ... and the link turned round
                 status, payload = self.firmware.handle(req.opcode, req.payload, req.version)
                 if status != Status.OK:
                     log.info("refused opcode 0x%02x seq %d: %s", req.opcode, req.seq, payload[:200])
                 parts.append(self.session.respond(req, status, payload))
+                if timed:
+                    self._transfer(len(payload))  # the reply leaves
             return b"".join(parts)
 
 
-def make_emulator(rows: int = 128, cols: int = 128, seed: int = 0, params: DeviceParams | None = None) -> FirmwareEndpoint:
-    """An emulated board ready to serve: array model, firmware and session layer."""
+def make_emulator(rows: int = 128, cols: int = 128, seed: int = 0, params: DeviceParams | None = None,
+                  *, preset: str = "default", config: str | None = None) -> FirmwareEndpoint:
+    """An emulated board ready to serve: array model, firmware and session layer.
+
+    ``preset`` and ``config`` only name where ``params`` came from (board identity); load the
+    parameters with :func:`firmware_stub.device_params.load_device_params`.
+    """
     array = MemristorArray(params or DeviceParams(), rows, cols, seed)
-    return FirmwareEndpoint(Firmware(array))
+    return FirmwareEndpoint(Firmware(array, device_preset=preset, device_config=config))

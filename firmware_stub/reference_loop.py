@@ -14,7 +14,13 @@ import math
 
 import numpy as np
 
-from firmware_stub.array_model import MemristorArray, PulseOutcome, check_profile, pulse_scale
+from firmware_stub.array_model import (
+    MemristorArray,
+    PulseOutcome,
+    check_profile,
+    pulse_scale,
+    write_periphery_energy_j,
+)
 
 
 def _worn_upper_bound_s(array: MemristorArray, i: int, pulse_number: int) -> float:
@@ -48,8 +54,7 @@ def _one_pulse(array: MemristorArray, i: int, polarity: int, amplitude_v: float,
     else:
         g_after = g
     array.g[i] = g_after
-    v2 = amplitude_v * amplitude_v
-    return v2 * (g + g_after) / 2.0 * width_s + p.line_capacitance_f * v2
+    return amplitude_v * amplitude_v * (g + g_after) / 2.0 * width_s
 
 
 def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, reset_profile,
@@ -71,7 +76,9 @@ def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, rese
         else:
             n_reset -= c
     array.refresh_derived()  # devices may have worn out
-    outcome = PulseOutcome(n_set, n_reset, energy, array.write_batch_duration_s(counts, w_set, w_reset, last_width_s))
+    periphery = write_periphery_energy_j(array.params, idx.size, [(v_set, n_set), (v_reset, n_reset)])
+    outcome = PulseOutcome(n_set, n_reset, energy + periphery,
+                           array.write_batch_duration_s(counts, w_set, w_reset, last_width_s), periphery)
     array.book_write_batch(outcome, idx.size)
     for i in idx.tolist():
         array.e_w[i] = array.params.sigma_w_s * rng_write.standard_normal()

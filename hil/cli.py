@@ -80,6 +80,9 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
     click.echo(f"board        {address}")
     click.echo(f"identity     {i['name']} (serial {i['serial_number']}), kind {i['kind']}")
     click.echo(f"firmware     {i['firmware_version']}, protocol v{i['protocol_version']}")
+    if i.get("device_preset"):
+        override = f", fields overridden by {i['device_config']}" if i.get("device_config") else ""
+        click.echo(f"device       preset {i['device_preset']}{override}")
     click.echo(f"geometry     {i['rows']} x {i['cols']} devices")
     caps = [k for k, v in i["capabilities"].items() if v]
     click.echo(f"capabilities {', '.join(caps) or 'none'}")
@@ -265,9 +268,11 @@ def emulator() -> None:
 @click.option("--rows", default=128, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--cols", default=128, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--preset", default="default", show_default=True,
+              help="Device preset shipped with the package (default, noisy2x, paper).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML file of device parameters (see DeviceParams).")
-def serve(use_pty: bool, tcp: str | None, rows: int, cols: int, seed: int, config: Path | None) -> None:
+              help="TOML file of device parameters (see DeviceParams); overrides the preset's fields.")
+def serve(use_pty: bool, tcp: str | None, rows: int, cols: int, seed: int, preset: str, config: Path | None) -> None:
     """Serve the FPGA firmware emulator until stopped (Ctrl-C or SIGTERM)."""
     from firmware_stub.device_params import load_device_params
     from firmware_stub.firmware import make_emulator
@@ -276,10 +281,10 @@ def serve(use_pty: bool, tcp: str | None, rows: int, cols: int, seed: int, confi
     if use_pty == bool(tcp):
         _fail("give exactly one of --pty or --tcp HOST:PORT")
     try:
-        params = load_device_params(config)
+        params = load_device_params(config, preset)
     except ValueError as exc:
         _fail(str(exc))
-    endpoint = make_emulator(rows, cols, seed, params)
+    endpoint = make_emulator(rows, cols, seed, params, preset=preset, config=None if config is None else str(config))
     if use_pty:
         server = PtyServer(endpoint)
         address = f"serial:{server.path}"

@@ -66,8 +66,10 @@ class Ratio:
 
     def text(self) -> str:
         ci = "" if math.isnan(self.ci95_low) else f" (95 % CI {self.ci95_low:.3g}-{self.ci95_high:.3g})"
+        anchor = (" (published EaPU figure, training energy vs BP-based memristor training: 50.54x)"
+                  if self.quantity == "total training energy" and self.numerator == "bp" else "")
         return (f"{self.task}: {self.quantity} {self.numerator}/{self.denominator} = {self.ratio:.3g}x{ci}, "
-                f"{self.n} seed{'s' if self.n != 1 else ''}")
+                f"{self.n} seed{'s' if self.n != 1 else ''}{anchor}")
 
 
 @dataclass

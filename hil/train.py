@@ -43,6 +43,11 @@ from hil.update_rules import RULES, make_rule
 log = logging.getLogger(__name__)
 
 METHODS = tuple(RULES)  # one per update rule: float, bp, bp-pulses, eapu, mixed, manhattan, stochastic
+HOST_STEP_S = 0.05
+"""Default host time per training step on a virtual clock (docs/DESIGN.md, "Board time")."""
+RETENTION_S = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0}
+"""Board time after training at which the summary gives the test metric again, no writes in between."""
+ENERGY_KINDS = ("write_device", "write_periphery", "read_vmm", "adc", "dac")
 
 
 class TrainConfig(BaseModel):
@@ -68,6 +73,8 @@ class TrainConfig(BaseModel):
     calibration: str | None = None
     checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints on snapshot-capable boards")
     eval_batch: int = Field(256, ge=1)
+    host_step_s: float = Field(HOST_STEP_S, ge=0, description="the host's compute time per step, let pass on a "
+                                                              "virtual board clock (a real bench's clock runs by itself)")
 
     @model_validator(mode="after")
     def _defaults(self) -> "TrainConfig":
@@ -341,6 +348,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 with self._counting_wire():
                     pending = self._compute_step(step)
+                self._host_wait()
                 if step % every == 0 or step == self.total_steps - 1:
                     # checkpoint traffic (board snapshots) is the run store's, not training's
                     self._checkpoint(step, "before_send", pending, with_snapshot=snapshot_ok)
@@ -472,6 +480,47 @@ class Trainer:
         epochs = [r for r in self.store.read_metrics() if r.get("kind") == "epoch"]
         return epochs[-1] if epochs else {}
 
+    def _virtual_clock(self) -> bool:
+        return self.board is not None and self.board.info.capabilities.virtual_clock
+
+    def _host_wait(self) -> None:
+        """The host's compute time of a step passes on a virtual board clock (a bench's clock runs by itself)."""
+        if self._virtual_clock() and self.cfg.host_step_s > 0:
+            self.board.wait(self.cfg.host_step_s)
+
+    def _test_metric(self) -> float:
+        m = self.evaluate()
+        return m["test_accuracy"] if "test_accuracy" in m else m["test_ssim"]
+
+    def _retention(self) -> dict[str, float] | None:
+        """The test metric after 1 s, 1 h and 1 d of board time from the end of training, no writes
+        in between (only on a virtual clock: a bench would have to wait a day)."""
+        if not self._virtual_clock():
+            return None
+        t_end = self.board.clock()
+        out = {}
+        for name, after_s in RETENTION_S.items():
+            remaining = t_end + after_s - self.board.clock()
+            if remaining > 0:
+                self.board.wait(remaining)
+            out[name] = self._test_metric()
+        return out
+
+    def _energy(self) -> dict[str, Any]:
+        """Training energy (from after the initial programming to the end of the last step), by kind."""
+        zero = {"energy_j": dict.fromkeys(ENERGY_KINDS, 0.0), "energy_total_j": 0.0, "write_energy_j": 0.0,
+                "board_time_s": None}
+        if self.board is None:
+            return zero
+        end, base = self.board.status().model_dump(), self.totals.baseline
+        d = {k: end[k] - base.get(k, 0.0) for k in ("write_energy_j", "write_periphery_energy_j", "read_energy_j",
+                                                    "adc_energy_j", "dac_energy_j", "clock_s")}
+        parts = {"write_device": d["write_energy_j"] - d["write_periphery_energy_j"],
+                 "write_periphery": d["write_periphery_energy_j"], "read_vmm": d["read_energy_j"],
+                 "adc": d["adc_energy_j"], "dac": d["dac_energy_j"]}
+        return {"energy_j": parts, "energy_total_j": sum(parts.values()), "write_energy_j": d["write_energy_j"],
+                "board_time_s": d["clock_s"]}
+
     def _summary(self) -> dict:
         cfg, t = self.cfg, self.totals
         metrics = self.evaluate() if not self._last_eval else {k: v for k, v in self._last_eval.items()
@@ -483,17 +532,14 @@ class Trainer:
             "write_fraction_mean": t.write_fraction_sum / t.steps if t.steps else 0.0,
             "pulses_total": t.pulses, "devices_written_total": t.devices_written,
             "max_pulses_per_device": max_pulses,
-            "write_energy_j": 0.0, "read_energy_j": 0.0,
+            **self._energy(),
             "wire_bytes_total": t.wire_bytes, "wall_s": t.wall_s,
             "rebalance_pulses": t.rebalance_pulses, "rebalance_pairs": t.rebalance_pairs,
             "saturated_updates_skipped": t.saturated, "scheduled_read_cells": t.scheduled_reads,
             "program_pulses": t.program_pulses, "program_energy_j": t.program_energy_j,
         }
+        summary["retention"] = self._retention()  # last: it lets a day pass on the board
         if self.board is not None:
-            end, base = self.board.status().model_dump(), t.baseline
-            summary["write_energy_j"] = end["write_energy_j"] - base["write_energy_j"]
-            summary["read_energy_j"] = (end["read_energy_j"] - base["read_energy_j"]
-                                        + end["adc_energy_j"] - base["adc_energy_j"])
             summary["board"] = cfg.board
             if cfg.method == "eapu":
                 summary["delta_g_th_s"] = cfg.delta_g_th_k * self.calibration.delta_g_th_s

@@ -7,6 +7,7 @@ import pytest
 
 from drivers import BoardError, LimitViolation, PulseBatch, PulseProfile, Region, SafetyLimits, open_board
 from drivers.errors import AddressError
+from firmware_stub.device_params import DeviceParams
 
 
 def test_info_describes_the_board(emu):
@@ -123,14 +124,17 @@ def test_firmware_checks_limits_again():
     from protocols.session import ClientSession
 
     endpoint = make_emulator(4, 4, seed=0)
-    digest = endpoint.firmware.array.state_digest()
+    array = endpoint.firmware.array
+    digest, clock = array.state_digest(), array.clock_s
     client = ClientSession()
     reply = client.receive_data(endpoint.receive(client.request(Op.SET_PROFILES, m.encode_profiles(5.0, 5e-8, -1.8, 5e-8))))
     assert reply.status == Status.LIMIT_VIOLATION and b"SET amplitude" in reply.payload
     reply = client.receive_data(endpoint.receive(client.request(
         Op.PULSE, m.encode_pulse_request(np.array([0]), np.array([999])))))
     assert reply.status == Status.LIMIT_VIOLATION
-    assert endpoint.firmware.array.state_digest() == digest
+    assert array.clock_s > clock  # the refused requests' frames took their time on the link ...
+    array.clock_s = clock
+    assert array.state_digest() == digest  # ... and changed nothing else
 
 
 @pytest.mark.parametrize("address, message", [
@@ -231,11 +235,87 @@ def test_firmware_refuses_a_width_beyond_its_limits_and_changes_nothing():
     from protocols.session import ClientSession
 
     endpoint = make_emulator(4, 4, seed=0)
-    digest = endpoint.firmware.array.state_digest()
+    array = endpoint.firmware.array
+    before = (array.g.copy(), array.n_pulses.copy(), array.counters.pulses_total)
     client = ClientSession()
     for ticks, text in (([600], b"profile"), ([0, 2 * 10**7], b"outside")):
         flat = np.arange(len(ticks))
         reply = client.receive_data(endpoint.receive(client.request(
             Op.PULSE, m.encode_pulse_request(flat, np.ones(len(ticks), np.int64), 0, np.array(ticks)))))
         assert reply.status == Status.LIMIT_VIOLATION and text in reply.payload
-    assert endpoint.firmware.array.state_digest() == digest
+    # nothing applied (the board clock still runs: a refused request cost its link time)
+    assert np.array_equal(array.g, before[0]) and np.array_equal(array.n_pulses, before[1])
+    assert array.counters.pulses_total == before[2]
+
+
+# ---- board time --------------------------------------------------------------------------
+def _exchange(endpoint, client, op, payload=b""):
+    return client.receive_data(endpoint.receive(client.request(op, payload)))
+
+
+def test_board_clock_charges_frames_at_the_nominal_rate_and_a_latency_per_command():
+    """A bench's clock: each array command costs its frames at 3 Mbaud (10 bits a byte), a latency, its operation."""
+    from firmware_stub.firmware import make_emulator, message_wire_bytes
+    from protocols import messages as m
+    from protocols.messages import Op
+    from protocols.session import ClientSession
+
+    endpoint, client = make_emulator(8, 8, seed=0), ClientSession()
+    array, p = endpoint.firmware.array, endpoint.firmware.params
+    assert (p.link_baud, p.link_bits_per_byte) == (3e6, 10)  # the documented defaults
+    request = m.encode_cells(np.arange(10))  # cells of rows 0 and 1
+    t0 = array.clock_s
+    reply = _exchange(endpoint, client, Op.READ_CELLS, request)
+    wire_bytes = message_wire_bytes(len(request)) + message_wire_bytes(len(reply.payload))
+    expected = wire_bytes * 10 / 3e6 + p.t_link_turnaround_s + p.t_command_s + 2 * p.t_read_row_s
+    assert array.clock_s - t0 == pytest.approx(expected, rel=1e-9, abs=0)
+    t1 = array.clock_s
+    for op in (Op.STATUS, Op.CLOCK, Op.SNAPSHOT):  # housekeeping and emulator-only commands: no board time
+        _exchange(endpoint, client, op)
+    assert array.clock_s == t1
+
+
+def test_the_link_rate_is_a_device_setting_and_sets_the_board_time(tmp_path):
+    slow = tmp_path / "slow.toml"
+    slow.write_text("link_baud = 300000\n")
+    spans = []
+    for config in ("", f"&config={slow}"):
+        with open_board(f"emu?rows=16&cols=16{config}") as board:
+            t0 = board.clock()
+            board.read()
+            spans.append(board.clock() - t0)
+    p = DeviceParams()
+    op = p.t_link_turnaround_s + p.t_command_s + 16 * p.t_read_row_s
+    assert (spans[1] - op) == pytest.approx(10 * (spans[0] - op), rel=1e-9)
+
+
+# ---- device presets ------------------------------------------------------------------------
+def test_device_presets_by_address_with_config_overrides(tmp_path):
+    from firmware_stub.device_params import preset_names
+
+    assert {"default", "noisy2x", "paper"} <= set(preset_names())
+    default = DeviceParams()
+    with open_board("emu?rows=8&cols=8&preset=noisy2x") as board:
+        truth = board.true_parameters()
+        assert board.info.device_preset == "noisy2x" and board.info.device_config is None
+    assert truth["sigma_w_s"] == 2 * default.sigma_w_s and truth["sigma_c2c"] == 2 * default.sigma_c2c
+    override = tmp_path / "over.toml"
+    override.write_text("[device]\nsigma_c2c = 0.5\n")
+    with open_board(f"emu?rows=8&cols=8&preset=noisy2x&config={override}") as board:
+        truth = board.true_parameters()
+        assert board.info.device_config == str(override)
+    assert truth["sigma_w_s"] == 2 * default.sigma_w_s and truth["sigma_c2c"] == 0.5
+    with pytest.raises(AddressError, match="unknown device preset 'nope'"):
+        open_board("emu?preset=nope")
+
+
+def test_paper_preset_is_the_published_write_error_on_our_weight_scale():
+    """Published: sigma 2 uS on a weight unit of 80 uS.  Ours: |W| = w_max (3 for digits) spans 80 % of the window."""
+    from firmware_stub.device_params import load_device_params
+    from hil.train import TrainConfig
+
+    p = load_device_params(preset="paper")
+    w_max = TrainConfig(task="digits").w_max
+    g_per_weight = 0.8 * (p.g_max_s - p.g_min_s) / w_max
+    assert p.sigma_w_s / g_per_weight == pytest.approx(2 / 80, rel=0.01)
+    assert p.model_dump(exclude={"sigma_w_s"}) == DeviceParams().model_dump(exclude={"sigma_w_s"})

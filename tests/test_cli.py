@@ -81,3 +81,29 @@ def test_bench_json_has_the_figures():
     assert data["wire_bytes_per_written_device"]["0.001"] <= 4.0
     assert data["wire_bytes_per_written_device"]["0.1"] <= 2.5
     assert data["wire_bytes_per_device_full_read"] <= 2.1
+
+
+def test_info_names_the_device_preset_and_refuses_an_unknown_one():
+    out = run_hil("info", "--board", "emu?rows=8&cols=8&preset=noisy2x")
+    assert out.returncode == 0, out.stderr
+    assert "preset noisy2x" in out.stdout
+    bad = run_hil("info", "--board", "emu?rows=8&cols=8&preset=nope")
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "noisy2x" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_compare_names_the_total_and_the_write_energy_ratio(tmp_path):
+    energies = {"bp": (6e-6, 1.5e-5), "eapu": (3e-7, 9e-6)}  # (write, total) per method
+    dirs = []
+    for method, (write_j, total_j) in energies.items():
+        d = tmp_path / method
+        d.mkdir()
+        d.joinpath("summary.json").write_text(json.dumps({
+            "method": method, "task": "digits", "test_accuracy": 0.9, "write_fraction_mean": 0.01,
+            "pulses_total": 10, "write_energy_j": write_j, "energy_total_j": total_j, "board_time_s": 40.0,
+            "wall_s": 1.0}))
+        dirs.append(str(d))
+    out = run_hil("compare", *dirs, "--no-plot")
+    assert out.returncode == 0, out.stderr
+    assert "total training energy bp/eapu = 1.67x" in out.stdout
+    assert "write energy bp/eapu = 20x" in out.stdout

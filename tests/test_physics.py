@@ -247,7 +247,7 @@ def test_vmm_is_sum_of_v_times_g_within_read_noise_and_transpose_matches():
         assert arr.counters.vmm_calls_total == calls + 1
         assert arr.clock_s - clock == pytest.approx(arr.params.t_command_s + batch * arr.params.t_vmm_s)
         e_expected = arr.params.t_read_s * np.sum((v**2) @ g_in)
-        assert arr.counters.read_energy_j - energy == pytest.approx(e_expected, rel=1e-9)
+        assert arr.counters.read_energy_j - energy == pytest.approx(e_expected, rel=1e-9, abs=0)
     assert arr.vmm(r0, c0, nr, nc, v[0], transpose=True).shape == (nr,)
 
 
@@ -259,9 +259,14 @@ def test_energy_and_duration_of_a_single_pulse():
     clock = arr.clock_s
     out = arr.apply_pulses([dev], [1], SET, RESET)
     v, w = SET
-    expected = v**2 * (g_before + arr.g[dev]) / 2 * w + 1e-13 * v**2
-    assert out.energy_j == pytest.approx(expected, rel=1e-12)
-    assert arr.counters.write_energy_j == pytest.approx(expected, rel=1e-12)
+    device = v**2 * (g_before + arr.g[dev]) / 2 * w
+    periphery = arr.params.write_periphery_energy_j + 1e-13 * v**2  # per device written + C V^2 per pulse
+    # abs=0: pytest.approx's default absolute tolerance (1e-12 J) is as large as these energies
+    assert out.energy_j == pytest.approx(device + periphery, rel=1e-12, abs=0)
+    assert out.periphery_energy_j == pytest.approx(periphery, rel=1e-12, abs=0)
+    c = arr.counters
+    assert c.write_energy_j == pytest.approx(device + periphery, rel=1e-12, abs=0)
+    assert (c.write_device_energy_j, c.write_periphery_energy_j) == pytest.approx((device, periphery), rel=1e-12, abs=0)
     p = arr.params
     assert out.duration_s == pytest.approx(p.t_command_s + w + p.t_pulse_gap_s)
     assert arr.clock_s == pytest.approx(clock + out.duration_s)
@@ -282,9 +287,11 @@ def test_batch_duration_sums_both_phases_and_read_bookkeeping():
     clock, energy = arr.clock_s, arr.counters.read_energy_j
     arr.read_g(cells)
     assert arr.clock_s - clock == pytest.approx(p.t_command_s + 3 * p.t_read_row_s)
-    assert arr.counters.read_energy_j - energy == pytest.approx(p.read_voltage_v**2 * p.t_read_s * g_true.sum())
-    arr.account_conversions(10)
-    assert arr.counters.adc_energy_j == pytest.approx(10 * p.adc_energy_j)
+    assert arr.counters.read_energy_j - energy == pytest.approx(p.read_voltage_v**2 * p.t_read_s * g_true.sum(), rel=1e-9, abs=0)
+    arr.account_conversions(10, dac=7)
+    assert arr.counters.adc_energy_j == pytest.approx(10 * p.adc_energy_j, abs=0)
+    assert arr.counters.dac_energy_j == pytest.approx(7 * p.dac_energy_j, abs=0)
+    assert (arr.counters.adc_conversions_total, arr.counters.dac_conversions_total) == (10, 7)
 
 
 # ---- reproducibility ---------------------------------------------------------------------

@@ -17,8 +17,9 @@ from hil.train import TrainConfig, train
 
 BOARD = "emu?rows=64&cols=96&seed=4"
 SUMMARY_KEYS = {"task", "method", "seed", "epochs", "steps", "write_fraction_mean", "pulses_total",
-                "devices_written_total", "max_pulses_per_device", "write_energy_j", "read_energy_j",
-                "wire_bytes_total", "wall_s"}
+                "devices_written_total", "max_pulses_per_device", "energy_j", "energy_total_j", "write_energy_j",
+                "board_time_s", "retention", "wire_bytes_total", "wall_s"}
+ENERGY_KINDS = {"write_device", "write_periphery", "read_vmm", "adc", "dac"}
 NOT_DETERMINISTIC = {"wall_s", "board"}
 
 
@@ -49,6 +50,7 @@ def test_float_run_writes_the_run_directory(tmp_path):
     s = train(TrainConfig(task="digits", method="float", epochs=2, seed=1), tmp_path, progress=False)
     assert SUMMARY_KEYS <= set(s) and s["test_accuracy"] > 0.85
     assert s["write_fraction_mean"] == 0 and s["steps"] == 2 * 45
+    assert s["energy_total_j"] == 0 and s["board_time_s"] is None and s["retention"] is None  # no board
     for name in ("config.json", "metrics.jsonl", "summary.json", "learning_curves.png", "checkpoint.json"):
         assert (tmp_path / name).exists(), name
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -60,7 +62,14 @@ def test_eapu_run_on_the_array(tmp_path, calibration_file):
     assert SUMMARY_KEYS <= set(s)
     assert s["test_accuracy"] > 0.8
     assert 0 < s["write_fraction_mean"] < 0.05
-    assert s["pulses_total"] > 0 and s["write_energy_j"] > 0 and s["read_energy_j"] > 0
+    assert s["pulses_total"] > 0
+    e = s["energy_j"]
+    assert set(e) == ENERGY_KINDS and all(v > 0 for v in e.values()), e
+    assert s["write_energy_j"] == pytest.approx(e["write_device"] + e["write_periphery"], rel=1e-9)
+    assert s["energy_total_j"] == pytest.approx(sum(e.values()), rel=1e-9)
+    # board time: the host's time per step, plus the link's and the array's
+    assert s["board_time_s"] > s["steps"] * _cfg(calibration_file).host_step_s
+    assert set(s["retention"]) == {"1s", "1h", "1d"} and all(0 <= v <= 1 for v in s["retention"].values())
     for name in ("board.json", "calibration.json", "pulses_per_device.png", "conductance_maps.png",
                  "write_fraction.png"):
         assert (tmp_path / name).exists(), name
@@ -86,6 +95,31 @@ def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
         server.stop.set()
         thread.join(5)
     _same_summary(in_process, serial)
+
+
+@pytest.mark.slow
+def test_a_ten_epoch_run_spans_tens_of_seconds_of_board_time(tmp_path, calibration_file):
+    """450 steps: 22.5 s of host time (host_step_s = 0.05 s) plus the link's frames and latencies."""
+    s = train(_cfg(calibration_file, epochs=10), tmp_path, progress=False)
+    assert s["steps"] == 450
+    assert s["board_time_s"] >= 30.0, s["board_time_s"]
+
+
+@pytest.mark.slow
+def test_retention_shows_drift_on_a_device_whose_drift_is_raised(tmp_path, calibration_file):
+    """Means over three seeds: the metric a day after training falls on a device with 10x relaxation
+    (mean and spread growth), and hardly on the default device, whose mean drift the differential
+    pairs cancel."""
+    raised = tmp_path / "drift10x.toml"
+    raised.write_text("relax_mu_s = 0.9e-6\nrelax_sigma1_s = 0.4e-6\n")
+    drops = {}
+    for name, config in (("default", ""), ("raised", f"&config={raised}")):
+        runs = [train(_cfg(calibration_file, board=f"emu?rows=64&cols=96&seed={seed}{config}", seed=seed),
+                      tmp_path / f"{name}{seed}", progress=False)["retention"] for seed in (1, 2, 3)]
+        drops[name] = float(np.mean([r["1s"] - r["1d"] for r in runs]))
+    print(f"\nmean accuracy drop from 1 s to 1 d: {drops}")
+    assert drops["raised"] >= 0.10, drops
+    assert abs(drops["default"]) <= 0.05, drops
 
 
 def _hil_train(out: Path, cal: str, *extra: str) -> subprocess.Popen:

@@ -1,0 +1,1 @@
+"""Device presets of the emulated array, shipped as package data (``NAME.toml``)."""
