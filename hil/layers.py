@@ -37,6 +37,8 @@ def width_grid(board: Board, use_set: np.ndarray | bool) -> WidthGrid:
 
 @dataclass
 class UpdateStats:
+    """What one layer's update wrote: every written weight has exactly one of its pair's devices written."""
+
     devices_written: int = 0
     pulses: int = 0
     saturated_pairs: int = 0

@@ -39,6 +39,7 @@ from hil.optim import make_optimizer
 from hil.run_store import RunStore
 from hil.tasks import accuracy, load_task, ssim
 from hil.update_rules import RULES, make_rule
+from hil.version import software_version
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Totals:
     pulses: int = 0
     devices_written: int = 0
     write_fraction_sum: float = 0.0
+    write_fraction_per_weight_sum: float = 0.0
     saturated: int = 0
     rebalance_pulses: int = 0
     rebalance_pairs: int = 0
@@ -268,11 +270,14 @@ class Trainer:
             saturated += st.saturated_pairs
             holding += layer.g_est.size
         wf = written / holding if holding else 0.0
+        # one device of a pair per written weight (plan_update), two devices per weight held
+        wf_weight = 2 * written / holding if holding else 0.0
         t = self.totals
         t.steps = step + 1
         t.pulses += pulses
         t.devices_written += written
         t.write_fraction_sum += wf
+        t.write_fraction_per_weight_sum += wf_weight
         t.saturated += saturated
         record = {"kind": "step", "step": step, "epoch": step // self.steps_per_epoch, "loss": loss,
                   "write_fraction": wf, "devices_written": written, "pulses": pulses}
@@ -527,8 +532,10 @@ class Trainer:
                                                                 if k.startswith("test_")}
         max_pulses = max((int(layer.pulse_counts.max()) for layer in self._analog()), default=0)
         summary: dict[str, Any] = {
+            "software_version": software_version(),
             "task": cfg.task, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs, "steps": t.steps,
             **metrics,
+            "write_fraction_per_weight_mean": t.write_fraction_per_weight_sum / t.steps if t.steps else 0.0,
             "write_fraction_mean": t.write_fraction_sum / t.steps if t.steps else 0.0,
             "pulses_total": t.pulses, "devices_written_total": t.devices_written,
             "max_pulses_per_device": max_pulses,

@@ -1,0 +1,13 @@
+"""The installed version of this stack, recorded in every run and report it writes."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+
+def software_version() -> str:
+    """``memristor-hil`` version as installed (``"unknown"`` when run from a tree that was never installed)."""
+    try:
+        return metadata.version("memristor-hil")
+    except metadata.PackageNotFoundError:
+        return "unknown"
