@@ -287,7 +287,8 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     c2c_se = float(np.hypot(wn.c2c_sigma_rel_sigma * step["set"], wn.c2c_sigma_rel * step_se["set"]))
     th = delta_g_threshold(step_mid_s=step, step_mid_sigma_s=step_se, write_noise_s=wn.write_noise_sigma_s,
                            c2c_rel=wn.c2c_sigma_rel, boot_s=np.asarray(wraw["boot_sigma_w_s"]),
-                           boot_c2c_rel=np.asarray(wraw["boot_c2c_rel"]), k=params.k,
+                           boot_c2c_rel=np.asarray(wraw["boot_c2c_rel"]), relax_sigma0_s=wn.relax_sigma0_s,
+                           boot_relax_sigma0_s=np.asarray(wraw["boot_relax_sigma0_s"]), k=params.k,
                            drift_delay_s=params.drift_delay_s, drift_sigma1_s=dr.sigma1_s,
                            drift_sigma1_sigma_s=dr.sigma1_sigma_s, drift_t0_s=dr.t0_s, rng=rng)
     praw = raws[PR]
@@ -309,6 +310,7 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         "pulse_step_mean_s.reset": step_se["reset"],
         "read_noise_rel": rn.read_noise_rel_sigma,
         "drift.mu_s": dr.mu_sigma_s,
+        "drift.sigma0_s": wn.relax_sigma0_sigma_s,
         "drift.sigma1_s": dr.sigma1_sigma_s,
         "stuck_fraction": st.stuck_fraction_sigma,
         "d2d_cv": dd.step_cv_sigma["set"],
@@ -325,7 +327,7 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         write_noise_sigma_s=wn.write_noise_sigma_s, c2c_sigma_s=c2c_s, c2c_sigma_rel=wn.c2c_sigma_rel,
         pulse_step_mean_s=step, pulse_response=fits, pulse_step_curve=curves,
         read_noise_rel=rn.read_noise_rel,
-        drift=DriftModel(mu_s=dr.mu_s, sigma0_s=None, sigma1_s=dr.sigma1_s, t0_s=dr.t0_s,
+        drift=DriftModel(mu_s=dr.mu_s, sigma0_s=wn.relax_sigma0_s, sigma1_s=dr.sigma1_s, t0_s=dr.t0_s,
                          per_level=[lv.model_dump() for lv in dr.per_level]),
         drift_delay_s=params.drift_delay_s,
         stuck_fraction=st.stuck_fraction,
