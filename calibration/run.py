@@ -201,6 +201,8 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
                 if tick:
                     tick(units[name])
                 continue
+            if name != RN and STUCK in raws and params.sample is None:
+                sp = _fit_samples_to_responsive(sp, raws[STUCK], n_all)
             watch = Stopwatch(board)
             ticker = _StageTicker(tick) if tick else None
             measured = _run_stage(name, board, sp[name], results, raws, ticker)
@@ -234,6 +236,26 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / JSON_NAME)
     return report
+
+
+def _fit_samples_to_responsive(sp: dict[str, BaseModel], stuck_raw: Raw, n_all: int) -> dict[str, BaseModel]:
+    """Shrink the default samples of the later stages to the devices that responded in the stuck map.
+
+    Raises ``ValueError`` naming what the stuck map saw when too few devices respond to calibrate.
+    """
+    n_resp = int(np.count_nonzero(~np.asarray(stuck_raw["stuck"], bool)))
+    out = dict(sp)
+    for name in (PR, WN, DRIFT):
+        p = sp[name]
+        floor = next((m.ge for m in type(p).model_fields["n_devices"].metadata if hasattr(m, "ge")), 1)
+        if n_resp < floor:
+            raise ValueError(f"cannot calibrate: the stuck map found {n_all - n_resp} of {n_all} devices stuck "
+                             f"({100 * (n_all - n_resp) / n_all:.1f} %); only {n_resp} respond to the pulses, and the "
+                             f"{name} stage needs at least {floor}. Check the pulse profiles and the array")
+        if p.n_devices > n_resp:
+            log.warning("%s: sample reduced from %d to the %d responsive devices", name, p.n_devices, n_resp)
+            out[name] = p.model_copy(update={"n_devices": n_resp})
+    return out
 
 
 def _run_stage(name: str, board: Board, p: BaseModel, results: dict, raws: dict, tick):
