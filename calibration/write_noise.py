@@ -9,12 +9,16 @@ pulses, read, ``n`` SET pulses, read).  Every pulse batch is one write event.
 What a change contains.  Between the (averaged) reads before and after an event of
 ``n`` pulses on device ``i``::
 
-    d = n*mu_i(G) + c2c  +  (e_after - e_before)  +  read noise
-    var(d) = 2 s^2 + sigma_rel^2 * n * mu_i(G)^2 + read + (state wandering)
+    d = n*mu_i(G) + c2c + w  +  (r_after - r_before)  +  read noise
+    var(d) = sigma_w^2 + sigma_rel^2 * n * mu_i(G)^2 + 2 sigma_r0^2 + read + (state wandering)
 
-where ``s`` is the per-event write offset -- which on real devices and on the
-emulator includes the relaxation spread at t ~ 0, i.e. ``s = sqrt(sigma_w^2 +
-sigma_r0^2)`` -- and ``sigma_rel`` the relative cycle-to-cycle spread of one pulse.
+where ``w`` (spread ``sigma_w``) is the persistent write error of the event -- it
+stays in the state, so it enters the change once, like cycle-to-cycle noise -- and
+``r`` (spread ``sigma_r0``) the relaxation offset at t ~ 0, redrawn at each event
+and seen only by reads, so it enters like a read offset: in this change and, with
+the opposite sign, in the next.  That makes successive changes of a device
+correlated by ``sigma_r0^2`` while ``w`` leaves them uncorrelated, which is what
+separates the two.  ``sigma_rel`` is the relative cycle-to-cycle spread of one pulse.
 The analysis therefore
 
 * takes variances within each device (per ``n`` and polarity), so the
@@ -41,21 +45,32 @@ The analysis therefore
   population model scaled by a per-device factor estimated from all the device's
   events of that polarity (inverse-variance weighted, so the large-n events pin it
   down; the bias of its square is removed).  Pooled over devices per
-  (n, polarity): ``V = s^2 K + sigma_rel^2 Q`` with ``K = 1 + (pol + beta)^2``.
-  Normalising by each device's own step puts devices, states and both polarities on
-  one line, so the device-to-device spread of the step never counts as noise.
+  (n, polarity): ``V = sigma_w^2 + sigma_r0^2 K + sigma_rel^2 Q`` with
+  ``K = 1 + (pol + beta)^2``.  Normalising by each device's own step puts devices,
+  states and both polarities on one line, so the device-to-device spread of the step
+  never counts as noise;
+* adds the lag-1 covariance of successive residuals, ``a_t (sigma_r0^2 + read)`` with
+  ``a_t = -pol_t (pol_{t+1} + beta_{t+1})``, estimated from products of differences of
+  same-cell events two apart (each device's cell means cancel), for the pulse counts
+  whose state correction is small (|beta| <= 0.15: an error in beta would leak write
+  and cycle-to-cycle noise into it);
+* fits ``(sigma_w^2, sigma_r0^2, sigma_rel^2) >= 0`` to all rows by weighted least
+  squares (weights: the inverse variance of each row's device mean).  Devices whose
+  statistics are not finite are left out; a device outside the population window is
+  normalised by the model just inside it (never by a zero step).
 
 The per-device step factors ``rho_i`` (mean change over many events, relative to
 the model: a linear, unbiased statistic) are also returned: the calibration uses
 their mean to fix the scale of the pulse-response model, and their spread for the
 device-to-device CV.
 
-Reported: ``s`` (``write_noise_sigma_s``), ``sigma_rel`` and, with the mean step at
-mid-window from the pulse response, the absolute cycle-to-cycle spread
-``sigma_c2c = sigma_rel * mu_mid``, so that one write event of ``n`` pulses at
-mid-window has ``sigma(n)^2 = s^2 + n sigma_c2c^2``.  The classic pooled
-``var(n)`` per polarity (corrected, absolute) is kept for plots together with its own
-straight-line fit.  Uncertainties: bootstrap over devices.
+Reported: ``sigma_w`` (``write_noise_sigma_s``), ``sigma_r0`` (``relax_sigma0_s``),
+``sigma_rel`` and, with the mean step at mid-window from the pulse response, the
+absolute cycle-to-cycle spread ``sigma_c2c = sigma_rel * mu_mid``, so that one write
+event of ``n`` pulses at mid-window changes the stored state with
+``sigma(n)^2 = sigma_w^2 + n sigma_c2c^2``.  The classic pooled ``var(n)`` per
+polarity (corrected, absolute) is kept for plots together with its own straight-line
+fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resample).
 """
 
 from __future__ import annotations
