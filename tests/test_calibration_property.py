@@ -7,7 +7,7 @@ Hypothesis draws device parameter sets and seeds from the plausible ranges
 pulse response 192 devices x 24 events of 8 pulses, write noise 384 devices with
 n in {1, 2, 4, 8, 16} x 8 cycles, drift 384 devices, 100 bootstrap resamples).
 
-Asserted for every set: no crash, and the issue's tolerances for sigma_w (10 %),
+Asserted: no crash in any set (the property test), and in every set the issue's tolerances for sigma_w (10 %),
 the relative cycle-to-cycle spread (15 %), read noise and drift mu (20 %; drift only
 where mu >= 0.03 uS, below which 20 % is under the measurement's resolution) and the
 stuck fraction (0.5 percentage points).  Over all sets, the true value lies within
@@ -93,11 +93,23 @@ def test_calibration_never_crashes_and_stays_within_tolerance(tmp_path_factory, 
     row["stuck_pp"] = 100 * (report.stuck_fraction - truth["stuck_fraction_actual"])
     row["stuck_z"] = ((report.stuck_fraction - truth["stuck_fraction_actual"])
                       / max(report.uncertainty["stuck_fraction"], 1e-12))
-    RESULTS.append(row)
-    assert abs(row["stuck_pp"]) <= 0.5, row
-    for name, q in row.items():
-        if name in QUANTITIES and name not in STEP_QUANTITIES and q["judged"]:
-            assert abs(q["err"]) <= q["tol"], (name, q, values, seed)
+    RESULTS.append(row)  # judged by the tests below, so that one run gives the pass rate of every quantity
+
+
+def _need_results() -> None:
+    if len(RESULTS) < 20:
+        pytest.fail(f"only {len(RESULTS)} calibrated sets recorded (the property test must run first, in full)")
+
+
+@pytest.mark.parametrize("name", [n for n in QUANTITIES if n not in STEP_QUANTITIES] + ["stuck"])
+def test_within_tolerance_in_every_set(name):
+    _need_results()
+    if name == "stuck":
+        bad = [(r["stuck_pp"], r["values"], r["seed"]) for r in RESULTS if abs(r["stuck_pp"]) > 0.5]
+    else:
+        bad = [(r[name]["err"], r["values"], r["seed"]) for r in RESULTS
+               if r[name]["judged"] and not abs(r[name]["err"]) <= r[name]["tol"]]
+    assert not bad, f"{name}: {len(bad)} of {len(RESULTS)} sets outside tolerance, e.g. {bad[:3]}"
 
 
 def _coverage(name: str) -> tuple[float, int]:
@@ -107,8 +119,7 @@ def _coverage(name: str) -> tuple[float, int]:
 
 @pytest.mark.parametrize("name", [n for n in QUANTITIES if n not in STEP_QUANTITIES] + ["stuck"])
 def test_reported_two_sigma_covers_the_truth_in_90_percent_of_sets(name):
-    if len(RESULTS) < 20:
-        pytest.fail(f"only {len(RESULTS)} calibrated sets recorded (the property test must run first, in full)")
+    _need_results()
     if name == "stuck":
         frac, n = sum(abs(r["stuck_z"]) <= 2 for r in RESULTS) / len(RESULTS), len(RESULTS)
     else:
