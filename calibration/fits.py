@@ -78,8 +78,21 @@ def _init_params(n: np.ndarray, y: np.ndarray, sign: float) -> np.ndarray:
 
 
 def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: float, theta: np.ndarray,
-        max_iter: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised Levenberg-Marquardt over the devices still improving; returns (theta, sse)."""
+        max_iter: int = 60, bound_limit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised Levenberg-Marquardt over the devices still improving; returns (theta, sse).
+
+    ``bound_limit`` (uS, per device): the bound may not pass it -- an upper limit of a lower bound
+    (``sign`` > 0), a lower limit of an upper bound (``sign`` < 0); steps are projected onto it.
+    """
+
+    def project(th, rows):
+        if bound_limit is not None:
+            lim = bound_limit[rows]
+            # a lower bound also stays >= 0: no device conducts negatively
+            th[:, 0] = np.clip(th[:, 0], 0.0, lim) if sign > 0 else np.maximum(th[:, 0], lim)
+        return th
+
+    theta = project(theta, np.arange(theta.shape[0]))
 
     def model(th, rows):
         v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], gamma, n[None, :])
@@ -116,7 +129,7 @@ def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: floa
             except np.linalg.LinAlgError:
                 step = np.zeros((rows.size, 3))
             step[:, 1:] = np.clip(step[:, 1:], -2.0, 2.0)
-            trial = theta[rows] + step
+            trial = project(theta[rows] + step, rows)
             p2, j2 = model(trial, rows)
             r2 = np.where(mask[rows], yz[rows] - p2, 0.0)
             s2 = (r2**2).sum(axis=1)
@@ -135,7 +148,7 @@ def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: floa
 
 
 def fit_decay(n: np.ndarray, y_s: np.ndarray, sign: float, gamma: float = 1.0,
-              theta0: np.ndarray | None = None) -> tuple[DecayFit, np.ndarray]:
+              theta0: np.ndarray | None = None, bound_limit_s: np.ndarray | None = None) -> tuple[DecayFit, np.ndarray]:
     """Fit every row of ``y_s`` (devices x points, siemens; NaN = missing) at pulse counts ``n``.
 
     ``sign`` is -1 for a SET trajectory (rising towards the upper bound) and +1 for
@@ -145,13 +158,14 @@ def fit_decay(n: np.ndarray, y_s: np.ndarray, sign: float, gamma: float = 1.0,
     n = np.asarray(n, dtype=float)
     y = np.asarray(y_s, dtype=float) / US
     mask = np.isfinite(y)
+    lim = None if bound_limit_s is None else np.asarray(bound_limit_s, float) / US
     if theta0 is None:
-        theta = _lm(n, y, mask, sign, 1.0, _init_params(n, np.where(mask, y, np.nan), sign))
+        theta = _lm(n, y, mask, sign, 1.0, _init_params(n, np.where(mask, y, np.nan), sign), bound_limit=lim)
         theta0 = theta[0]
         if abs(gamma - 1.0) >= 1e-6:  # same initial slope c v0**gamma under the new gamma
             theta0 = theta0.copy()
             theta0[:, 2] += (1.0 - gamma) * theta0[:, 1]
-    theta, sse = _lm(n, y, mask, sign, gamma, theta0.copy())
+    theta, sse = _lm(n, y, mask, sign, gamma, theta0.copy(), bound_limit=lim)
     ok = np.all(np.isfinite(theta), axis=1) & np.isfinite(sse) & (mask.sum(axis=1) >= 4)
     fit = DecayFit(bound_s=theta[:, 0] * US, v0_s=np.exp(theta[:, 1]) * US, c=np.exp(theta[:, 2]), gamma=gamma,
                    sse=sse, n_points=mask.sum(axis=1), ok=ok)
@@ -159,11 +173,18 @@ def fit_decay(n: np.ndarray, y_s: np.ndarray, sign: float, gamma: float = 1.0,
 
 
 def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: tuple[float, float] = (0.3, 4.0),
-                      tol: float = 0.01, fixed_gamma: float | None = None) -> DecayFit:
-    """Per-device fits with the shared gamma that minimises the (trimmed) total squared error."""
-    base, theta1 = fit_decay(n, y_s, sign, 1.0)
+                      tol: float = 0.01, fixed_gamma: float | None = None,
+                      bound_limit_s: np.ndarray | None = None) -> DecayFit:
+    """Per-device fits with the shared gamma that minimises the (trimmed) total squared error.
+
+    ``bound_limit_s``: per-device limit the bound may not pass (see :func:`_lm`), e.g. a level the
+    device was seen at: a slow power-law approach is otherwise fitted as a fast approach to a bound
+    short of the real one.
+    """
+    base, theta1 = fit_decay(n, y_s, sign, 1.0, bound_limit_s=bound_limit_s)
     if fixed_gamma is not None:
-        return fit_decay(n, y_s, sign, fixed_gamma)[0] if fixed_gamma != 1.0 else base
+        return (fit_decay(n, y_s, sign, fixed_gamma, bound_limit_s=bound_limit_s)[0] if fixed_gamma != 1.0
+                else base)
     # devices with a wild gamma=1 fit (outliers) do not steer the shared gamma
     keep = base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98))
     cache: dict[float, tuple[float, DecayFit]] = {}
@@ -172,7 +193,7 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
         if g not in cache:
             th0 = theta1.copy()
             th0[:, 2] += (1.0 - g) * th0[:, 1]
-            f, _ = fit_decay(n, y_s, sign, g, th0)
+            f, _ = fit_decay(n, y_s, sign, g, th0, bound_limit_s=bound_limit_s)
             cache[g] = (float(np.sum(f.sse[keep & f.ok])) + 1e12 * float(np.sum(keep & ~f.ok)), f)
         return cache[g][0]
 

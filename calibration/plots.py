@@ -85,14 +85,15 @@ def plot_write_noise(result, raw: Raw, path: Path) -> Path:
     """Variance of the change versus n with the fits, and histograms of the centred changes."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     s2 = result.write_noise_sigma_s**2
+    r2 = result.relax_sigma0_s**2
     for pol, color in (("set", "tab:red"), ("reset", "tab:blue")):
         cells = [c for c in result.cells if c.polarity == pol]
         ns = np.array([c.n for c in cells], float)
         v = np.array([c.var_s2 for c in cells])
         q = np.array([c.q_s2 for c in cells])
         ax1.plot(ns, v * US**2, "o", color=color, label=f"{pol}: measured (read noise, state removed)")
-        ax1.plot(ns, (2 * s2 + result.c2c_sigma_rel**2 * q) * US**2, "-", color=color,
-                 label=f"{pol}: 2 s^2 + sigma_rel^2 Q")
+        ax1.plot(ns, (s2 + 2 * r2 + result.c2c_sigma_rel**2 * q) * US**2, "-", color=color,
+                 label=f"{pol}: sigma_w^2 + 2 sigma_r0^2 + sigma_rel^2 Q")
         bp = result.by_polarity.get(pol)
         if bp:
             nn = np.linspace(0, ns.max(), 50)
@@ -100,7 +101,8 @@ def plot_write_noise(result, raw: Raw, path: Path) -> Path:
                      label=f"{pol}: straight line in n")
     ax1.set_xlabel("pulses per write event n")
     ax1.set_ylabel("variance of the change (uS^2)")
-    ax1.set_title(f"write noise: s = {result.write_noise_sigma_s * US:.3g} uS, "
+    ax1.set_title(f"write noise: sigma_w = {result.write_noise_sigma_s * US:.3g} uS, "
+                  f"sigma_r0 = {result.relax_sigma0_s * US:.3g} uS, "
                   f"sigma_rel = {result.c2c_sigma_rel:.3g}")
     ax1.legend(fontsize=7)
     en = np.asarray(raw["event_pulses"])

@@ -53,7 +53,8 @@ class PulseResponseParams(ProcedureParams):
     n_devices: int = Field(1024, ge=8, description="devices in the sample")
     pulses_per_step: int = Field(8, ge=1, description="pulses of each write event along the curves")
     steps: int = Field(48, ge=4, description="write events per polarity")
-    precondition_pulses: int = Field(128, ge=0, description="RESET pulses given first (towards g_min)")
+    precondition_pulses: int = Field(1024, ge=0, description="RESET pulses given first (towards g_min; a slow "
+                                     "power-law approach needs many)")
     n_reads: int = Field(2, ge=1, description="reads averaged after each write event")
     n_bins: int = Field(20, ge=3, description="conductance bins of the model-free step curves")
     n_boot: int = Field(200, ge=10)
@@ -165,7 +166,8 @@ def analyse_pulse_response(n_axis: np.ndarray, g_set: np.ndarray, g_reset: np.nd
                            params: PulseResponseParams, rng: np.random.Generator):
     """Fits and curves from the (steps+1, devices) SET and RESET curves."""
     fit_s = fit_decay_profile(n_axis, g_set.T, -1.0, params.gamma_range)
-    fit_r = fit_decay_profile(n_axis, g_reset.T, +1.0, params.gamma_range)
+    # the device was seen at the start of its SET curve: its lower bound cannot lie above that level
+    fit_r = fit_decay_profile(n_axis, g_reset.T, +1.0, params.gamma_range, bound_limit_s=g_set[0])
     g_hi, g_lo = fit_s.bound_s, fit_r.bound_s
     w = g_hi - g_lo
     ok = fit_s.ok & fit_r.ok & np.isfinite(w) & (w > 0)

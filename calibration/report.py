@@ -14,20 +14,22 @@ polarity: ``alpha_s``, ``gamma``, ``g_min_s``, ``g_max_s``), ``window_s``
 
 Conventions:
 
-* ``write_noise_sigma_s`` is the offset ``s`` of ONE write event (redrawn at every
-  pulse batch), including the relaxation spread at t ~ 0, which no measurement of
-  G can separate from it: ``s = sqrt(sigma_w^2 + sigma_r0^2)``.  The change between
-  reads before and after an event carries two such offsets.
+* ``write_noise_sigma_s`` is the persistent write error ``sigma_w`` of ONE write event
+  (one per pulse batch, whatever its size): it stays in the device's state, so
+  unverified writes random-walk.  The relaxation spread at t ~ 0 (``drift.sigma0_s``)
+  is a read-visible offset redrawn at every event, separated from it because it does
+  not accumulate.  The change between reads before and after an event has variance
+  ``sigma_w^2 + 2 sigma0^2 + n c2c^2`` (plus read noise).
 * ``c2c_sigma_s`` is the cycle-to-cycle spread of one SET pulse at mid-window
   (``c2c_sigma_rel`` times the mean SET step there), so one event of n pulses at
-  mid-window spreads as ``sigma(n)^2 = s^2 + n c2c_sigma_s^2``.
+  mid-window changes the stored state with ``sigma(n)^2 = sigma_w^2 + n c2c_sigma_s^2``.
 * ``pulse_response[pol]`` gives the mean step per pulse
   ``alpha_s * (1-x)**gamma`` (SET) or ``alpha_s * x**gamma`` (RESET),
   ``x = (G - g_min_s)/(g_max_s - g_min_s)``; ``pulse_step_mean_s[pol]`` is its value at
   x = 0.5.
 * ``drift`` follows ``-mu_s ln(1+t/t0_s)`` (mean) and ``sigma1_s ln(1+t/t0_s)`` (spread
-  of the change since t ~ 0); ``sigma0_s`` is None: the spread at t ~ 0 is part of
-  ``write_noise_sigma_s``.
+  of the change since t ~ 0); ``sigma0_s`` is the spread at t ~ 0, measured by the
+  write-noise stage.
 * ``run`` holds what legitimately differs between two runs of the same calibration
   (address, wall-clock times, board-clock times, resumed stages, files); everything
   else is a deterministic function of the seed and the board's state.
@@ -46,7 +48,7 @@ class DriftModel(BaseModel):
 
     model: str = "log"
     mu_s: float
-    sigma0_s: float | None = Field(None, description="spread at t ~ 0: inside write_noise_sigma_s, not separable")
+    sigma0_s: float | None = Field(None, description="spread at t ~ 0, redrawn at each write event (write-noise stage)")
     sigma1_s: float
     t0_s: float = 1.0
     per_level: list[dict] = Field(default_factory=list, description="fits for each programmed level")
@@ -73,7 +75,7 @@ class CalibrationReport(BaseModel):
     delta_g_th_pulses: int = Field(description="pulses of one EaPU quantum at mid-window (larger of the polarities)")
     delta_g_th_pulses_by_polarity: dict[str, int] = Field(default_factory=dict)
     delta_g_th_by_polarity: dict[str, dict[str, float]] = Field(default_factory=dict)
-    write_noise_sigma_s: float = Field(description="write offset per write event, sigma_w (incl. relaxation at t~0)")
+    write_noise_sigma_s: float = Field(description="persistent write error per write event, sigma_w")
     c2c_sigma_s: float = Field(description="cycle-to-cycle spread of one SET pulse's step at mid-window, absolute")
     c2c_sigma_rel: float | None = Field(None, description="cycle-to-cycle spread relative to the step")
     pulse_step_mean_s: dict[str, float] = Field(description="mean |step| per pulse at mid-window, set/reset")

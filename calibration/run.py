@@ -205,6 +205,8 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
                 if tick:
                     tick(units[name])
                 continue
+            if name != RN and STUCK in raws and params.sample is None:
+                sp = _fit_samples_to_responsive(sp, raws[STUCK], n_all)
             watch = Stopwatch(board)
             ticker = _StageTicker(tick) if tick else None
             measured = _run_stage(name, board, sp[name], results, raws, ticker)
@@ -238,6 +240,26 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / JSON_NAME)
     return report
+
+
+def _fit_samples_to_responsive(sp: dict[str, BaseModel], stuck_raw: Raw, n_all: int) -> dict[str, BaseModel]:
+    """Shrink the default samples of the later stages to the devices that responded in the stuck map.
+
+    Raises ``ValueError`` naming what the stuck map saw when too few devices respond to calibrate.
+    """
+    n_resp = int(np.count_nonzero(~np.asarray(stuck_raw["stuck"], bool)))
+    out = dict(sp)
+    for name in (PR, WN, DRIFT):
+        p = sp[name]
+        floor = next((m.ge for m in type(p).model_fields["n_devices"].metadata if hasattr(m, "ge")), 1)
+        if n_resp < floor:
+            raise ValueError(f"cannot calibrate: the stuck map found {n_all - n_resp} of {n_all} devices stuck "
+                             f"({100 * (n_all - n_resp) / n_all:.1f} %); only {n_resp} respond to the pulses, and the "
+                             f"{name} stage needs at least {floor}. Check the pulse profiles and the array")
+        if p.n_devices > n_resp:
+            log.warning("%s: sample reduced from %d to the %d responsive devices", name, p.n_devices, n_resp)
+            out[name] = p.model_copy(update={"n_devices": n_resp})
+    return out
 
 
 def _run_stage(name: str, board: Board, p: BaseModel, results: dict, raws: dict, tick):
@@ -291,7 +313,8 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     c2c_se = float(np.hypot(wn.c2c_sigma_rel_sigma * step["set"], wn.c2c_sigma_rel * step_se["set"]))
     th = delta_g_threshold(step_mid_s=step, step_mid_sigma_s=step_se, write_noise_s=wn.write_noise_sigma_s,
                            c2c_rel=wn.c2c_sigma_rel, boot_s=np.asarray(wraw["boot_sigma_w_s"]),
-                           boot_c2c_rel=np.asarray(wraw["boot_c2c_rel"]), k=params.k,
+                           boot_c2c_rel=np.asarray(wraw["boot_c2c_rel"]), relax_sigma0_s=wn.relax_sigma0_s,
+                           boot_relax_sigma0_s=np.asarray(wraw["boot_relax_sigma0_s"]), k=params.k,
                            drift_delay_s=params.drift_delay_s, drift_sigma1_s=dr.sigma1_s,
                            drift_sigma1_sigma_s=dr.sigma1_sigma_s, drift_t0_s=dr.t0_s, rng=rng)
     praw = raws[PR]
@@ -313,6 +336,7 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         "pulse_step_mean_s.reset": step_se["reset"],
         "read_noise_rel": rn.read_noise_rel_sigma,
         "drift.mu_s": dr.mu_sigma_s,
+        "drift.sigma0_s": wn.relax_sigma0_sigma_s,
         "drift.sigma1_s": dr.sigma1_sigma_s,
         "stuck_fraction": st.stuck_fraction_sigma,
         "d2d_cv": dd.step_cv_sigma["set"],
@@ -329,7 +353,7 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         write_noise_sigma_s=wn.write_noise_sigma_s, c2c_sigma_s=c2c_s, c2c_sigma_rel=wn.c2c_sigma_rel,
         pulse_step_mean_s=step, pulse_response=fits, pulse_step_curve=curves,
         read_noise_rel=rn.read_noise_rel,
-        drift=DriftModel(mu_s=dr.mu_s, sigma0_s=None, sigma1_s=dr.sigma1_s, t0_s=dr.t0_s,
+        drift=DriftModel(mu_s=dr.mu_s, sigma0_s=wn.relax_sigma0_s, sigma1_s=dr.sigma1_s, t0_s=dr.t0_s,
                          per_level=[lv.model_dump() for lv in dr.per_level]),
         drift_delay_s=params.drift_delay_s,
         stuck_fraction=st.stuck_fraction,

@@ -3,24 +3,27 @@
 EAPU.md: ``ΔGth`` is the smallest change whose mean equals its noise (SNR = 1),
 times a user factor ``k`` (default 1); the drift spread at a stated write-to-use
 delay may be added in quadrature.  With the mean step ``mu`` per pulse at
-mid-window (per polarity) and one write event of ``n`` pulses spreading as
+mid-window (per polarity) and one write event of ``n`` pulses changing the stored
+state with spread
 
-    sigma(n)^2 = s^2 + n sigma_c2c^2 (+ sigma_drift(delay)^2),   sigma_c2c = sigma_rel * mu
+    sigma(n)^2 = sigma_w^2 + n sigma_c2c^2 (+ sigma_relax(delay)^2),   sigma_c2c = sigma_rel * mu
 
-(``s``: per-event write offset; ``sigma_drift = sigma1 ln(1 + delay/t0)``: the
-relaxation spread grown since the write -- its t ~ 0 part is already in ``s``),
-SNR = 1 is the root ``n*`` of ``mu n = sigma(n)``:
+(``sigma_w``: the persistent write error of one event, which accumulates over
+unverified writes; ``sigma_relax = sigma_r0 + sigma1 ln(1 + delay/t0)``: the
+read-visible relaxation spread at the write-to-use delay, added only when a delay
+is given -- it is redrawn at each event and does not accumulate), SNR = 1 is the
+root ``n*`` of ``mu n = sigma(n)``:
 
-    n* = (sigma_c2c^2 + sqrt(sigma_c2c^4 + 4 mu^2 (s^2 + sigma_drift^2))) / (2 mu^2)
+    n* = (sigma_c2c^2 + sqrt(sigma_c2c^4 + 4 mu^2 (sigma_w^2 + sigma_relax^2))) / (2 mu^2)
 
 and ``ΔGth = k mu n*``.  The headline value is the larger of the two polarities
 (a quantum must be reliable whichever way it goes); one quantum is
 ``ceil(ΔGth / mu)`` pulses of a polarity (at least 1), so its mean change is at
 least ``ΔGth``; ``quantum_pulses`` is the larger of the two counts.
 
-Uncertainty: the write-noise bootstrap replicates of ``s`` and ``sigma_rel``
-combined with normal draws of ``mu`` and ``sigma1`` at their standard errors
-(error propagation by simulation).
+Uncertainty: the write-noise bootstrap replicates of ``sigma_w``, ``sigma_r0`` and
+``sigma_rel`` combined with normal draws of ``mu`` and ``sigma1`` at their standard
+errors (error propagation by simulation).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class ThresholdResult(BaseModel):
     delta_g_th_sigma_s: float
     k: float
     drift_delay_s: float | None
-    drift_sigma_s: float = Field(description="drift spread added in quadrature (0 without a delay)")
+    drift_sigma_s: float = Field(description="relaxation spread at the delay, added in quadrature (0 without a delay)")
     by_polarity: dict[str, dict[str, float]] = Field(description="snr1_pulses, delta_g_th_s, step, c2c per polarity")
     quantum_pulses: int = Field(description="pulses of one quantum at mid-window, the larger of the two polarities")
     quantum_pulses_by_polarity: dict[str, int]
@@ -52,6 +55,7 @@ def snr1_pulses(mu: np.ndarray | float, s: np.ndarray | float, sigma_c2c: np.nda
 
 def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[str, float], write_noise_s: float,
                       c2c_rel: float, boot_s: np.ndarray | None = None, boot_c2c_rel: np.ndarray | None = None,
+                      relax_sigma0_s: float = 0.0, boot_relax_sigma0_s: np.ndarray | None = None,
                       k: float = 1.0, drift_delay_s: float | None = None, drift_sigma1_s: float = 0.0,
                       drift_sigma1_sigma_s: float = 0.0, drift_t0_s: float = 1.0,
                       rng: np.random.Generator | None = None) -> ThresholdResult:
@@ -60,11 +64,15 @@ def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[st
         raise ValueError(f"the threshold factor k must be positive, got {k}")
     if drift_delay_s is not None and drift_delay_s < 0:
         raise ValueError(f"the drift delay must be >= 0 s, got {drift_delay_s}")
+    delayed = drift_delay_s is not None
     lt = math.log1p(drift_delay_s / drift_t0_s) if drift_delay_s else 0.0
-    drift_sigma = drift_sigma1_s * lt
+    drift_sigma = (relax_sigma0_s + drift_sigma1_s * lt) if delayed else 0.0
     rng = rng or np.random.default_rng(0)
     if boot_s is None or boot_c2c_rel is None or len(boot_s) < 2:
-        boot_s, boot_c2c_rel = np.array([write_noise_s]), np.array([c2c_rel])
+        boot_s, boot_c2c_rel, boot_relax_sigma0_s = (np.array([write_noise_s]), np.array([c2c_rel]),
+                                                     np.array([relax_sigma0_s]))
+    if boot_relax_sigma0_s is None or len(boot_relax_sigma0_s) != len(boot_s):
+        boot_relax_sigma0_s = np.full(len(boot_s), relax_sigma0_s)
     nb = len(boot_s)
     by_pol, dist = {}, {}
     for pol in ("set", "reset"):
@@ -75,7 +83,8 @@ def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[st
         by_pol[pol] = {"snr1_pulses": n_star, "delta_g_th_s": k * mu * n_star, "step_mid_s": mu,
                        "sigma_c2c_s": c2c_rel * mu}
         mu_b = np.maximum(mu + step_mid_sigma_s.get(pol, 0.0) * rng.standard_normal(nb), 1e-3 * mu)
-        ds_b = (drift_sigma1_s + drift_sigma1_sigma_s * rng.standard_normal(nb)) * lt
+        ds_b = (boot_relax_sigma0_s + (drift_sigma1_s + drift_sigma1_sigma_s * rng.standard_normal(nb)) * lt
+                if delayed else np.zeros(nb))
         dist[pol] = k * mu_b * snr1_pulses(mu_b, boot_s, boot_c2c_rel * mu_b, ds_b**2)
     dg = max(v["delta_g_th_s"] for v in by_pol.values())
     worst = np.maximum(dist["set"], dist["reset"])

@@ -9,12 +9,16 @@ pulses, read, ``n`` SET pulses, read).  Every pulse batch is one write event.
 What a change contains.  Between the (averaged) reads before and after an event of
 ``n`` pulses on device ``i``::
 
-    d = n*mu_i(G) + c2c  +  (e_after - e_before)  +  read noise
-    var(d) = 2 s^2 + sigma_rel^2 * n * mu_i(G)^2 + read + (state wandering)
+    d = n*mu_i(G) + c2c + w  +  (r_after - r_before)  +  read noise
+    var(d) = sigma_w^2 + sigma_rel^2 * n * mu_i(G)^2 + 2 sigma_r0^2 + read + (state wandering)
 
-where ``s`` is the per-event write offset -- which on real devices and on the
-emulator includes the relaxation spread at t ~ 0, i.e. ``s = sqrt(sigma_w^2 +
-sigma_r0^2)`` -- and ``sigma_rel`` the relative cycle-to-cycle spread of one pulse.
+where ``w`` (spread ``sigma_w``) is the persistent write error of the event -- it
+stays in the state, so it enters the change once, like cycle-to-cycle noise -- and
+``r`` (spread ``sigma_r0``) the relaxation offset at t ~ 0, redrawn at each event
+and seen only by reads, so it enters like a read offset: in this change and, with
+the opposite sign, in the next.  That makes successive changes of a device
+correlated by ``sigma_r0^2`` while ``w`` leaves them uncorrelated, which is what
+separates the two.  ``sigma_rel`` is the relative cycle-to-cycle spread of one pulse.
 The analysis therefore
 
 * takes variances within each device (per ``n`` and polarity), so the
@@ -41,21 +45,32 @@ The analysis therefore
   population model scaled by a per-device factor estimated from all the device's
   events of that polarity (inverse-variance weighted, so the large-n events pin it
   down; the bias of its square is removed).  Pooled over devices per
-  (n, polarity): ``V = s^2 K + sigma_rel^2 Q`` with ``K = 1 + (pol + beta)^2``.
-  Normalising by each device's own step puts devices, states and both polarities on
-  one line, so the device-to-device spread of the step never counts as noise.
+  (n, polarity): ``V = sigma_w^2 + sigma_r0^2 K + sigma_rel^2 Q`` with
+  ``K = 1 + (pol + beta)^2``.  Normalising by each device's own step puts devices,
+  states and both polarities on one line, so the device-to-device spread of the step
+  never counts as noise;
+* adds the lag-1 covariance of successive residuals, ``a_t (sigma_r0^2 + read)`` with
+  ``a_t = -pol_t (pol_{t+1} + beta_{t+1})``, estimated from products of differences of
+  same-cell events two apart (each device's cell means cancel), for the pulse counts
+  whose state correction is small (|beta| <= 0.15: an error in beta would leak write
+  and cycle-to-cycle noise into it);
+* fits ``(sigma_w^2, sigma_r0^2, sigma_rel^2) >= 0`` to all rows by weighted least
+  squares (weights: the inverse variance of each row's device mean).  Devices whose
+  statistics are not finite are left out; a device outside the population window is
+  normalised by the model just inside it (never by a zero step).
 
 The per-device step factors ``rho_i`` (mean change over many events, relative to
 the model: a linear, unbiased statistic) are also returned: the calibration uses
 their mean to fix the scale of the pulse-response model, and their spread for the
 device-to-device CV.
 
-Reported: ``s`` (``write_noise_sigma_s``), ``sigma_rel`` and, with the mean step at
-mid-window from the pulse response, the absolute cycle-to-cycle spread
-``sigma_c2c = sigma_rel * mu_mid``, so that one write event of ``n`` pulses at
-mid-window has ``sigma(n)^2 = s^2 + n sigma_c2c^2``.  The classic pooled
-``var(n)`` per polarity (corrected, absolute) is kept for plots together with its own
-straight-line fit.  Uncertainties: bootstrap over devices.
+Reported: ``sigma_w`` (``write_noise_sigma_s``), ``sigma_r0`` (``relax_sigma0_s``),
+``sigma_rel`` and, with the mean step at mid-window from the pulse response, the
+absolute cycle-to-cycle spread ``sigma_c2c = sigma_rel * mu_mid``, so that one write
+event of ``n`` pulses at mid-window changes the stored state with
+``sigma(n)^2 = sigma_w^2 + n sigma_c2c^2``.  The classic pooled ``var(n)`` per
+polarity (corrected, absolute) is kept for plots together with its own straight-line
+fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resample).
 """
 
 from __future__ import annotations
@@ -105,22 +120,28 @@ class CellStats(BaseModel):
     var_raw_s2: float = Field(description="mean within-device variance of the change")
     var_read_s2: float = Field(description="read-noise part, subtracted")
     var_wander_s2: float = Field(description="removed by taking residuals given the pre-event state")
-    var_s2: float = Field(description="corrected variance of the change between two reads: 2 s^2 + c2c")
+    var_s2: float = Field(description="corrected variance of the change between two reads: "
+                                      "sigma_w^2 + 2 sigma_r0^2 + c2c")
     q_s2: float = Field(description="mean over devices of n mu_0^2 (1-kappa)^(2(n-1)) (c2c variance / sigma_rel^2)")
     mean_change_s: float
     beta: float = Field(description="dE[change]/dG from the pulse-response model at the cell's mean state")
 
 
 class WriteNoiseResult(BaseModel):
-    write_noise_sigma_s: float = Field(description="per-event write offset s (sigma_w, incl. relaxation at t~0)")
+    write_noise_sigma_s: float = Field(description="persistent write error of one event, sigma_w")
     write_noise_sigma_sigma_s: float
+    relax_sigma0_s: float = Field(0.0, description="read-visible relaxation offset redrawn at each event (t ~ 0)")
+    relax_sigma0_sigma_s: float = 0.0
     c2c_sigma_rel: float = Field(description="relative cycle-to-cycle spread of one pulse's step")
     c2c_sigma_rel_sigma: float
     c2c_sigma_s: float | None = Field(None, description="sigma_rel * mean SET step at mid-window")
     c2c_sigma_sigma_s: float | None = None
     by_polarity: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="classic fit var(n) = 2 s^2 + n sigma_abs^2 of the pooled changes")
+        default_factory=dict, description="classic fit var(n) = offset + n sigma_abs^2 of the pooled changes "
+                                          "(offset = sigma_w^2 + 2 sigma_r0^2)")
     cells: list[CellStats]
+    lag1: list[dict] = Field(default_factory=list, description="lag-1 covariance rows of the fit")
+    n_used: int = Field(0, description="sampled devices that entered the fit")
     target_s: float
     programmed_fraction: float
     read_noise_rel_used: float
@@ -207,12 +228,41 @@ def change_slope(kappa: np.ndarray, polarity: int, n: int) -> np.ndarray:
     return -polarity * (1.0 - (1.0 - kappa) ** n)
 
 
+def _lag1_coef(cell_of: dict, t: int) -> np.ndarray:
+    """``a_t``: the covariance of the residuals of events t and t+1 is ``a_t (sigma_r0^2 + read var of y[t+1])``.
+
+    The read after event t carries its relaxation offset (and read noise) with weight ``pol_t`` in
+    event t's change and ``-(pol_{t+1} + beta_{t+1})`` in event t+1's residual.
+    """
+    c0, j0 = cell_of[t]
+    c1, j1 = cell_of[t + 1]
+    return -c0["pol"] * (c1["pol"] + c1["beta"])
+
+
+def _nonneg_wls(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares with every coefficient >= 0 (active set: drop negative ones, refit)."""
+    free = np.ones(design.shape[1], bool)
+    coef = np.zeros(design.shape[1])
+    sw = np.sqrt(w)
+    for _ in range(design.shape[1]):
+        sol, *_ = np.linalg.lstsq(design[:, free] * sw[:, None], y * sw, rcond=None)
+        coef[:] = 0.0
+        coef[free] = sol
+        if np.all(coef[free] >= 0):
+            break
+        free &= coef > 0
+        if not free.any():
+            break
+    return np.maximum(coef, 0.0)
+
+
 def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, params: WriteNoiseParams,
                         read_noise_rel: float, q_var: float, step_mid_s: float | None,
                         rng: np.random.Generator, model: dict[str, SoftBoundsFit] | None = None):
-    """Residual within-device variances per (n, polarity) and the fit ``V = s^2 K + sigma_rel^2 Q``."""
+    """Moments of the residual changes and the fit of ``(sigma_w^2, sigma_r0^2, sigma_rel^2)``; see the module doc."""
     r = params.n_reads
     s_rd2 = read_noise_rel**2
+    n_dev_all = y.shape[1]
     cells = []
     for n in params.pulse_counts:
         for pol in (+1, -1):
@@ -220,8 +270,12 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
             pre_mean = pre.mean(axis=0)
             if model is not None:
                 fit_p = model["set" if pol > 0 else "reset"]
-                kappa0 = decrement(fit_p, pol, pre_mean)
-                mu_model = model_step(fit_p, "set" if pol > 0 else "reset", pre_mean)
+                # a device whose state lies outside the population window still moves: normalise by the
+                # model just inside the window, never by a zero step
+                w = fit_p.g_max_s - fit_p.g_min_s
+                inside = np.clip(pre_mean, fit_p.g_min_s + 0.02 * w, fit_p.g_max_s - 0.02 * w)
+                kappa0 = decrement(fit_p, pol, inside)
+                mu_model = model_step(fit_p, "set" if pol > 0 else "reset", inside)
             else:
                 kappa0, mu_model = np.zeros(d.shape[1]), np.ones(d.shape[1])
             cells.append(dict(n=n, pol=pol, j=d.shape[0], t=t, d=d, pre=pre, pre_mean=pre_mean, kappa0=kappa0,
@@ -231,11 +285,11 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
     # the mean change of n pulses is rho_i * mu_model * S1(kappa_i, n), S1 = (1 - (1-kappa)^n) / kappa,
     # and the decrement kappa_i = rho_i * kappa_model is the device's own (it scales with its step), so
     # iterate.  Inverse-variance weights: the large-n cells pin rho_i down.
-    rho = {+1: np.ones(y.shape[1]), -1: np.ones(y.shape[1])}
-    rho_var = {+1: np.zeros(y.shape[1]), -1: np.zeros(y.shape[1])}
+    rho = {+1: np.ones(n_dev_all), -1: np.ones(n_dev_all)}
+    rho_var = {+1: np.zeros(n_dev_all), -1: np.zeros(n_dev_all)}
     for _ in range(3):
         for c in cells:
-            kappa = np.clip(c["kappa0"] * np.clip(rho[c["pol"]], 0.05, 5.0), 0.0, 0.5)
+            kappa = np.clip(c["kappa0"] * np.clip(np.nan_to_num(rho[c["pol"]], nan=1.0), 0.05, 5.0), 0.0, 0.5)
             q1 = 1.0 - kappa
             c["kappa"] = kappa
             c["scale"] = c["mu_model"] * np.where(kappa > 1e-12, (1.0 - q1 ** c["n"]) / np.maximum(kappa, 1e-12),
@@ -244,12 +298,14 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
             num = den = 0.0
             for c in cells:
                 if c["pol"] == pol:
-                    w = c["scale"] ** 2 * c["j"] / max(float(c["raw"].mean()), 1e-30)
-                    num = num + w * c["m"] / c["scale"]
+                    w = c["scale"] ** 2 * c["j"] / max(float(np.nanmean(c["raw"])), 1e-30)
+                    num = num + w * c["m"] / np.where(c["scale"] > 0, c["scale"], np.nan)
                     den = den + w
-            rho[pol], rho_var[pol] = num / den, 1.0 / den
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rho[pol], rho_var[pol] = num / den, 1.0 / den
         if model is None:
             break
+    beta_of = {}
     for c in cells:
         n, pol, d, pre, t = c["n"], c["pol"], c["d"], c["pre"], c["t"]
         kappa = c["kappa"]
@@ -261,61 +317,103 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
         rv_after = (s_rd2 * (y[t + 1] ** 2).mean(axis=0) + q_var) / r
         rv_before = (s_rd2 * (pre**2).mean(axis=0) + q_var) / r
         # cycle-to-cycle variance per unit sigma_rel^2: n mu_0^2 (1-kappa)^(2(n-1)), mu_0 = rho_i mu_model
-        c.update(v=res.var(axis=0, ddof=1), rv=rv_after + coef * rv_before, k=1.0 + coef, beta=beta,
+        c.update(res=res, v=res.var(axis=0, ddof=1), rv=rv_after + coef * rv_before, k=1.0 + coef, beta=beta,
                  q=n * (1.0 - kappa) ** (2 * (n - 1)) * c["mu_model"] ** 2 * (rho[pol] ** 2 - rho_var[pol]))
+        for j, tt in enumerate(t.tolist()):
+            beta_of[tt] = (c, j)
 
-    def fit(idx: np.ndarray | None):
-        """(s^2, sigma_rel^2, per-cell V, Q, K) for the devices ``idx`` (bootstrap)."""
-        sel = slice(None) if idx is None else idx
-        vs, qs, ks = [], [], []
-        for c in cells:
-            vs.append(float((c["v"][sel] - c["rv"][sel]).mean()))
-            qs.append(float(c["q"][sel].mean()))
-            ks.append(float(c["k"][sel].mean()))
-        vs_a, design = np.array(vs), np.stack([ks, qs], axis=1)
-        w = 1.0 / np.maximum(vs_a, 1e-30)
-        coef, *_ = np.linalg.lstsq(design * w[:, None], vs_a * w, rcond=None)
-        return float(coef[0]), float(coef[1]), vs, qs, ks
+    # Rows of the moment fit, each a per-device statistic and its per-device design (sigma_w^2, sigma_r0^2,
+    # sigma_rel^2): the residual variance of every cell, and the lag-1 covariance of successive events
+    # (from differences of same-cell events two apart, which cancel each device's cell means).
+    rows_y, rows_x, row_kind = [], [], []
+    for c in cells:
+        rows_y.append(c["v"] - c["rv"])
+        rows_x.append(np.stack([np.ones_like(c["k"]), c["k"], c["q"]]))
+        row_kind.append(("var", c["n"], c["pol"]))
+    read_var = (s_rd2 * y**2 + q_var) / r  # variance of every averaged read, (events+1, devices)
+    for n in params.pulse_counts:
+        # only where the state correction is small: an error in beta would leak c2c and write noise in
+        block = [t for t in range(1, len(n_arr)) if n_arr[t] == n and t in beta_of]
+        if len(block) < 4 or max(float(np.mean(np.abs(beta_of[t][0]["beta"]))) for t in block) > 0.15:
+            continue
+        for parity in (0, 1):
+            prods, xs = [], []
+            for k in range(parity, len(block) - 3, 2):
+                t0, t1, t2, t3 = block[k:k + 4]
+                if t3 - t0 != 3:
+                    continue
+                r0, r1, r2, r3 = (beta_of[t][0]["res"][beta_of[t][1]] for t in (t0, t1, t2, t3))
+                a01, a12, a23 = (_lag1_coef(beta_of, t) for t in (t0, t1, t2))
+                prods.append((r2 - r0) * (r3 - r1) - (a01 * read_var[t1] + a23 * read_var[t3] - a12 * read_var[t2]))
+                xs.append(a01 + a23 - a12)
+            if prods:
+                zeros = np.zeros(n_dev_all)
+                rows_y.append(np.mean(prods, axis=0))
+                rows_x.append(np.stack([zeros, np.mean(xs, axis=0), zeros]))
+                row_kind.append(("lag1", n, int(pol_arr[block[parity]])))
+    ry = np.stack(rows_y)  # (rows, devices)
+    rx = np.stack(rows_x)  # (rows, 3, devices)
+    usable = np.all(np.isfinite(ry), axis=0) & np.all(np.isfinite(rx), axis=(0, 1))
+    for pol in (+1, -1):
+        usable &= np.isfinite(rho[pol]) & (rho[pol] > 0)
+    n_used = int(usable.sum())
+    if n_used < 8:
+        raise ValueError(f"write noise: only {n_used} of {n_dev_all} sampled devices gave a usable response "
+                         "to the write events (no step or no read-out); the devices do not respond to the "
+                         "pulse profiles, or nearly all are stuck")
+    ry, rx = ry[:, usable], rx[:, :, usable]
+    row_var = np.maximum(ry.var(axis=1, ddof=1) / n_used, 1e-300)  # variance of each row's mean
+    weights = 1.0 / row_var
 
-    s2, c_slope, vs, qs, ks = fit(None)
-    s = float(np.sqrt(max(s2, 0.0)))
-    sig_rel = float(np.sqrt(max(c_slope, 0.0)))
-    n_dev = y.shape[1]
-    boot = bootstrap_indices(rng, n_dev, params.n_boot)
-    bs, br = [], []
-    for idx in boot:
-        s2_b, c_b, *_ = fit(idx)
-        bs.append(np.sqrt(max(s2_b, 0.0)))
-        br.append(np.sqrt(max(c_b, 0.0)))
-    s_sig, r_sig = float(np.std(bs, ddof=1)), float(np.std(br, ddof=1))
+    def fit(counts: np.ndarray | None) -> np.ndarray:
+        """(sigma_w^2, sigma_r0^2, sigma_rel^2) from the device means (bootstrap: weighted by ``counts``)."""
+        if counts is None:
+            yy, xx = ry.mean(axis=1), rx.mean(axis=2)
+        else:
+            yy, xx = ry @ counts / n_used, rx @ counts / n_used
+        return _nonneg_wls(xx, yy, weights)
+
+    sw2, sr2, c_slope = fit(None)
+    s, s_r0, sig_rel = (float(np.sqrt(v)) for v in (sw2, sr2, c_slope))
+    boot = bootstrap_indices(rng, n_used, params.n_boot)
+    counts = np.stack([np.bincount(b, minlength=n_used) for b in boot]).astype(float)
+    reps = np.sqrt(np.array([fit(cnt) for cnt in counts]))
+    bs, br0, br = reps[:, 0], reps[:, 1], reps[:, 2]
+    s_sig, r0_sig, r_sig = (float(np.std(v, ddof=1)) for v in (bs, br0, br))
 
     stats = []
-    for c, vm, qm, km in zip(cells, vs, qs, ks):
+    for i, c in enumerate(cells):
+        vm = float(ry[i].mean())
+        km, qm = float(rx[i, 1].mean()), float(rx[i, 2].mean())
         stats.append(CellStats(n=c["n"], polarity="set" if c["pol"] > 0 else "reset",
-                               var_raw_s2=float(c["raw"].mean()), var_read_s2=float(c["rv"].mean()),
-                               var_wander_s2=float(c["raw"].mean() - c["v"].mean()),
-                               var_s2=vm + (2.0 - km) * s2, q_s2=qm, mean_change_s=float(c["m"].mean()),
-                               beta=float(c["beta"].mean())))
+                               var_raw_s2=float(c["raw"][usable].mean()), var_read_s2=float(c["rv"][usable].mean()),
+                               var_wander_s2=float(c["raw"][usable].mean() - c["v"][usable].mean()),
+                               var_s2=vm + (2.0 - km) * sr2, q_s2=qm, mean_change_s=float(c["m"][usable].mean()),
+                               beta=float(c["beta"][usable].mean())))
+    lag1 = [{"n": kind[1], "first_polarity": "set" if kind[2] > 0 else "reset", "value_s2": float(ry[i].mean()),
+             "coef": float(rx[i, 1].mean())} for i, kind in enumerate(row_kind) if kind[0] == "lag1"]
     by_pol = {}
     for pol in ("set", "reset"):
         ns = np.array([c.n for c in stats if c.polarity == pol], float)
         vv = np.array([c.var_s2 for c in stats if c.polarity == pol])
-        a, b, _ = weighted_line(ns, vv, 1.0 / vv**2)
-        by_pol[pol] = {"offset_var_s2": a, "sigma_w_s": float(np.sqrt(max(a / 2, 0.0))),
-                       "sigma_abs_s": float(np.sqrt(max(b, 0.0))), "slope_s2": b}
+        a, b, _ = weighted_line(ns, vv, 1.0 / np.maximum(vv, 1e-30) ** 2)
+        by_pol[pol] = {"offset_var_s2": a, "slope_s2": b, "sigma_abs_s": float(np.sqrt(max(b, 0.0)))}
     result = WriteNoiseResult(
-        write_noise_sigma_s=s, write_noise_sigma_sigma_s=s_sig, c2c_sigma_rel=sig_rel, c2c_sigma_rel_sigma=r_sig,
+        write_noise_sigma_s=s, write_noise_sigma_sigma_s=s_sig, relax_sigma0_s=s_r0, relax_sigma0_sigma_s=r0_sig,
+        c2c_sigma_rel=sig_rel, c2c_sigma_rel_sigma=r_sig,
         c2c_sigma_s=None if step_mid_s is None else sig_rel * step_mid_s,
         c2c_sigma_sigma_s=None if step_mid_s is None else r_sig * step_mid_s,
-        by_polarity=by_pol, cells=stats, target_s=0.0, programmed_fraction=0.0,
-        read_noise_rel_used=float(read_noise_rel), sample=SampleInfo(n_devices=n_dev, selection=""),
+        by_polarity=by_pol, cells=stats, lag1=lag1, n_used=n_used, target_s=0.0, programmed_fraction=0.0,
+        read_noise_rel_used=float(read_noise_rel), sample=SampleInfo(n_devices=n_dev_all, selection=""),
     )
     step_unit = "1 (x population model)" if model is not None else "S per pulse"
-    arrays = {"step_scale_set": (rho[+1], step_unit), "step_scale_set_var": (rho_var[+1], step_unit + "^2"),
-              "step_scale_reset": (rho[-1], step_unit), "step_scale_reset_var": (rho_var[-1], step_unit + "^2"),
+    nan_out = {pol: np.where(usable, rho[pol], np.nan) for pol in (+1, -1)}
+    arrays = {"step_scale_set": (nan_out[+1], step_unit), "step_scale_set_var": (rho_var[+1], step_unit + "^2"),
+              "step_scale_reset": (nan_out[-1], step_unit), "step_scale_reset_var": (rho_var[-1], step_unit + "^2"),
+              "used": (usable, "bool"),
               "cell_pulses": (np.array([c["n"] for c in cells]), "pulses"),
               "cell_polarity": (np.array([c["pol"] for c in cells]), "+1 SET / -1 RESET"),
               "cell_mean_change": (np.stack([c["m"] for c in cells]), "S"),
               "cell_mean_pre_g": (np.stack([c["pre_mean"] for c in cells]), "S"),
-              "boot_sigma_w_s": (np.array(bs), "S"), "boot_c2c_rel": (np.array(br), "1")}
+              "boot_sigma_w_s": (bs, "S"), "boot_relax_sigma0_s": (br0, "S"), "boot_c2c_rel": (br, "1")}
     return result, arrays

@@ -3,7 +3,7 @@
 The emulated firmware drives this model instead of a real board, so calibration and
 training meet the troubles of a real HfOx/TaOx array (shared docs/DEVICE_MODEL.md):
 soft-bounds SET/RESET steps with asymmetry, device-to-device and cycle-to-cycle
-spread, write noise redrawn at each write event, logarithmic relaxation, read noise,
+spread, a persistent write error at each write event, logarithmic relaxation, read noise,
 stuck devices, wear, pulse amplitude/width dependence and energy/time bookkeeping on
 a virtual clock.  Every operation is vectorised over devices; the only Python loop is
 over the pulse index of a batch.
@@ -16,7 +16,8 @@ operation never shifts the draws of another:
 0. fixed per-device factors (alpha_set, alpha_reset, g_max, stuck flags, initial G),
    drawn once in the constructor, in that order, with numpy's exact normals;
 1. cycle-to-cycle noise of every pulse;
-2. write-event redraws (``e_w`` then ``xi_r``; the initial ``xi_r`` too);
+2. write events (the write error ``sigma_w*xi`` added to G, then the relaxation draw
+   ``xi_r``; the initial ``xi_r`` too);
 3. read noise (reads and VMM).
 
 Dynamic noise (streams 1-3) comes from :class:`NormalSource`: by default a 16-bit
@@ -32,8 +33,15 @@ device's last one: from then on it is stuck at its current G.  The soft-bounds `
 is taken on the narrowed window, and a device above a narrowed bound is clipped to it
 when pulsed.
 
-Reads return ``max(G + e_w + relax(t), 0) * (1 + read_noise_rel*xi)`` (a device cannot
-conduct negatively); stuck devices show neither write offset nor relaxation.
+Write error (shared DEVICE_MODEL.md): every write event (one or more pulses sent to a
+device in one batch, a forming pulse, a DC sweep step) adds ``sigma_w*xi`` to the stored
+``G``, once per event whatever its size, clipped into the device's window: it is part
+of the new state, so unverified writes random-walk.  Frozen devices (stuck, worn out,
+unformed) take no write error.  The relaxation draw ``xi_r`` and ``t_w`` are redrawn
+at every event: relaxation is a read-visible offset that does not accumulate.
+
+Reads return ``max(G + relax(t), 0) * (1 + read_noise_rel*xi)`` (a device cannot
+conduct negatively); stuck devices show no relaxation.
 """
 
 from __future__ import annotations
@@ -207,7 +215,6 @@ class MemristorArray:
         self._noise = {k: NormalSource(self._rngs[k], exact_normals)
                        for k in (_STREAM_PULSE, _STREAM_WRITE, _STREAM_READ)}
         self._draw_fixed_factors(self._rngs[_STREAM_FIXED])
-        self.e_w = np.zeros(self.n_devices)
         self.xi_r = self._noise[_STREAM_WRITE].affine(self.n_devices)
         self.t_w = np.zeros(self.n_devices)
         self.n_pulses = np.zeros(self.n_devices, dtype=np.int64)
@@ -325,8 +332,8 @@ class MemristorArray:
 
         The SET phase runs first, then the RESET phase; within a phase pulse index k is
         applied to every device with ``|count| > k`` at once.  One call is one write
-        event for every touched device: its write offset and relaxation draw are
-        redrawn and ``t_w`` is set to the clock at the batch end.
+        event for every touched device: its write error is added to G, its relaxation
+        draw is redrawn and ``t_w`` is set to the clock at the batch end.
 
         ``last_width_s`` (optional, one per device, seconds, in (0, profile width]): the
         width of each device's last pulse, a width-modulated partial pulse of the same
@@ -392,15 +399,28 @@ class MemristorArray:
         c.write_energy_j += device_j + periphery_j
 
     def _redraw_write_event(self, idx: np.ndarray) -> None:
+        """One write event on each device ``idx``: persistent write error into G, fresh relaxation draw.
+
+        The error is drawn for every touched device (so the stream does not depend on which are
+        frozen) and lands only on devices that move, clipped into their (wear-narrowed) window.
+        """
         if idx.size == 0:
             return
+        p = self.params
         sel = _as_selector(idx)
         noise = self._noise[_STREAM_WRITE]
-        if isinstance(sel, slice):  # draw straight into the state arrays
-            noise.affine(idx.size, 0.0, self.params.sigma_w_s, out=self.e_w[sel])
+        error = noise.affine(idx.size, 0.0, p.sigma_w_s)
+        error *= ~self._frozen()[sel]
+        g = self.g[sel] + error
+        n_pulses = self.n_pulses[sel]
+        if n_pulses.size and int(n_pulses.max()) > p.endurance_pulses:
+            hi, _ = self._worn_bounds(self.g_max[sel], n_pulses, self.stuck[sel])
+        else:
+            hi = self.g_max[sel]
+        self.g[sel] = np.clip(g, p.g_min_s, np.maximum(hi, p.g_min_s))
+        if isinstance(sel, slice):  # draw straight into the state array
             noise.affine(idx.size, out=self.xi_r[sel])
         else:
-            self.e_w[sel] = noise.affine(idx.size, 0.0, self.params.sigma_w_s)
             self.xi_r[sel] = noise.affine(idx.size)
         self.t_w[sel] = self.clock_s
 
@@ -515,12 +535,12 @@ class MemristorArray:
         coef[worn] = 0.0
 
     # ---- reads ---------------------------------------------------------------------
-    def _effective_g(self, g, e_w, xi_r, t_w, stuck) -> np.ndarray:
-        """Noise-free conductance a read sees now: G + e_w + relax(t), G alone if stuck."""
+    def _effective_g(self, g, xi_r, t_w, stuck) -> np.ndarray:
+        """Noise-free conductance a read sees now: G + relax(t), G alone if stuck."""
         p = self.params
         log_t = np.log1p((self.clock_s - t_w) / p.relax_t0_s)
         relax = (p.relax_sigma0_s + p.relax_sigma1_s * log_t) * xi_r - p.relax_mu_s * log_t
-        g_eff = g + e_w + relax
+        g_eff = g + relax
         g_eff = np.where(stuck, g, g_eff)
         return np.maximum(g_eff, 0.0, out=g_eff)
 
@@ -529,7 +549,7 @@ class MemristorArray:
         return self.stuck | self.unformed
 
     def _state_at(self, sel) -> tuple[np.ndarray, ...]:
-        return self.g[sel], self.e_w[sel], self.xi_r[sel], self.t_w[sel], self._frozen()[sel]
+        return self.g[sel], self.xi_r[sel], self.t_w[sel], self._frozen()[sel]
 
     def _region_state(self, row0: int, col0: int, nrows: int, ncols: int) -> tuple[np.ndarray, ...]:
         if not (0 <= row0 and 0 <= col0 and nrows > 0 and ncols > 0
@@ -537,7 +557,7 @@ class MemristorArray:
             raise ValueError(f"region ({row0},{col0}) {nrows}x{ncols} outside the {self.rows}x{self.cols} array")
         block = (slice(row0, row0 + nrows), slice(col0, col0 + ncols))
         return tuple(a.reshape(self.rows, self.cols)[block]
-                     for a in (self.g, self.e_w, self.xi_r, self.t_w, self._frozen()))
+                     for a in (self.g, self.xi_r, self.t_w, self._frozen()))
 
     def _check_indices(self, flat_idx) -> np.ndarray:
         idx = np.asarray(flat_idx, dtype=np.int64).reshape(-1)
@@ -639,9 +659,12 @@ class MemristorArray:
             "mean_reset_step_mid_s": mean_reset_step,
             "sigma_c2c_abs_mid_s": p.sigma_c2c * mean_set_step,
             "sigma_c2c_abs_mid_reset_s": p.sigma_c2c * mean_reset_step,
-            # The relaxation spread at t=0 (sigma0*xi_r) is redrawn at every write event and
-            # seen by every later read, exactly like e_w: no measurement of G separates them.
-            "sigma_w_effective_s": float(np.hypot(p.sigma_w_s, p.relax_sigma0_s)),
+            # sigma_w_s (a parameter) is the persistent write error of one event: it stays in G, so
+            # successive changes are uncorrelated and unverified writes random-walk.  The relaxation
+            # spread at t = 0 (relax_sigma0_s * xi_r) is redrawn at every event and seen by the reads
+            # only: it enters the change across an event twice (like a read offset) and makes
+            # successive changes anti-correlated, which is what separates the two.  ΔGth's per-event
+            # noise is sigma_w_s^2 + n (sigma_c2c * step)^2.
             "stuck_fraction_actual": float(self.stuck_factory.mean()),
             "worn_out_fraction": float(self.worn_out.mean()),
             "d2d_cv_actual": float(alpha_set.std() / alpha_set.mean()),
@@ -671,7 +694,7 @@ class MemristorArray:
         """sha256 of fixed and dynamic state, clock and random-stream positions."""
         h = hashlib.sha256()
         for a in (self.alpha_set, self.alpha_reset, self.g_max, self.stuck_factory,
-                  self.g, self.e_w, self.xi_r, self.t_w, self.n_pulses, self.stuck, self.unformed):
+                  self.g, self.xi_r, self.t_w, self.n_pulses, self.stuck, self.unformed):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(np.float64(self.clock_s).tobytes())
         for rng in self._rngs:
@@ -683,7 +706,7 @@ class MemristorArray:
         return self._rngs[{"pulse": _STREAM_PULSE, "write": _STREAM_WRITE, "read": _STREAM_READ}[stream]]
 
     # ---- snapshots (emulator only: exact resume of an interrupted run) ---------------
-    _DYNAMIC = ("g", "e_w", "xi_r", "t_w", "n_pulses", "stuck", "unformed")
+    _DYNAMIC = ("g", "xi_r", "t_w", "n_pulses", "stuck", "unformed")
 
     def snapshot(self) -> bytes:
         """The whole dynamic state (arrays, clock, counters, random-stream positions) as bytes.

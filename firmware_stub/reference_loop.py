@@ -2,8 +2,8 @@
 
 This is the honest baseline that ``hil bench`` times the vectorised model against
 (``emulator_speedup_vs_loop``), and a test oracle: it re-implements soft-bounds steps,
-cycle-to-cycle noise, clipping, stuck devices, wear, energy and the write-event
-redraw independently, with scalar ``math`` and one scalar random draw per pulse, so
+cycle-to-cycle noise, clipping, stuck devices, wear, energy and the write event
+(persistent write error, relaxation redraw) independently, with scalar ``math`` and one scalar random draw per pulse, so
 that the two engines can be compared statistically (not bitwise: the draw order differs).
 Only validation, batch duration and counter/clock booking are shared with the model.
 """
@@ -80,8 +80,12 @@ def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, rese
     outcome = PulseOutcome(n_set, n_reset, energy + periphery,
                            array.write_batch_duration_s(counts, w_set, w_reset, last_width_s), periphery)
     array.book_write_batch(outcome, idx.size)
+    p = array.params
     for i in idx.tolist():
-        array.e_w[i] = array.params.sigma_w_s * rng_write.standard_normal()
+        error = p.sigma_w_s * rng_write.standard_normal()  # persistent: lands in G, once per event
+        if not (array.stuck[i] or array.unformed[i]):
+            hi = _worn_upper_bound_s(array, i, int(array.n_pulses[i]))
+            array.g[i] = min(max(float(array.g[i]) + error, p.g_min_s), max(hi, p.g_min_s))
         array.xi_r[i] = rng_write.standard_normal()
         array.t_w[i] = array.clock_s
     return outcome

@@ -177,5 +177,11 @@ def test_delta_g_threshold_is_the_snr1_point():
     drifted = delta_g_threshold(**base, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
     assert drifted.delta_g_th_s > th.delta_g_th_s
     assert drifted.drift_sigma_s == pytest.approx(0.04e-6 * math.log1p(3600.0))
+    # the relaxation offset at t ~ 0 is read-visible, not stored: it counts only at a stated delay
+    assert delta_g_threshold(**base, relax_sigma0_s=0.4e-6).delta_g_th_s == th.delta_g_th_s
+    at_zero = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_s=0.0)
+    assert at_zero.drift_sigma_s == pytest.approx(0.4e-6)
+    relaxed = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
+    assert relaxed.drift_sigma_s == pytest.approx(0.4e-6 + 0.04e-6 * math.log1p(3600.0))
     with pytest.raises(ValueError, match="k must be positive"):
         delta_g_threshold(**base, k=0)

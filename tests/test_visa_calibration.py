@@ -41,7 +41,7 @@ def test_calibration_runs_on_the_visa_bench(served, tmp_path):
     # a full-size run); this checks that the figures come out, in the right units and range
     assert 0.5 < report.read_noise_rel / truth["read_noise_rel"] < 2
     assert 0.5 < report.pulse_step_mean_s["set"] / truth["mean_set_step_mid_s"] < 2
-    assert 0.5 < report.write_noise_sigma_s / truth["sigma_w_effective_s"] < 2
+    assert 0.5 < report.write_noise_sigma_s / truth["sigma_w_s"] < 2
     assert report.delta_g_th_s > 0
     assert _idle(running)
 
