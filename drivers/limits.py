@@ -106,7 +106,7 @@ _LARGER_IS_TIGHTER = frozenset({"min_pulse_width_s"})
 #: has no ``[limits]`` section gets these, not the instruments' ratings.
 DEVICE_SAFE_LIMITS = SafetyLimits(
     max_set_v=3.0, max_reset_v=3.0, max_read_v=0.5, max_form_v=4.0, compliance_a=1e-3,
-    min_pulse_width_s=10e-9, max_pulse_width_s=1e-3, max_pulses_per_batch=64_000_000, max_pulses_per_device=255,
+    min_pulse_width_s=100e-12, max_pulse_width_s=1e-3, max_pulses_per_batch=64_000_000, max_pulses_per_device=255,
 )
 
 
