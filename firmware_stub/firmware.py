@@ -10,6 +10,7 @@ transports all drive that one method.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import asdict, dataclass
@@ -45,6 +46,15 @@ class HardwareLimits:
     max_pulses_per_device: int = 255
 
 
+def emulator_serial(array: MemristorArray) -> str:
+    """``EMU-<rows>x<cols>-seed<seed>``, plus ``-p<digest>`` of the device parameters unless they are the defaults:
+    two emulators that are different boards (seed, size or preset) never share a serial number."""
+    serial = f"EMU-{array.rows}x{array.cols}-seed{array.seed}"
+    if array.params != DeviceParams():
+        serial += "-p" + hashlib.sha256(array.params.model_dump_json().encode()).hexdigest()[:8]
+    return serial
+
+
 class Refused(Exception):
     def __init__(self, status: Status, message: str):
         super().__init__(message)
@@ -60,7 +70,7 @@ class Firmware:
         self.params: DeviceParams = array.params
         self.limits = limits or HardwareLimits()
         self.name = name
-        self.serial_number = serial_number or f"EMU-{array.rows}x{array.cols}-seed{array.seed}"
+        self.serial_number = serial_number or emulator_serial(array)
         p = self.params
         self.g_full_scale_s = 2.0 * p.g_max_s
         self.g_lsb_s = self.g_full_scale_s / 65535
