@@ -62,17 +62,23 @@ def resume_command(ctx: click.Context, keep: set[str] | None = None) -> str:
 
 @contextlib.contextmanager
 def sigint_guard() -> Iterator[None]:
-    """Ctrl-C raises ``KeyboardInterrupt`` as usual, and again at the end of the block if it was swallowed."""
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual, and again at the end of the block if it was swallowed.
+
+    Only the first Ctrl-C raises: a second one while the command is already stopping
+    must not break the clean-up (the board's safe idle) nor the message that follows,
+    so once one was seen Ctrl-C stays ignored after the block (the command is ending).
+    """
     hits: list[int] = []
 
     def on_sigint(signum, frame):
         hits.append(signum)
-        raise KeyboardInterrupt
+        if len(hits) == 1:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if hits else previous)
     if hits:
         raise KeyboardInterrupt
