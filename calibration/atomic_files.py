@@ -9,9 +9,9 @@ file or the new complete one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,22 +68,17 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_h5(path: Path, update: bool) -> Iterator:
-    """An HDF5 file to write, replacing ``path`` only once it is complete and closed.
+    """An HDF5 file to write, replacing ``path`` only once it is complete.
 
-    With ``update`` the new file starts as a copy of ``path`` (an incremental write);
-    otherwise it starts empty.  An exception inside the block (Ctrl-C, a full disk)
-    leaves ``path`` exactly as it was.
+    The file is built in memory (with ``update``, from the bytes of ``path``: an
+    incremental write) and then written with :func:`atomic_write_bytes`, so the HDF5
+    library never writes to disk itself: a full disk is a plain ``OSError`` from that
+    write, and an exception inside the block (Ctrl-C) leaves ``path`` exactly as it was.
     """
     import h5py
 
     path = Path(path)
-    tmp = temp_path(path)
-    try:
-        if update:
-            shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a" if update else "w") as f:
-            yield f
-        commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO(path.read_bytes() if update else b"")
+    with h5py.File(buf, "r+" if update else "w") as f:
+        yield f
+    atomic_write_bytes(path, buf.getvalue())

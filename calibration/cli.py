@@ -133,8 +133,9 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
     except ResumeRefused as exc:
         _fail(str(exc))
     except (BoardError, ValueError, OSError) as exc:
-        suffix = f" (finished stages kept in {kept}; resume with: {resume_command(ctx)})" if kept.exists() else ""
-        _fail(f"{exc}{suffix}")
+        message = f"cannot write {out_dir}: {exc}" if isinstance(exc, OSError) else str(exc)
+        suffix = f"; the finished stages are kept in {kept}; resume with: {resume_command(ctx)}" if kept.exists() else ""
+        _fail(f"{message}{suffix}")
     head = {
         "calibration": str(out_dir / JSON_NAME),
         "delta_g_th_s": report.delta_g_th_s,
