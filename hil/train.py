@@ -368,8 +368,7 @@ class Trainer:
                                     **{k[5:]: f"{v:.3f}" for k, v in self._last_eval.items() if k.startswith("test_")})
                 if self._stop and step < self.total_steps - 1:
                     self._checkpoint(step, "done", None, with_snapshot=snapshot_ok)
-                    raise Interrupted(f"stopped after step {step + 1} of {self.total_steps}; "
-                                      f"resume with: hil train --resume --out {self.store.root}")
+                    raise Interrupted(f"stopped after step {step + 1} of {self.total_steps}")
         finally:
             signal.signal(signal.SIGINT, previous)
             if bar is not None:

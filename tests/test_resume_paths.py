@@ -66,7 +66,7 @@ def printed_command(stderr: str) -> list[str]:
     """The command an interruption message says resumes the run (``hil ...``), as argv."""
     assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
     line = next(x for x in stderr.splitlines() if "resume with: " in x)
-    argv = shlex.split(line.split("resume with: ", 1)[1])
+    argv = shlex.split(line.rsplit("resume with: ", 1)[1])
     assert argv[0] == "hil" and "--resume" in argv, argv
     return argv[1:]
 
