@@ -115,17 +115,27 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
                                    reset_profile=reset_p, plots=not no_plots, **extra)
     except (ValidationError, ValueError) as exc:
         _fail(f"invalid option: {exc}")
+    from calibration.storage import AlreadyMeasured, ResumeRefused
+    from hil.interruptions import resume_command, sigint_guard
+
+    kept = out_dir / H5_NAME
     try:
-        with _open(ctx, address) as board:
-            report = calibrate(board, out_dir, params, resume=resume, progress=not no_progress)
+        with sigint_guard():
+            with _open(ctx, address) as board:
+                report = calibrate(board, out_dir, params, resume=resume, progress=not no_progress)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: the finished stages are kept in {out_dir / H5_NAME}; "
-                   "rerun with --resume to continue", err=True)
+        saved = f"the finished stages are kept in {kept}" if kept.exists() else "no stage had finished"
+        click.echo(f"interrupted: {saved}; resume with: {resume_command(ctx)}", err=True)
         sys.exit(130)
+    except AlreadyMeasured:
+        _fail(f"{kept} already holds measurements: continue that calibration with: {resume_command(ctx)} "
+              "(or choose another --out)")
+    except ResumeRefused as exc:
+        _fail(str(exc))
     except (BoardError, ValueError, OSError) as exc:
-        kept = out_dir / H5_NAME
-        suffix = f" (finished stages kept in {kept}; --resume continues)" if kept.exists() else ""
-        _fail(f"{exc}{suffix}")
+        message = f"cannot write {out_dir}: {exc}" if isinstance(exc, OSError) else str(exc)
+        suffix = f"; the finished stages are kept in {kept}; resume with: {resume_command(ctx)}" if kept.exists() else ""
+        _fail(f"{message}{suffix}")
     head = {
         "calibration": str(out_dir / JSON_NAME),
         "delta_g_th_s": report.delta_g_th_s,

@@ -22,9 +22,12 @@ the write-noise stage's direct step scale, see below), ΔGth and its quantum
 
 Files in ``out_dir``: ``calibration.json`` (the :class:`CalibrationReport`),
 ``calibration.h5`` (every stage's raw arrays with units, parameters, board-clock
-and wall time stamps; written and flushed as each stage ends) and PNG plots.  With
+and wall time stamps; saved atomically as each stage ends) and PNG plots.  With
 ``resume`` the completed stages are read back from ``calibration.h5`` and only the
-rest is measured; the board identity and the parameters must match.
+rest is measured; the board identity (not its address) and the parameters must
+match.  On a board that can snapshot its state (the emulator) the state saved with
+the last completed stage is restored first, so a resumed calibration ends exactly
+where an uninterrupted one does; a real board simply continues from where it is.
 
 The step at mid-window.  Per-device nonlinear fits of noisy pulse-response curves
 overestimate the step by a few percent (least-squares bias grows with the noise of
@@ -54,6 +57,7 @@ from calibration.pulse_response import PulseResponseParams, PulseResponseResult,
 from calibration.read_noise import STAGE as RN
 from calibration.read_noise import ReadNoiseParams, ReadNoiseResult, measure_read_noise
 from calibration.report import CalibrationReport, DriftModel, SoftBoundsFit
+from calibration.atomic_files import atomic_write_bytes
 from calibration.storage import RawStore, board_identity
 from calibration.stuck import STAGE as STUCK
 from calibration.stuck import StuckParams, StuckResult, map_stuck
@@ -187,6 +191,11 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     store = RawStore(out / H5_NAME)
     done = store.start(identity, info.model_dump(mode="json"), params.fingerprint(), resume,
                        extra={"address": getattr(board, "address", "")})
+    snapshots = info.capabilities.snapshot
+    if done and snapshots:
+        blob = store.board_snapshot()
+        if blob is not None:
+            board.restore(blob)  # the board sends our profiles again before its next pulse
     units = _units(sp)
     tick, bar = _progress_bar(progress, sum(units.values()))
     clock0 = board.clock()
@@ -213,7 +222,8 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
             if ticker:
                 ticker.finish(units[name])
             stamp = watch.stamp()
-            store.write_stage(name, measured.result, measured.raw, sp[name], stamp)
+            store.write_stage(name, measured.result, measured.raw, sp[name], stamp,
+                              board_snapshot=board.snapshot() if snapshots else None)
             results[name], raws[name] = measured.result, measured.raw
             stamps[name] = stamp.model_dump()
             log.info("stage %s done in %.1f s", name, stamp.wall_duration_s)
@@ -238,7 +248,7 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
         "board_clock_end_s": board.clock(), "resumed_stages": [s for s in STAGES if s in done],
         "stages": stamps, "files": files}
     out.mkdir(parents=True, exist_ok=True)
-    report.save(out / JSON_NAME)
+    atomic_write_bytes(out / JSON_NAME, report.model_dump_json(indent=2).encode())
     return report
 
 

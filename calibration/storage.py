@@ -1,4 +1,4 @@
-"""Raw measurements in HDF5: one group per stage, written and flushed as soon as it ends.
+"""Raw measurements in HDF5: one group per stage, each stage saved as soon as it ends.
 
 Layout of a calibration file (``calibration.h5``)::
 
@@ -8,16 +8,20 @@ Layout of a calibration file (``calibration.h5``)::
                                    result (JSON), stamp (JSON: board-clock and wall times),
                                    plus the stage's own attributes
     /stages/<name>/<array>  attrs: units
+    /board_snapshot         emulator only: the board's state when the last saved stage ended
 
-The file is opened, written and closed for each stage, so whatever ended before
-an interruption (Ctrl-C, a lost link, a refused request) is on disk, and a
-resumed run finds the completed stages there.  A stage group without
-``complete = True`` is an interrupted write and is replaced.
+Every write makes a new file (a copy of the previous one plus the new stage) and
+renames it over the old one (:func:`calibration.atomic_files.atomic_h5`), so
+whatever ended before an interruption (Ctrl-C, a kill, a lost link, a full disk)
+is on disk in a complete file, and a resumed run finds the completed stages
+there.  On a board that can snapshot its state (the emulator), the snapshot saved
+with the last stage lets a resumed run continue from exactly that state.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,10 @@ import h5py
 import numpy as np
 from pydantic import BaseModel
 
+from calibration.atomic_files import atomic_h5
 from calibration.common import Raw, Stamp, now_iso
+
+log = logging.getLogger(__name__)
 
 SOFTWARE = "memristor-hil calibration"
 
@@ -34,12 +41,39 @@ class ResumeRefused(ValueError):
     """A resumed run does not match the data already on disk."""
 
 
+class AlreadyMeasured(ResumeRefused):
+    """A new calibration was asked for in a directory that holds one (resume it, or choose another)."""
+
+
+IDENTITY_KEYS = ("kind", "name", "serial_number", "firmware_version", "protocol_version", "rows", "cols", "emulated")
+
+
+def identity_from_info(info: dict) -> dict:
+    """The identity part of a board's info (``BoardInfo.model_dump()``): what must match for data to be combined.
+
+    The address is not part of it: a board reached at another port (a USB adapter that
+    came back as another device, an emulator served on a new TCP port) is the same board.
+    An emulator's serial number carries its seed and, if not the defaults, its device
+    parameters, so two emulators of other seeds or presets are different boards.
+    """
+    return {k: info.get(k) for k in IDENTITY_KEYS}
+
+
 def board_identity(board) -> dict:
-    """What must match for data to be combined: the board's identity and geometry."""
-    i = board.info
-    return {"kind": i.kind, "name": i.name, "serial_number": i.serial_number,
-            "firmware_version": i.firmware_version, "protocol_version": i.protocol_version,
-            "rows": i.rows, "cols": i.cols, "emulated": i.emulated}
+    """The identity of an open board (see :func:`identity_from_info`)."""
+    return identity_from_info(board.info.model_dump(mode="json"))
+
+
+def describe_identity(identity: dict) -> str:
+    """One line naming a board, e.g. ``emulator EMU-32x48-seed3 (32x48, firmware emu-1.0.0)``."""
+    return (f"{identity.get('kind')} {identity.get('serial_number')} "
+            f"({identity.get('rows')}x{identity.get('cols')}, firmware {identity.get('firmware_version')})")
+
+
+def identity_difference(old: dict, new: dict) -> str:
+    """``kind 'a' != 'b', ...`` for the identity fields that differ (empty if none)."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k} {old.get(k)!r} != {new.get(k)!r}" for k in keys)
 
 
 def _attr_value(value: Any) -> Any:
@@ -59,28 +93,36 @@ class RawStore:
         """Create the file, or (``resume``) check it matches; returns the completed stages."""
         if self.path.exists():
             if not resume:
-                raise ResumeRefused(
-                    f"{self.path} already holds measurements; pass --resume (resume=True) to continue that "
-                    "calibration, or choose another output directory")
-            with h5py.File(self.path, "r") as f:
-                old_id = json.loads(f.attrs.get("board_identity", "{}"))
-                old_params = json.loads(f.attrs.get("params", "{}"))
+                raise AlreadyMeasured(
+                    f"{self.path} already holds measurements; continue that calibration with --resume "
+                    "(resume=True), or choose another output directory")
+            try:
+                with h5py.File(self.path, "r") as f:
+                    old_id = json.loads(f.attrs["board_identity"])
+                    old_params = json.loads(f.attrs["params"])
+            except (OSError, KeyError, ValueError) as exc:
+                # not a file this module completed (written before writes were atomic): nothing in it can be trusted
+                aside = self.path.with_name(self.path.name + ".damaged")
+                self.path.replace(aside)
+                log.warning("%s is unreadable (%s); moved aside to %s, calibrating from the start",
+                            self.path, exc, aside)
+                return self._create(identity, info, params, extra)
             if old_id != identity:
-                diff = {k: (old_id.get(k), identity.get(k)) for k in set(old_id) | set(identity)
-                        if old_id.get(k) != identity.get(k)}
                 raise ResumeRefused(
-                    f"cannot resume: {self.path} was measured on another board "
-                    + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in sorted(diff.items())))
+                    f"cannot resume: {self.path} was measured on another board, {describe_identity(old_id)}; this "
+                    f"address reaches {describe_identity(identity)} ({identity_difference(old_id, identity)}); "
+                    "resume with --board pointing at the original board, or calibrate into another directory")
             if old_params != params:
                 keys = sorted(k for k in set(old_params) | set(params) if old_params.get(k) != params.get(k))
                 raise ResumeRefused(
                     f"cannot resume: the calibration parameters differ from those of {self.path} "
                     f"(changed: {', '.join(keys)}); rerun with the original parameters or another output directory")
             return self.completed()
-        if resume:
-            pass  # nothing to resume: start afresh
+        return self._create(identity, info, params, extra)
+
+    def _create(self, identity: dict, info: dict, params: dict, extra: dict | None) -> list[str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(self.path, "w") as f:
+        with atomic_h5(self.path, update=False) as f:
             f.attrs["board_identity"] = json.dumps(identity, sort_keys=True)
             f.attrs["board_info"] = json.dumps(info, sort_keys=True, default=str)
             f.attrs["params"] = json.dumps(params, sort_keys=True)
@@ -102,8 +144,9 @@ class RawStore:
 
     # ---- stages ---------------------------------------------------------------------
     def write_stage(self, name: str, result: BaseModel, raw: Raw, params: BaseModel | dict | None,
-                    stamp: Stamp | None) -> None:
-        with h5py.File(self.path, "a") as f:
+                    stamp: Stamp | None, board_snapshot: bytes | None = None) -> None:
+        """Save a finished stage (and the board's state after it, if it can be snapshot) in one atomic write."""
+        with atomic_h5(self.path, update=True) as f:
             stages = f.require_group("stages")
             if name in stages:
                 del stages[name]
@@ -119,20 +162,27 @@ class RawStore:
             g.attrs["result"] = result.model_dump_json()
             if stamp is not None:
                 g.attrs["stamp"] = stamp.model_dump_json()
-            f.flush()
+            if board_snapshot is not None:
+                if "board_snapshot" in f:
+                    del f["board_snapshot"]
+                f.create_dataset("board_snapshot", data=np.frombuffer(board_snapshot, dtype=np.uint8))
+                f["board_snapshot"].attrs["stage"] = name
             g.attrs["complete"] = True
-            f.flush()
+
+    def board_snapshot(self) -> bytes | None:
+        """The board state saved with the last completed stage (emulator only), or None."""
+        with h5py.File(self.path, "r") as f:
+            return f["board_snapshot"][()].tobytes() if "board_snapshot" in f else None
 
     def write_array(self, name: str, value: np.ndarray, unit: str, description: str = "") -> None:
         """A dataset at the file's root (summaries over stages), replaced if present."""
-        with h5py.File(self.path, "a") as f:
+        with atomic_h5(self.path, update=True) as f:
             if name in f:
                 del f[name]
             ds = f.create_dataset(name, data=np.asarray(value), compression="gzip")
             ds.attrs["units"] = unit
             if description:
                 ds.attrs["description"] = description
-            f.flush()
 
     def load_stage(self, name: str) -> tuple[dict, Raw, dict | None]:
         """(result JSON, raw arrays, stamp) of a completed stage."""
@@ -151,7 +201,7 @@ def save_measurement(path: str | Path, name: str, result: BaseModel, raw: Raw, p
     """One characterization measurement in its own HDF5 file (overwritten)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
+    with atomic_h5(path, update=False) as f:
         f.attrs["board_identity"] = json.dumps(identity, sort_keys=True)
         f.attrs["board_info"] = json.dumps(board_info, sort_keys=True, default=str)
         f.attrs["created"] = now_iso()

@@ -23,6 +23,7 @@ whether or not a run was checkpointed, interrupted and resumed, and under link f
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import asdict, dataclass
@@ -68,6 +69,15 @@ TIMED_OPS = frozenset({Op.PULSE, Op.PROGRAM, Op.READ_REGION, Op.READ_CELLS, Op.V
 """Requests whose frames and latency pass on the board clock (see the module docstring)."""
 
 
+def emulator_serial(array: MemristorArray) -> str:
+    """``EMU-<rows>x<cols>-seed<seed>``, plus ``-p<digest>`` of the device parameters unless they are the defaults:
+    two emulators that are different boards (seed, size or preset) never share a serial number."""
+    serial = f"EMU-{array.rows}x{array.cols}-seed{array.seed}"
+    if array.params != DeviceParams():
+        serial += "-p" + hashlib.sha256(array.params.model_dump_json().encode()).hexdigest()[:8]
+    return serial
+
+
 class Refused(Exception):
     def __init__(self, status: Status, message: str):
         super().__init__(message)
@@ -86,7 +96,7 @@ class Firmware:
         self.name = name
         self.device_preset = device_preset
         self.device_config = device_config
-        self.serial_number = serial_number or f"EMU-{array.rows}x{array.cols}-seed{array.seed}"
+        self.serial_number = serial_number or emulator_serial(array)
         p = self.params
         self.g_full_scale_s = 2.0 * p.g_max_s
         self.g_lsb_s = self.g_full_scale_s / 65535

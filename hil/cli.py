@@ -18,6 +18,7 @@ from drivers.address import open_board
 from drivers.errors import BoardError
 from drivers.limits import SafetyLimits, load_limits
 from hil.update_rules import RULES
+from hil.interruptions import resume_command, sigint_guard
 
 log = logging.getLogger("hil")
 
@@ -122,12 +123,25 @@ def bench(ctx: click.Context, address: str, as_json: bool, quick: bool) -> None:
         click.echo(f"{key:36s} {value}")
 
 
-TRAIN_OPTIONS = ("board", "task", "method", "epochs", "seed", "calibration", "batch_size", "lr", "hidden",
-                 "optimizer", "k")
+TRAIN_OPTIONS = ("task", "method", "epochs", "seed", "calibration", "batch_size", "lr", "hidden",
+                 "optimizer", "k", "allow_foreign_calibration")
+
+
+def _stopped(ctx: click.Context, what: str, folder: Path | None = None) -> None:
+    """End an interrupted command (Ctrl-C): status 130 and the exact command that resumes it."""
+    kept = f"; {folder} is kept" if folder is not None else ""
+    click.echo(f"{what}{kept}; resume with: {resume_command(ctx)}", err=True)
+    sys.exit(130)
+
+
+def _failed(ctx: click.Context, message: str, resumable: bool) -> None:
+    """End a command that a lost link or a full disk stopped: one line, and how to resume if there is anything."""
+    _fail(f"{message}; resume with: {resume_command(ctx)}" if resumable else message)
 
 
 @cli.command()
-@click.option("--board", "address", default="emu", show_default=True, help="Board address (unused by --method float).")
+@click.option("--board", "address", default="emu", show_default=True,
+              help="Board address (unused by --method float). With --resume: any address of the run's board.")
 @click.option("--task", type=click.Choice(["digits", "digits-small", "denoise", "superres"]), default="digits",
               show_default=True, help="digits-small: 4x4 pooled digits, for small benches.")
 @click.option("--method", type=click.Choice(list(RULES)), default="eapu", show_default=True,
@@ -138,16 +152,19 @@ TRAIN_OPTIONS = ("board", "task", "method", "epochs", "seed", "calibration", "ba
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="calibration.json to use; without it the board is calibrated first.")
+@click.option("--allow-foreign-calibration", is_flag=True,
+              help="Accept a --calibration measured on another board (recorded in the run).")
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--hidden", default=None, help="Hidden layer sizes, e.g. 32 or 64,32.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None)
 @click.option("--k", type=click.FloatRange(min=0, min_open=True), default=None, help="EaPU threshold factor k.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (or start it again if it "
+                                             "stopped before its first checkpoint).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, batch_size, lr, hidden,
-          optimizer, k, resume, quiet) -> None:
+def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, allow_foreign_calibration,
+          batch_size, lr, hidden, optimizer, k, resume, quiet) -> None:
     """Train a network on the array (or digitally, --method float); writes the run directory."""
     from pydantic import ValidationError
 
@@ -160,29 +177,38 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
         _fail(f"--hidden expects layer sizes like 32 or 64,32; got {hidden!r}")
     values = {"board": address, "task": task, "method": method, "epochs": epochs, "seed": seed,
               "calibration": calibration, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-              "delta_g_th_k": k, "hidden": sizes}
+              "delta_g_th_k": k, "hidden": sizes, "allow_foreign_calibration": allow_foreign_calibration or None}
+    typed = {n for n in (*TRAIN_OPTIONS, "address")
+             if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+    started = (out_dir / "config.json").exists()
     try:
-        if resume:
-            cfg = load_config_for_resume(out_dir)
-            given = {n for n in TRAIN_OPTIONS
-                     if ctx.get_parameter_source(n if n != "board" else "address") == click.core.ParameterSource.COMMANDLINE}
-            changed = [n for n in given if values.get("delta_g_th_k" if n == "k" else n) not in
-                       (None, getattr(cfg, "delta_g_th_k" if n == "k" else n))]
-            if changed:
-                _fail(f"--resume continues the run as configured in {out_dir}/config.json; "
-                      f"drop or correct {', '.join('--' + c.replace('_', '-') for c in sorted(changed))}")
-        else:
-            if (out_dir / "checkpoint.json").exists() and not (out_dir / "summary.json").exists():
-                _fail(f"{out_dir} holds an interrupted run: add --resume to continue it, or choose another --out")
-            cfg = TrainConfig(**{key: v for key, v in values.items() if v is not None})
-        summary = run_training(cfg, out_dir, resume=resume, progress=not quiet, limits=ctx.obj.limits)
+        with sigint_guard():
+            if resume:
+                cfg = load_config_for_resume(out_dir, board=address if "address" in typed else None)
+                field = {"k": "delta_g_th_k"}
+                changed = [n for n in typed - {"address"} if values.get(field.get(n, n)) not in
+                           (None, getattr(cfg, field.get(n, n)))]
+                if changed:
+                    _fail(f"--resume continues the run as configured in {out_dir}/config.json; "
+                          f"drop or correct {', '.join('--' + c.replace('_', '-') for c in sorted(changed))}")
+            else:
+                if started and (out_dir / "summary.json").exists():
+                    _fail(f"{out_dir} holds a finished run: choose another --out")
+                if started:
+                    again = resume_command(ctx, keep={"out_dir", "address", "quiet"})
+                    _fail(f"{out_dir} holds an interrupted run: continue it with: {again} (or choose another --out)")
+                cfg = TrainConfig(**{key: v for key, v in values.items() if v is not None})
+            summary = run_training(cfg, out_dir, resume=resume, progress=not quiet, limits=ctx.obj.limits)
     except Interrupted as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(130)
-    except (BoardError, ValueError, ValidationError) as exc:
+        _stopped(ctx, str(exc), out_dir)
+    except KeyboardInterrupt:
+        _stopped(ctx, "interrupted", out_dir if (out_dir / "config.json").exists() else None)
+    except BoardError as exc:
+        _failed(ctx, str(exc), (out_dir / "config.json").exists())
+    except (ValueError, ValidationError) as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write the run directory {out_dir}: {exc}")
+        _failed(ctx, f"cannot write the run directory {out_dir}: {exc}", (out_dir / "config.json").exists())
     click.echo(json.dumps({k: v for k, v in summary.items()}, indent=2))
 
 
@@ -227,30 +253,41 @@ def compare(run_dirs, as_json: bool, out_dir: Path | None, overwrite: bool, no_p
               help="Board address; an emulator gets its own board seed per seed (emu?seed=S).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
               show_default=True)
+@click.option("--task", type=click.Choice(["digits", "digits-small"]), default="digits", show_default=True,
+              help="digits-small fits small boards (e.g. 32x96).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--seeds", "seeds_text", default="5", show_default=True,
               help="A count (5: seeds 0-4) or a list of seeds (0-9, 3,7,11).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out (finished parts are kept).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out: finished parts are kept, "
+                                             "the interrupted one resumes.")
 @click.option("--quiet", is_flag=True)
 @click.pass_context
-def demo(ctx: click.Context, address: str, out_dir: Path, epochs: int, seeds_text: str, resume: bool,
+def demo(ctx: click.Context, address: str, out_dir: Path, task: str, epochs: int, seeds_text: str, resume: bool,
          quiet: bool) -> None:
-    """Calibrate, train float, bp and eapu on digits over several seeds, then compare them."""
+    """Per seed: calibrate, train float, bp and eapu; then compare them over the seeds."""
     from hil import compare as cmp
     from hil.demo import DemoPlan, parse_seeds, run_demo
     from hil.plots import plot_comparison
+    from hil.train import Interrupted
 
     try:
         seeds = parse_seeds(seeds_text)
     except ValueError as exc:
         _fail(str(exc))
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        _fail(f"{out_dir} already holds a demo: add --resume to continue it, or choose another --out")
-    plan = DemoPlan(address, out_dir, tuple(seeds), epochs)
+        _fail(f"{out_dir} holds a demo already: continue it with: {resume_command(ctx)} (or choose another --out)")
+    plan = DemoPlan(address, out_dir, tuple(seeds), epochs, task)
     try:
-        dirs = run_demo(plan, limits=ctx.obj.limits, progress=not quiet, echo=click.echo)
+        with sigint_guard():
+            dirs = run_demo(plan, limits=ctx.obj.limits, progress=not quiet, echo=click.echo)
         groups, ratios = cmp.compare(dirs)
-    except (BoardError, ValueError, OSError) as exc:
+    except Interrupted as exc:
+        _stopped(ctx, str(exc), out_dir)
+    except KeyboardInterrupt:
+        _stopped(ctx, "interrupted", out_dir)
+    except (BoardError, OSError) as exc:
+        _failed(ctx, str(exc), True)
+    except ValueError as exc:
         _fail(str(exc))
     click.echo(cmp.table(groups, ratios))
     for path in plot_comparison(groups, out_dir, overwrite=True):

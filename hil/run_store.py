@@ -4,45 +4,21 @@ Layout (ARCHITECTURE.md): ``config.json``, ``board.json``, ``calibration.json``,
 ``metrics.jsonl`` (one JSON object per line, flushed as written), ``checkpoint.npz``
 + ``checkpoint.json`` (everything needed to resume exactly), ``summary.json`` and
 PNG plots.  Files that must never be seen half-written are replaced atomically
-(write to a temporary file, fsync, rename).
+(:mod:`calibration.atomic_files`: temporary file, fsync, rename, fsync of the directory).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable before anything relies on it
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+from calibration.atomic_files import atomic_write_bytes, atomic_write_json
+from calibration.atomic_files import json_default as _json_default
 
 
 class RunStore:

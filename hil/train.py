@@ -12,6 +12,15 @@ tag the board remembers).  A resumed run restores the checkpoint, sends the batc
 only if the board has not applied it, and continues; on an emulator the board's
 own state is restored from a snapshot in the checkpoint, so a resumed run ends
 exactly where an uninterrupted one does.
+
+No dead ends: ``config.json`` (and, for an array method, ``board.json`` with the
+board's identity) is written before anything else, so a run folder always holds
+either a checkpoint to resume from or a configuration to start again from:
+resuming a run stopped before its first checkpoint checks that the configuration
+and the board are the same and starts it from the beginning (a calibration made
+for the run is itself resumed).  A run is tied to its board's identity, not to
+the address: resuming through another port that reaches the same board works,
+another board is refused.
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ class TrainConfig(BaseModel):
     delta_g_th_k: float = Field(1.0, gt=0, description="EaPU threshold as a multiple of the calibrated ΔGth")
     max_pulses: int = Field(64, ge=1, le=255)
     calibration: str | None = None
+    allow_foreign_calibration: bool = Field(False, description="accept a --calibration measured on another board")
     checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints on snapshot-capable boards")
     eval_batch: int = Field(256, ge=1)
     host_step_s: float = Field(HOST_STEP_S, ge=0, description="the host's compute time per step, let pass on a "
@@ -137,6 +147,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, **({"momentum": cfg.momentum}
                                                                      if cfg.optimizer == "sgd" else {}))
         self.calibration = None
+        self._foreign_calibration: dict | None = None
         self.rules: list = []
 
     def _shapes(self) -> list[tuple[int, int]]:
@@ -331,17 +342,24 @@ class Trainer:
         self.store.create()
         self._generation = 0
         self._last_eval: dict = {}
+        if resume:
+            self._check_same_configuration()
+        elif self.store.exists("config.json"):
+            raise ValueError(f"{self.store.root} already holds a run (config.json): choose another --out, "
+                             "or --resume to continue that run")
+        else:
+            self._check_inputs()  # bad input refused before the folder becomes a run
+            # first: from here on the folder is a run that --resume can continue or restart
+            self.store.write_json("config.json", cfg.model_dump())
         self._prepare_board(resume)
         self._build()
         start = 0
-        if resume:
+        if resume and self.store.exists("checkpoint.json"):
             start = self._resume()
         else:
-            if self.store.exists("config.json"):
-                raise ValueError(f"{self.store.root} already holds a run (config.json): choose another --out, "
-                                 "or --resume to continue that run")
+            if resume:
+                log.info("resume: %s holds no checkpoint yet; starting the run from the beginning", self.store.root)
             self.totals.run_nonce = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-            self.store.write_json("config.json", cfg.model_dump())
             self.store.open_metrics(keep_while=lambda rec: False)
             self._initial_programming()
         snapshot_ok = self.board is not None and self.board.info.capabilities.snapshot
@@ -366,14 +384,15 @@ class Trainer:
                                     **{k[5:]: f"{v:.3f}" for k, v in self._last_eval.items() if k.startswith("test_")})
                 if self._stop and step < self.total_steps - 1:
                     self._checkpoint(step, "done", None, with_snapshot=snapshot_ok)
-                    raise Interrupted(f"stopped after step {step + 1} of {self.total_steps}; "
-                                      f"resume with: hil train --resume --out {self.store.root}")
+                    raise Interrupted(f"stopped after step {step + 1} of {self.total_steps}")
         finally:
             signal.signal(signal.SIGINT, previous)
             if bar is not None:
                 bar.close()
             self.store.close()
         summary = self._summary()
+        if self._foreign_calibration is not None:
+            summary["foreign_calibration"] = self._foreign_calibration
         self.store.write_json("summary.json", summary)
         from hil.plots import plot_run
 
@@ -411,34 +430,96 @@ class Trainer:
         return tqdm(total=self.total_steps, initial=start, desc=f"{self.cfg.method} {self.cfg.task}", unit="step",
                     disable=None)  # None: no bar when stderr is not a terminal (CI logs)
 
+    def _check_inputs(self) -> None:
+        """What a new run can refuse without touching the board: the network must fit, a given
+        calibration must be readable and (unless allowed) measured on this board."""
+        if self.cfg.method == "float":
+            return
+        if self.board is None:
+            raise ValueError("an array method needs a board")
+        place_tiles(self._shapes(), self.board.info.rows, self.board.info.cols)
+        if self.cfg.calibration:
+            self._load_given_calibration()
+
     def _prepare_board(self, resume: bool) -> None:
         if self.cfg.method == "float":
             return
         if self.board is None:
             raise ValueError("an array method needs a board")
-        info = self.board.info
         from calibration.report import CalibrationReport
 
-        if self.cfg.calibration:
-            self.calibration = CalibrationReport.load(self.cfg.calibration)
-        elif resume or self.store.exists("calibration.json"):
+        self._record_board(resume)
+        if self.store.exists("calibration.json"):  # the run's own copy: what it was started with
             self.calibration = CalibrationReport.load(self.store.root / "calibration.json")
+            self._foreign_calibration = self.store.read_json("board.json").get("foreign_calibration")
+        elif self.cfg.calibration:
+            if self.calibration is None:
+                self._load_given_calibration()
+            if self._foreign_calibration is not None:
+                record = self.store.read_json("board.json")
+                self.store.write_json("board.json", {**record, "foreign_calibration": self._foreign_calibration})
         else:
             from calibration.run import CalibrationParams, calibrate
 
             log.info("no calibration given: calibrating the board first")
+            # resume=True: a calibration interrupted with this run continues; none yet starts afresh
             self.calibration = calibrate(self.board, self.store.root / "calibration", CalibrationParams(seed=self.cfg.seed),
-                                         progress=self.progress)
+                                         resume=True, progress=self.progress)
         profiles = getattr(self.calibration, "profiles", None) or {}
         if "set" in profiles and "reset" in profiles:  # pulse with the profiles the calibration measured
             from drivers.limits import PulseProfile
 
             self.board.set_profiles(PulseProfile(**profiles["set"]), PulseProfile(**profiles["reset"]))
-        if not resume:
+        if not self.store.exists("calibration.json"):
             self.store.write_json("calibration.json", self.calibration.model_dump(mode="json"))
-            self.store.write_json("board.json", {"info": info.model_dump(mode="json"),
-                                                 "limits": self.board.limits.model_dump(),
-                                                 "status": self.board.status().model_dump()})
+
+    def _record_board(self, resume: bool) -> None:
+        """Write board.json (identity first of all), or on resume check the board is the run's board."""
+        from calibration.storage import board_identity, describe_identity, identity_difference, identity_from_info
+
+        identity = board_identity(self.board)
+        if self.store.exists("board.json"):
+            record = self.store.read_json("board.json")
+            saved = record.get("identity") or identity_from_info(record["info"])
+            if saved != identity:
+                raise ValueError(
+                    f"cannot resume: the run in {self.store.root} was made on board {describe_identity(saved)}, but "
+                    f"{self.cfg.board} reaches board {describe_identity(identity)} ({identity_difference(saved, identity)}); "
+                    "resume with --board pointing at the original board")
+            record["addresses"] = [*record.get("addresses", []), self.cfg.board]
+        else:
+            record = {"identity": identity, "info": self.board.info.model_dump(mode="json"),
+                      "limits": self.board.limits.model_dump(), "status": self.board.status().model_dump(),
+                      "addresses": [self.cfg.board]}
+        self.store.write_json("board.json", record)
+
+    def _load_given_calibration(self) -> None:
+        """Load --calibration; one measured on another board is refused, unless allowed (then it is recorded)."""
+        from calibration.report import CalibrationReport
+        from calibration.storage import board_identity, describe_identity, identity_difference
+
+        self.calibration = CalibrationReport.load(self.cfg.calibration)
+        identity, measured = board_identity(self.board), self.calibration.board
+        if measured == identity:
+            return
+        what = describe_identity(measured) if measured else "an unrecorded board"
+        if not self.cfg.allow_foreign_calibration:
+            raise ValueError(
+                f"the calibration {self.cfg.calibration} was measured on board {what}, not on this run's board "
+                f"{describe_identity(identity)} ({identity_difference(measured, identity)}); calibrate this board, "
+                "or pass --allow-foreign-calibration to use it anyway")
+        log.warning("using a calibration measured on board %s for board %s", what, describe_identity(identity))
+        self._foreign_calibration = {"calibration": self.cfg.calibration, "measured_on": measured,
+                                     "used_on": identity}
+
+    def _check_same_configuration(self) -> None:
+        """A resumed run must have the configuration it was started with (the board address may differ)."""
+        if not self.store.exists("config.json"):
+            raise ValueError(f"{self.store.root} holds no run to resume (no config.json)")
+        saved = TrainConfig(**self.store.read_json("config.json"))
+        if saved.model_dump(exclude={"board"}) != self.cfg.model_dump(exclude={"board"}):
+            raise ValueError(f"--resume: the run in {self.store.root} was made with another configuration: "
+                             f"{saved.model_dump()}")
 
     def _initial_programming(self) -> None:
         if self.board is None:
@@ -450,12 +531,6 @@ class Trainer:
         self.totals.baseline = self.board.status().model_dump()
 
     def _resume(self) -> int:
-        if not self.store.exists("checkpoint.json"):
-            raise ValueError(f"{self.store.root} holds no checkpoint to resume from")
-        saved = TrainConfig(**self.store.read_json("config.json"))
-        if saved.model_dump() != self.cfg.model_dump():
-            raise ValueError(f"--resume: the run in {self.store.root} was made with another configuration: "
-                             f"{saved.model_dump()}")
         meta, arrays, blob = self.store.load_checkpoint()
         self._generation = int(meta["generation"]) + 1
         if blob is not None:
@@ -561,8 +636,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         return Trainer(cfg, out_dir, board, progress).run(resume)
 
 
-def load_config_for_resume(out_dir: str | Path) -> TrainConfig:
+def load_config_for_resume(out_dir: str | Path, board: str | None = None) -> TrainConfig:
+    """The configuration of the run in ``out_dir``; ``board``: reach its board at another address."""
     path = Path(out_dir) / "config.json"
     if not path.exists():
         raise ValueError(f"{out_dir} holds no run to resume (no config.json)")
-    return TrainConfig(**json.loads(path.read_text()))
+    cfg = TrainConfig(**json.loads(path.read_text()))
+    return cfg if board is None else cfg.model_copy(update={"board": board})

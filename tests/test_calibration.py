@@ -277,7 +277,8 @@ def test_cli_errors_are_one_line_and_keep_measured_data(tmp_path):
     assert r.exit_code == 2 and "larger than the 24x24 array" in r.stderr
     r = _cli("calibrate", "--board", "emu?rows=24&cols=24&seed=8", "--out", str(out), "--seed", "7",
              "--sample", "128", "--resume", "--no-progress")
-    assert r.exit_code == 2 and "another board" in r.stderr and "--resume continues" in r.stderr
+    assert r.exit_code == 2 and "another board" in r.stderr  # a refused resume names both boards
+    assert "EMU-24x24-seed7" in r.stderr and "EMU-24x24-seed8" in r.stderr
     r = _cli("calibrate", "--board", SMALL, "--out", str(out), "--seed", "7", "--sample", "128", "--no-progress")
     assert r.exit_code == 2 and "already holds measurements" in r.stderr
     assert (out / H5_NAME).read_bytes() == before  # nothing measured was lost or overwritten

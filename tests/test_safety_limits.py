@@ -98,7 +98,7 @@ def test_disjoint_pulse_width_windows_are_a_conflict():
     with pytest.raises(LimitConflict) as info:
         effective_limits(user, DEVICE_SAFE_LIMITS)
     msg = str(info.value)
-    assert "[0.002, 1] s" in msg and "[1e-08, 0.001] s" in msg and "\n" not in msg
+    assert "[0.002, 1] s" in msg and "[1e-10, 0.001] s" in msg and "\n" not in msg
 
 
 # ---- VISA: nothing beyond the effective limits reaches an instrument ---------------------------------------
@@ -382,7 +382,7 @@ def conflicting(tmp_path):
 def test_conflicting_limits_file_is_a_one_line_error(conflicting, tmp_path, command):
     args = [a.replace("{tmp}", str(tmp_path)) for a in command]
     out = run_hil("--limits", str(conflicting), *args)
-    assert_one_line_error(out, "[0.002, 1] s", "[1e-08, 0.001] s", "min_pulse_width_s")
+    assert_one_line_error(out, "[0.002, 1] s", "[1e-10, 0.001] s", "min_pulse_width_s")
 
 
 def test_conflicting_limits_on_a_bench(bench, conflicting):
