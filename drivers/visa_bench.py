@@ -219,9 +219,9 @@ class VisaBenchBoard(Board):
         self._smu_armed = True
         if c.bench.emulated:
             try:
-                float(self.smu.query(":EMUL:CLOC?"))
+                self.smu.query_number(":EMUL:CLOC?")
                 ok = self.smu.error_count == 0
-            except (BoardTimeout, ValueError):  # a real instrument does not answer an undefined query
+            except (BoardTimeout, InstrumentError):  # a real instrument does not answer an undefined query
                 ok = False
             if not ok:
                 raise InstrumentError(
@@ -496,7 +496,7 @@ class VisaBenchBoard(Board):
     # ---- clock -----------------------------------------------------------------------------------------------------
     def _do_clock(self) -> float:
         if self.config.bench.virtual_clock:
-            return float(self.smu.query(":EMUL:CLOC?"))
+            return self.smu.query_number(":EMUL:CLOC?")
         return time.monotonic() - self._t0
 
     def _do_wait(self, seconds: float) -> float:

@@ -117,7 +117,14 @@ class InstrumentProperty:
             return self
         if self.get_cmd is None:
             raise AttributeError(f"{self.name} cannot be read back from the instrument")
-        return self.parse(inst.query(self.get_cmd.format(**inst.command_fields)))
+        command = self.get_cmd.format(**inst.command_fields)
+        reply = inst.query(command)
+        try:
+            return self.parse(reply)
+        except (ValueError, TypeError, KeyError):
+            raise InstrumentError(f"{inst.label} at {inst.resource_name} answered {command!r} with {reply!r}, "
+                                  f"which is not a valid {self.name}: check that the resource is the right "
+                                  "instrument and its command set") from None
 
     def __set__(self, inst: "VisaInstrument", value: Any) -> None:
         if self.set_cmd is None:
@@ -250,6 +257,15 @@ class VisaInstrument:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s >> %s", self.label, reply)
         return reply.strip()
+
+    def query_number(self, command: str) -> float:
+        """``query`` parsed as a number; :class:`InstrumentError` (not a bare ValueError) if it is none."""
+        reply = self.query(command)
+        try:
+            return float(reply.split(",")[0])
+        except ValueError:
+            raise InstrumentError(f"{self.label} at {self.resource_name} answered {command!r} with {reply!r}, "
+                                  "which is not a number") from None
 
     def resync(self) -> None:
         """After an interrupted exchange: end any partial line and discard stale replies."""
