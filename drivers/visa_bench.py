@@ -293,6 +293,19 @@ class VisaBenchBoard(Board):
     def instruments(self) -> dict[str, VisaInstrument]:
         return {"smu": self.smu, "pulse_generator": self.generator, "switch_matrix": self.matrix}
 
+    def _instrument_settings(self) -> dict[str, Any]:
+        """Identity and every readable setting of the SMU, generator and matrix (queried now), plus the
+        matrix's closed crosspoints and the bench file's settings."""
+        out: dict[str, Any] = {}
+        for role, inst in self.instruments.items():
+            if inst is not None:
+                out[role] = inst.settings()
+        if self.matrix is not None:
+            out["switch_matrix"]["parameters"]["closed_channels"] = sorted(self.matrix.closed_channels())
+        out["bench_file"] = {"path": str(self.path) if self.path else None,
+                             **self.config.model_dump(mode="json", include={"bench", "smu", "pulse_generator"})}
+        return out
+
     @property
     def wire_bytes(self) -> int:
         return sum(i.bytes_tx + i.bytes_rx for i in self.instruments.values() if i is not None)

@@ -438,7 +438,8 @@ class Trainer:
             self.store.write_json("calibration.json", self.calibration.model_dump(mode="json"))
             self.store.write_json("board.json", {"info": info.model_dump(mode="json"),
                                                  "limits": self.board.limits.model_dump(),
-                                                 "status": self.board.status().model_dump()})
+                                                 "status": self.board.status().model_dump(),
+                                                 "instrument_settings": self.board.settings_snapshot()})
 
     def _initial_programming(self) -> None:
         if self.board is None:

@@ -45,7 +45,7 @@ class Keithley2450(VisaInstrument):
                                               validator=in_range(0.0, 210.0), doc="voltage source range")
     current_limit = InstrumentProperty(":SOUR:VOLT:ILIM?", ":SOUR:VOLT:ILIM {}", units="A",
                                        validator=in_range(1e-9, 1.05), doc="current limit (compliance)")
-    current_limit_tripped = InstrumentProperty(":SOUR:VOLT:ILIM:TRIP?", None, kind=bool,
+    current_limit_tripped = InstrumentProperty(":SOUR:VOLT:ILIM:TRIP?", None, kind=bool, snapshot=False,
                                                doc="whether the last reading hit the current limit")
     sense_function = InstrumentProperty(":SENS:FUNC?", ':SENS:FUNC "{}"', kind=str,
                                         validator=one_of("CURR", "VOLT", "RES"), doc="measure function")
@@ -62,7 +62,8 @@ class Keithley2450(VisaInstrument):
                                          validator=one_of(*OFF_MODES), doc="output-off state (voltage source)")
     terminals = InstrumentProperty(":ROUT:TERM?", ":ROUT:TERM {}", kind=str, validator=one_of("FRON", "REAR"),
                                    doc="front or rear terminals")
-    error_count = InstrumentProperty(":SYST:ERR:COUN?", None, kind=int, doc="entries in the error queue")
+    error_count = InstrumentProperty(":SYST:ERR:COUN?", None, kind=int, doc="entries in the error queue",
+                                     snapshot=False)
 
     def check_identity(self):
         """``*IDN?`` must name a 2450, and its command set (``*LANG?``) must be SCPI (not TSP or SCPI2400)."""

@@ -99,8 +99,9 @@ class InstrumentProperty:
 
     def __init__(self, get: str | None, set: str | None = None, *, kind: type = float,
                  validator: Callable[[str, Any], None] | None = None, units: str = "", doc: str = "",
-                 parse: Callable[[str], Any] | None = None):
+                 parse: Callable[[str], Any] | None = None, snapshot: bool = True):
         self.get_cmd, self.set_cmd = get, set
+        self.snapshot = snapshot and get is not None  # part of the instrument's settings snapshot
         self.kind = kind
         self.validator = validator
         self.units = units
@@ -257,6 +258,26 @@ class VisaInstrument:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s >> %s", self.label, reply)
         return reply.strip()
+
+    def settings(self) -> dict[str, Any]:
+        """The instrument's settings, as QCoDeS's snapshot: identity, then every readable setting of
+        the driver (queried now; a setting whose query fails is recorded as ``None`` with the error)."""
+        ident = self.identity
+        out: dict[str, Any] = {"resource": self.resource_name, "driver": type(self).__name__,
+                               "identity": None if ident is None else vars(ident).copy()}
+        values: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            for name, prop in vars(klass).items():
+                if isinstance(prop, InstrumentProperty) and prop.snapshot:
+                    try:
+                        values[name] = getattr(self, name)
+                    except (InstrumentError, BoardTimeout) as exc:
+                        values[name] = None
+                        values.setdefault("_errors", {})[name] = str(exc)
+                    if prop.units and values[name] is not None:
+                        values.setdefault("_units", {})[name] = prop.units
+        out["parameters"] = values
+        return out
 
     def query_number(self, command: str) -> float:
         """``query`` parsed as a number; :class:`InstrumentError` (not a bare ValueError) if it is none."""
