@@ -593,14 +593,16 @@ PROCEDURES = {
 
 
 def save(name: str, measured: Measured, board: Board, params: BaseModel | None, out_dir: str | Path,
-         stamp=None, png: bool = True) -> dict[str, Path]:
-    """Write ``<out_dir>/<name>.h5`` (+ ``.png``); returns the paths."""
+         stamp=None, png: bool = True, settings: dict | None = None) -> dict[str, Path]:
+    """Write ``<out_dir>/<name>.h5`` (+ ``.png``), with the board's settings snapshot (``settings``, or
+    taken now); returns the paths."""
     from calibration.storage import board_identity, save_measurement
 
     out = Path(out_dir)
     stem = name.replace("-", "_")
     paths = {"h5": save_measurement(out / f"{stem}.h5", stem, measured.result, measured.raw, params, stamp,
-                                    board.info.model_dump(mode="json"), board_identity(board))}
+                                    board.info.model_dump(mode="json"), board_identity(board),
+                                    settings if settings is not None else board.settings_snapshot())}
     if png:
         paths["png"] = plot(name, measured, out / f"{stem}.png")
     return paths
@@ -614,8 +616,9 @@ def run(name: str, board: Board, params: BaseModel | None = None, out_dir: str |
     fn, cls = PROCEDURES[name]
     params = params or cls()
     PREFLIGHT[name](board, params)  # before the first request of any kind
+    settings = board.settings_snapshot() if out_dir is not None else None  # as they were for the measurement
     watch = Stopwatch(board)
     measured = fn(board, *([kwargs.pop("targets_s")] if "targets_s" in kwargs else []), params, progress=progress)
     if out_dir is not None:
-        save(name, measured, board, params, out_dir, watch.stamp())
+        save(name, measured, board, params, out_dir, watch.stamp(), settings=settings)
     return measured

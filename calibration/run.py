@@ -188,9 +188,10 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     check_profile(set_p, +1, board.limits)  # refuse before measuring anything, not at the first pulse
     check_profile(reset_p, -1, board.limits)
     identity = board_identity(board)
+    settings = board.settings_snapshot()  # the instruments' settings the calibration ran with
     store = RawStore(out / H5_NAME)
     done = store.start(identity, info.model_dump(mode="json"), params.fingerprint(), resume,
-                       extra={"address": getattr(board, "address", "")})
+                       extra={"address": getattr(board, "address", ""), "instrument_settings": settings})
     snapshots = info.capabilities.snapshot
     if done and snapshots:
         blob = store.board_snapshot()
@@ -242,6 +243,7 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     finally:
         if bar is not None:
             bar.close()
+    report.instrument_settings = settings
     report.run = {"address": getattr(board, "address", ""), "wall_start": time.strftime(
         "%Y-%m-%dT%H:%M:%S", time.localtime(wall0)), "wall_end": now_iso(),
         "wall_duration_s": time.monotonic() - mono0, "board_clock_start_s": clock0,

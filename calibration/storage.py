@@ -3,6 +3,7 @@
 Layout of a calibration file (``calibration.h5``)::
 
     /                       attrs: board_identity (JSON), board_info (JSON), params (JSON),
+                                   instrument_settings (JSON: ``Board.settings_snapshot()``),
                                    created (wall time), software
     /stages/<name>/         attrs: complete (bool, written last), params (JSON),
                                    result (JSON), stamp (JSON: board-clock and wall times),
@@ -197,13 +198,16 @@ class RawStore:
 
 
 def save_measurement(path: str | Path, name: str, result: BaseModel, raw: Raw, params: BaseModel | None,
-                     stamp: Stamp | None, board_info: dict, identity: dict) -> Path:
-    """One characterization measurement in its own HDF5 file (overwritten)."""
+                     stamp: Stamp | None, board_info: dict, identity: dict, settings: dict | None = None) -> Path:
+    """One characterization measurement in its own HDF5 file (overwritten); ``settings``: the board's
+    settings snapshot, stored as the ``instrument_settings`` attribute."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_h5(path, update=False) as f:
         f.attrs["board_identity"] = json.dumps(identity, sort_keys=True)
         f.attrs["board_info"] = json.dumps(board_info, sort_keys=True, default=str)
+        if settings is not None:
+            f.attrs["instrument_settings"] = json.dumps(settings, sort_keys=True, default=str)
         f.attrs["created"] = now_iso()
         f.attrs["software"] = SOFTWARE
         f.create_group("stages")

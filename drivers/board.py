@@ -441,6 +441,22 @@ class Board(abc.ABC):
     def status(self) -> BoardStatus:
         return self._do_status()
 
+    def settings_snapshot(self) -> dict[str, Any]:
+        """The board's settings as they are now, for the records of a calibration, characterization or run
+        (as QCoDeS's snapshot): identity, hardware and effective limits, pulse profiles, and on a bench
+        of instruments each instrument's identity and settings (:meth:`_instrument_settings`)."""
+        info = self.info
+        return {"kind": info.kind, "name": info.name, "serial_number": info.serial_number,
+                "firmware_version": info.firmware_version, "emulated": info.emulated,
+                "read_voltage_v": info.read_voltage_v, "timing_resolution_s": info.timing_resolution_s,
+                "hardware_limits": info.hardware_limits.model_dump(), "limits": self.limits.model_dump(),
+                "profiles": {"set": self._profiles[0].model_dump(), "reset": self._profiles[1].model_dump()},
+                "instruments": self._instrument_settings()}
+
+    def _instrument_settings(self) -> dict[str, Any]:
+        """Per instrument, its identity and settings; a board without separate instruments has none."""
+        return {}
+
     def true_parameters(self) -> dict[str, Any]:
         """Emulator only: the device parameters the emulated array really has."""
         if not self.info.capabilities.true_parameters:

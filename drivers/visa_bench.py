@@ -25,6 +25,15 @@ the instruments' own time):
   20 ns); and the emulated bench counts each burst as a write event, so a device with
   whole pulses AND a partial one gets two write events there (one on the FPGA board).
 * **program** (write-verify) runs on the host on top of read and pulse.
+* **I-V sweep and forming** go through the SMU, one device at a time: with the output
+  off, the SMU is set to a voltage source at 0 V on the range of the largest level, the
+  requested compliance as its current limit (read back and compared), current auto
+  range, auto zero off and an integration of ``step_s`` (or the forming width) -- so
+  each level lasts one reading, 200 us .. 200 ms at 50 Hz, anything else is refused
+  before a byte is sent; then the matrix routes the device, the output turns on, each
+  level is set and read, and the output turns off before the next route.  A formed
+  device is one whose current reached the compliance.  The read configuration is
+  restored afterwards.
 * **VMM** is not offered (``capabilities.vmm`` is false).
 
 Limits: the board's hardware limits are what the bench file's ``[limits]`` states the
@@ -113,6 +122,8 @@ from protocols.write_verify import write_verify_loop
 log = logging.getLogger(__name__)
 
 LINE_FREQUENCY_HZ = 50.0
+#: the 2450's integration range; a DC level (sweep step, forming) lasts one reading
+SMU_NPLC_RANGE = (0.01, 10.0)
 
 #: What the instruments themselves can do (2450: 1.05 A, 210 V; 33500B: +-10 V open circuit,
 #: 16 ns pulses -- 20 ns with the fastest 8.4 ns edges; 10^8 pulses per burst).
@@ -163,6 +174,7 @@ class VisaBenchBoard(Board):
                         "read_energy": 0.0, "cells_read": 0}
         self._compliance_warned = False
         self._smu_armed = False
+        self._smu_dc_config = False
         self._last_tag = 0
         self._own_rm = resource_manager is None
         self._rm = resource_manager
@@ -219,9 +231,9 @@ class VisaBenchBoard(Board):
         self._smu_armed = True
         if c.bench.emulated:
             try:
-                float(self.smu.query(":EMUL:CLOC?"))
+                self.smu.query_number(":EMUL:CLOC?")
                 ok = self.smu.error_count == 0
-            except (BoardTimeout, ValueError):  # a real instrument does not answer an undefined query
+            except (BoardTimeout, InstrumentError):  # a real instrument does not answer an undefined query
                 ok = False
             if not ok:
                 raise InstrumentError(
@@ -258,7 +270,8 @@ class VisaBenchBoard(Board):
             rows=self._rows,
             cols=self._cols,
             capabilities=Capabilities(vmm=False, vmm_transpose=False, write_verify=True,
-                                      virtual_clock=c.bench.virtual_clock, true_parameters=c.bench.emulated),
+                                      virtual_clock=c.bench.virtual_clock, true_parameters=c.bench.emulated,
+                                      iv_sweep=True, forming=True),
             hardware_limits=self._hw_limits,
             read_voltage_v=self._v_read,
             g_lsb_s=rng * 1e-6 / self._v_read,
@@ -279,6 +292,19 @@ class VisaBenchBoard(Board):
     @property
     def instruments(self) -> dict[str, VisaInstrument]:
         return {"smu": self.smu, "pulse_generator": self.generator, "switch_matrix": self.matrix}
+
+    def _instrument_settings(self) -> dict[str, Any]:
+        """Identity and every readable setting of the SMU, generator and matrix (queried now), plus the
+        matrix's closed crosspoints and the bench file's settings."""
+        out: dict[str, Any] = {}
+        for role, inst in self.instruments.items():
+            if inst is not None:
+                out[role] = inst.settings()
+        if self.matrix is not None:
+            out["switch_matrix"]["parameters"]["closed_channels"] = sorted(self.matrix.closed_channels())
+        out["bench_file"] = {"path": str(self.path) if self.path else None,
+                             **self.config.model_dump(mode="json", include={"bench", "smu", "pulse_generator"})}
+        return out
 
     @property
     def wire_bytes(self) -> int:
@@ -325,6 +351,8 @@ class VisaBenchBoard(Board):
         out = np.full(flat.size, np.nan)
         with self._operation("read"):
             try:
+                if self._smu_dc_config:  # an interrupted sweep or forming left its DC settings
+                    self._restore_read()
                 if not self._smu_armed:  # a safe idle left the source at 0 V (output off): back to the read level
                     smu.source_voltage = float(self._v_read)
                     smu.check_errors("after restoring the read voltage")
@@ -471,6 +499,78 @@ class VisaBenchBoard(Board):
         t["write_events"] += done["devices"]
         t["write_energy"] += done["energy"]
 
+    # ---- DC through the SMU: I-V sweeps and forming ---------------------------------------------------------------
+    @staticmethod
+    def _dwell_nplc(seconds: float, what: str) -> float:
+        """The SMU's integration (NPLC) that holds a level for ``seconds``; refused outside 0.01..10 PLC."""
+        nplc = seconds * LINE_FREQUENCY_HZ
+        lo, hi = SMU_NPLC_RANGE
+        if not lo * (1 - 1e-9) <= nplc <= hi * (1 + 1e-9):
+            raise LimitViolation(
+                f"the SMU holds each {what} level for one reading of {lo:g}..{hi:g} power-line cycles, "
+                f"{lo / LINE_FREQUENCY_HZ:g}..{hi / LINE_FREQUENCY_HZ:g} s at {LINE_FREQUENCY_HZ:g} Hz; "
+                f"{seconds:g} s is outside: choose a {what} time in that range")
+        return float(min(max(nplc, lo), hi))
+
+    def _smu_dc(self, flat: np.ndarray, volts: np.ndarray, nplc: float, compliance_a: float,
+                what: str) -> np.ndarray:
+        """Each device alone on the SMU: compliance set and read back with the output off, output on,
+        ``volts`` in turn (one reading each), output off before the matrix re-routes; currents (A)."""
+        smu, matrix = self.smu, self.matrix
+        w = self.config.wiring
+        dwell_s = nplc / LINE_FREQUENCY_HZ
+        out = np.full((flat.size, volts.size), np.nan)
+        with self._operation(what):
+            self._smu_armed = False
+            self._smu_dc_config = True  # until the read configuration is restored
+            try:
+                smu.configure_dc(compliance_a=compliance_a, max_level_v=float(np.max(np.abs(volts))), nplc=nplc)
+                for k, f in enumerate(flat.tolist()):
+                    r, c = divmod(f, self._cols)
+                    matrix.route(self._channels(r, c, w.smu_hi, w.smu_lo))
+                    smu.source_voltage = 0.0
+                    smu.output_enabled = True
+                    try:
+                        for j, v in enumerate(volts.tolist()):
+                            i = smu.read_at(v)
+                            out[k, j] = float(np.clip(i, -compliance_a, compliance_a))
+                            self._totals["read_energy"] += abs(v * out[k, j]) * dwell_s
+                    finally:
+                        smu.output_off(confirm=True)
+                        smu.source_voltage = 0.0
+                    if smu.error_count:
+                        smu.check_errors(f"during the {what} of cell ({r}, {c})")
+            except BoardError as exc:
+                exc.partial = out  # type: ignore[attr-defined]
+                raise
+            finally:
+                _quiet(lambda: smu.output_off(confirm=True))
+                _quiet(lambda: matrix.open_all(confirm=True))
+            self._restore_read()
+        return out
+
+    def _restore_read(self) -> None:
+        """Back to the bench file's read configuration (fixed range, NPLC, auto zero) after DC work."""
+        c = self.config
+        self.smu.current_autozero = True
+        self.smu.configure_read(voltage_v=self._v_read, current_range_a=c.smu.current_range_a,
+                                compliance_a=self._compliance_a, nplc=c.smu.nplc,
+                                off_mode=c.smu.output_off_mode, terminals=c.smu.terminals)
+        self._smu_armed = True
+        self._smu_dc_config = False
+
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
+        nplc = self._dwell_nplc(step_s, "sweep step")
+        return self._smu_dc(flat, volts, nplc, compliance_a, "I-V sweep")
+
+    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
+        """A forming level held by the SMU for ``width_s`` under compliance; a device counts as formed
+        when its current reaches the compliance (the filament's jump), and is then read back."""
+        nplc = self._dwell_nplc(width_s, "forming")
+        i = self._smu_dc(flat, np.array([voltage_v]), nplc, compliance_a, "forming")[:, 0]
+        formed = np.abs(i) >= compliance_a * (1 - 1e-3)
+        return formed, self._read_flat(flat)
+
     # ---- write-verify on the host ------------------------------------------------------------------------------
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
         wv = self.config.write_verify
@@ -496,7 +596,7 @@ class VisaBenchBoard(Board):
     # ---- clock -----------------------------------------------------------------------------------------------------
     def _do_clock(self) -> float:
         if self.config.bench.virtual_clock:
-            return float(self.smu.query(":EMUL:CLOC?"))
+            return self.smu.query_number(":EMUL:CLOC?")
         return time.monotonic() - self._t0
 
     def _do_wait(self, seconds: float) -> float:

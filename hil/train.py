@@ -490,7 +490,7 @@ class Trainer:
         else:
             record = {"identity": identity, "info": self.board.info.model_dump(mode="json"),
                       "limits": self.board.limits.model_dump(), "status": self.board.status().model_dump(),
-                      "addresses": [self.cfg.board]}
+                      "addresses": [self.cfg.board], "instrument_settings": self.board.settings_snapshot()}
         self.store.write_json("board.json", record)
 
     def _load_given_calibration(self) -> None:

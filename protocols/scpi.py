@@ -84,8 +84,9 @@ class Node:
         return mnemonic == self.short or mnemonic == self.long
 
 
-_PATTERN_TOKEN = re.compile(r"\[:?([A-Za-z]+)(#?)\]|:?([A-Za-z]+)(#?)")
-_INPUT_TOKEN = re.compile(r"^([A-Za-z][A-Za-z_]*?)(\d*)$")
+_WORD = r"[A-Za-z](?:[A-Za-z0-9]*[A-Za-z])?"  # digits only inside a mnemonic (PK2Pk), never at its end
+_PATTERN_TOKEN = re.compile(rf"\[:?({_WORD})(#?)\]|:?({_WORD})(#?)")
+_INPUT_TOKEN = re.compile(r"^([A-Za-z](?:[A-Za-z0-9_]*[A-Za-z_])?)(\d*)$")
 
 
 def compile_pattern(pattern: str) -> tuple[Node, ...]:
@@ -99,7 +100,7 @@ def compile_pattern(pattern: str) -> tuple[Node, ...]:
             raise ValueError(f"bad SCPI pattern {pattern!r} at {pos}")
         word = m.group(1) or m.group(3)
         suffix = bool(m.group(2) or m.group(4))
-        short = re.match(r"[A-Z]+", word)
+        short = re.match(r"[A-Z][A-Z0-9]*(?<!\d)", word)
         if not short:
             raise ValueError(f"pattern node {word!r} has no upper-case short form")
         nodes.append(Node(short.group(0), word.upper(), m.group(1) is not None, suffix))
@@ -257,11 +258,16 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_choice(text: str, choices: dict[str, str]) -> str:
-    """Character data matched against ``{"VOLTage": "VOLT", ...}`` (short or long form) -> value."""
-    t = text.strip().strip("'\"").upper()
+    """Character data matched against ``{"VOLTage": "VOLT", ...}`` (short or long form) -> value.
+
+    A compound choice (``"CURRent:DC"``) matches node by node, each in its short or long form:
+    ``CURR:DC``, ``CURRENT:DC`` and ``CURR:dc`` all select it.
+    """
+    given = text.strip().strip("'\"").upper().split(":")
     for pattern, value in choices.items():
-        short = re.match(r"[A-Z0-9]+", pattern).group(0)
-        if t in (short, pattern.upper()):
+        nodes = pattern.split(":")
+        if len(nodes) == len(given) and all(
+                g in (re.match(r"[A-Z0-9]*", n).group(0) or n.upper(), n.upper()) for g, n in zip(given, nodes)):
             return value
     raise ScpiError(-224, f"{text!r} is not one of {', '.join(choices)}")
 

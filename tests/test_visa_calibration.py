@@ -37,6 +37,16 @@ def test_calibration_runs_on_the_visa_bench(served, tmp_path):
         report = calibrate(board, tmp_path / "cal", PARAMS, progress=False)
         truth = board.true_parameters()
     assert (tmp_path / "cal" / "calibration.json").exists() and (tmp_path / "cal" / "calibration.h5").exists()
+    # the instruments' settings the calibration ran with are on record, in the report and the raw file
+    import json
+
+    import h5py
+
+    saved = json.loads((tmp_path / "cal" / "calibration.json").read_text())["instrument_settings"]
+    smu = saved["instruments"]["smu"]
+    assert "MODEL 2450" in smu["identity"]["model"] and smu["parameters"]["current_nplc"] == 1.0
+    with h5py.File(tmp_path / "cal" / "calibration.h5") as f:
+        assert json.loads(f.attrs["instrument_settings"])["instruments"]["smu"] == smu
     # a sample of 24 devices is far too small for the calibration issue's tolerances (see docs/RESULTS.md for
     # a full-size run); this checks that the figures come out, in the right units and range
     assert 0.5 < report.read_noise_rel / truth["read_noise_rel"] < 2

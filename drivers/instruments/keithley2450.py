@@ -45,7 +45,7 @@ class Keithley2450(VisaInstrument):
                                               validator=in_range(0.0, 210.0), doc="voltage source range")
     current_limit = InstrumentProperty(":SOUR:VOLT:ILIM?", ":SOUR:VOLT:ILIM {}", units="A",
                                        validator=in_range(1e-9, 1.05), doc="current limit (compliance)")
-    current_limit_tripped = InstrumentProperty(":SOUR:VOLT:ILIM:TRIP?", None, kind=bool,
+    current_limit_tripped = InstrumentProperty(":SOUR:VOLT:ILIM:TRIP?", None, kind=bool, snapshot=False,
                                                doc="whether the last reading hit the current limit")
     sense_function = InstrumentProperty(":SENS:FUNC?", ':SENS:FUNC "{}"', kind=str,
                                         validator=one_of("CURR", "VOLT", "RES"), doc="measure function")
@@ -55,12 +55,15 @@ class Keithley2450(VisaInstrument):
                                            doc="current measure auto range")
     current_nplc = InstrumentProperty(":SENS:CURR:NPLC?", ":SENS:CURR:NPLC {}", units="PLC",
                                       validator=in_range(0.01, 10.0), doc="integration time")
+    current_autozero = InstrumentProperty(":SENS:CURR:AZER?", ":SENS:CURR:AZER {}", kind=bool,
+                                          doc="auto zero of the current measurement (doubles its time)")
     output_enabled = InstrumentProperty(":OUTP?", ":OUTP {}", kind=bool, doc="output relay state")
     output_off_mode = InstrumentProperty(":OUTP:VOLT:SMOD?", ":OUTP:VOLT:SMOD {}", kind=str,
                                          validator=one_of(*OFF_MODES), doc="output-off state (voltage source)")
     terminals = InstrumentProperty(":ROUT:TERM?", ":ROUT:TERM {}", kind=str, validator=one_of("FRON", "REAR"),
                                    doc="front or rear terminals")
-    error_count = InstrumentProperty(":SYST:ERR:COUN?", None, kind=int, doc="entries in the error queue")
+    error_count = InstrumentProperty(":SYST:ERR:COUN?", None, kind=int, doc="entries in the error queue",
+                                     snapshot=False)
 
     def check_identity(self):
         """``*IDN?`` must name a 2450, and its command set (``*LANG?``) must be SCPI (not TSP or SCPI2400)."""
@@ -96,6 +99,38 @@ class Keithley2450(VisaInstrument):
         self.terminals = terminals
         self.source_voltage = float(voltage_v)
         self.check_errors("after configuring the read")
+
+    def configure_dc(self, *, compliance_a: float, max_level_v: float, nplc: float) -> None:
+        """Output off, voltage source at 0 V on the range that holds ``max_level_v``, current limit,
+        current auto range, ``nplc`` and auto zero off (one reading lasts ``nplc`` line cycles).
+
+        The current limit is read back and compared before this returns, so a caller that turns
+        the output on next does so under the compliance it asked for; any difference or queued
+        error raises :class:`InstrumentError`.  Everything is validated before the first write.
+        """
+        for prop, value in ((type(self).current_limit, compliance_a), (type(self).current_nplc, nplc),
+                            (type(self).source_voltage, max_level_v)):
+            prop.validator(f"{self.label} {prop.name}", value)
+        self.output_enabled = False
+        self.source_function = "VOLT"
+        self.source_voltage = 0.0
+        self.source_voltage_range = source_range_for(max_level_v)
+        self.current_limit = float(compliance_a)
+        self.current_autorange = True
+        self.current_nplc = float(nplc)
+        self.current_autozero = False
+        self.check_errors("after configuring the DC source")
+        got = self.current_limit
+        if not math.isclose(got, compliance_a, rel_tol=1e-6):
+            raise InstrumentError(f"{self.label}: asked for a {compliance_a:g} A current limit, the instrument "
+                                  f"reports {got:g} A; the output stays off")
+        if self.output_enabled:
+            raise InstrumentError(f"{self.label}: the output is on after configuring the DC source")
+
+    def read_at(self, voltage_v: float) -> float:
+        """Set the source level (the output state is the caller's) and take one current reading (A)."""
+        self.source_voltage = float(voltage_v)
+        return self.read_current(switch_output=False)
 
     def read_current(self, switch_output: bool = True) -> float:
         """One current reading (A) at the programmed voltage; the output is on only for the reading.

@@ -54,7 +54,7 @@ class Keithley707B(VisaInstrument):
             raise InstrumentError(f"{self.label} answered errorqueue.next() with {reply!r}") from None
 
     def errors(self, max_entries: int = 64) -> list[tuple[int, str]]:
-        count = int(float(self.query("print(errorqueue.count)")))
+        count = int(self.query_number("print(errorqueue.count)"))
         return [self.next_error() for _ in range(min(count, max_entries))]
 
     def configure(self) -> None:

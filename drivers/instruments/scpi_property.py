@@ -99,8 +99,9 @@ class InstrumentProperty:
 
     def __init__(self, get: str | None, set: str | None = None, *, kind: type = float,
                  validator: Callable[[str, Any], None] | None = None, units: str = "", doc: str = "",
-                 parse: Callable[[str], Any] | None = None):
+                 parse: Callable[[str], Any] | None = None, snapshot: bool = True):
         self.get_cmd, self.set_cmd = get, set
+        self.snapshot = snapshot and get is not None  # part of the instrument's settings snapshot
         self.kind = kind
         self.validator = validator
         self.units = units
@@ -117,7 +118,14 @@ class InstrumentProperty:
             return self
         if self.get_cmd is None:
             raise AttributeError(f"{self.name} cannot be read back from the instrument")
-        return self.parse(inst.query(self.get_cmd.format(**inst.command_fields)))
+        command = self.get_cmd.format(**inst.command_fields)
+        reply = inst.query(command)
+        try:
+            return self.parse(reply)
+        except (ValueError, TypeError, KeyError):
+            raise InstrumentError(f"{inst.label} at {inst.resource_name} answered {command!r} with {reply!r}, "
+                                  f"which is not a valid {self.name}: check that the resource is the right "
+                                  "instrument and its command set") from None
 
     def __set__(self, inst: "VisaInstrument", value: Any) -> None:
         if self.set_cmd is None:
@@ -250,6 +258,35 @@ class VisaInstrument:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s >> %s", self.label, reply)
         return reply.strip()
+
+    def settings(self) -> dict[str, Any]:
+        """The instrument's settings, as QCoDeS's snapshot: identity, then every readable setting of
+        the driver (queried now; a setting whose query fails is recorded as ``None`` with the error)."""
+        ident = self.identity
+        out: dict[str, Any] = {"resource": self.resource_name, "driver": type(self).__name__,
+                               "identity": None if ident is None else vars(ident).copy()}
+        values: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            for name, prop in vars(klass).items():
+                if isinstance(prop, InstrumentProperty) and prop.snapshot:
+                    try:
+                        values[name] = getattr(self, name)
+                    except (InstrumentError, BoardTimeout) as exc:
+                        values[name] = None
+                        values.setdefault("_errors", {})[name] = str(exc)
+                    if prop.units and values[name] is not None:
+                        values.setdefault("_units", {})[name] = prop.units
+        out["parameters"] = values
+        return out
+
+    def query_number(self, command: str) -> float:
+        """``query`` parsed as a number; :class:`InstrumentError` (not a bare ValueError) if it is none."""
+        reply = self.query(command)
+        try:
+            return float(reply.split(",")[0])
+        except ValueError:
+            raise InstrumentError(f"{self.label} at {self.resource_name} answered {command!r} with {reply!r}, "
+                                  "which is not a number") from None
 
     def resync(self) -> None:
         """After an interrupted exchange: end any partial line and discard stale replies."""

@@ -18,8 +18,10 @@ through floating lines are not modelled (1T1R transistors block them).
 
 * SMU: current ``I = V * sum(G_read)`` over the connected devices (fresh read noise
   from :meth:`MemristorArray.read_g`), quantised to the range resolution and clipped
-  at the current limit (compliance).  A DC level beyond a switching threshold
-  stresses the devices for the integration time (a read disturb).
+  at the current limit (compliance).  A DC level beyond a switching threshold (or at
+  an unformed device's forming voltage) acts on the devices for the integration time
+  by the array's DC model (:meth:`MemristorArray.iv_sweep`: soft-bounds drift, SET
+  capped at compliance / V, forming) -- a read disturb, or an I-V sweep step.
 * Pulse generator: a burst of ``n`` pulses of the programmed level and width, as
   seen through the generator's 50 ohm output resistance and its load setting
   (with ``OUTP:LOAD 50`` the open-circuit voltage is twice the programmed one -- the
@@ -224,6 +226,22 @@ class EmulatedBench:
 
         return bool((pos.size and over(v)) or (neg.size and over(-v)))
 
+    def _may_form(self, pos: np.ndarray, neg: np.ndarray, v: float) -> bool:
+        """Whether a device that sees a positive level is unformed and that level reaches its forming voltage."""
+        a = self.array
+        seen = np.concatenate([pos if v > 0 else pos[:0], neg if v < 0 else neg[:0]])
+        return bool(seen.size and np.any(a.unformed[seen] & (abs(v) >= a.v_form[seen])))
+
+    def _dc_stress(self, pos: np.ndarray, neg: np.ndarray, v: float, duration_s: float, i_limit: float) -> None:
+        """A DC level held for ``duration_s`` under the SMU's current limit: the array's DC model
+        (:meth:`MemristorArray.iv_sweep`, one step): soft-bounds drift in the continuous limit, a SET
+        capped at ``i_limit / V``, forming of unformed devices whose forming voltage is reached.
+        The limit is the SMU's, shared by the devices in parallel; each is capped at it alone (one
+        routed device, as the VISA board drives it, is exact)."""
+        for idx, level in ((pos, v), (neg, -v)):
+            if idx.size:
+                self.array.iv_sweep(idx, [level], duration_s, i_limit)
+
     def smu_source_voltage(self, v: float, i_limit: float, integration_s: float, range_a: float | None
                            ) -> tuple[float, bool]:
         """Current (A) out of SMU HI at source voltage ``v``; and whether the current limit clipped it."""
@@ -231,10 +249,10 @@ class EmulatedBench:
         pos, neg = self.devices_between(w.smu_hi, w.smu_lo)
         self.counters.smu_readings += 1
         flat = np.concatenate([pos, neg])
-        if self._over_threshold(pos, neg, v):
+        if self._over_threshold(pos, neg, v) or self._may_form(pos, neg, v):
             self.counters.read_disturbs += 1
             self.warn(f"SMU sources {v:+.3f} V beyond a switching threshold: the devices are stressed")
-            self._stress(pos, neg, v, integration_s)
+            self._dc_stress(pos, neg, v, integration_s, i_limit)
         g = float(self.array.read_g(flat).sum()) if flat.size else 0.0
         current = v * g
         tripped = abs(current) > i_limit

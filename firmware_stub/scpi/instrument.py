@@ -4,7 +4,7 @@
 message (a line) at a time through :meth:`process`, logs it (list + ``logging`` at
 DEBUG), holds the error/event queue (FIFO; when full, the newest entry becomes
 ``-350 Queue overflow``) and the standard event status register, and answers the
-common commands ``*IDN? *RST *CLS *OPC *OPC? *WAI *ESR? *ESE *ESE? *SRE *SRE? *STB?
+common commands ``*IDN? *OPT? *RST *CLS *OPC *OPC? *WAI *ESR? *ESE *ESE? *SRE *SRE? *STB?
 *TST? *TRG``.
 
 :class:`ScpiInstrument` adds the SCPI command tree: handlers are methods decorated with
@@ -109,6 +109,8 @@ class EmulatedInstrument:
     manufacturer: ClassVar[str] = "EMULATED"
     model: ClassVar[str] = "NONE"
     firmware: ClassVar[str] = "0"
+    #: the ``*OPT?`` reply: installed options (``"0"``: none, the IEEE 488.2 convention)
+    options: ClassVar[str] = "0"
     error_queue_size: ClassVar[int] = 10
     signed_error_codes: ClassVar[bool] = False  # '+0,"No error"' (Keysight) or '0,"No error"'
     t_command_s: ClassVar[float] = 50e-6  # per program message, on the virtual clock
@@ -231,6 +233,8 @@ class EmulatedInstrument:
         q = unit.query
         if name == "*IDN" and q:
             return self.idn
+        if name == "*OPT" and q:
+            return self.options
         if name == "*RST" and not q:
             self.reset()
             return None

@@ -1,10 +1,18 @@
 """Keithley 2450 SourceMeter (SCPI command set), emulated on the shared bench.
 
-The documented commands this stack and common third-party drivers (pymeasure's
-``Keithley2450``) use: source function, level, range and limit (compliance) for
-voltage and current, sense function, range, auto range and NPLC, output state and
-output-off mode, ``:READ?`` / ``:MEASure?`` / ``:FETCh?``, the limit-tripped query,
-terminals, and the standard SCPI system subsystem.  A measurement takes its real
+The documented commands this stack and common third-party drivers (pymeasure's and
+QCoDeS's ``Keithley2450``) use: source function, level, range, delays, read-back and
+limit (compliance) for voltage and current, sense function, range, auto range, NPLC,
+auto zero, remote sense, user delays and count, output state and output-off mode,
+``:READ?`` / ``:MEASure?`` / ``:FETCh?`` with a buffer name and buffer elements, the
+limit-tripped query, terminals, the reading buffers (``:TRACe:MAKE/DELete/CLEar/
+POINts/ACTual/DATA?/TRIGger/STATistics``; defbuffer1 and defbuffer2 hold 100,000
+readings and fill continuously), the linear sweeps (``:SOURce:SWEep:<function>:LINear
+[:STEP]`` then ``:INITiate``: the sweep clears its buffer, turns the output on -- and
+leaves it on, as the generated trigger model does --, and at each point sets the
+level, waits the sweep delay plus the source delay and takes one reading into the
+buffer, stopping at a tripped limit when ``failAbort`` is ON; infinite sweeps are
+refused), and the standard SCPI system subsystem.  A measurement takes its real
 duration on the virtual clock (NPLC / 50 Hz plus overhead); readings are quantised to
 6.5 digits of the selected range; an over-range reading is ``9.9E+37``.
 
@@ -15,8 +23,15 @@ noise floor (zero).  The output-off state (``NORMal``, ``HIMPedance``, ``ZERO``,
 
 from __future__ import annotations
 
+import datetime as _dt
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
 from firmware_stub.scpi.instrument import Call, ScpiInstrument, fmt, scpi
-from protocols.scpi import SCPI_INF, ScpiError
+from protocols.scpi import SCPI_INF, ScpiError, unquote
 
 V_SOURCE_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 I_RANGES = (10e-9, 100e-9, 1e-6, 10e-6, 100e-6, 1e-3, 10e-3, 100e-3, 1.0)
@@ -29,6 +44,98 @@ _FUNCS = {"VOLTage": "VOLT", "CURRent": "CURR"}
 _SENSE_FUNCS = {"CURRent": "CURR", "VOLTage": "VOLT", "RESistance": "RES", "CURRent:DC": "CURR",
                 "VOLTage:DC": "VOLT"}
 _SMODES = {"HIMPedance": "HIMP", "NORMal": "NORM", "ZERO": "ZERO", "GUARd": "GUAR"}
+
+
+DEFAULT_BUFFERS = ("defbuffer1", "defbuffer2")
+DEFAULT_BUFFER_POINTS = 100_000
+MAX_BUFFER_POINTS = 6_875_000
+#: the date and time the emulated instrument reports for board-clock zero (its time stamps)
+CLOCK_EPOCH = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
+#: reading-buffer elements (short form, long form) of ``:TRACe:DATA?`` and ``:FETCh?``
+BUFFER_ELEMENTS = (("DATE", "DATE"), ("FORM", "FORMatted"), ("FRAC", "FRACtional"), ("READ", "READing"),
+                   ("REL", "RELative"), ("SEC", "SEConds"), ("SOUR", "SOURce"), ("SOURFORM", "SOURFORMatted"),
+                   ("SOURSTAT", "SOURSTATus"), ("SOURUNIT", "SOURUNIT"), ("STAT", "STATus"), ("TIME", "TIME"),
+                   ("TST", "TSTamp"), ("UNIT", "UNIT"))
+_UNITS = {"CURR": "Amp DC", "VOLT": "Volt DC", "RES": "Ohm"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One entry of a reading buffer."""
+
+    value: float
+    source: float
+    clock_s: float
+    sense_func: str
+    source_func: str
+    status: int
+    output_on: bool
+
+
+@dataclass
+class ReadingBuffer:
+    """A 2450 reading buffer: fill-continuous (when full, the oldest reading is overwritten)."""
+
+    capacity: int
+    entries: list[Reading] = field(default_factory=list)
+    stats_from: int = 0
+
+    def add(self, r: Reading) -> None:
+        self.entries.append(r)
+        if len(self.entries) > self.capacity:
+            drop = len(self.entries) - self.capacity
+            del self.entries[:drop]
+            self.stats_from = max(0, self.stats_from - drop)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.stats_from = 0
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.clear()  # resizing a buffer clears it, as on the instrument
+
+    def clear_statistics(self) -> None:
+        self.stats_from = len(self.entries)
+
+    def statistics_values(self) -> np.ndarray:
+        return np.array([r.value for r in self.entries[self.stats_from:]], dtype=float)
+
+    def format(self, r: Reading, elements: list[str], buf: "ReadingBuffer") -> str:
+        t0 = buf.entries[0].clock_s if buf.entries else r.clock_s
+        when = CLOCK_EPOCH + _dt.timedelta(seconds=r.clock_s)
+        source_unit = _UNITS[r.source_func]
+        out = []
+        for e in elements:
+            if e == "READ":
+                out.append(fmt(r.value))
+            elif e == "SOUR":
+                out.append(fmt(r.source))
+            elif e == "REL":
+                out.append(fmt(r.clock_s - t0))
+            elif e == "SEC":
+                out.append(str(int(when.timestamp())))
+            elif e == "FRAC":
+                out.append(fmt(r.clock_s % 1.0))
+            elif e == "DATE":
+                out.append(when.strftime("%m/%d/%Y"))
+            elif e == "TIME":
+                out.append(when.strftime("%H:%M:%S"))
+            elif e == "TST":
+                out.append(when.strftime("%m/%d/%Y %H:%M:%S.") + f"{when.microsecond * 1000:09d}")
+            elif e == "UNIT":
+                out.append(_UNITS[r.sense_func])
+            elif e == "SOURUNIT":
+                out.append(source_unit)
+            elif e == "STAT":
+                out.append(str(r.status))
+            elif e == "SOURSTAT":
+                out.append(str(r.status | (32 if r.output_on else 0)))  # bit 5: output on
+            elif e == "FORM":
+                out.append(f"{r.value:+.6g} {_UNITS[r.sense_func].split()[0]}")
+            else:  # SOURFORM
+                out.append(f"{r.source:+.6g} {source_unit.split()[0]}")
+        return ",".join(out)
 
 
 def _pick_range(ranges: tuple[float, ...], value: float) -> float:
@@ -54,7 +161,12 @@ class Keithley2450(ScpiInstrument):
         self.vlim = 21.0
         self.source_delay = {"VOLT": 0.0, "CURR": 0.0}
         self.source_delay_auto = {"VOLT": True, "CURR": True}
-        self.readback = True
+        self.readback = {"VOLT": True, "CURR": True}
+        self.source_user_delay = {(f, n): 0.0 for f in ("VOLT", "CURR") for n in range(1, 6)}
+        self.sense_user_delay = {(f, n): 0.0 for f in ("CURR", "VOLT", "RES") for n in range(1, 6)}
+        self.sense_count = 1
+        self.sweep: dict | None = None
+        self.buffers = {name: ReadingBuffer(DEFAULT_BUFFER_POINTS) for name in DEFAULT_BUFFERS}
         self.ovp = "NONE"
         self.sense_func = "CURR"
         self.sense_range = {"CURR": 1e-4, "VOLT": 20.0, "RES": 200e3}
@@ -62,7 +174,7 @@ class Keithley2450(ScpiInstrument):
         self.nplc = {"CURR": 1.0, "VOLT": 1.0, "RES": 1.0}
         self.azero = {"CURR": True, "VOLT": True, "RES": True}
         self.average = {"CURR": [False, 10, "REP"], "VOLT": [False, 10, "REP"], "RES": [False, 10, "REP"]}
-        self.rsense = False
+        self.rsense = {"CURR": False, "VOLT": False, "RES": False}
         self.output = False
         self.off_mode = {"VOLT": "NORM", "CURR": "NORM"}
         self.terminals = "FRON"
@@ -202,11 +314,32 @@ class Keithley2450(ScpiInstrument):
     def current_delay_auto(self, c: Call):
         return self._delay_auto(c, "CURR")
 
-    @scpi("[:SOURce#]:VOLTage:READ:BACK")
-    def readback_state(self, c: Call):
+    def _readback(self, c: Call, func: str):
         if c.query:
-            return "1" if self.readback else "0"
-        self.readback = c.boolean(0)
+            return "1" if self.readback[func] else "0"
+        self.readback[func] = c.boolean(0)
+
+    @scpi("[:SOURce#]:VOLTage:READ:BACK")
+    def readback_voltage(self, c: Call):
+        return self._readback(c, "VOLT")
+
+    @scpi("[:SOURce#]:CURRent:READ:BACK")
+    def readback_current(self, c: Call):
+        return self._readback(c, "CURR")
+
+    def _user_delay(self, c: Call, table: dict, func: str, node: int):
+        n = c.suffix(node, (1, 2, 3, 4, 5))
+        if c.query:
+            return fmt(table[(func, n)])
+        table[(func, n)] = c.number(0, minimum=0.0, maximum=10e3, name="user delay")
+
+    @scpi("[:SOURce#]:VOLTage:DELay:USER#")
+    def source_voltage_user_delay(self, c: Call):
+        return self._user_delay(c, self.source_user_delay, "VOLT", 3)
+
+    @scpi("[:SOURce#]:CURRent:DELay:USER#")
+    def source_current_user_delay(self, c: Call):
+        return self._user_delay(c, self.source_user_delay, "CURR", 3)
 
     @scpi("[:SOURce#]:VOLTage:PROTection[:LEVel]")
     def overvoltage_protection(self, c: Call):
@@ -249,6 +382,12 @@ class Keithley2450(ScpiInstrument):
             if c.query:
                 return "1" if self.azero[func] else "0"
             self.azero[func] = c.boolean(0)
+        elif what == "rsense":
+            if c.query:
+                return "1" if self.rsense[func] else "0"
+            self.rsense[func] = c.boolean(0)
+        elif what.startswith("user"):
+            return self._user_delay(c, self.sense_user_delay, func, 3)
         elif what.startswith("aver"):
             avg = self.average[func]
             if what == "aver":
@@ -270,7 +409,8 @@ class Keithley2450(ScpiInstrument):
         for func, long in (("CURR", "CURRent"), ("VOLT", "VOLTage"), ("RES", "RESistance")):
             for what, tail in (("range", ":RANGe[:UPPer]"), ("auto", ":RANGe:AUTO"), ("nplc", ":NPLCycles"),
                                ("azero", ":AZERo[:STATe]"), ("aver", ":AVERage[:STATe]"),
-                               ("avercount", ":AVERage:COUNt"), ("avertcon", ":AVERage:TCONtrol")):
+                               ("avercount", ":AVERage:COUNt"), ("avertcon", ":AVERage:TCONtrol"),
+                               ("rsense", ":RSENse"), ("user", ":DELay:USER#")):
                 def handler(self, c, _f=func, _w=what):
                     return self._sense(c, _f, _w)
                 handler.__name__ = f"sense_{func.lower()}_{what}"
@@ -281,11 +421,15 @@ class Keithley2450(ScpiInstrument):
     locals().update(_register_sense())
     del _register_sense
 
-    @scpi("[:SENSe#]:RESistance:RSENse")
-    def remote_sense(self, c: Call):
+    @scpi("[:SENSe#]:COUNt")
+    def sense_count_setting(self, c: Call):
         if c.query:
-            return "1" if self.rsense else "0"
-        self.rsense = c.boolean(0)
+            return str(self.sense_count)
+        self.sense_count = int(c.number(0, minimum=1, maximum=300000, default=1, name="measure count"))
+
+    @scpi("[:SENSe#]:AZERo:ONCE", query=False)
+    def autozero_once(self, c: Call):
+        self.bench.advance(self._integration_s())  # one reference and zero measurement
 
     # ---- output ------------------------------------------------------------------------------------------
     @scpi(":OUTPut#[:STATe]")
@@ -354,50 +498,264 @@ class Keithley2450(ScpiInstrument):
         self.last_source_reading = voltage if self.source_func == "VOLT" else current
         return value
 
-    @scpi(":READ", write=False)
-    def read(self, c: Call):
-        # ':READ? ["buffer"[, elements...]]': the buffer name is accepted; elements READ/SOUR honoured
-        value = self.measure()
-        elements = [e.strip().upper() for e in c.params[1:]] or ["READ"]
+    # ---- readings into buffers --------------------------------------------------------------------------------
+    def _buffer(self, c: Call, i: int) -> tuple[str, "ReadingBuffer"]:
+        """The reading buffer named by parameter ``i`` (``defbuffer1`` when absent)."""
+        name = unquote(c.params[i]) if len(c.params) > i else "defbuffer1"
+        if name not in self.buffers:
+            raise ScpiError(-224, f"reading buffer {name!r} not found")
+        return name, self.buffers[name]
+
+    def _take(self, buffer: "ReadingBuffer", n: int | None = None) -> None:
+        """``n`` readings (default ``:SENS:COUN``) of the sense function into ``buffer``."""
+        for _ in range(self.sense_count if n is None else n):
+            value = self.measure()
+            source = self.last_source_reading if self.readback[self.source_func] else \
+                self.level[self.source_func]
+            status = 8 if self.tripped else 0  # bit 3: the source limit was reached
+            buffer.add(Reading(value, source, self.bench.clock_s, self.sense_func, self.source_func, status,
+                               self.output))
+
+    def _elements(self, c: Call, first: int) -> list[str]:
+        names = [e.strip().upper() for e in c.params[first:]] or ["READ"]
         out = []
-        for e in elements:
-            if e.startswith("READ"):
-                out.append(fmt(value))
-            elif e.startswith("SOUR"):
-                out.append(fmt(self.last_source_reading))
-            elif e.startswith("REL"):
-                out.append("0.000000E+00")
+        for e in names:
+            for short, long in BUFFER_ELEMENTS:
+                if e in (short, long.upper()):
+                    out.append(short)
+                    break
             else:
                 raise ScpiError(-224, f"buffer element {e}")
-        return ",".join(out)
+        return out
+
+    def _reading_reply(self, c: Call) -> str:
+        """``:READ?`` / ``:MEASure?``: ``["buffer"[, elements...]]``, the last of the readings just taken."""
+        _, buf = self._buffer(c, 0)
+        self._take(buf)
+        return buf.format(buf.entries[-1], self._elements(c, 1), buf)
+
+    @scpi(":READ", write=False)
+    def read(self, c: Call):
+        return self._reading_reply(c)
 
     @scpi(":FETCh", write=False)
     def fetch(self, c: Call):
-        return fmt(self.last_reading)
+        _, buf = self._buffer(c, 0)
+        if not buf.entries:
+            raise ScpiError(-230, "the reading buffer is empty")
+        return buf.format(buf.entries[-1], self._elements(c, 1), buf)
 
-    @scpi(":MEASure[:CURRent][:DC]", write=False)
+    @scpi(":MEASure", write=False)
+    def measure_active(self, c: Call):
+        return self._reading_reply(c)
+
+    def _measure_function(self, c: Call, func: str):
+        self.sense_func = func
+        return self._reading_reply(c)
+
+    @scpi(":MEASure:CURRent[:DC]", write=False)
     def measure_current(self, c: Call):
-        self.sense_func = "CURR"
-        return fmt(self.measure())
+        return self._measure_function(c, "CURR")
 
     @scpi(":MEASure:VOLTage[:DC]", write=False)
     def measure_voltage(self, c: Call):
-        self.sense_func = "VOLT"
-        return fmt(self.measure())
+        return self._measure_function(c, "VOLT")
 
     @scpi(":MEASure:RESistance", write=False)
     def measure_resistance(self, c: Call):
-        self.sense_func = "RES"
-        return fmt(self.measure())
+        return self._measure_function(c, "RES")
 
-    # ---- trigger model (minimal) -------------------------------------------------------------------------------
+    # ---- the TRACe subsystem (reading buffers) ----------------------------------------------------------------------
+    @scpi(":TRACe:MAKE", query=False)
+    def trace_make(self, c: Call):
+        c.count(2, 3)
+        name = unquote(c.params[0])
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,30}", name) or name in self.buffers:
+            raise ScpiError(-224, f"cannot create reading buffer {name!r} (bad or existing name)")
+        size = int(c.number(1, nmax=3, minimum=1, maximum=MAX_BUFFER_POINTS, name="buffer size"))
+        if len(c.params) == 3:
+            c.choice(2, {"STANdard": "STAN", "COMPact": "COMP", "FULL": "FULL", "WRITable": "WRIT",
+                         "FULLWRITable": "FULLWRIT"}, nmax=3)
+        self.buffers[name] = ReadingBuffer(size)
+
+    @scpi(":TRACe:DELete", query=False)
+    def trace_delete(self, c: Call):
+        c.count(1)
+        name, _ = self._buffer(c, 0)
+        if name in DEFAULT_BUFFERS:
+            raise ScpiError(-224, f"the default buffer {name} cannot be deleted")
+        del self.buffers[name]
+
+    @scpi(":TRACe:CLEar", query=False)
+    def trace_clear(self, c: Call):
+        c.count(0, 1)
+        self._buffer(c, 0)[1].clear()
+
+    @scpi(":TRACe:POINts")
+    def trace_points(self, c: Call):
+        if c.query:
+            c.count(0, 1)
+            return str(self._buffer(c, 0)[1].capacity)
+        c.count(1, 2)
+        size = int(c.number(0, nmax=2, minimum=1, maximum=MAX_BUFFER_POINTS, name="buffer size"))
+        self._buffer(c, 1)[1].resize(size)
+
+    @scpi(":TRACe:ACTual", write=False)
+    def trace_actual(self, c: Call):
+        c.count(0, 1)
+        return str(len(self._buffer(c, 0)[1].entries))
+
+    @scpi(":TRACe:ACTual:STARt", write=False)
+    def trace_actual_start(self, c: Call):
+        c.count(0, 1)
+        return "1" if self._buffer(c, 0)[1].entries else "0"
+
+    @scpi(":TRACe:ACTual:END", write=False)
+    def trace_actual_end(self, c: Call):
+        c.count(0, 1)
+        return str(len(self._buffer(c, 0)[1].entries))
+
+    @scpi(":TRACe:TRIGger", query=False)
+    def trace_trigger(self, c: Call):
+        c.count(0, 1)
+        self._take(self._buffer(c, 0)[1])
+
+    @scpi(":TRACe:DATA", write=False)
+    def trace_data(self, c: Call):
+        if len(c.params) < 2:
+            raise ScpiError(-109, ":TRACe:DATA? needs <startIndex>, <endIndex>")
+        _, buf = self._buffer(c, 2)
+        n = len(buf.entries)
+        start = int(c.number(0, nmax=len(c.params), minimum=1, maximum=max(n, 1), name="start index"))
+        end = int(c.number(1, nmax=len(c.params), minimum=start, maximum=max(n, 1), name="end index"))
+        if n == 0:
+            raise ScpiError(-222, "the reading buffer is empty")
+        elements = self._elements(c, 3)
+        return ",".join(buf.format(r, elements, buf) for r in buf.entries[start - 1:end])
+
+    def _statistic(self, c: Call, fn) -> str:
+        c.count(0, 1)
+        values = self._buffer(c, 0)[1].statistics_values()
+        return fmt(float(fn(values))) if values.size else fmt(math.nan)
+
+    @scpi(":TRACe:STATistics:AVERage", write=False)
+    def trace_stat_average(self, c: Call):
+        return self._statistic(c, np.mean)
+
+    @scpi(":TRACe:STATistics:MAXimum", write=False)
+    def trace_stat_maximum(self, c: Call):
+        return self._statistic(c, np.max)
+
+    @scpi(":TRACe:STATistics:MINimum", write=False)
+    def trace_stat_minimum(self, c: Call):
+        return self._statistic(c, np.min)
+
+    @scpi(":TRACe:STATistics:PK2Pk", write=False)
+    def trace_stat_pk2pk(self, c: Call):
+        return self._statistic(c, np.ptp)
+
+    @scpi(":TRACe:STATistics:STDDev", write=False)
+    def trace_stat_stddev(self, c: Call):
+        return self._statistic(c, lambda v: np.std(v, ddof=1) if v.size > 1 else 0.0)
+
+    @scpi(":TRACe:STATistics:CLEar", query=False)
+    def trace_stat_clear(self, c: Call):
+        c.count(0, 1)
+        self._buffer(c, 0)[1].clear_statistics()
+
+    # ---- linear sweeps ---------------------------------------------------------------------------------------------
+    def _sweep_setup(self, c: Call, func: str, by_step: bool):
+        c.suffix(0)
+        c.count(3, 9)
+        n = len(c.params)
+        top = 210.0 if func == "VOLT" else 1.05
+        start = c.number(0, nmax=n, minimum=-top, maximum=top, name="sweep start")
+        stop = c.number(1, nmax=n, minimum=-top, maximum=top, name="sweep stop")
+        if by_step:
+            step = c.number(2, nmax=n, minimum=1e-12, maximum=2 * top, name="sweep step")
+            points = int(math.floor(abs(stop - start) / step + 1e-9)) + 1
+        else:
+            points = int(c.number(2, nmax=n, minimum=2, maximum=MAX_BUFFER_POINTS, name="sweep points"))
+        delay = c.number(3, nmax=n, minimum=-1.0, maximum=10e3, name="sweep delay") if n > 3 else -1.0
+        if -1.0 < delay < 0.0 or 0.0 < delay < 50e-6:
+            raise ScpiError(-222, "sweep delay must be -1 (auto), 0 or 50 us .. 10 ks")
+        count = int(c.number(4, nmax=n, minimum=0, maximum=268435455, name="sweep count")) if n > 4 else 1
+        if count == 0:
+            raise ScpiError(-221, "infinite sweeps (count 0) are not emulated")
+        range_type = c.choice(5, {"AUTO": "AUTO", "BEST": "BEST", "FIXed": "FIX"}, nmax=n) if n > 5 else "BEST"
+        fail_abort = c.boolean(6, nmax=n) if n > 6 else True
+        dual = c.boolean(7, nmax=n) if n > 7 else False
+        buffer = unquote(c.params[8]) if n > 8 else "defbuffer1"
+        if buffer not in self.buffers:
+            raise ScpiError(-224, f"reading buffer {buffer!r} not found")
+        levels = np.linspace(start, stop, points) if not by_step else \
+            start + math.copysign(step, stop - start) * np.arange(points)
+        if dual:
+            levels = np.concatenate([levels, levels[::-1]])
+        peak = float(np.max(np.abs(levels)))
+        ranges = V_SOURCE_RANGES if func == "VOLT" else I_RANGES
+        if range_type == "FIX" and peak > self.source_range[func] * 1.05:
+            raise ScpiError(-222, f"sweep level {peak:g} exceeds the fixed {self.source_range[func]:g} range")
+        _pick_range(ranges, peak)
+        self.sweep = {"func": func, "levels": levels, "delay": delay, "count": count, "range": range_type,
+                      "fail_abort": fail_abort, "buffer": buffer}
+
+    @scpi("[:SOURce#]:SWEep:VOLTage:LINear", query=False)
+    def sweep_voltage_linear(self, c: Call):
+        self._sweep_setup(c, "VOLT", by_step=False)
+
+    @scpi("[:SOURce#]:SWEep:CURRent:LINear", query=False)
+    def sweep_current_linear(self, c: Call):
+        self._sweep_setup(c, "CURR", by_step=False)
+
+    @scpi("[:SOURce#]:SWEep:VOLTage:LINear:STEP", query=False)
+    def sweep_voltage_linear_step(self, c: Call):
+        self._sweep_setup(c, "VOLT", by_step=True)
+
+    @scpi("[:SOURce#]:SWEep:CURRent:LINear:STEP", query=False)
+    def sweep_current_linear_step(self, c: Call):
+        self._sweep_setup(c, "CURR", by_step=True)
+
+    def _run_sweep(self) -> None:
+        """The sweep's trigger model: buffer clear, output on, then per point source level, delay, measure."""
+        sw = self.sweep
+        func = sw["func"]
+        buf = self.buffers.get(sw["buffer"])
+        if buf is None:
+            raise ScpiError(-221, f"the sweep's reading buffer {sw['buffer']!r} was deleted")
+        buf.clear()
+        self.source_func = func
+        ranges = V_SOURCE_RANGES if func == "VOLT" else I_RANGES
+        if sw["range"] == "BEST":
+            self.source_range[func] = _pick_range(ranges, float(np.max(np.abs(sw["levels"]))))
+        self.output = True
+        wait = max(sw["delay"], 0.0) + self.source_delay[func]
+        for _ in range(sw["count"]):
+            for level in sw["levels"].tolist():
+                if sw["range"] == "AUTO":
+                    self.source_range[func] = _pick_range(ranges, level)
+                self.level[func] = float(level)
+                self.bench.advance(wait)
+                self._take(buf, 1)
+                if self.tripped and sw["fail_abort"]:
+                    self.logger.info("sweep aborted at %g: the source limit was reached", level)
+                    return
+
+    # ---- trigger model (initiate runs the configured sweep, or one measurement) -----------------------------------
     @scpi(":ABORt", query=False)
     def abort(self, c: Call):
-        return None
+        return None  # the emulated trigger model runs to completion inside :INITiate
 
     @scpi(":INITiate[:IMMediate]", query=False)
     def initiate(self, c: Call):
-        self.measure()
+        if self.sweep is not None:
+            self._run_sweep()
+        else:
+            self._take(self.buffers["defbuffer1"])
+
+    @scpi(":STATus:CLEar", query=False)
+    def status_clear(self, c: Call):
+        self.esr = 0
 
     @scpi(":SYSTem:LFRequency", write=False)
     def line_frequency(self, c: Call):

@@ -6,14 +6,18 @@ use, with the 707B's names and rules:
 
 * ``channel.close(list)``, ``channel.open(list)``, ``channel.exclusiveclose(list)``,
   ``channel.exclusiveslotclose(list)``, ``channel.getclose(list)``,
-  ``channel.reset(list)``, ``channel.connectrule`` (``channel.BREAK_BEFORE_MAKE``,
+  ``channel.reset(list)``, ``channel.getstate(list[, mask])`` (``channel.IND_CLOSED``),
+  ``channel.getcount(list)`` (closures per relay since power-up),
+  ``channel.setforbidden/clearforbidden/getforbidden(list)`` (closing a forbidden
+  channel is an error and nothing switches), ``channel.connectrule`` (``channel.BREAK_BEFORE_MAKE``,
   ``channel.MAKE_BEFORE_BREAK``, ``channel.OFF``);
 * channel lists: ``"1A01,1B05"`` (slot, row A-H, two-digit column 01-12 on 7174A-style
   cards), ranges ``"1A01:1C04"`` (the rectangle), ``"slot1"``, ``"allslots"``; a bad
   list is an error and nothing switches;
 * ``errorqueue.count``, ``errorqueue.next()``, ``errorqueue.clear()``, ``reset()``,
   ``waitcomplete()``, ``opc()``, ``delay(s)``, ``print(...)``, ``localnode.model``,
-  ``localnode.serialno``, ``localnode.revision``, ``slot[n].idn``;
+  ``localnode.serialno``, ``localnode.revision``, ``slot[n].idn`` (``Empty Slot`` for
+  slots 1..6 without a card);
 * the IEEE 488.2 common commands (``*IDN?``, ``*RST``, ``*CLS``, ``*OPC?`` ...).
 
 ``print`` formats numbers as TSP does by default (``1.00000e+00``) and separates
@@ -29,11 +33,13 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from firmware_stub.scpi.bench import COLUMNS_PER_SLOT, MATRIX_ROWS
+from firmware_stub.scpi.bench import COLUMNS_PER_SLOT, MATRIX_ROWS, MAX_SLOTS
 from firmware_stub.scpi.instrument import EmulatedInstrument
 from protocols.scpi import ScpiError, parse_unit
 
 RELAY_SETTLE_S = 1e-3
+IND_CLOSED = 1
+EMPTY_SLOT = "Empty Slot"
 BREAK_BEFORE_MAKE, MAKE_BEFORE_BREAK, RULE_OFF = 1, 2, 0
 
 _TOKEN = re.compile(r"""\s*(?:(?P<str>"[^"]*"|'[^']*')|(?P<num>\d+\.?\d*(?:[eE][+-]?\d+)?)|"""
@@ -113,6 +119,9 @@ class Keithley707B(EmulatedInstrument):
 
     def reset(self) -> None:
         self.connect_rule = BREAK_BEFORE_MAKE
+        self.forbidden: set[tuple[str, int]] = set()
+        if not hasattr(self, "close_counts"):
+            self.close_counts: dict[tuple[str, int], int] = {}  # relay life: not cleared by a reset
         if hasattr(self, "bench"):
             self._switch(set(), set(self.bench.closed))
         self._build_env()
@@ -130,7 +139,9 @@ class Keithley707B(EmulatedInstrument):
         channel = _Namespace("channel", {
             "close": self._close, "open": self._open, "exclusiveclose": self._exclusive_close,
             "exclusiveslotclose": self._exclusive_slot_close, "getclose": self._getclose,
-            "reset": self._channel_reset,
+            "reset": self._channel_reset, "getstate": self._getstate, "getcount": self._getcount,
+            "setforbidden": self._setforbidden, "clearforbidden": self._clearforbidden,
+            "getforbidden": self._getforbidden, "IND_CLOSED": float(IND_CLOSED),
             "connectrule": _Getter(lambda: float(self.connect_rule)),
             "BREAK_BEFORE_MAKE": float(BREAK_BEFORE_MAKE), "MAKE_BEFORE_BREAK": float(MAKE_BEFORE_BREAK),
             "OFF": float(RULE_OFF),
@@ -143,8 +154,10 @@ class Keithley707B(EmulatedInstrument):
             "model": "707B", "serialno": self.serial_number, "revision": self.firmware,
             "description": "Keithley Instruments Switch Matrix",
         })
-        slots = {float(i + 1): _Namespace(f"slot[{i + 1}]", {"idn": f"{self.card},{self.serial_number}-{i + 1}"})
-                 for i in range(self.bench.wiring.slots)} if hasattr(self, "bench") else {}
+        installed = self.bench.wiring.slots if hasattr(self, "bench") else 0
+        slots = {float(i): _Namespace(f"slot[{i}]", {"idn": f"{self.card},{self.serial_number}-{i}"
+                                                   if i <= installed else EMPTY_SLOT})
+                 for i in range(1, MAX_SLOTS + 1)}
         self.env: dict[str, Any] = {
             "channel": channel, "errorqueue": errorqueue, "localnode": localnode, "slot": slots,
             "print": self._print, "reset": self._reset_fn, "waitcomplete": lambda: (), "opc": self._opc,
@@ -358,8 +371,49 @@ class Keithley707B(EmulatedInstrument):
         return slot, row, col
 
     def _switch(self, close: set, open_: set) -> None:
+        refused = close & self.forbidden
+        if refused:
+            names = ",".join(sorted(self.bench.wiring.channel(r, c) for r, c in refused))
+            raise TspError(-222, f"Parameter error: channel {names} is forbidden to close")
+        before = set(self.bench.closed)
         if self.bench.set_crosspoints(close, open_):
+            for x in set(self.bench.closed) - before:
+                self.close_counts[x] = self.close_counts.get(x, 0) + 1
             self.bench.advance(RELAY_SETTLE_S)
+
+    def _ordered(self, spec: Any) -> list[tuple[str, int]]:
+        """The channels of a list in the order named (each item's channels in slot, row, column order)."""
+        if not isinstance(spec, str):
+            raise _runtime("bad argument #1 (string expected)")
+        out: list[tuple[str, int]] = []
+        for item in re.split(r"[;,]", spec):
+            if item.strip():
+                out += sorted(self.parse_channels(item, allow_slots=True),
+                              key=lambda x: ((x[1] - 1) // COLUMNS_PER_SLOT, x[0], x[1]))
+        return out
+
+    def _getstate(self, spec: Any = None, mask: Any = None) -> tuple:
+        bits = IND_CLOSED if mask is None else int(mask)
+        return (",".join(str(IND_CLOSED & bits if x in self.bench.closed else 0) for x in self._ordered(spec)),)
+
+    def _getcount(self, spec: Any = None) -> tuple:
+        return (",".join(str(self.close_counts.get(x, 0)) for x in self._ordered(spec)),)
+
+    def _setforbidden(self, spec: Any = None) -> tuple:
+        chans = self.parse_channels(spec, allow_slots=True)
+        closed = chans & self.bench.closed
+        if closed:
+            raise TspError(-222, "Parameter error: a closed channel cannot be made forbidden; open it first")
+        self.forbidden |= chans
+        return ()
+
+    def _clearforbidden(self, spec: Any = None) -> tuple:
+        self.forbidden -= self.parse_channels(spec, allow_slots=True)
+        return ()
+
+    def _getforbidden(self, spec: Any = None) -> tuple:
+        hits = [x for x in self._ordered(spec) if x in self.forbidden]
+        return (",".join(self.bench.wiring.channel(r, c) for r, c in hits) if hits else None,)
 
     def _close(self, spec: Any = None) -> tuple:
         self._switch(self.parse_channels(spec, allow_slots=False), set())

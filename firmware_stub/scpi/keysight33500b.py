@@ -5,8 +5,10 @@ its return); channel 2 exists (commands work) but reaches nothing.  Documented
 commands used by this stack and by pymeasure's ``Agilent33500``: function, frequency
 and pulse period, width and edge time, amplitude/offset and high/low levels,
 voltage limits (``VOLT:LIM:HIGH/LOW``, ``VOLT:LIM:STAT``), output state, load and
-polarity, burst state/mode/count/period, trigger source, ``*TRG`` and
-``TRIGger[1|2]``.
+polarity, burst state/mode/count/period/phase/gate polarity, trigger source, count,
+slope, timer and delay, frequency mode, phase synchronisation (``PHAS:SYNC``), the
+sync output (``OUTP:SYNC``, ``OUTP:SYNC:SOUR``), ``*TRG`` and ``TRIGger[1|2]`` (and
+QCoDeS's ``Keysight33522B``).
 
 Physics: a bus-triggered burst (``BURS:STAT ON``, ``BURS:MODE TRIG``,
 ``TRIG:SOUR BUS``, then ``*TRG``) with the output on and function ``PULS`` applies
@@ -66,6 +68,11 @@ class _Channel:
         self.burst_phase = 0.0
         self.trigger_source = "IMM"
         self.trigger_delay = 0.0
+        self.trigger_count: float = 1
+        self.trigger_slope = "POS"
+        self.trigger_timer = 1e-3
+        self.frequency_mode = "CW"
+        self.burst_gate_polarity = "NORM"
         self.lim_high, self.lim_low, self.lim_on = 5.0, -5.0, False
 
     @property
@@ -88,6 +95,8 @@ class Keysight33500B(ScpiInstrument):
     def reset(self) -> None:
         self.ch = {n: _Channel() for n in CHANNELS}
         self.display_text = ""
+        self.sync_on = True
+        self.sync_source = 1
 
     # ---- safety hooks ---------------------------------------------------------------------------
     def outputs_off(self) -> None:
@@ -364,6 +373,63 @@ class Keysight33500B(ScpiInstrument):
         if c.query:
             return num(ch.trigger_delay)
         ch.trigger_delay = c.number(0, minimum=0.0, maximum=1000.0, name="trigger delay")
+
+    @scpi(":TRIGger#:COUNt")
+    def trigger_count(self, c: Call):
+        ch = self._c(c)
+        if c.query:
+            return num(ch.trigger_count)
+        n = c.number(0, minimum=1, maximum=1_000_000, default=1, allow_inf=True, name="trigger count")
+        if not math.isinf(n) and n != int(n):
+            raise ScpiError(-222, f"trigger count {n:g} is not an integer")
+        ch.trigger_count = n if math.isinf(n) else int(n)
+
+    @scpi(":TRIGger#:SLOPe")
+    def trigger_slope(self, c: Call):
+        ch = self._c(c)
+        if c.query:
+            return ch.trigger_slope
+        ch.trigger_slope = c.choice(0, {"POSitive": "POS", "NEGative": "NEG"})
+
+    @scpi(":TRIGger#:TIMer")
+    def trigger_timer(self, c: Call):
+        ch = self._c(c)
+        if c.query:
+            return num(ch.trigger_timer)
+        ch.trigger_timer = c.number(0, minimum=1e-6, maximum=8000.0, default=1e-3, name="trigger timer")
+
+    @scpi("[:SOURce#]:FREQuency:MODE")
+    def frequency_mode(self, c: Call):
+        ch = self._c(c)
+        if c.query:
+            return ch.frequency_mode
+        mode = c.choice(0, {"CW": "CW", "LIST": "LIST", "SWEep": "SWE", "FIXed": "FIX"})
+        if mode in ("LIST", "SWE"):
+            self.bench.warn("33500B emulator: frequency lists and sweeps are not modelled (fixed frequency)")
+        ch.frequency_mode = "CW" if mode == "FIX" else mode  # FIXed is an alias of CW
+
+    @scpi("[:SOURce#]:BURSt:GATE:POLarity")
+    def burst_gate_polarity(self, c: Call):
+        ch = self._c(c)
+        if c.query:
+            return ch.burst_gate_polarity
+        ch.burst_gate_polarity = c.choice(0, {"NORMal": "NORM", "INVerted": "INV"})
+
+    @scpi("[:SOURce#]:PHASe:SYNChronize", query=False)
+    def phase_sync(self, c: Call):
+        return None  # restarts both channels in phase; the emulated waveforms have no running phase
+
+    @scpi(":OUTPut:SYNC[:STATe]")
+    def sync_state(self, c: Call):
+        if c.query:
+            return "1" if self.sync_on else "0"
+        self.sync_on = c.boolean(0)
+
+    @scpi(":OUTPut:SYNC:SOURce")
+    def sync_source_select(self, c: Call):
+        if c.query:
+            return f"CH{self.sync_source}"
+        self.sync_source = int(c.choice(0, {"CH1": "1", "CH2": "2"}))
 
     @scpi(":TRIGger#[:IMMediate]", query=False)
     def trigger_now(self, c: Call):
