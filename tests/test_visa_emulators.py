@@ -238,11 +238,12 @@ def test_generator_load_setting_and_voltage_limits(rb, gen, mx):
     w, a = rb.bench.wiring, rb.array
     dev = 2 * a.cols + 2
     _route(mx, w.channel("C", w.word_lines[2]), w.channel("D", w.bit_lines[2]))
-    _pulser(gen, 0.8)  # 0.8 V into high-Z: at the SET threshold, the stored conductance does not move
+    _pulser(gen, 0.8)  # 0.8 V into high-Z: at the SET threshold, no pulse moves the conductance ...
     g0 = a.g[dev]
     gen.write("OUTP1 ON;*TRG")
     assert gen.query("*OPC?") == "1"
-    assert a.g[dev] == g0 and a.n_pulses[dev] == 30
+    # ... only the burst's one write error lands (DEVICE_MODEL.md: every write event, whatever its size)
+    assert abs(a.g[dev] - g0) <= 5 * a.params.sigma_w_s and a.n_pulses[dev] == 30
     gen.write("OUTP1 OFF")
     _pulser(gen, 0.8, load="50")  # told "50 ohm": the open-circuit voltage doubles to 1.6 V
     gen.write("OUTP1 ON;*TRG")
