@@ -82,19 +82,19 @@ def main() -> None:
             name = f"{opt}-lr{lr:g}-w{w_max:g}-k{k:g}"
             for s in seeds:
                 for m in methods:
-                    if m == "float" and k != grid[0][3]:
-                        continue  # float does not depend on k
+                    if m == "float" and (k, w_max) != (grid[0][3], grid[0][2]):
+                        continue  # float depends on neither k nor w_max
                     cfg = dict(task=args.task, method=m, board=board_for_seed(args.board, s), epochs=args.epochs,
                                seed=s, optimizer=opt, lr=lr, w_max=w_max, delta_g_th_k=k,
                                calibration=cals[s] if m != "float" else None)
-                    fname = f"{opt}-lr{lr:g}-w{w_max:g}-k{grid[0][3]:g}" if m == "float" else name
+                    fname = f"{opt}-lr{lr:g}-float" if m == "float" else name
                     jobs.append((cfg, str(args.out / fname / f"seed-{s}" / m)))
                     names.append(fname)
         list(pool.map(_train, jobs))
     rows = []
     for opt, lr, w_max, k in grid:
         name = f"{opt}-lr{lr:g}-w{w_max:g}-k{k:g}"
-        fname = f"{opt}-lr{lr:g}-w{w_max:g}-k{grid[0][3]:g}"
+        fname = f"{opt}-lr{lr:g}-float"
         dirs = [args.out / name / f"seed-{s}" / m for s in seeds for m in methods if m != "float"]
         dirs += [args.out / fname / f"seed-{s}" / "float" for s in seeds]
         groups, _ = compare(dirs)

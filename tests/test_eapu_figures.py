@@ -1,52 +1,67 @@
-"""The issue's headline figures, on the default emulated device with seed 0 and 10 epochs.
+"""The headline comparison, asserted on means over seeds that were not used to choose the defaults.
 
-Deterministic (everything is seeded), so these are not timing tests: they check
-that EaPU keeps float accuracy while writing under 1 % of the devices per step,
-and that it spends at least 20x less write energy than writing every update.
+The training defaults (lr, w_max, ΔGth factor) were chosen on tuning seeds 100-104
+(examples/choose_defaults.py, docs/DESIGN.md "Training defaults"); these tests use
+evaluation seeds 0-4, each on its own emulated board (``emu?seed=S``), exactly as
+``hil demo`` runs them.  Bands are on the mean over the seeds, as the issue states them
+for the published comparison; the figures are printed so a CI log shows what was seen.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from hil.train import TrainConfig, train
+from hil.compare import compare
+from hil.demo import DemoPlan, run_demo
 
-BOARD = "emu"
+EVAL_SEEDS = (0, 1, 2, 3, 4)
+
+
+def _demo(tmp_path_factory, address: str):
+    out = tmp_path_factory.mktemp("demo")
+    dirs = run_demo(DemoPlan(address, out, EVAL_SEEDS, epochs=10), progress=False, echo=lambda _: None)
+    groups, ratios = compare(dirs)
+    by_method = {g.method: g for g in groups}
+    for g in groups:
+        f = g.figures
+        wf = f.get("write_fraction_per_weight")
+        print(f"\n{address} {g.method}: accuracy {f['metric'].text('{:.4f}')}"
+              + ("" if g.gap_to_float is None else f", gap to float {g.gap_to_float.text('{:+.4f}')}")
+              + ("" if wf is None else f", writes/weight/step {wf.text('{:.4%}')}"))
+    for r in ratios:
+        print(r.text())
+    return by_method, ratios
 
 
 @pytest.fixture(scope="module")
-def calibration_file(tmp_path_factory) -> str:
-    from calibration.run import CalibrationParams, calibrate
-    from drivers import open_board
-
-    out = tmp_path_factory.mktemp("cal")
-    with open_board(BOARD) as board:
-        calibrate(board, out, CalibrationParams(seed=0, plots=False), progress=False)
-    return str(out / "calibration.json")
+def default_device(tmp_path_factory):
+    return _demo(tmp_path_factory, "emu")
 
 
-def _run(tmp_path, cal, task, method):
-    cfg = TrainConfig(task=task, method=method, board=BOARD, epochs=10, seed=0, calibration=cal)
-    return train(cfg, tmp_path / f"{task}-{method}", progress=False)
+@pytest.fixture(scope="module")
+def noisy_device(tmp_path_factory):
+    return _demo(tmp_path_factory, "emu?preset=noisy2x")
 
 
 @pytest.mark.slow
-def test_digits_eapu_matches_float_with_sparse_writes_and_less_energy_than_bp(tmp_path, calibration_file):
-    flt = _run(tmp_path, calibration_file, "digits", "float")
-    eapu = _run(tmp_path, calibration_file, "digits", "eapu")
-    bp = _run(tmp_path, calibration_file, "digits", "bp")
-    print(f"\nfloat {flt['test_accuracy']:.4f}  eapu {eapu['test_accuracy']:.4f} (write fraction "
-          f"{eapu['write_fraction_mean']:.3%})  bp {bp['test_accuracy']:.4f}  energy bp/eapu "
-          f"{bp['write_energy_j'] / eapu['write_energy_j']:.1f}x")
-    assert eapu["test_accuracy"] >= flt["test_accuracy"] - 0.02
-    assert eapu["write_fraction_mean"] <= 0.01
-    assert bp["write_energy_j"] >= 20 * eapu["write_energy_j"]
+def test_eapu_keeps_float_accuracy_with_sparse_writes(default_device):
+    groups, _ = default_device
+    eapu = groups["eapu"]
+    assert eapu.gap_to_float.mean >= -0.015  # within 1.5 points of float, mean over the seeds
+    assert eapu.figures["write_fraction_per_weight"].mean <= 0.01
 
 
 @pytest.mark.slow
-def test_denoise_eapu_ssim_within_0_02_of_float(tmp_path, calibration_file):
-    flt = _run(tmp_path, calibration_file, "denoise", "float")
-    eapu = _run(tmp_path, calibration_file, "denoise", "eapu")
-    print(f"\nSSIM float {flt['test_ssim']:.4f}  eapu {eapu['test_ssim']:.4f} "
-          f"(write fraction {eapu['write_fraction_mean']:.3%})")
-    assert eapu["test_ssim"] >= flt["test_ssim"] - 0.02
+def test_the_noisy_bp_baseline_falls_below_eapu(default_device):
+    groups, ratios = default_device
+    assert groups["bp"].figures["metric"].mean <= groups["eapu"].figures["metric"].mean - 0.02
+    names = {(r.quantity, r.numerator) for r in ratios}
+    assert {("total training energy", "bp"), ("write energy", "bp")} <= names
+
+
+@pytest.mark.slow
+def test_on_a_twice_as_noisy_device_eapu_holds_and_bp_collapses(noisy_device):
+    groups, _ = noisy_device
+    eapu, bp = groups["eapu"], groups["bp"]
+    assert eapu.gap_to_float.mean >= -0.03
+    assert eapu.figures["metric"].mean - bp.figures["metric"].mean >= 0.05

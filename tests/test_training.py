@@ -81,19 +81,22 @@ def test_same_seed_same_summary(tmp_path, calibration_file):
     _same_summary(a, b)
 
 
-def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
+def test_serial_path_gives_the_same_summary(tmp_path, calibration_file, transport):
+    """Same seed, same summary: in-process, over a real pseudo-terminal and over a real TCP socket."""
     from firmware_stub.firmware import make_emulator
-    from firmware_stub.serve import PtyServer, serve_in_thread
+    from firmware_stub.serve import PtyServer, TcpServer, serve_in_thread
 
     in_process = train(_cfg(calibration_file, epochs=1), tmp_path / "emu", progress=False)
-    server = PtyServer(make_emulator(64, 96, seed=4))
+    endpoint = make_emulator(64, 96, seed=4)
+    server = PtyServer(endpoint) if transport == "pty" else TcpServer(endpoint, "127.0.0.1", 0)
     thread = serve_in_thread(server)
+    address = f"serial:{server.path}" if transport == "pty" else f"serial:{server.url}"
     try:
-        serial = train(_cfg(calibration_file, epochs=1, board=f"serial:{server.path}"), tmp_path / "pty",
-                       progress=False)
+        serial = train(_cfg(calibration_file, epochs=1, board=address), tmp_path / transport, progress=False)
     finally:
         server.stop.set()
-        thread.join(5)
+        thread.join(120)
     _same_summary(in_process, serial)
 
 

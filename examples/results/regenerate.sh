@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Regenerates docs/RESULTS.md from scratch: `hil demo` on the evaluation seeds for each device preset,
+# then the renderer.  The evaluation seeds (0-9) are disjoint from the tuning seeds (100-104) on which
+# the training defaults were chosen (examples/choose_defaults.py, examples/results/tuning.json).
+# Finished parts are kept (demo --resume), so an interrupted regeneration continues where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${RESULTS_RUNS:-results-runs}
+seeds=${SEEDS:-0-9}
+hil demo --board emu --seeds "$seeds" --out "$runs/default" --quiet --resume
+hil demo --board "emu?preset=noisy2x" --seeds "$seeds" --out "$runs/noisy2x" --quiet --resume
+python examples/results/render_results.py --demo "default=$runs/default" --demo "noisy2x=$runs/noisy2x" \
+    --tuning examples/results/tuning.json --out docs/RESULTS.md
