@@ -10,8 +10,8 @@ board with the bitmap of reply chunks it holds; the board resends only the missi
 reply chunks, or asks for the missing request chunks (see :mod:`protocols.session`).
 The firmware executes each request once.  A request fails with
 :class:`~drivers.errors.BoardTimeout` after ``retries + 1`` consecutive silent waits
-without any progress (each twice as long as the one before, up to four times the
-timeout), or after a hard cap of rounds; the message says what the link showed.
+without any progress (while no reply chunk has come, each twice as long as the one
+before, up to four times the timeout), or after a hard cap of rounds; the message says what the link showed.
 A board that speaks only version 2 or 1 is spoken to in that version (whole resends).
 """
 
@@ -113,11 +113,14 @@ class FpgaBoard(Board):
             reply = self._await_reply(wait_s)
             if reply is not None:
                 return self._check_status(opcode, reply)
+            if session.reply_started:
+                base_s = self.timeout_s  # the board has executed it: no more time for the operation itself
             if session.progress != progress:
                 idle, wait_s = 0, base_s
             else:
                 idle += 1
-                wait_s = min(2 * wait_s, 4 * base_s)
+                # before the reply starts the board may still be busy: back off so polls do not pile up
+                wait_s = base_s if session.reply_started else min(2 * wait_s, 4 * base_s)
             rounds += 1
             if idle > self.retries or rounds >= (self.retries + 1) * self.MAX_ROUNDS_PER_RETRY:
                 raise BoardTimeout(self._timeout_message(opcode, rounds, idle, health0, rx0))

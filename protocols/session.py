@@ -192,6 +192,11 @@ class ClientSession:
     def pending_chunks(self) -> int:
         return len(self._pending.frames) if self._pending else 0
 
+    @property
+    def reply_started(self) -> bool:
+        """Some chunk of the pending request's reply has arrived (the board has executed it)."""
+        return bool(self._pending and self._pending.got)
+
     def hello_payload(self) -> bytes:
         return encode_hello(self.version, self.chunk_bytes)
 
@@ -566,6 +571,10 @@ class LegacyClientSession:
     @property
     def pending_chunks(self) -> int:
         return max(1, -(-len(self._pending[2]) // self._max_payload)) if self._pending else 0
+
+    @property
+    def reply_started(self) -> bool:
+        return bool(self._pending and self._rx.chunks and self._rx.seq == self._pending[0])
 
     def hello_payload(self) -> bytes:
         return encode_hello(self.version)
