@@ -10,8 +10,9 @@ address                                                meaning
 =====================================================  ==================================================
 
 Driver options that any serial address accepts in its query: ``baud``,
-``timeout`` (seconds per attempt) and ``retries``; other query keys are passed on
-to pyserial's URL handler.
+``timeout`` (seconds of silence before a poll), ``retries`` (polls without progress
+before giving up) and ``chunk`` (chunk payload bytes of a version-3 session, 64..16384);
+other query keys are passed on to pyserial's URL handler.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from urllib.parse import parse_qsl, urlencode
 from drivers.board import Board
 from drivers.errors import AddressError
 from drivers.limits import SafetyLimits
+from protocols.framing import MAX_PAYLOAD
+from protocols.session import CHUNK_BYTES, MIN_CHUNK_BYTES
 
 EMU_KEYS = {"seed", "rows", "cols", "config", "preset", "timeout", "retries"}
-SERIAL_KEYS = {"baud", "timeout", "retries"}
+SERIAL_KEYS = {"baud", "timeout", "retries", "chunk"}
 
 
 def _split_query(text: str) -> tuple[str, dict[str, str]]:
@@ -88,7 +91,11 @@ def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
         baud = _number(params, "baud", int, 3_000_000, address)
         timeout_s = _number(params, "timeout", float, 2.0, address)
         retries = _number(params, "retries", int, 5, address)
-        return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address)
+        chunk = _number(params, "chunk", int, CHUNK_BYTES, address)
+        if not MIN_CHUNK_BYTES <= chunk <= MAX_PAYLOAD:
+            raise AddressError(f"{address!r}: chunk must be {MIN_CHUNK_BYTES}..{MAX_PAYLOAD} bytes, not {chunk}")
+        return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address,
+                         chunk_bytes=chunk)
 
     if address.startswith("visa:"):
         path = address[len("visa:"):]

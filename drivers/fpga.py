@@ -4,10 +4,15 @@ Used for real controllers (a serial port), for the firmware emulator served on a
 pseudo-terminal or TCP, and -- through :class:`~drivers.links.InProcessLink` -- for
 the in-process emulator.  All three go through the same codec and session layer.
 
-Retries: a request whose reply does not arrive complete and intact within the
-timeout is sent again under the same sequence number (the firmware replays its
-cached reply instead of executing twice), up to ``retries`` times; then
-:class:`~drivers.errors.BoardTimeout`.
+Retries (protocol version 3): the host opens a session (HELLO) and sends each request
+as chunks.  When the line falls silent before the reply is complete, it polls the
+board with the bitmap of reply chunks it holds; the board resends only the missing
+reply chunks, or asks for the missing request chunks (see :mod:`protocols.session`).
+The firmware executes each request once.  A request fails with
+:class:`~drivers.errors.BoardTimeout` after ``retries + 1`` consecutive silent waits
+without any progress (while no reply chunk has come, each twice as long as the one
+before, up to four times the timeout), or after a hard cap of rounds; the message says what the link showed.
+A board that speaks only version 2 or 1 is spoken to in that version (whole resends).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from protocols import encoding as enc
 from protocols import messages as m
 from protocols.framing import PROTOCOL_VERSION
 from protocols.messages import Op, Status
-from protocols.session import ClientSession
+from protocols.session import CHUNK_BYTES, ClientSession, LegacyClientSession
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +49,16 @@ _STATUS_ERRORS: dict[int, type[BoardError]] = {
 class FpgaBoard(Board):
     """A Board that speaks the FPGA wire protocol over ``link``."""
 
+    MAX_ROUNDS_PER_RETRY = 8
+    """Hard cap: a request gives up after (retries + 1) * this many poll rounds, progress or not."""
+
     def __init__(self, link: Link, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
-                 retries: int = 5, address: str = ""):
+                 retries: int = 5, address: str = "", chunk_bytes: int = CHUNK_BYTES):
         super().__init__(limits)
         self.address = address
         self._link = link
-        self._session = ClientSession()
+        self.chunk_bytes = chunk_bytes
+        self._session: ClientSession | LegacyClientSession = ClientSession(chunk_bytes=chunk_bytes)
         self.timeout_s = timeout_s
         self.retries = retries
         self.retransmissions = 0
@@ -64,16 +73,20 @@ class FpgaBoard(Board):
         self._profiles_on_board = False
 
     def _hello(self) -> dict:
-        """HELLO in this codec's protocol version; a board that speaks only version 1 is then
-        spoken to in version 1 (every operation but partial pulses works)."""
-        try:
-            return m.decode_json(self._transact(Op.HELLO, bytes([PROTOCOL_VERSION])), "HELLO reply")
-        except ProtocolError as exc:
-            if "VERSION_MISMATCH" not in str(exc):
-                raise
-        log.info("the board does not speak protocol version %d: falling back to version 1", PROTOCOL_VERSION)
-        self._session = ClientSession(version=1)
-        return m.decode_json(self._transact(Op.HELLO, bytes([1])), "HELLO reply")
+        """HELLO in this codec's protocol version, opening a session; a board that refuses it with
+        VERSION_MISMATCH is spoken to in the next older version (2: no sessions, whole resends;
+        1: also no partial pulses)."""
+        for version in range(PROTOCOL_VERSION, 0, -1):
+            if version < PROTOCOL_VERSION:
+                log.info("the board does not speak protocol version %d: falling back to version %d",
+                         version + 1, version)
+                self._session = LegacyClientSession(version=version)
+            try:
+                return m.decode_json(self._transact(Op.HELLO, self._session.hello_payload()), "HELLO reply")
+            except ProtocolError as exc:
+                if "VERSION_MISMATCH" not in str(exc) or version == 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def protocol_version(self) -> int:
@@ -90,26 +103,46 @@ class FpgaBoard(Board):
 
     # ---- transport ------------------------------------------------------------------------
     def _transact(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0) -> bytes:
-        wire = self._session.request(opcode, payload)
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retransmissions += 1
-                log.info("no complete reply to %s (seq %d); retransmission %d/%d", opcode.name,
-                         self._session.pending_seq, attempt, self.retries)
-                wire = self._session.retransmit()
-            self._link.write(wire)
-            reply = self._await_reply(self.timeout_s + extra_s)
+        session = self._session
+        base_s = self.timeout_s + extra_s
+        health0, rx0 = session.health(), self._link.bytes_rx
+        self._link.write(session.request(opcode, payload))
+        wait_s, idle, rounds = base_s, 0, 0
+        while True:
+            progress = session.progress
+            reply = self._await_reply(wait_s)
             if reply is not None:
                 return self._check_status(opcode, reply)
-        raise BoardTimeout(
-            f"the board at {self.address or 'the link'} did not answer {opcode.name} after "
-            f"{self.retries + 1} attempts of {self.timeout_s + extra_s:.1f} s; check that it is powered, "
-            "connected and running the firmware"
-        )
+            if session.reply_started:
+                base_s = self.timeout_s  # the board has executed it: no more time for the operation itself
+            if session.progress != progress:
+                idle, wait_s = 0, base_s
+            else:
+                idle += 1
+                # before the reply starts the board may still be busy: back off so polls do not pile up
+                wait_s = base_s if session.reply_started else min(2 * wait_s, 4 * base_s)
+            rounds += 1
+            if idle > self.retries or rounds >= (self.retries + 1) * self.MAX_ROUNDS_PER_RETRY:
+                raise BoardTimeout(self._timeout_message(opcode, rounds, idle, health0, rx0))
+            self.retransmissions += 1
+            log.info("no complete reply to %s (seq %d) after %.2g s; poll %d (%d without progress)", opcode.name,
+                     session.pending_seq, wait_s, rounds, idle)
+            self._link.write(session.poll())
+
+    def _timeout_message(self, opcode: Op, rounds: int, idle: int, health0, rx0: int) -> str:
+        s = self._session
+        seen = s.health().minus(health0)
+        bytes_rx = self._link.bytes_rx - rx0
+        why = "without progress" if idle > self.retries else "(the cap of rounds per request)"
+        return (f"the board at {self.address or 'the link'} did not answer {opcode.name} (seq {s.pending_seq}, "
+                f"{s.pending_chunks} request chunk(s)) completely after {rounds} polls {why}, waiting {self.timeout_s:.2g} s and "
+                f"longer: {seen.describe(bytes_rx)}")
 
     def _await_reply(self, timeout_s: float) -> m.Message | None:  # type: ignore[name-defined]
+        """Read until the reply is complete or the line has been silent (no progress) for ``timeout_s``."""
+        session = self._session
         deadline = time.monotonic() + timeout_s
-        progress = self._session.progress
+        progress = session.progress
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -117,11 +150,14 @@ class FpgaBoard(Board):
             data = self._link.read(min(remaining, 0.25))
             if not data:
                 continue
-            reply = self._session.receive_data(data)
+            reply = session.receive_data(data)
             if reply is not None:
                 return reply
-            if self._session.progress != progress:  # a long reply is streaming in: keep waiting
-                progress = self._session.progress
+            out = session.take_outbox()
+            if out:
+                self._link.write(out)
+            if session.progress != progress:  # chunks are coming in or being acknowledged: keep waiting
+                progress = session.progress
                 deadline = time.monotonic() + timeout_s
 
     def _check_status(self, opcode: Op, reply) -> bytes:

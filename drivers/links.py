@@ -52,6 +52,8 @@ class SerialLink:
                 "the board (or `hil emulator serve`) is running"
             ) from None
         self.url = url
+        self.baudrate = baudrate
+        """Nominal rate (on socket:// only a figure for comparisons)."""
         self.bytes_tx = 0
         self.bytes_rx = 0
 

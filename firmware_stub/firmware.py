@@ -3,8 +3,8 @@
 :class:`Firmware` maps one decoded request to one reply (status + payload) and
 enforces the board's own hardware limits again, whatever the host checked: a
 request beyond them is answered with ``LIMIT_VIOLATION`` and changes nothing.
-:class:`FirmwareEndpoint` puts the sans-I/O :class:`~protocols.session.ServerSession`
-in front of it, so that bytes in give bytes out; the pty, TCP and in-process
+:class:`FirmwareEndpoint` puts the sans-I/O session layer (:class:`~protocols.session.SessionServer`
+for version 3, :class:`~protocols.session.LegacyServerSession` for versions 1 and 2) in front of it, so that bytes in give bytes out; the pty, TCP and in-process
 transports all drive that one method.
 
 Board time: the endpoint also keeps the bench's clock for the link.  Every executed
@@ -35,13 +35,13 @@ from firmware_stub.device_params import DeviceParams
 from firmware_stub.write_verify import write_verify
 from protocols import encoding as enc
 from protocols import messages as m
-from protocols.framing import CRC, HEADER, MAX_PAYLOAD, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from protocols.framing import CRC, HEADER, MAX_PAYLOAD, PROTOCOL_VERSION, SESSION, SUPPORTED_VERSIONS, FrameDecoder
 from protocols.messages import Op, Status
-from protocols.session import ServerSession
+from protocols.session import CHUNK_BYTES, MAX_MESSAGE_BYTES, LegacyServerSession, SessionServer
 
 log = logging.getLogger(__name__)
 
-FIRMWARE_VERSION = "emu-1.1.0"
+FIRMWARE_VERSION = "emu-1.2.0"
 TIMING_RESOLUTION_S = 100e-12
 """Pulse-timer tick: every pulse width is a whole number of ticks, from one tick up.
 
@@ -176,6 +176,8 @@ class Firmware:
             "device_config": self.device_config,
             "link_baud": p.link_baud,
             "max_payload": MAX_PAYLOAD,
+            "chunk_bytes_default": CHUNK_BYTES,
+            "max_message_bytes": MAX_MESSAGE_BYTES,
         }
 
     def _hello(self, payload: bytes) -> bytes:
@@ -380,12 +382,14 @@ class Firmware:
         return b""
 
 
-def message_wire_bytes(payload_bytes: int, max_payload: int = MAX_PAYLOAD) -> int:
-    """Nominal bytes on the wire of one message: its leading delimiter and, per chunk,
-    COBS(header | chunk | CRC) at its worst-case overhead (one byte in 254, plus one) and the delimiter."""
+def message_wire_bytes(payload_bytes: int, max_payload: int = MAX_PAYLOAD, session: bool = False) -> int:
+    """Nominal bytes on the wire of one message: its leading delimiter and, per chunk of ``max_payload``,
+    COBS(header | chunk | CRC) at its worst-case overhead (one byte in 254, plus one) and the delimiter.
+    ``session``: version-3 frames, whose header carries the session id."""
     full, rest = divmod(int(payload_bytes), max_payload)
     chunks = [max_payload] * full + ([rest] if rest or not full else [])
-    bodies = [HEADER.size + n + CRC.size for n in chunks]
+    header = HEADER.size + (SESSION.size if session else 0)
+    bodies = [header + n + CRC.size for n in chunks]
     return 1 + sum(b + b // 254 + 2 for b in bodies)
 
 
@@ -394,33 +398,61 @@ class FirmwareEndpoint:
 
     def __init__(self, firmware: Firmware):
         self.firmware = firmware
-        self.session = ServerSession()
+        self.sessions = SessionServer()
+        """Version-3 hosts: sessions, chunk bitmaps, per-session replay cache."""
+        self.legacy = LegacyServerSession()
+        """Version-1/2 hosts: no session field, whole-message replays."""
+        self._decoder = FrameDecoder()
         self._lock = threading.Lock()
         p = firmware.params
         self.byte_time_s = p.link_bits_per_byte / p.link_baud
 
-    def _transfer(self, payload_bytes: int) -> None:
+    @property
+    def decoder(self) -> FrameDecoder:
+        return self._decoder
+
+    @property
+    def reassembly_bytes(self) -> int:
+        """Bytes of incomplete requests held (each session layer holds at most ``MAX_MESSAGE_BYTES``)."""
+        return self.sessions.reassembly_bytes + self.legacy.reassembly_bytes
+
+    def _transfer(self, payload_bytes: int, session: int | None) -> None:
         """Advance the board clock by one message's transfer time at the link's nominal rate."""
-        self.firmware.array.advance(message_wire_bytes(payload_bytes) * self.byte_time_s)
+        if session is None:
+            n = message_wire_bytes(payload_bytes)
+        else:
+            n = message_wire_bytes(payload_bytes, self.sessions.chunk_bytes(session), session=True)
+        self.firmware.array.advance(n * self.byte_time_s)
+
+    def disconnect(self) -> None:
+        """The host's connection ended: drop its half-received frame and request (their memory is freed)."""
+        with self._lock:
+            self._decoder = FrameDecoder()
+            self.sessions.drop_incomplete()
+            self.legacy.drop_incomplete()
 
     def receive(self, data: bytes) -> bytes:
         with self._lock:
-            requests, out = self.session.receive_data(data)
-            if not requests:
-                return out
-            parts = [out]
+            frames = self._decoder.feed(data)
+            if not frames:
+                return b""
+            requests, out = self.sessions.receive_frames([f for f in frames if f.session is not None])
+            old, replay = self.legacy.receive_frames([f for f in frames if f.session is None])
+            if not requests and not old:
+                return out + replay
+            parts = [out, replay]
             array = self.firmware.array
-            for req in requests:
+            for req, layer in [(r, self.sessions) for r in requests] + [(r, self.legacy) for r in old]:
                 timed = req.opcode in TIMED_OPS
                 if timed:
-                    self._transfer(len(req.payload))  # the request arrived ...
+                    self._transfer(len(req.payload), req.session)  # the request arrived ...
                     array.advance(self.firmware.params.t_link_turnaround_s)  # ... and the link turned round
                 status, payload = self.firmware.handle(req.opcode, req.payload, req.version)
                 if status != Status.OK:
                     log.info("refused opcode 0x%02x seq %d: %s", req.opcode, req.seq, payload[:200])
-                parts.append(self.session.respond(req, status, payload))
+                parts.append(layer.respond(req, status, payload))
                 if timed:
-                    self._transfer(len(payload))  # the reply leaves
+                    self._transfer(len(payload), req.session)  # the reply leaves
             return b"".join(parts)
 
 

@@ -3,6 +3,11 @@
 Both servers pump bytes between the OS and a :class:`FirmwareEndpoint` until
 ``stop`` is set.  The emulated array outlives connections: a host that reconnects
 finds the array as it left it, exactly like a real board that stays powered.
+
+The TCP server has one host at a time, like a serial line, but it does not leave a
+second host waiting in the listen queue: every connection is accepted, and one made
+while another host holds the board gets ``BUSY`` for each request at once.  When the
+holding host disconnects, the endpoint drops whatever half-received request it left.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tty
 from collections.abc import Callable
 
 from firmware_stub.firmware import FirmwareEndpoint
+from protocols.session import BusyResponder
 
 log = logging.getLogger(__name__)
 _CHUNK = 65536
@@ -69,7 +75,7 @@ class PtyServer:
 
 
 class TcpServer:
-    """The emulator on a TCP port, one host connection at a time (like a serial line)."""
+    """The emulator on a TCP port: one host at a time (like a serial line); others get ``BUSY`` at once."""
 
     def __init__(self, endpoint: FirmwareEndpoint, host: str = "127.0.0.1", port: int = 0):
         self.endpoint = endpoint
@@ -77,6 +83,9 @@ class TcpServer:
         self._sock.settimeout(0.1)
         self.host, self.port = self._sock.getsockname()[:2]
         self.stop = threading.Event()
+        self._owner_lock = threading.Lock()
+        self._owner: tuple | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
@@ -92,13 +101,35 @@ class TcpServer:
                 log.info("host connected from %s:%s", *peer[:2])
                 if on_connection:
                     on_connection(peer)
-                with conn:
-                    self._pump(conn)
-                log.info("host disconnected")
+                t = threading.Thread(target=self._serve_connection, args=(conn, peer), daemon=True)
+                t.start()
+                self._threads = [x for x in self._threads if x.is_alive()] + [t]
         finally:
             self._sock.close()
+            for t in self._threads:
+                t.join(5)
 
-    def _pump(self, conn: socket.socket) -> None:
+    def _serve_connection(self, conn: socket.socket, peer: tuple) -> None:
+        with self._owner_lock:
+            owner = self._owner
+            if owner is None:
+                self._owner = peer
+        with conn:
+            if owner is None:
+                try:
+                    self._pump(conn, self.endpoint.receive)
+                finally:
+                    self.endpoint.disconnect()
+                    with self._owner_lock:
+                        self._owner = None
+                    log.info("host disconnected")
+            else:
+                busy = BusyResponder(f"the board is in use by another host (connected from {owner[0]}:{owner[1]}); "
+                                     "try again when it has disconnected")
+                self._pump(conn, busy.receive_data)
+                log.info("busy connection from %s:%s closed", *peer[:2])
+
+    def _pump(self, conn: socket.socket, handle: Callable[[bytes], bytes]) -> None:
         conn.settimeout(0.1)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while not self.stop.is_set():
@@ -110,7 +141,7 @@ class TcpServer:
                 return
             if not data:
                 return
-            out = self.endpoint.receive(data)
+            out = handle(data)
             if out:
                 try:
                     conn.sendall(out)

@@ -34,6 +34,27 @@ class BenchReport(BaseModel):
     wire_bytes_per_device_full_read: float
     round_trip_s: float = Field(description="median request/reply time of a CLOCK request on the board")
     pulse_batches_per_s: float = Field(description="batches of 64 single-pulse devices per second on the board")
+    step: "StepFigures | None" = Field(None, description="a training-shaped step on this board (VMM forward, "
+                                                         "transposed VMM, sparse pulse batch)")
+
+
+class StepFigures(BaseModel):
+    batch: int
+    n_in: int
+    n_out: int
+    devices_written: int
+    host_s_per_step: float = Field(description="host wall time per step on this board")
+    wire_bytes_per_step: float = Field(description="bytes on the link per step, both ways, framing included")
+    wire_s_per_step_at_nominal: float = Field(description="the same bytes at the link's nominal rate "
+                                                          "(HELLO link_baud, 10 bits a byte)")
+    link_baud: float
+    floor_bytes_per_step: float = Field(description="information floor: inputs at DAC width, outputs at ADC "
+                                                    "width (both VMMs), the sparse batch's log2 C(N, k) index bits "
+                                                    "and log2(6) bits per count in -3..3")
+    bytes_over_floor: float
+    goodput_clean: float = Field(description="floor bytes per wire byte, clean in-process link")
+    goodput_lossy: float = Field(description="floor bytes per wire byte with 0.1 % flipped + 0.05 % dropped bytes")
+    lossy_polls_per_step: float
 
 
 def _random_batch(rng: np.random.Generator, n_cells: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +132,77 @@ def measure_board(board: Board, seconds: float = 1.0) -> tuple[float, float]:
     return float(np.median(trips)), batches / (time.perf_counter() - t0)
 
 
+STEP_BATCH = 32
+
+
+def _step_shape(board: Board) -> tuple[int, int]:
+    return min(board.info.rows, 64), min(board.info.cols, 32)
+
+
+def _one_step(board: Board, rng: np.random.Generator, n_in: int, n_out: int, k: int) -> None:
+    """A training-shaped step: forward VMM, transposed VMM (backward), a sparse pulse batch."""
+    from drivers.board import Region
+
+    region = Region(0, 0, n_in, n_out)
+    v = rng.uniform(-0.1, 0.1, size=(STEP_BATCH, n_in))
+    board.vmm(region, v, i_full_scale_a=1e-3)
+    board.vmm(region, rng.uniform(-0.1, 0.1, size=(STEP_BATCH, n_out)), transpose=True, i_full_scale_a=1e-3)
+    flat = np.sort(rng.choice(n_in * n_out, size=k, replace=False))
+    counts = rng.integers(1, 4, size=k) * rng.choice(np.array([-1, 1]), size=k)
+    board.pulse(PulseBatch(flat // n_out, flat % n_out, counts))
+
+
+def _floor_bytes(board: Board, n_in: int, n_out: int, k: int) -> float:
+    from math import lgamma, log, log2
+
+    info = board.info
+    vmm_bits = STEP_BATCH * (n_in * info.dac_bits + n_out * info.adc_bits)  # forward
+    vmm_bits += STEP_BATCH * (n_out * info.dac_bits + n_in * info.adc_bits)  # transposed
+    n = n_in * n_out
+    index_bits = (lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)) / log(2)
+    return (vmm_bits + index_bits + k * log2(6)) / 8
+
+
+def measure_step(board: Board, steps: int = 20, seed: int = 0) -> StepFigures:
+    """Host time and bytes of a training-shaped step on ``board``, against wire time and the information floor;
+    goodput on an in-process emulator of the same geometry, clean and through a lossy link."""
+    from drivers.fpga import FpgaBoard
+    from drivers.links import InProcessLink
+    from firmware_stub.firmware import make_emulator
+    from hil.link_faults import FaultyLink
+
+    n_in, n_out = _step_shape(board)
+    k = max(1, n_in * n_out // 100)
+    rng = np.random.default_rng(seed)
+    _one_step(board, rng, n_in, n_out, k)  # warm-up
+    before, t0 = board.wire_bytes, time.perf_counter()
+    for _ in range(steps):
+        _one_step(board, rng, n_in, n_out, k)
+    host_s = (time.perf_counter() - t0) / steps
+    per_step = (board.wire_bytes - before) / steps
+    baud = float(getattr(board.link, "baudrate", 0) or 3e6) if hasattr(board, "link") else 3e6
+    floor = _floor_bytes(board, n_in, n_out, k)
+
+    def goodput(lossy: bool) -> tuple[float, float]:
+        endpoint = make_emulator(n_in, n_out, seed=seed)
+        link = InProcessLink(endpoint)
+        if lossy:
+            link = FaultyLink(link, seed=seed, drop=5e-4, corrupt=1e-3, garbage=0.0, delay=0.0)
+        with FpgaBoard(link, timeout_s=0.02, retries=30) as b:
+            r = np.random.default_rng(seed)
+            w0 = b.wire_bytes
+            for _ in range(steps):
+                _one_step(b, r, n_in, n_out, k)
+            return floor * steps / (b.wire_bytes - w0), b.retransmissions / steps
+
+    clean, _ = goodput(False)
+    lossy, polls = goodput(True)
+    return StepFigures(batch=STEP_BATCH, n_in=n_in, n_out=n_out, devices_written=k, host_s_per_step=host_s,
+                       wire_bytes_per_step=per_step, wire_s_per_step_at_nominal=per_step * 10 / baud, link_baud=baud,
+                       floor_bytes_per_step=floor, bytes_over_floor=per_step / floor, goodput_clean=clean,
+                       goodput_lossy=lossy, lossy_polls_per_step=polls)
+
+
 def run_bench(address: str, board: Board, quick: bool = False) -> BenchReport:
     vec, mixed, loop = measure_array_speed(repeats=2 if quick else 5, loop_devices=5_000 if quick else 20_000)
     wire, full_read = measure_wire_bytes()
@@ -120,4 +212,5 @@ def run_bench(address: str, board: Board, quick: bool = False) -> BenchReport:
         emulator_updates_per_s=vec, emulator_updates_per_s_mixed=mixed, loop_updates_per_s=loop, emulator_speedup_vs_loop=vec / loop,
         wire_bytes_per_written_device=wire, wire_bytes_per_device_full_read=full_read,
         round_trip_s=rtt, pulse_batches_per_s=bps,
+        step=measure_step(board, steps=5 if quick else 20) if board.info.capabilities.vmm else None,
     )

@@ -17,8 +17,15 @@ bytes  type    field
 6      u8      opcode
 7      u8      status (0 in requests)
 8-9    u16     chunk index
-10-11  u16     chunk count (a message larger than MAX_PAYLOAD is chunked)
+10-11  u16     chunk count (a message larger than one chunk is split)
+12-15  u32     session id, present only when flags bit2 is set (version 3)
 =====  ======  ===========================================================
+
+The session field extends the header instead of reshaping it, so the first 12 bytes
+mean the same in every version: a version-2 board parses a version-3 HELLO far
+enough to refuse it with ``VERSION_MISMATCH``, and a version-3 host reads that
+refusal (which carries no session field) -- version negotiation keeps working.
+Flags bit3 marks a control frame (chunk acknowledgements, :mod:`protocols.session`).
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from dataclasses import dataclass
 
 from cobs import cobs
 
-PROTOCOL_VERSION = 2
-"""The version this codec speaks by default.  2 added per-device pulse widths to PULSE."""
-SUPPORTED_VERSIONS = (1, 2)
+PROTOCOL_VERSION = 3
+"""The version this codec speaks by default.  2 added per-device pulse widths to PULSE; 3 added
+sessions, selective retransmission of chunks and bit-packed VMM codes."""
+SUPPORTED_VERSIONS = (1, 2, 3)
 """Versions a server answers (each in the request's own version)."""
 MAX_PAYLOAD = 16384
 """Largest payload of one frame, bytes; longer messages are split into chunks."""
@@ -39,11 +47,16 @@ MAX_CHUNKS = 0xFFFF
 DELIMITER = b"\x00"
 
 HEADER = struct.Struct("<BBIBBHH")
+SESSION = struct.Struct("<I")
 CRC = struct.Struct("<I")
 FLAG_RESPONSE = 0x01
 FLAG_RETRANSMIT = 0x02
+FLAG_SESSION = 0x04
+"""The header carries a u32 session id after the 12 common bytes (version 3)."""
+FLAG_CONTROL = 0x08
+"""A control frame (poll / chunk bitmap) rather than a chunk of a message."""
 # a COBS body grows by at most one byte in 254
-MAX_ENCODED = (HEADER.size + MAX_PAYLOAD + CRC.size) * 255 // 254 + 2
+MAX_ENCODED = (HEADER.size + SESSION.size + MAX_PAYLOAD + CRC.size) * 255 // 254 + 2
 
 
 @dataclass(frozen=True)
@@ -56,27 +69,51 @@ class Frame:
     chunk_index: int
     chunk_count: int
     payload: bytes
+    session: int | None = None
+    """Session id of a version-3 frame; None for a frame without the session field."""
 
     @property
     def is_response(self) -> bool:
         return bool(self.flags & FLAG_RESPONSE)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.flags & FLAG_CONTROL)
 
 
 def encode_frame(frame: Frame) -> bytes:
     """Wire bytes of one frame, delimiter included."""
     if len(frame.payload) > MAX_PAYLOAD:
         raise ValueError(f"frame payload of {len(frame.payload)} bytes exceeds MAX_PAYLOAD={MAX_PAYLOAD}")
+    flags = frame.flags | FLAG_SESSION if frame.session is not None else frame.flags & ~FLAG_SESSION
     body = HEADER.pack(
-        frame.version, frame.flags, frame.seq & 0xFFFFFFFF, frame.opcode, frame.status,
+        frame.version, flags, frame.seq & 0xFFFFFFFF, frame.opcode, frame.status,
         frame.chunk_index, frame.chunk_count,
-    ) + frame.payload
+    )
+    if frame.session is not None:
+        body += SESSION.pack(frame.session & 0xFFFFFFFF)
+    body += frame.payload
     body += CRC.pack(zlib.crc32(body))
     return cobs.encode(body) + DELIMITER
 
 
+def chunk_frames(
+    *, seq: int, opcode: int, payload: bytes, status: int = 0, flags: int = 0,
+    max_payload: int = MAX_PAYLOAD, version: int = PROTOCOL_VERSION, session: int | None = None,
+) -> list[bytes]:
+    """The wire bytes of each chunk of a message (no leading delimiter), for selective resending."""
+    n = max(1, -(-len(payload) // max_payload))
+    if n > MAX_CHUNKS:
+        raise ValueError(f"message of {len(payload)} bytes needs {n} chunks; at most {MAX_CHUNKS} are allowed")
+    view = memoryview(payload)
+    return [encode_frame(Frame(version, flags, seq, opcode, status, i, n,
+                               bytes(view[i * max_payload:(i + 1) * max_payload]), session))
+            for i in range(n)]
+
+
 def encode_message(
     *, seq: int, opcode: int, payload: bytes, status: int = 0, flags: int = 0,
-    max_payload: int = MAX_PAYLOAD, version: int = PROTOCOL_VERSION,
+    max_payload: int = MAX_PAYLOAD, version: int = PROTOCOL_VERSION, session: int | None = None,
 ) -> bytes:
     """Wire bytes of a whole message, split into as many chunks as it needs.
 
@@ -84,15 +121,8 @@ def encode_message(
     before it (a half frame from a crashed peer, line noise) ends there instead of
     spoiling the message's first frame.
     """
-    n = max(1, -(-len(payload) // max_payload))
-    if n > MAX_CHUNKS:
-        raise ValueError(f"message of {len(payload)} bytes needs {n} chunks; at most {MAX_CHUNKS} are allowed")
-    view = memoryview(payload)
-    return DELIMITER + b"".join(
-        encode_frame(Frame(version, flags, seq, opcode, status, i, n,
-                           bytes(view[i * max_payload:(i + 1) * max_payload])))
-        for i in range(n)
-    )
+    return DELIMITER + b"".join(chunk_frames(seq=seq, opcode=opcode, payload=payload, status=status, flags=flags,
+                                             max_payload=max_payload, version=version, session=session))
 
 
 class FrameDecoder:
@@ -147,8 +177,15 @@ class FrameDecoder:
             self.crc_errors += 1
             return None
         version, flags, seq, opcode, status, idx, count = HEADER.unpack_from(body)
+        start, session = HEADER.size, None
+        if flags & FLAG_SESSION:
+            if len(body) < HEADER.size + SESSION.size + CRC.size:
+                self.malformed += 1
+                return None
+            (session,) = SESSION.unpack_from(body, HEADER.size)
+            start += SESSION.size
         if count == 0 or idx >= count:
             self.malformed += 1
             return None
         self.frames_ok += 1
-        return Frame(version, flags, seq, opcode, status, idx, count, body[HEADER.size: len(body) - CRC.size])
+        return Frame(version, flags, seq, opcode, status, idx, count, body[start: len(body) - CRC.size], session)

@@ -10,66 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 
-import numpy as np
-
-
-class ByteMangler:
-    """Applies byte-level faults to chunks of a stream."""
-
-    def __init__(self, seed: int, drop: float = 0.0, corrupt: float = 0.0, garbage: float = 0.0):
-        self.rng = np.random.default_rng(seed)
-        self.drop, self.corrupt, self.garbage = drop, corrupt, garbage
-        self.faults = 0
-
-    def __call__(self, data: bytes) -> bytes:
-        if not data:
-            return data
-        a = np.frombuffer(data, dtype=np.uint8).copy()
-        flip = self.rng.random(a.size) < self.corrupt
-        a[flip] ^= self.rng.integers(1, 256, size=int(flip.sum()), dtype=np.uint8)
-        keep = self.rng.random(a.size) >= self.drop
-        self.faults += int(flip.sum()) + int((~keep).sum())
-        out = a[keep].tobytes()
-        if self.rng.random() < self.garbage:
-            pos = int(self.rng.integers(0, len(out) + 1))
-            junk = self.rng.integers(0, 256, size=int(self.rng.integers(1, 40)), dtype=np.uint8).tobytes()
-            out = out[:pos] + junk + out[pos:]
-            self.faults += 1
-        return out
-
-
-class FaultyLink:
-    """Wraps a Link; mangles both directions and sometimes holds replies back (delay)."""
-
-    def __init__(self, inner, seed: int, drop=0.002, corrupt=0.002, garbage=0.05, delay=0.1):
-        self.inner = inner
-        self.tx = ByteMangler(seed, drop, corrupt, garbage)
-        self.rx = ByteMangler(seed + 1, drop, corrupt, garbage)
-        self.rng = np.random.default_rng(seed + 2)
-        self.delay = delay
-        self._held = b""
-
-    @property
-    def bytes_tx(self) -> int:
-        return self.inner.bytes_tx
-
-    @property
-    def bytes_rx(self) -> int:
-        return self.inner.bytes_rx
-
-    def write(self, data: bytes) -> None:
-        self.inner.write(self.tx(data))
-
-    def read(self, timeout_s: float) -> bytes:
-        data = self._held + self.rx(self.inner.read(timeout_s))
-        self._held = b""
-        if data and self.rng.random() < self.delay:
-            self._held = data  # arrives late: after the host has given up and retransmitted
-            return b""
-        return data
-
-    def close(self) -> None:
-        self.inner.close()
+from hil.link_faults import ByteMangler, FaultyLink  # noqa: F401  (re-exported for the tests)
 
 
 class FaultyTcpProxy:

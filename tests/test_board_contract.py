@@ -15,7 +15,7 @@ def test_info_describes_the_board(emu):
     assert (info.rows, info.cols) == (32, 48)
     assert info.emulated and info.capabilities.vmm and info.capabilities.vmm_transpose
     assert info.capabilities.write_verify and info.capabilities.virtual_clock
-    assert info.protocol_version == 2
+    assert info.protocol_version == 3
     assert emu.limits.max_pulses_per_device <= info.hardware_limits.max_pulses_per_device
 
 
@@ -127,6 +127,7 @@ def test_firmware_checks_limits_again():
     array = endpoint.firmware.array
     digest, clock = array.state_digest(), array.clock_s
     client = ClientSession()
+    client.receive_data(endpoint.receive(client.request(Op.HELLO, client.hello_payload())))  # open a session
     reply = client.receive_data(endpoint.receive(client.request(Op.SET_PROFILES, m.encode_profiles(5.0, 5e-8, -1.8, 5e-8))))
     assert reply.status == Status.LIMIT_VIOLATION and b"SET amplitude" in reply.payload
     reply = client.receive_data(endpoint.receive(client.request(
@@ -238,6 +239,7 @@ def test_firmware_refuses_a_width_beyond_its_limits_and_changes_nothing():
     array = endpoint.firmware.array
     before = (array.g.copy(), array.n_pulses.copy(), array.counters.pulses_total)
     client = ClientSession()
+    client.receive_data(endpoint.receive(client.request(Op.HELLO, client.hello_payload())))  # open a session
     for ticks, text in (([600], b"profile"), ([0, 2 * 10**7], b"outside")):
         flat = np.arange(len(ticks))
         reply = client.receive_data(endpoint.receive(client.request(
@@ -261,12 +263,13 @@ def test_board_clock_charges_frames_at_the_nominal_rate_and_a_latency_per_comman
     from protocols.session import ClientSession
 
     endpoint, client = make_emulator(8, 8, seed=0), ClientSession()
+    _exchange(endpoint, client, Op.HELLO, client.hello_payload())  # open a session (no board time)
     array, p = endpoint.firmware.array, endpoint.firmware.params
     assert (p.link_baud, p.link_bits_per_byte) == (3e6, 10)  # the documented defaults
     request = m.encode_cells(np.arange(10))  # cells of rows 0 and 1
     t0 = array.clock_s
     reply = _exchange(endpoint, client, Op.READ_CELLS, request)
-    wire_bytes = message_wire_bytes(len(request)) + message_wire_bytes(len(reply.payload))
+    wire_bytes = sum(message_wire_bytes(n, client.chunk_bytes, session=True) for n in (len(request), len(reply.payload)))
     expected = wire_bytes * 10 / 3e6 + p.t_link_turnaround_s + p.t_command_s + 2 * p.t_read_row_s
     assert array.clock_s - t0 == pytest.approx(expected, rel=1e-9, abs=0)
     t1 = array.clock_s
