@@ -373,6 +373,7 @@ def preflight_iv_sweep(board: Board, params: IvSweepParams) -> None:
     lim = board.limits
     check_sweep_voltages(_staircase(params), lim)
     check_duration(params.step_s, lim, "sweep step duration (--step-s)")
+    board.check_dc_duration(params.step_s, "sweep step (--step-s)")
     check_compliance(params.compliance_a, lim)
 
 
@@ -467,6 +468,7 @@ def preflight_forming(board: Board, params: FormingParams) -> None:
                              f"{lim.max_form_v:.3f} V; lower --v-stop to at most {lim.max_form_v:.3f} V")
     check_form_voltage(top, lim)
     check_duration(params.width_s, lim, "forming pulse width (--width)")
+    board.check_dc_duration(params.width_s, "forming pulse (--width)")
     check_compliance(params.compliance_a, lim)
 
 

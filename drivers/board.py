@@ -402,6 +402,7 @@ class Board(abc.ABC):
         lim = self.limits
         voltage_v = check_form_voltage(voltage_v, lim)
         width_s = check_duration(width_s, lim, "forming pulse width")
+        self.check_dc_duration(width_s, "forming")
         compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
@@ -417,10 +418,18 @@ class Board(abc.ABC):
         lim = self.limits
         volts = check_sweep_voltages(np.asarray(voltages_v, dtype=float).reshape(-1), lim)
         step_s = check_duration(step_s, lim, "sweep step duration")
+        self.check_dc_duration(step_s, "sweep step")
         compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
         return self._do_iv_sweep(uniq, volts, float(step_s), float(compliance_a))[inverse]
+
+    def check_dc_duration(self, seconds: float, what: str) -> None:
+        """Raise unless this board can hold one DC level (a forming pulse, a sweep step) for ``seconds``.
+
+        Procedures call it before their first request; boards whose DC levels come from an
+        instrument with a limited integration time (the VISA bench's SMU) override it.
+        """
 
     def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
         raise BoardError("forming is not implemented by this board")

@@ -500,6 +500,9 @@ class VisaBenchBoard(Board):
         t["write_energy"] += done["energy"]
 
     # ---- DC through the SMU: I-V sweeps and forming ---------------------------------------------------------------
+    def check_dc_duration(self, seconds: float, what: str) -> None:
+        self._dwell_nplc(seconds, what)
+
     @staticmethod
     def _dwell_nplc(seconds: float, what: str) -> float:
         """The SMU's integration (NPLC) that holds a level for ``seconds``; refused outside 0.01..10 PLC."""

@@ -259,7 +259,9 @@ def test_forming_exactly_at_the_limit_is_accepted():
         assert np.all(v[np.isfinite(v)] <= 3.3)
 
 
-def test_forming_on_a_bench_without_forming_sends_nothing(bench):
+def test_forming_the_bench_cannot_hold_sends_nothing(bench):
+    """The bench's SMU holds a level for one reading (0.2-200 ms): the default 1 µs forming pulse is refused
+    before the first instrument command."""
     running, path = bench
     with open_board(f"visa:{path}") as b:
         before = [len(i.log) for i in running.instruments.values()]
