@@ -174,28 +174,37 @@ def fit_decay(n: np.ndarray, y_s: np.ndarray, sign: float, gamma: float = 1.0,
 
 def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: tuple[float, float] = (0.3, 4.0),
                       tol: float = 0.01, fixed_gamma: float | None = None,
-                      bound_limit_s: np.ndarray | None = None) -> DecayFit:
+                      bound_limit_s: np.ndarray | None = None, search_devices: int = 256) -> DecayFit:
     """Per-device fits with the shared gamma that minimises the (trimmed) total squared error.
 
     ``bound_limit_s``: per-device limit the bound may not pass (see :func:`_lm`), e.g. a level the
     device was seen at: a slow power-law approach is otherwise fitted as a fast approach to a bound
-    short of the real one.
+    short of the real one.  The search for gamma uses at most ``search_devices`` devices (evenly
+    spaced over the well-fitted ones: the profile of a few hundred devices pins gamma down far
+    below its model error); the final fit at the chosen gamma uses every device.
     """
     base, theta1 = fit_decay(n, y_s, sign, 1.0, bound_limit_s=bound_limit_s)
     if fixed_gamma is not None:
         return (fit_decay(n, y_s, sign, fixed_gamma, bound_limit_s=bound_limit_s)[0] if fixed_gamma != 1.0
                 else base)
     # devices with a wild gamma=1 fit (outliers) do not steer the shared gamma
-    keep = base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98))
-    cache: dict[float, tuple[float, DecayFit]] = {}
+    keep = np.flatnonzero(base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98)))
+    if keep.size > search_devices:
+        keep = keep[np.linspace(0, keep.size - 1, search_devices).round().astype(int)]
+    y_k = np.asarray(y_s)[keep]
+    lim_k = None if bound_limit_s is None else np.asarray(bound_limit_s, float)[keep]
+    cache: dict[float, float] = {}
+
+    def start(g: float, rows: np.ndarray | slice) -> np.ndarray:
+        th0 = theta1[rows].copy()
+        th0[:, 2] += (1.0 - g) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
+        return th0
 
     def total(g: float) -> float:
         if g not in cache:
-            th0 = theta1.copy()
-            th0[:, 2] += (1.0 - g) * th0[:, 1]
-            f, _ = fit_decay(n, y_s, sign, g, th0, bound_limit_s=bound_limit_s)
-            cache[g] = (float(np.sum(f.sse[keep & f.ok])) + 1e12 * float(np.sum(keep & ~f.ok)), f)
-        return cache[g][0]
+            f, _ = fit_decay(n, y_k, sign, g, start(g, keep), bound_limit_s=lim_k)
+            cache[g] = float(np.sum(np.where(f.ok, f.sse, 0.0))) + 1e12 * float(np.sum(~f.ok))
+        return cache[g]
 
     lo, hi = np.log(gamma_range[0]), np.log(gamma_range[1])
     phi = (np.sqrt(5.0) - 1.0) / 2.0
@@ -211,11 +220,11 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
             a, x1, f1 = x1, x2, f2
             x2 = a + phi * (b - a)
             f2 = total(float(np.exp(x2)))
-    best = min(cache, key=lambda g: cache[g][0])
+    best = min(cache, key=cache.get)
     # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
-    if total(1.0) <= cache[best][0] * (1 + 1e-4):
-        best = 1.0
-    return cache[best][1]
+    if total(1.0) <= cache[best] * (1 + 1e-4):
+        return base
+    return fit_decay(n, y_s, sign, best, start(best, slice(None)), bound_limit_s=bound_limit_s)[0]
 
 
 def discrete_alpha(c: np.ndarray, gamma: float, window_s: np.ndarray, x_ref: float = 0.5) -> np.ndarray:
