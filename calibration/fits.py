@@ -55,6 +55,7 @@ class DecayFit:
     sse: np.ndarray  # microsiemens**2
     n_points: np.ndarray
     ok: np.ndarray
+    gamma_sigma: float = float("nan")  # standard error of the shared gamma (batch means over device groups)
 
     def predict_s(self, n: np.ndarray, sign: float) -> np.ndarray:
         v, _, _ = decay(self.v0_s[:, None] / US, self.c[:, None], self.gamma, np.asarray(n, float)[None, :])
@@ -174,14 +175,16 @@ def fit_decay(n: np.ndarray, y_s: np.ndarray, sign: float, gamma: float = 1.0,
 
 def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: tuple[float, float] = (0.3, 4.0),
                       tol: float = 0.01, fixed_gamma: float | None = None,
-                      bound_limit_s: np.ndarray | None = None, search_devices: int = 256) -> DecayFit:
+                      bound_limit_s: np.ndarray | None = None, search_devices: int = 256,
+                      gamma_groups: int = 8) -> DecayFit:
     """Per-device fits with the shared gamma that minimises the (trimmed) total squared error.
 
     ``bound_limit_s``: per-device limit the bound may not pass (see :func:`_lm`), e.g. a level the
     device was seen at: a slow power-law approach is otherwise fitted as a fast approach to a bound
     short of the real one.  The search for gamma uses at most ``search_devices`` devices (evenly
     spaced over the well-fitted ones: the profile of a few hundred devices pins gamma down far
-    below its model error); the final fit at the chosen gamma uses every device.
+    below its model error); the final fit at the chosen gamma uses every device.  ``gamma_groups``
+    disjoint groups of those devices are searched separately for the standard error of gamma.
     """
     base, theta1 = fit_decay(n, y_s, sign, 1.0, bound_limit_s=bound_limit_s)
     if fixed_gamma is not None:
@@ -191,40 +194,54 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
     keep = np.flatnonzero(base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98)))
     if keep.size > search_devices:
         keep = keep[np.linspace(0, keep.size - 1, search_devices).round().astype(int)]
-    y_k = np.asarray(y_s)[keep]
-    lim_k = None if bound_limit_s is None else np.asarray(bound_limit_s, float)[keep]
-    cache: dict[float, float] = {}
+    y_all = np.asarray(y_s)
+    lim_all = None if bound_limit_s is None else np.asarray(bound_limit_s, float)
 
     def start(g: float, rows: np.ndarray | slice) -> np.ndarray:
         th0 = theta1[rows].copy()
         th0[:, 2] += (1.0 - g) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
         return th0
 
-    def total(g: float) -> float:
-        if g not in cache:
-            f, _ = fit_decay(n, y_k, sign, g, start(g, keep), bound_limit_s=lim_k)
-            cache[g] = float(np.sum(np.where(f.ok, f.sse, 0.0))) + 1e12 * float(np.sum(~f.ok))
-        return cache[g]
+    def search(rows: np.ndarray) -> tuple[float, dict[float, float]]:
+        """Golden-section search of the shared gamma of the devices ``rows``: (best gamma, profile)."""
+        cache: dict[float, float] = {}
+        lim = None if lim_all is None else lim_all[rows]
 
-    lo, hi = np.log(gamma_range[0]), np.log(gamma_range[1])
-    phi = (np.sqrt(5.0) - 1.0) / 2.0
-    a, b = lo, hi
-    x1, x2 = b - phi * (b - a), a + phi * (b - a)
-    f1, f2 = total(float(np.exp(x1))), total(float(np.exp(x2)))
-    while b - a > tol:
-        if f1 <= f2:
-            b, x2, f2 = x2, x1, f1
-            x1 = b - phi * (b - a)
-            f1 = total(float(np.exp(x1)))
-        else:
-            a, x1, f1 = x1, x2, f2
-            x2 = a + phi * (b - a)
-            f2 = total(float(np.exp(x2)))
-    best = min(cache, key=cache.get)
-    # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
-    if total(1.0) <= cache[best] * (1 + 1e-4):
-        return base
-    return fit_decay(n, y_s, sign, best, start(best, slice(None)), bound_limit_s=bound_limit_s)[0]
+        def total(g: float) -> float:
+            if g not in cache:
+                f, _ = fit_decay(n, y_all[rows], sign, g, start(g, rows), bound_limit_s=lim)
+                cache[g] = float(np.sum(np.where(f.ok, f.sse, 0.0))) + 1e12 * float(np.sum(~f.ok))
+            return cache[g]
+
+        a, b = np.log(gamma_range[0]), np.log(gamma_range[1])
+        phi = (np.sqrt(5.0) - 1.0) / 2.0
+        x1, x2 = b - phi * (b - a), a + phi * (b - a)
+        f1, f2 = total(float(np.exp(x1))), total(float(np.exp(x2)))
+        while b - a > tol:
+            if f1 <= f2:
+                b, x2, f2 = x2, x1, f1
+                x1 = b - phi * (b - a)
+                f1 = total(float(np.exp(x1)))
+            else:
+                a, x1, f1 = x1, x2, f2
+                x2 = a + phi * (b - a)
+                f2 = total(float(np.exp(x2)))
+        best = min(cache, key=cache.get)
+        # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
+        return (1.0 if total(1.0) <= cache[best] * (1 + 1e-4) else best), cache
+
+    best, _ = search(keep)
+    # its standard error: batch means over disjoint groups of the searched devices (the residuals of a
+    # curve are correlated -- persistent write errors random-walk -- so the profile's curvature would not do)
+    groups = [g for g in np.array_split(keep, gamma_groups) if g.size >= 4] if gamma_groups >= 2 else []
+    sigma = float("nan")
+    if len(groups) >= 2:
+        g_k = np.array([search(g)[0] for g in groups])
+        sigma = float(g_k.std(ddof=1) / np.sqrt(g_k.size))
+    fit = base if best == 1.0 else fit_decay(n, y_s, sign, best, start(best, slice(None)),
+                                             bound_limit_s=bound_limit_s)[0]
+    fit.gamma_sigma = sigma
+    return fit
 
 
 def discrete_alpha(c: np.ndarray, gamma: float, window_s: np.ndarray, x_ref: float = 0.5) -> np.ndarray:

@@ -50,7 +50,13 @@ from calibration.common import Raw, Stopwatch, now_iso, stage_rng
 from calibration.drift import STAGE as DRIFT
 from calibration.drift import DriftParams, DriftResult, measure_drift
 from calibration.pulse_response import STAGE as PR
-from calibration.pulse_response import PulseResponseParams, PulseResponseResult, measure_pulse_response
+from calibration.pulse_response import (
+    PulseResponseParams,
+    PulseResponseResult,
+    event_pulses,
+    measure_pulse_response,
+    model_step,
+)
 from calibration.read_noise import STAGE as RN
 from calibration.read_noise import ReadNoiseParams, ReadNoiseResult, measure_read_noise
 from calibration.report import CalibrationReport, DriftModel, SoftBoundsFit
@@ -280,9 +286,12 @@ def _run_stage(name: str, board: Board, p: BaseModel, results: dict, raws: dict,
         pr_raw = raws[PR]
         good = np.asarray(pr_raw["devices"])[np.asarray(pr_raw["fit_ok"], bool)]
         wn_pool = good if p.n_devices <= good.size else pool
+        ok = np.asarray(pr_raw["fit_ok"], bool)
+        bounds = (np.asarray(pr_raw["devices"])[ok], np.asarray(pr_raw["g_lo_s"])[ok], np.asarray(pr_raw["g_hi_s"])[ok])
         return measure_write_noise(board, p, target_s=g_min + pr.x_equilibrium * (g_max - g_min),
                                    window_s=g_max - g_min, pool=wn_pool, read_noise_rel=rn.read_noise_rel,
-                                   step_mid_s=pr.step_mid_s["set"], model=pr.fits, progress=tick)
+                                   step_mid_s=pr.step_mid_s["set"], model=pr.fits, device_bounds_s=bounds,
+                                   progress=tick)
     if name == DRIFT:
         return measure_drift(board, p, g_min_s=g_min, g_max_s=g_max, pool=pool, read_noise_rel=rn.read_noise_rel,
                              progress=tick)
@@ -306,7 +315,7 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         scale[pol] = float(rho.mean())
         scale_se[pol] = float(rho.std(ddof=1) / np.sqrt(rho.size))
         step[pol] = pr.step_mid_s[pol] * scale[pol]
-        step_se[pol] = pr.step_mid_s[pol] * scale_se[pol]
+        step_se[pol] = float(np.hypot(pr.step_mid_s[pol] * scale_se[pol], _step_model_sigma(pr, wraw, pol)))
         f = pr.fits[pol]
         fits[pol] = SoftBoundsFit(alpha_s=f.alpha_s * scale[pol], gamma=f.gamma, g_min_s=f.g_min_s, g_max_s=f.g_max_s)
     c2c_s = wn.c2c_sigma_rel * step["set"]
@@ -368,13 +377,52 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     )
 
 
+def _step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str) -> float:
+    """Uncertainty of the step at mid-window from the pulse-response model's shape and window.
+
+    The step at mid-window is the steps measured near the SET/RESET balance (write-noise stage)
+    carried to mid-window by the model: ``mean_i(rho_i mu(G_i)) * mu(mid) / mu(G_i)``, so it moves with
+    gamma (by ``(0.5 / (1 - x_i))**gamma``) and with the window that places ``x_i``.  Each of gamma,
+    g_min and g_max is moved by its standard error, the others held (central differences), and the
+    changes are added in quadrature.
+    """
+    rho = np.asarray(wraw[f"step_scale_{pol}"], float)
+    sign = +1 if pol == "set" else -1
+    cells = np.asarray(wraw["cell_polarity"]) == sign
+    g_i = np.asarray(wraw["cell_mean_pre_g"])[cells].mean(axis=0)
+    ok = np.isfinite(rho) & np.isfinite(g_i)
+    if not ok.any():
+        return 0.0
+    rho, g_i = rho[ok], g_i[ok]
+    f0 = pr.fits[pol]
+
+    def step(fit: SoftBoundsFit) -> float:
+        w0, w1 = f0.g_max_s - f0.g_min_s, fit.g_max_s - fit.g_min_s
+        # as the write-noise stage: states outside the window are normalised just inside it
+        m0 = model_step(f0, pol, np.clip(g_i, f0.g_min_s + 0.02 * w0, f0.g_max_s - 0.02 * w0))
+        m1 = model_step(fit, pol, np.clip(g_i, fit.g_min_s + 0.02 * w1, fit.g_max_s - 0.02 * w1))
+        mid = model_step(fit, pol, np.array([0.5 * (fit.g_min_s + fit.g_max_s)]))[0]
+        return float(np.mean(rho * m0 / np.where(m1 > 0, m1, np.nan)) * mid)
+
+    var = 0.0
+    for field, sd in (("gamma", pr.gamma_sigma.get(pol, 0.0)), ("g_min_s", pr.window_sigma_s["g_min_s"]),
+                      ("g_max_s", pr.window_sigma_s["g_max_s"])):
+        if not np.isfinite(sd) or sd <= 0:
+            continue
+        hi = step(f0.model_copy(update={field: getattr(f0, field) + sd}))
+        lo = step(f0.model_copy(update={field: getattr(f0, field) - sd}))
+        if np.isfinite(hi) and np.isfinite(lo):
+            var += (0.5 * (hi - lo)) ** 2
+    return float(np.sqrt(var))
+
+
 def pulses_per_device(rows: int, cols: int, sp: dict, results: dict, raws: dict) -> np.ndarray:
     """(rows, cols) map of the pulses each device received in the stages (write-verify not counted:
     the board reports only its total, given in each stage's sample description)."""
     total = np.zeros(rows * cols, dtype=np.int64)
     total += 2 * sp[STUCK].n_pulses
     pr = sp[PR]
-    total[np.asarray(raws[PR]["devices"])] += pr.precondition_pulses + 2 * pr.steps * pr.pulses_per_step
+    total[np.asarray(raws[PR]["devices"])] += pr.precondition_pulses + 2 * int(event_pulses(pr).sum())
     wn_raw = raws[WN]
     total[np.asarray(wn_raw["devices"])] += int(np.abs(np.asarray(wn_raw["event_pulses"])).sum())
     total[np.asarray(raws[DRIFT]["devices"])] += sp[DRIFT].release_pulses

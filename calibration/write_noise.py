@@ -93,7 +93,6 @@ from calibration.common import (
     stage_rng,
 )
 from calibration.fits import weighted_line
-from calibration.pulse_response import model_step
 from calibration.report import SoftBoundsFit
 from drivers.board import Board
 
@@ -151,14 +150,18 @@ class WriteNoiseResult(BaseModel):
 def measure_write_noise(board: Board, params: WriteNoiseParams | None = None, *,
                         target_s: float, window_s: float, pool: np.ndarray | None = None,
                         read_noise_rel: float, step_mid_s: float | None = None,
-                        model: dict[str, SoftBoundsFit] | None = None, progress: Progress = None) -> Measured:
+                        model: dict[str, SoftBoundsFit] | None = None,
+                        device_bounds_s: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                        progress: Progress = None) -> Measured:
     """Measure the change of write events of ``n`` pulses for every n of ``params.pulse_counts``.
 
     ``target_s``: level to program the devices to first (where SET and RESET balance);
     ``window_s``: g_max - g_min (for the programming tolerance); ``read_noise_rel``:
     measured relative read noise (subtracted); ``step_mid_s``: mean SET step at
     mid-window (to express the cycle-to-cycle spread in siemens); ``model``: the
-    pulse-response fits by polarity (for the state-wandering correction; none without).
+    pulse-response fits by polarity (for the state-wandering correction; none without);
+    ``device_bounds_s``: (flat indices, lower bounds, upper bounds) fitted per device by the
+    pulse-response stage -- sampled devices among them are normalised by their own window.
     """
     params = params or WriteNoiseParams()
     rng = stage_rng(params.seed, STAGE)
@@ -188,8 +191,14 @@ def measure_write_noise(board: Board, params: WriteNoiseParams | None = None, *,
         if progress and t % 2 == 0:
             progress(1.0)
     n_arr, pol_arr = np.array(events_n), np.array(events_pol)
+    bounds = None
+    if device_bounds_s is not None:
+        known, lo_k, hi_k = (np.asarray(a) for a in device_bounds_s)
+        pos = np.searchsorted(known, flat).clip(0, max(known.size - 1, 0))
+        hit = (known.size > 0) & (known[pos] == flat) if known.size else np.zeros(flat.size, bool)
+        bounds = (np.where(hit, lo_k[pos], np.nan), np.where(hit, hi_k[pos], np.nan))
     result, arrays = analyse_write_noise(y, n_arr, pol_arr, params, read_noise_rel, quantisation_var(board),
-                                         step_mid_s, rng, model)
+                                         step_mid_s, rng, model, bounds)
     result.target_s = float(target_s)
     result.programmed_fraction = prog.converged_fraction
     result.sample = SampleInfo.from_counts(
@@ -215,12 +224,25 @@ def _cell_arrays(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, n: int, 
     return t, pol * (y[t + 1] - y[t]), y[t]
 
 
-def decrement(fit: SoftBoundsFit, polarity: int, g_s: np.ndarray) -> np.ndarray:
-    """``kappa = -d mu / dG``: relative decrement per pulse of the distance to the bound pulsed towards."""
-    w = fit.g_max_s - fit.g_min_s
-    x = np.clip((np.asarray(g_s, float) - fit.g_min_s) / w, 1e-6, 1 - 1e-6)
+def _device_model(fit: SoftBoundsFit, polarity: int, g_s: np.ndarray,
+                  bounds_s: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(kappa, mean step per pulse) of the model at each device's state ``g_s``, on the device's own
+    window where ``bounds_s`` knows it (the population window otherwise).
+
+    A state outside the window still moves: it is normalised by the model just inside the window,
+    never by a zero step.
+    """
+    lo = np.full(g_s.shape, fit.g_min_s)
+    hi = np.full(g_s.shape, fit.g_max_s)
+    if bounds_s is not None:
+        own = np.isfinite(bounds_s[0]) & np.isfinite(bounds_s[1]) & (bounds_s[1] > bounds_s[0])
+        lo[own], hi[own] = bounds_s[0][own], bounds_s[1][own]
+    w = hi - lo
+    x = np.clip((np.asarray(g_s, float) - lo) / w, 0.02, 0.98)
     dist = (1 - x) if polarity > 0 else x
-    return np.clip(fit.alpha_s * fit.gamma * dist ** (fit.gamma - 1) / w, 0.0, 0.5)
+    mu = fit.alpha_s * dist**fit.gamma
+    kappa = np.clip(fit.alpha_s * fit.gamma * dist ** (fit.gamma - 1) / w, 0.0, 0.5)
+    return kappa, mu
 
 
 def change_slope(kappa: np.ndarray, polarity: int, n: int) -> np.ndarray:
@@ -258,8 +280,15 @@ def _nonneg_wls(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, params: WriteNoiseParams,
                         read_noise_rel: float, q_var: float, step_mid_s: float | None,
-                        rng: np.random.Generator, model: dict[str, SoftBoundsFit] | None = None):
-    """Moments of the residual changes and the fit of ``(sigma_w^2, sigma_r0^2, sigma_rel^2)``; see the module doc."""
+                        rng: np.random.Generator, model: dict[str, SoftBoundsFit] | None = None,
+                        bounds_s: tuple[np.ndarray, np.ndarray] | None = None):
+    """Moments of the residual changes and the fit of ``(sigma_w^2, sigma_r0^2, sigma_rel^2)``; see the module doc.
+
+    ``bounds_s``: per-device (lower, upper) bounds (NaN: unknown, the population window is used).
+    With them each device's step factor is relative to the model on its own window, so that the
+    mean factor times the model's step at mid-window is the mean step at each device's own
+    mid-window (a device's state sits at its own balance point, which moves with its window).
+    """
     r = params.n_reads
     s_rd2 = read_noise_rel**2
     n_dev_all = y.shape[1]
@@ -270,12 +299,7 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
             pre_mean = pre.mean(axis=0)
             if model is not None:
                 fit_p = model["set" if pol > 0 else "reset"]
-                # a device whose state lies outside the population window still moves: normalise by the
-                # model just inside the window, never by a zero step
-                w = fit_p.g_max_s - fit_p.g_min_s
-                inside = np.clip(pre_mean, fit_p.g_min_s + 0.02 * w, fit_p.g_max_s - 0.02 * w)
-                kappa0 = decrement(fit_p, pol, inside)
-                mu_model = model_step(fit_p, "set" if pol > 0 else "reset", inside)
+                kappa0, mu_model = _device_model(fit_p, pol, pre_mean, bounds_s)
             else:
                 kappa0, mu_model = np.zeros(d.shape[1]), np.ones(d.shape[1])
             cells.append(dict(n=n, pol=pol, j=d.shape[0], t=t, d=d, pre=pre, pre_mean=pre_mean, kappa0=kappa0,

@@ -40,7 +40,7 @@ SIZE = 48
 N_EXAMPLES = 50
 REDUCED = dict(
     read_noise=ReadNoiseParams(n_devices=256),
-    pulse_response=PulseResponseParams(n_devices=192, steps=24, n_boot=100),
+    pulse_response=PulseResponseParams(n_devices=432, steps=24, n_boot=100),
     write_noise=WriteNoiseParams(n_devices=384, pulse_counts=(1, 2, 4, 8, 16), cycles=8, n_boot=100),
     drift=DriftParams(n_devices=384, n_reads=8),
     plots=False,
