@@ -289,7 +289,7 @@ def _run_stage(name: str, board: Board, p: BaseModel, results: dict, raws: dict,
         ok = np.asarray(pr_raw["fit_ok"], bool)
         bounds = (np.asarray(pr_raw["devices"])[ok], np.asarray(pr_raw["g_lo_s"])[ok], np.asarray(pr_raw["g_hi_s"])[ok])
         return measure_write_noise(board, p, target_s=g_min + pr.x_equilibrium * (g_max - g_min),
-                                   window_s=g_max - g_min, pool=wn_pool, read_noise_rel=rn.read_noise_rel,
+                                   window_s=g_max - g_min, pool=wn_pool, extra_pool=pool, read_noise_rel=rn.read_noise_rel,
                                    step_mid_s=pr.step_mid_s["set"], model=pr.fits, device_bounds_s=bounds,
                                    progress=tick)
     if name == DRIFT:
@@ -311,7 +311,9 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     scale, scale_se, step, step_se, fits = {}, {}, {}, {}, {}
     for pol in ("set", "reset"):
         rho = np.asarray(wraw[f"step_scale_{pol}"], float)
-        rho = rho[np.isfinite(rho)]
+        own = np.asarray(wraw["own_window"], bool) if "own_window" in wraw else np.zeros(rho.size, bool)
+        # devices normalised on their own window give the step at their own mid-window (see write_noise)
+        rho = rho[np.isfinite(rho) & own] if np.count_nonzero(np.isfinite(rho) & own) >= 16 else rho[np.isfinite(rho)]
         scale[pol] = float(rho.mean())
         scale_se[pol] = float(rho.std(ddof=1) / np.sqrt(rho.size))
         step[pol] = pr.step_mid_s[pol] * scale[pol]
@@ -391,6 +393,8 @@ def _step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str) -> float:
     cells = np.asarray(wraw["cell_polarity"]) == sign
     g_i = np.asarray(wraw["cell_mean_pre_g"])[cells].mean(axis=0)
     ok = np.isfinite(rho) & np.isfinite(g_i)
+    own = ok & np.asarray(wraw["own_window"], bool) if "own_window" in wraw else ok
+    ok = own if np.count_nonzero(own) >= 16 else ok
     if not ok.any():
         return 0.0
     rho, g_i = rho[ok], g_i[ok]
