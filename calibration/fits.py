@@ -29,11 +29,27 @@ import numpy as np
 US = 1e-6  # siemens per microsiemens
 
 
-def decay(v0: np.ndarray, c: np.ndarray, gamma: float, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """v(n) and its derivatives with respect to ln v0 and ln c (broadcast over devices x points)."""
+def decay(v0: np.ndarray, c: np.ndarray, gamma: float | np.ndarray,
+          n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """v(n) and its derivatives with respect to ln v0 and ln c (broadcast over devices x points;
+    ``gamma`` a number or one per device, shaped (devices, 1))."""
+    if np.ndim(gamma) > 0:
+        g = np.asarray(gamma, float)
+        one = np.abs(g - 1.0) < 1e-6
+        if not one.any():
+            return _power_decay(v0, c, g, n)
+        ve = v0 * np.exp(-c * n)
+        if one.all():
+            return ve, ve, -c * n * ve
+        vp, d0, dc = _power_decay(v0, c, np.where(one, 2.0, g), n)
+        return np.where(one, ve, vp), np.where(one, ve, d0), np.where(one, -c * n * ve, dc)
     if abs(gamma - 1.0) < 1e-6:
         v = v0 * np.exp(-c * n)
         return v, v, -c * n * v
+    return _power_decay(v0, c, gamma, n)
+
+
+def _power_decay(v0, c, gamma, n):
     a = 1.0 - gamma
     v0a = v0**a
     base = v0a - a * c * n
@@ -96,7 +112,8 @@ def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: floa
     theta = project(theta, np.arange(theta.shape[0]))
 
     def model(th, rows):
-        v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], gamma, n[None, :])
+        g = gamma if np.ndim(gamma) == 0 else np.asarray(gamma, float)[rows][:, None]
+        v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], g, n[None, :])
         pred = th[:, 0][:, None] + sign * v
         jac = np.empty(v.shape[:2] + (3,))
         jac[:, :, 0] = 1.0
@@ -202,42 +219,42 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
         th0[:, 2] += (1.0 - g) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
         return th0
 
-    def search(rows: np.ndarray) -> tuple[float, dict[float, float]]:
-        """Golden-section search of the shared gamma of the devices ``rows``: (best gamma, profile)."""
-        cache: dict[float, float] = {}
-        lim = None if lim_all is None else lim_all[rows]
+    # golden-section searches of the shared gamma, in lockstep: the searched devices as a whole (group 0)
+    # and, for its standard error, ``gamma_groups`` disjoint groups of them (batch means: the residuals of
+    # a curve are correlated -- persistent write errors random-walk -- so the profile's curvature would
+    # not do); every step is one fit of all their rows, each row with its group's trial gamma
+    groups = [keep] + ([g for g in np.array_split(keep, gamma_groups) if g.size >= 4] if gamma_groups >= 2 else [])
+    rows = np.concatenate(groups)
+    gid = np.repeat(np.arange(len(groups)), [g.size for g in groups])
+    y_r = y_all[rows]
+    lim_r = None if lim_all is None else lim_all[rows]
 
-        def total(g: float) -> float:
-            if g not in cache:
-                f, _ = fit_decay(n, y_all[rows], sign, g, start(g, rows), bound_limit_s=lim)
-                cache[g] = float(np.sum(np.where(f.ok, f.sse, 0.0))) + 1e12 * float(np.sum(~f.ok))
-            return cache[g]
+    def totals(g_of_group: np.ndarray) -> np.ndarray:
+        g_row = g_of_group[gid]
+        th0 = theta1[rows].copy()
+        th0[:, 2] += (1.0 - g_row) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
+        f, _ = fit_decay(n, y_r, sign, g_row, th0, bound_limit_s=lim_r)
+        return (np.bincount(gid, np.where(f.ok, f.sse, 0.0), len(groups))
+                + 1e12 * np.bincount(gid, (~f.ok).astype(float), len(groups)))
 
-        a, b = np.log(gamma_range[0]), np.log(gamma_range[1])
-        phi = (np.sqrt(5.0) - 1.0) / 2.0
-        x1, x2 = b - phi * (b - a), a + phi * (b - a)
-        f1, f2 = total(float(np.exp(x1))), total(float(np.exp(x2)))
-        while b - a > tol:
-            if f1 <= f2:
-                b, x2, f2 = x2, x1, f1
-                x1 = b - phi * (b - a)
-                f1 = total(float(np.exp(x1)))
-            else:
-                a, x1, f1 = x1, x2, f2
-                x2 = a + phi * (b - a)
-                f2 = total(float(np.exp(x2)))
-        best = min(cache, key=cache.get)
-        # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
-        return (1.0 if total(1.0) <= cache[best] * (1 + 1e-4) else best), cache
-
-    best, _ = search(keep)
-    # its standard error: batch means over disjoint groups of the searched devices (the residuals of a
-    # curve are correlated -- persistent write errors random-walk -- so the profile's curvature would not do)
-    groups = [g for g in np.array_split(keep, gamma_groups) if g.size >= 4] if gamma_groups >= 2 else []
-    sigma = float("nan")
-    if len(groups) >= 2:
-        g_k = np.array([search(g)[0] for g in groups])
-        sigma = float(g_k.std(ddof=1) / np.sqrt(g_k.size))
+    n_g = len(groups)
+    a, b = np.full(n_g, np.log(gamma_range[0])), np.full(n_g, np.log(gamma_range[1]))
+    phi = (np.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = b - phi * (b - a), a + phi * (b - a)
+    f1, f2 = totals(np.exp(x1)), totals(np.exp(x2))
+    while np.max(b - a) > tol:
+        left = f1 <= f2  # the minimum lies in [a, x2]
+        a, b = np.where(left, a, x1), np.where(left, x2, b)
+        x_new = np.where(left, b - phi * (b - a), a + phi * (b - a))
+        f_new = totals(np.exp(x_new))
+        x1, x2, f1, f2 = (np.where(left, x_new, x2), np.where(left, x1, x_new),
+                          np.where(left, f_new, f2), np.where(left, f1, f_new))
+    g_best = np.exp(np.where(f1 <= f2, x1, x2))
+    f_best = np.minimum(f1, f2)
+    # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
+    g_best = np.where(totals(np.ones(n_g)) <= f_best * (1 + 1e-4), 1.0, g_best)
+    best = float(g_best[0])
+    sigma = float(g_best[1:].std(ddof=1) / np.sqrt(n_g - 1)) if n_g >= 3 else float("nan")
     fit = base if best == 1.0 else fit_decay(n, y_s, sign, best, start(best, slice(None)),
                                              bound_limit_s=bound_limit_s)[0]
     fit.gamma_sigma = sigma

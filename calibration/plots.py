@@ -48,9 +48,10 @@ def plot_pulse_response(result, raw: Raw, path: Path, fits: dict | None = None, 
         f = fits[pol]
         g = float(gs[0, ok].mean())
         path_g = [g]
-        for _ in range(int(n[-1])):
-            step = float(model_step(f, pol, np.array([g]))[0])
-            g = g + step if pol == "set" else g - step
+        w = f.g_max_s - f.g_min_s
+        for _ in range(int(n[-1])):  # plain floats: thousands of pulses
+            x = min(max((g - f.g_min_s) / w, 0.0), 1.0)
+            g += f.alpha_s * (1 - x) ** f.gamma if pol == "set" else -f.alpha_s * x**f.gamma
             path_g.append(g)
         ax1.plot(x0 + np.arange(len(path_g)), np.array(path_g) * US, color=color, ls="--",
                  label=f"{pol} model: alpha={f.alpha_s * US:.3g} uS, gamma={f.gamma:.2f}")

@@ -1,10 +1,12 @@
 """Pulse response: potentiation/depression curves across the window, soft-bounds fits.
 
 A random sample of responsive devices is first RESET towards the lower bound
-(``precondition_pulses``), then given ``steps`` write events of ``pulses_per_step``
-SET pulses (read ``n_reads`` times after each), then as many RESET events: one
-potentiation and one depression curve per device, with the exact cumulative pulse
-count as the abscissa.
+(``precondition_pulses``), then given ``steps`` SET write events growing geometrically
+from ``pulses_per_step`` pulses to ``curve_pulses`` in all (read ``n_reads`` times after
+each), then as many RESET events: one potentiation and one depression curve per device,
+with the exact cumulative pulse count as the abscissa.  The growing events let a slow
+power-law approach (gamma ~ 2) come close to its bound; with equal short events such a
+curve ends far from it, and the fit trades gamma against the window.
 
 Fits.  Every device's SET curve is fitted with the soft-bounds law
 ``dG/dn = alpha_set (1-x)**gamma_set`` (bound ``g_hi``) and its RESET curve with
@@ -50,8 +52,8 @@ POLARITIES = ("set", "reset")
 
 
 class PulseResponseParams(ProcedureParams):
-    n_devices: int = Field(2304, ge=8, description="devices in the sample (the write-noise sample is drawn from "
-                           "the well-fitted ones when they suffice: it then knows every device's window)")
+    n_devices: int = Field(1024, ge=8, description="devices in the sample (the write-noise sample takes the "
+                           "well-fitted ones first: it then knows their windows)")
     pulses_per_step: int = Field(8, ge=1, description="pulses of each write event along the curves")
     steps: int = Field(48, ge=4, description="write events per polarity")
     precondition_pulses: int = Field(1024, ge=0, description="RESET pulses given first (towards g_min; a slow "

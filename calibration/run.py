@@ -29,10 +29,12 @@ rest is measured; the board identity and the parameters must match.
 The step at mid-window.  Per-device nonlinear fits of noisy pulse-response curves
 overestimate the step by a few percent (least-squares bias grows with the noise of
 each curve).  The write-noise stage measures each device's mean change over many
-events near mid-window, relative to the pulse-response model -- a linear, unbiased
-statistic -- so the model's scale ``alpha`` (and the step at mid-window) is
-multiplied by the mean of those per-device factors; the pulse response keeps
-giving the shape (``gamma``) and the window.
+events near mid-window, relative to the pulse-response model on the device's own
+fitted window -- a linear, unbiased statistic -- so the model's scale ``alpha`` (and
+the step at mid-window) is multiplied by the mean of those per-device factors; the
+pulse response keeps giving the shape (``gamma``) and the window.  The step's
+uncertainty adds the model's (gamma and the window moved by their standard errors)
+to the spread of the factors.
 """
 
 from __future__ import annotations
@@ -285,7 +287,7 @@ def _run_stage(name: str, board: Board, p: BaseModel, results: dict, raws: dict,
         # prefer devices whose pulse-response curves fitted well; the rest of the pool otherwise
         pr_raw = raws[PR]
         good = np.asarray(pr_raw["devices"])[np.asarray(pr_raw["fit_ok"], bool)]
-        wn_pool = good if p.n_devices <= good.size else pool
+        wn_pool = good if good.size else pool  # topped up from the whole pool when too few
         ok = np.asarray(pr_raw["fit_ok"], bool)
         bounds = (np.asarray(pr_raw["devices"])[ok], np.asarray(pr_raw["g_lo_s"])[ok], np.asarray(pr_raw["g_hi_s"])[ok])
         return measure_write_noise(board, p, target_s=g_min + pr.x_equilibrium * (g_max - g_min),

@@ -186,7 +186,14 @@ def measure_write_noise(board: Board, params: WriteNoiseParams | None = None, *,
     """
     params = params or WriteNoiseParams()
     rng = stage_rng(params.seed, STAGE)
-    flat = choose_devices(board, params.n_devices, rng, pool, what="the write-noise sample")
+    if pool is not None and extra_pool is not None and np.asarray(pool).size < params.n_devices:
+        # every device of the primary pool (their windows are known), the rest from the others
+        others = np.setdiff1d(np.asarray(extra_pool, dtype=np.int64), pool)
+        rest = choose_devices(board, params.n_devices - np.asarray(pool).size, rng, others,
+                              what="the write-noise sample")
+        flat = np.sort(np.concatenate([np.asarray(pool, dtype=np.int64), rest]))
+    else:
+        flat = choose_devices(board, params.n_devices, rng, pool, what="the write-noise sample")
     limit = board.limits.max_pulses_per_device
     if max(params.pulse_counts) > limit:
         raise ValueError(f"write-noise pulse count {max(params.pulse_counts)} exceeds the board's "
