@@ -319,7 +319,8 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         scale[pol] = float(rho.mean())
         scale_se[pol] = float(rho.std(ddof=1) / np.sqrt(rho.size))
         step[pol] = pr.step_mid_s[pol] * scale[pol]
-        step_se[pol] = float(np.hypot(pr.step_mid_s[pol] * scale_se[pol], _step_model_sigma(pr, wraw, pol)))
+        step_se[pol] = float(np.hypot(pr.step_mid_s[pol] * scale_se[pol],
+                                      _step_model_sigma(pr, wraw, pol, 0.5 * wn.write_noise_sigma_s)))
         f = pr.fits[pol]
         fits[pol] = SoftBoundsFit(alpha_s=f.alpha_s * scale[pol], gamma=f.gamma, g_min_s=f.g_min_s, g_max_s=f.g_max_s)
     c2c_s = wn.c2c_sigma_rel * step["set"]
@@ -381,14 +382,17 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     )
 
 
-def _step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str) -> float:
+def _step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str, bound_allowance_s: float = 0.0) -> float:
     """Uncertainty of the step at mid-window from the pulse-response model's shape and window.
 
     The step at mid-window is the steps measured near the SET/RESET balance (write-noise stage)
     carried to mid-window by the model: ``mean_i(rho_i mu(G_i)) * mu(mid) / mu(G_i)``, so it moves with
     gamma (by ``(0.5 / (1 - x_i))**gamma``) and with the window that places ``x_i``.  Each of gamma,
     g_min and g_max is moved by its standard error, the others held (central differences), and the
-    changes are added in quadrature.
+    changes are added in quadrature.  ``bound_allowance_s`` is added to the bounds' errors in
+    quadrature: a curve at its bound is kicked by the persistent write error of every event and
+    clipped there, so the bound it shows sits ~0.3-0.7 sigma_w inside the true one (the
+    emulator's clip; seen as steps off by ~5 % at gamma ~ 1.8 and sigma_w ~ 3 uS).
     """
     rho = np.asarray(wraw[f"step_scale_{pol}"], float)
     sign = +1 if pol == "set" else -1
@@ -411,8 +415,9 @@ def _step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str) -> float:
         return float(np.mean(rho * m0 / np.where(m1 > 0, m1, np.nan)) * mid)
 
     var = 0.0
-    for field, sd in (("gamma", pr.gamma_sigma.get(pol, 0.0)), ("g_min_s", pr.window_sigma_s["g_min_s"]),
-                      ("g_max_s", pr.window_sigma_s["g_max_s"])):
+    for field, sd in (("gamma", pr.gamma_sigma.get(pol, 0.0)),
+                      ("g_min_s", float(np.hypot(pr.window_sigma_s["g_min_s"], bound_allowance_s))),
+                      ("g_max_s", float(np.hypot(pr.window_sigma_s["g_max_s"], bound_allowance_s)))):
         if not np.isfinite(sd) or sd <= 0:
             continue
         hi = step(f0.model_copy(update={field: getattr(f0, field) + sd}))

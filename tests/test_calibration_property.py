@@ -4,19 +4,17 @@ Hypothesis draws device parameter sets and seeds from the plausible ranges
 (gamma 1-2 per polarity, sigma_d2d 0-0.5, sigma_bound 0-0.15, stuck 0-10 %, sigma_w
 0.2-3 uS, c2c 0.3-2, read noise 0.2-5 %, drift mu 0-0.3 uS) and calibrates each on a
 48x48 emulator with reduced procedures (``REDUCED`` below: read noise 256 devices,
-pulse response 192 devices x 24 events of 8 pulses, write noise 384 devices with
-n in {1, 2, 4, 8, 16} x 8 cycles, drift 384 devices, 100 bootstrap resamples).
+pulse response 432 devices x 24 events per curve (growing from 8 pulses to 4096 in all),
+write noise 384 devices with n in {1, 2, 4, 8, 16} x 8 cycles -- more devices (up to 6x,
+as many as the array has) and more reads when the measured noise asks for them --, drift
+384 devices, 100 bootstrap resamples), derandomized, 50 examples.
 
 Asserted: no crash in any set (the property test), and in every set the issue's tolerances for sigma_w (10 %),
 the relative cycle-to-cycle spread (15 %), read noise and drift mu (20 %; drift only
-where mu >= 0.03 uS, below which 20 % is under the measurement's resolution) and the
-stuck fraction (0.5 percentage points).  Over all sets, the true value lies within
-the reported 2 sigma for at least 90 % of them, for each of these quantities.
-
-Known failure, pinned as a strict xfail: the mean step per pulse at mid-window with
-gamma far from 1 (the soft-bounds fit of curves that never reach their bounds puts
-the window, hence "mid-window", off by several uS) -- errors up to ~20 % at gamma ~ 2 and
-uncertainties that ignore that model error.
+where mu >= 0.03 uS, below which 20 % is under the measurement's resolution), the mean
+step per pulse at mid-window (10 %) and the stuck fraction (0.5 percentage points).  Over
+all sets, the true value lies within the reported 2 sigma for at least 90 % of them, for
+each of these quantities.
 """
 
 from __future__ import annotations
