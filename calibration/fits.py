@@ -29,11 +29,27 @@ import numpy as np
 US = 1e-6  # siemens per microsiemens
 
 
-def decay(v0: np.ndarray, c: np.ndarray, gamma: float, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """v(n) and its derivatives with respect to ln v0 and ln c (broadcast over devices x points)."""
+def decay(v0: np.ndarray, c: np.ndarray, gamma: float | np.ndarray,
+          n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """v(n) and its derivatives with respect to ln v0 and ln c (broadcast over devices x points;
+    ``gamma`` a number or one per device, shaped (devices, 1))."""
+    if np.ndim(gamma) > 0:
+        g = np.asarray(gamma, float)
+        one = np.abs(g - 1.0) < 1e-6
+        if not one.any():
+            return _power_decay(v0, c, g, n)
+        ve = v0 * np.exp(-c * n)
+        if one.all():
+            return ve, ve, -c * n * ve
+        vp, d0, dc = _power_decay(v0, c, np.where(one, 2.0, g), n)
+        return np.where(one, ve, vp), np.where(one, ve, d0), np.where(one, -c * n * ve, dc)
     if abs(gamma - 1.0) < 1e-6:
         v = v0 * np.exp(-c * n)
         return v, v, -c * n * v
+    return _power_decay(v0, c, gamma, n)
+
+
+def _power_decay(v0, c, gamma, n):
     a = 1.0 - gamma
     v0a = v0**a
     base = v0a - a * c * n
@@ -55,6 +71,7 @@ class DecayFit:
     sse: np.ndarray  # microsiemens**2
     n_points: np.ndarray
     ok: np.ndarray
+    gamma_sigma: float = float("nan")  # standard error of the shared gamma (batch means over device groups)
 
     def predict_s(self, n: np.ndarray, sign: float) -> np.ndarray:
         v, _, _ = decay(self.v0_s[:, None] / US, self.c[:, None], self.gamma, np.asarray(n, float)[None, :])
@@ -95,7 +112,8 @@ def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: floa
     theta = project(theta, np.arange(theta.shape[0]))
 
     def model(th, rows):
-        v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], gamma, n[None, :])
+        g = gamma if np.ndim(gamma) == 0 else np.asarray(gamma, float)[rows][:, None]
+        v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], g, n[None, :])
         pred = th[:, 0][:, None] + sign * v
         jac = np.empty(v.shape[:2] + (3,))
         jac[:, :, 0] = 1.0
@@ -174,48 +192,73 @@ def fit_decay(n: np.ndarray, y_s: np.ndarray, sign: float, gamma: float = 1.0,
 
 def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: tuple[float, float] = (0.3, 4.0),
                       tol: float = 0.01, fixed_gamma: float | None = None,
-                      bound_limit_s: np.ndarray | None = None) -> DecayFit:
+                      bound_limit_s: np.ndarray | None = None, search_devices: int = 256,
+                      gamma_groups: int = 8) -> DecayFit:
     """Per-device fits with the shared gamma that minimises the (trimmed) total squared error.
 
     ``bound_limit_s``: per-device limit the bound may not pass (see :func:`_lm`), e.g. a level the
     device was seen at: a slow power-law approach is otherwise fitted as a fast approach to a bound
-    short of the real one.
+    short of the real one.  The search for gamma uses at most ``search_devices`` devices (evenly
+    spaced over the well-fitted ones: the profile of a few hundred devices pins gamma down far
+    below its model error); the final fit at the chosen gamma uses every device.  ``gamma_groups``
+    disjoint groups of those devices are searched separately for the standard error of gamma.
     """
     base, theta1 = fit_decay(n, y_s, sign, 1.0, bound_limit_s=bound_limit_s)
     if fixed_gamma is not None:
         return (fit_decay(n, y_s, sign, fixed_gamma, bound_limit_s=bound_limit_s)[0] if fixed_gamma != 1.0
                 else base)
     # devices with a wild gamma=1 fit (outliers) do not steer the shared gamma
-    keep = base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98))
-    cache: dict[float, tuple[float, DecayFit]] = {}
+    keep = np.flatnonzero(base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98)))
+    if keep.size > search_devices:
+        keep = keep[np.linspace(0, keep.size - 1, search_devices).round().astype(int)]
+    y_all = np.asarray(y_s)
+    lim_all = None if bound_limit_s is None else np.asarray(bound_limit_s, float)
 
-    def total(g: float) -> float:
-        if g not in cache:
-            th0 = theta1.copy()
-            th0[:, 2] += (1.0 - g) * th0[:, 1]
-            f, _ = fit_decay(n, y_s, sign, g, th0, bound_limit_s=bound_limit_s)
-            cache[g] = (float(np.sum(f.sse[keep & f.ok])) + 1e12 * float(np.sum(keep & ~f.ok)), f)
-        return cache[g][0]
+    def start(g: float, rows: np.ndarray | slice) -> np.ndarray:
+        th0 = theta1[rows].copy()
+        th0[:, 2] += (1.0 - g) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
+        return th0
 
-    lo, hi = np.log(gamma_range[0]), np.log(gamma_range[1])
+    # golden-section searches of the shared gamma, in lockstep: the searched devices as a whole (group 0)
+    # and, for its standard error, ``gamma_groups`` disjoint groups of them (batch means: the residuals of
+    # a curve are correlated -- persistent write errors random-walk -- so the profile's curvature would
+    # not do); every step is one fit of all their rows, each row with its group's trial gamma
+    groups = [keep] + ([g for g in np.array_split(keep, gamma_groups) if g.size >= 4] if gamma_groups >= 2 else [])
+    rows = np.concatenate(groups)
+    gid = np.repeat(np.arange(len(groups)), [g.size for g in groups])
+    y_r = y_all[rows]
+    lim_r = None if lim_all is None else lim_all[rows]
+
+    def totals(g_of_group: np.ndarray) -> np.ndarray:
+        g_row = g_of_group[gid]
+        th0 = theta1[rows].copy()
+        th0[:, 2] += (1.0 - g_row) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
+        f, _ = fit_decay(n, y_r, sign, g_row, th0, bound_limit_s=lim_r)
+        return (np.bincount(gid, np.where(f.ok, f.sse, 0.0), len(groups))
+                + 1e12 * np.bincount(gid, (~f.ok).astype(float), len(groups)))
+
+    n_g = len(groups)
+    a, b = np.full(n_g, np.log(gamma_range[0])), np.full(n_g, np.log(gamma_range[1]))
     phi = (np.sqrt(5.0) - 1.0) / 2.0
-    a, b = lo, hi
     x1, x2 = b - phi * (b - a), a + phi * (b - a)
-    f1, f2 = total(float(np.exp(x1))), total(float(np.exp(x2)))
-    while b - a > tol:
-        if f1 <= f2:
-            b, x2, f2 = x2, x1, f1
-            x1 = b - phi * (b - a)
-            f1 = total(float(np.exp(x1)))
-        else:
-            a, x1, f1 = x1, x2, f2
-            x2 = a + phi * (b - a)
-            f2 = total(float(np.exp(x2)))
-    best = min(cache, key=lambda g: cache[g][0])
+    f1, f2 = totals(np.exp(x1)), totals(np.exp(x2))
+    while np.max(b - a) > tol:
+        left = f1 <= f2  # the minimum lies in [a, x2]
+        a, b = np.where(left, a, x1), np.where(left, x2, b)
+        x_new = np.where(left, b - phi * (b - a), a + phi * (b - a))
+        f_new = totals(np.exp(x_new))
+        x1, x2, f1, f2 = (np.where(left, x_new, x2), np.where(left, x1, x_new),
+                          np.where(left, f_new, f2), np.where(left, f1, f_new))
+    g_best = np.exp(np.where(f1 <= f2, x1, x2))
+    f_best = np.minimum(f1, f2)
     # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
-    if total(1.0) <= cache[best][0] * (1 + 1e-4):
-        best = 1.0
-    return cache[best][1]
+    g_best = np.where(totals(np.ones(n_g)) <= f_best * (1 + 1e-4), 1.0, g_best)
+    best = float(g_best[0])
+    sigma = float(g_best[1:].std(ddof=1) / np.sqrt(n_g - 1)) if n_g >= 3 else float("nan")
+    fit = base if best == 1.0 else fit_decay(n, y_s, sign, best, start(best, slice(None)),
+                                             bound_limit_s=bound_limit_s)[0]
+    fit.gamma_sigma = sigma
+    return fit
 
 
 def discrete_alpha(c: np.ndarray, gamma: float, window_s: np.ndarray, x_ref: float = 0.5) -> np.ndarray:

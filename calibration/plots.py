@@ -22,7 +22,8 @@ US = 1e6
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every text box and costs as much as the drawing itself
+    fig.subplots_adjust(left=0.09, right=0.97, bottom=0.13, top=0.91, wspace=0.28)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -47,9 +48,10 @@ def plot_pulse_response(result, raw: Raw, path: Path, fits: dict | None = None, 
         f = fits[pol]
         g = float(gs[0, ok].mean())
         path_g = [g]
-        for _ in range(int(n[-1])):
-            step = float(model_step(f, pol, np.array([g]))[0])
-            g = g + step if pol == "set" else g - step
+        w = f.g_max_s - f.g_min_s
+        for _ in range(int(n[-1])):  # plain floats: thousands of pulses
+            x = min(max((g - f.g_min_s) / w, 0.0), 1.0)
+            g += f.alpha_s * (1 - x) ** f.gamma if pol == "set" else -f.alpha_s * x**f.gamma
             path_g.append(g)
         ax1.plot(x0 + np.arange(len(path_g)), np.array(path_g) * US, color=color, ls="--",
                  label=f"{pol} model: alpha={f.alpha_s * US:.3g} uS, gamma={f.gamma:.2f}")

@@ -1,10 +1,12 @@
 """Pulse response: potentiation/depression curves across the window, soft-bounds fits.
 
 A random sample of responsive devices is first RESET towards the lower bound
-(``precondition_pulses``), then given ``steps`` write events of ``pulses_per_step``
-SET pulses (read ``n_reads`` times after each), then as many RESET events: one
-potentiation and one depression curve per device, with the exact cumulative pulse
-count as the abscissa.
+(``precondition_pulses``), then given ``steps`` SET write events growing geometrically
+from ``pulses_per_step`` pulses to ``curve_pulses`` in all (read ``n_reads`` times after
+each), then as many RESET events: one potentiation and one depression curve per device,
+with the exact cumulative pulse count as the abscissa.  The growing events let a slow
+power-law approach (gamma ~ 2) come close to its bound; with equal short events such a
+curve ends far from it, and the fit trades gamma against the window.
 
 Fits.  Every device's SET curve is fitted with the soft-bounds law
 ``dG/dn = alpha_set (1-x)**gamma_set`` (bound ``g_hi``) and its RESET curve with
@@ -50,11 +52,16 @@ POLARITIES = ("set", "reset")
 
 
 class PulseResponseParams(ProcedureParams):
-    n_devices: int = Field(1024, ge=8, description="devices in the sample")
+    n_devices: int = Field(1024, ge=8, description="devices in the sample (the write-noise sample takes the "
+                           "well-fitted ones first: it then knows their windows)")
     pulses_per_step: int = Field(8, ge=1, description="pulses of each write event along the curves")
     steps: int = Field(48, ge=4, description="write events per polarity")
     precondition_pulses: int = Field(1024, ge=0, description="RESET pulses given first (towards g_min; a slow "
                                      "power-law approach needs many)")
+    curve_pulses: int = Field(4096, ge=1, description="cumulative pulses of each curve: the events grow "
+                              "geometrically from pulses_per_step to reach it, so that a slow power-law approach "
+                              "(gamma ~ 2) still comes close to its bound; at most steps x pulses_per_step "
+                              "gives equal events")
     n_reads: int = Field(2, ge=1, description="reads averaged after each write event")
     n_bins: int = Field(20, ge=3, description="conductance bins of the model-free step curves")
     n_boot: int = Field(200, ge=10)
@@ -74,6 +81,7 @@ class PulseResponseResult(BaseModel):
     fits: dict[str, SoftBoundsFit]
     step_mid_s: dict[str, float] = Field(description="mean step per pulse at mid-window, by polarity")
     step_mid_sigma_s: dict[str, float]
+    gamma_sigma: dict[str, float] = Field(default_factory=dict, description="standard error of the shared gamma")
     step_d2d_cv_raw: dict[str, float] = Field(description="CV over devices of fitted alpha (includes fit noise)")
     window_s: dict[str, float]
     window_sigma_s: dict[str, float]
@@ -84,9 +92,25 @@ class PulseResponseResult(BaseModel):
     sample: SampleInfo
 
 
-def _step_curves(n_dev: int, y: np.ndarray, sign: int, m: int, edges: np.ndarray) -> StepCurve:
-    """Per-device mean increment per pulse in conductance bins, then mean/sd over devices."""
-    inc = sign * np.diff(y, axis=0) / m  # (steps, devices), positive in the pulsed direction
+def event_pulses(params: PulseResponseParams) -> np.ndarray:
+    """Pulses of each of the ``steps`` events of a curve: ``pulses_per_step`` growing geometrically so
+    that they add up to about ``curve_pulses`` (equal events when that is not more than steps x pulses_per_step)."""
+    m, k = params.pulses_per_step, params.steps
+    if params.curve_pulses <= m * k:
+        return np.full(k, m, dtype=np.int64)
+    lo, hi = 1.0, 2.0
+    while m * (hi**k - 1) / (hi - 1) < params.curve_pulses:
+        hi *= 2
+    for _ in range(60):
+        r = 0.5 * (lo + hi)
+        lo, hi = (r, hi) if m * (r**k - 1) / (r - 1) < params.curve_pulses else (lo, r)
+    return np.maximum(np.round(m * lo ** np.arange(k)), 1).astype(np.int64)
+
+
+def _step_curves(n_dev: int, y: np.ndarray, sign: int, m: np.ndarray, edges: np.ndarray) -> StepCurve:
+    """Per-device mean increment per pulse in conductance bins, then mean/sd over devices (``m``: pulses
+    of each event)."""
+    inc = sign * np.diff(y, axis=0) / np.asarray(m, float)[:, None]  # (steps, devices), in the pulsed direction
     mid = 0.5 * (y[1:] + y[:-1])
     nb = edges.size - 1
     b = np.clip(np.searchsorted(edges, mid, side="right") - 1, 0, nb - 1)
@@ -131,7 +155,7 @@ def measure_pulse_response(board: Board, params: PulseResponseParams | None = No
     params = params or PulseResponseParams()
     rng = stage_rng(params.seed, STAGE)
     flat = choose_devices(board, params.n_devices, rng, pool, what="the pulse-response sample")
-    m, k, r = params.pulses_per_step, params.steps, params.n_reads
+    m, k, r = event_pulses(params), params.steps, params.n_reads
     pulses = np.zeros(flat.size, dtype=np.int64)
     events = 0
     if params.precondition_pulses:
@@ -142,14 +166,14 @@ def measure_pulse_response(board: Board, params: PulseResponseParams | None = No
         y = np.empty((k + 1, flat.size))
         y[0] = read_mean(board, flat, r) if pol == "set" else curves["set"][-1]
         for i in range(1, k + 1):
-            pulse_devices(board, flat, sign * m)
+            pulse_devices(board, flat, sign * int(m[i - 1]), split=True)
             y[i] = read_mean(board, flat, r)
             if progress:
                 progress(1.0)
         curves[pol] = y
-        pulses += k * m
+        pulses += int(m.sum())
         events += k
-    n_axis = np.arange(k + 1) * m
+    n_axis = np.concatenate([[0], np.cumsum(m)])
     result, fit_arrays = analyse_pulse_response(n_axis, curves["set"], curves["reset"], m, params, rng)
     result.sample = SampleInfo.from_counts(pulses, "uniform random over responsive devices", events)
     raw = Raw()
@@ -162,7 +186,7 @@ def measure_pulse_response(board: Board, params: PulseResponseParams | None = No
     return Measured(result, raw)
 
 
-def analyse_pulse_response(n_axis: np.ndarray, g_set: np.ndarray, g_reset: np.ndarray, m: int,
+def analyse_pulse_response(n_axis: np.ndarray, g_set: np.ndarray, g_reset: np.ndarray, m: np.ndarray,
                            params: PulseResponseParams, rng: np.random.Generator):
     """Fits and curves from the (steps+1, devices) SET and RESET curves."""
     fit_s = fit_decay_profile(n_axis, g_set.T, -1.0, params.gamma_range)
@@ -196,6 +220,7 @@ def analyse_pulse_response(n_axis: np.ndarray, g_set: np.ndarray, g_reset: np.nd
               "reset": _step_curves(g_reset.shape[1], g_reset, -1, m, edges)}
     result = PulseResponseResult(
         fits=fits, step_mid_s=step_mid, step_mid_sigma_s=step_sig, step_d2d_cv_raw=cv_raw,
+        gamma_sigma={"set": float(fit_s.gamma_sigma), "reset": float(fit_r.gamma_sigma)},
         window_s={"g_min_s": g_min, "g_max_s": g_max},
         window_sigma_s={"g_min_s": float(g_lo[ok][idx].mean(axis=1).std(ddof=1)),
                         "g_max_s": float(g_hi[ok][idx].mean(axis=1).std(ddof=1))},

@@ -32,10 +32,12 @@ where an uninterrupted one does; a real board simply continues from where it is.
 The step at mid-window.  Per-device nonlinear fits of noisy pulse-response curves
 overestimate the step by a few percent (least-squares bias grows with the noise of
 each curve).  The write-noise stage measures each device's mean change over many
-events near mid-window, relative to the pulse-response model -- a linear, unbiased
-statistic -- so the model's scale ``alpha`` (and the step at mid-window) is
-multiplied by the mean of those per-device factors; the pulse response keeps
-giving the shape (``gamma``) and the window.
+events near mid-window, relative to the pulse-response model on the device's own
+fitted window -- a linear, unbiased statistic -- so the model's scale ``alpha`` (and
+the step at mid-window) is multiplied by the mean of those per-device factors; the
+pulse response keeps giving the shape (``gamma``) and the window.  The step's
+uncertainty adds the model's (gamma and the window moved by their standard errors)
+to the spread of the factors.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ from calibration.common import Raw, Stopwatch, now_iso, stage_rng
 from calibration.drift import STAGE as DRIFT
 from calibration.drift import DriftParams, DriftResult, measure_drift
 from calibration.pulse_response import STAGE as PR
-from calibration.pulse_response import PulseResponseParams, PulseResponseResult, measure_pulse_response
+from calibration.pulse_response import (
+    PulseResponseParams,
+    PulseResponseResult,
+    event_pulses,
+    measure_pulse_response,
+    model_step,
+)
 from calibration.read_noise import STAGE as RN
 from calibration.read_noise import ReadNoiseParams, ReadNoiseResult, measure_read_noise
 from calibration.report import CalibrationReport, DriftModel, SoftBoundsFit
@@ -291,10 +299,13 @@ def _run_stage(name: str, board: Board, p: BaseModel, results: dict, raws: dict,
         # prefer devices whose pulse-response curves fitted well; the rest of the pool otherwise
         pr_raw = raws[PR]
         good = np.asarray(pr_raw["devices"])[np.asarray(pr_raw["fit_ok"], bool)]
-        wn_pool = good if p.n_devices <= good.size else pool
+        wn_pool = good if good.size else pool  # topped up from the whole pool when too few
+        ok = np.asarray(pr_raw["fit_ok"], bool)
+        bounds = (np.asarray(pr_raw["devices"])[ok], np.asarray(pr_raw["g_lo_s"])[ok], np.asarray(pr_raw["g_hi_s"])[ok])
         return measure_write_noise(board, p, target_s=g_min + pr.x_equilibrium * (g_max - g_min),
-                                   window_s=g_max - g_min, pool=wn_pool, read_noise_rel=rn.read_noise_rel,
-                                   step_mid_s=pr.step_mid_s["set"], model=pr.fits, progress=tick)
+                                   window_s=g_max - g_min, pool=wn_pool, extra_pool=pool, read_noise_rel=rn.read_noise_rel,
+                                   step_mid_s=pr.step_mid_s["set"], model=pr.fits, device_bounds_s=bounds,
+                                   progress=tick)
     if name == DRIFT:
         return measure_drift(board, p, g_min_s=g_min, g_max_s=g_max, pool=pool, read_noise_rel=rn.read_noise_rel,
                              progress=tick)
@@ -314,11 +325,14 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     scale, scale_se, step, step_se, fits = {}, {}, {}, {}, {}
     for pol in ("set", "reset"):
         rho = np.asarray(wraw[f"step_scale_{pol}"], float)
-        rho = rho[np.isfinite(rho)]
+        own = np.asarray(wraw["own_window"], bool) if "own_window" in wraw else np.zeros(rho.size, bool)
+        # devices normalised on their own window give the step at their own mid-window (see write_noise)
+        rho = rho[np.isfinite(rho) & own] if np.count_nonzero(np.isfinite(rho) & own) >= 16 else rho[np.isfinite(rho)]
         scale[pol] = float(rho.mean())
         scale_se[pol] = float(rho.std(ddof=1) / np.sqrt(rho.size))
         step[pol] = pr.step_mid_s[pol] * scale[pol]
-        step_se[pol] = pr.step_mid_s[pol] * scale_se[pol]
+        step_se[pol] = float(np.hypot(pr.step_mid_s[pol] * scale_se[pol],
+                                      _step_model_sigma(pr, wraw, pol, 0.5 * wn.write_noise_sigma_s)))
         f = pr.fits[pol]
         fits[pol] = SoftBoundsFit(alpha_s=f.alpha_s * scale[pol], gamma=f.gamma, g_min_s=f.g_min_s, g_max_s=f.g_max_s)
     c2c_s = wn.c2c_sigma_rel * step["set"]
@@ -380,13 +394,58 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
     )
 
 
+def _step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str, bound_allowance_s: float = 0.0) -> float:
+    """Uncertainty of the step at mid-window from the pulse-response model's shape and window.
+
+    The step at mid-window is the steps measured near the SET/RESET balance (write-noise stage)
+    carried to mid-window by the model: ``mean_i(rho_i mu(G_i)) * mu(mid) / mu(G_i)``, so it moves with
+    gamma (by ``(0.5 / (1 - x_i))**gamma``) and with the window that places ``x_i``.  Each of gamma,
+    g_min and g_max is moved by its standard error, the others held (central differences), and the
+    changes are added in quadrature.  ``bound_allowance_s`` is added to the bounds' errors in
+    quadrature: a curve at its bound is kicked by the persistent write error of every event and
+    clipped there, so the bound it shows sits ~0.3-0.7 sigma_w inside the true one (the
+    emulator's clip; seen as steps off by ~5 % at gamma ~ 1.8 and sigma_w ~ 3 uS).
+    """
+    rho = np.asarray(wraw[f"step_scale_{pol}"], float)
+    sign = +1 if pol == "set" else -1
+    cells = np.asarray(wraw["cell_polarity"]) == sign
+    g_i = np.asarray(wraw["cell_mean_pre_g"])[cells].mean(axis=0)
+    ok = np.isfinite(rho) & np.isfinite(g_i)
+    own = ok & np.asarray(wraw["own_window"], bool) if "own_window" in wraw else ok
+    ok = own if np.count_nonzero(own) >= 16 else ok
+    if not ok.any():
+        return 0.0
+    rho, g_i = rho[ok], g_i[ok]
+    f0 = pr.fits[pol]
+
+    def step(fit: SoftBoundsFit) -> float:
+        w0, w1 = f0.g_max_s - f0.g_min_s, fit.g_max_s - fit.g_min_s
+        # as the write-noise stage: states outside the window are normalised just inside it
+        m0 = model_step(f0, pol, np.clip(g_i, f0.g_min_s + 0.02 * w0, f0.g_max_s - 0.02 * w0))
+        m1 = model_step(fit, pol, np.clip(g_i, fit.g_min_s + 0.02 * w1, fit.g_max_s - 0.02 * w1))
+        mid = model_step(fit, pol, np.array([0.5 * (fit.g_min_s + fit.g_max_s)]))[0]
+        return float(np.mean(rho * m0 / np.where(m1 > 0, m1, np.nan)) * mid)
+
+    var = 0.0
+    for field, sd in (("gamma", pr.gamma_sigma.get(pol, 0.0)),
+                      ("g_min_s", float(np.hypot(pr.window_sigma_s["g_min_s"], bound_allowance_s))),
+                      ("g_max_s", float(np.hypot(pr.window_sigma_s["g_max_s"], bound_allowance_s)))):
+        if not np.isfinite(sd) or sd <= 0:
+            continue
+        hi = step(f0.model_copy(update={field: getattr(f0, field) + sd}))
+        lo = step(f0.model_copy(update={field: getattr(f0, field) - sd}))
+        if np.isfinite(hi) and np.isfinite(lo):
+            var += (0.5 * (hi - lo)) ** 2
+    return float(np.sqrt(var))
+
+
 def pulses_per_device(rows: int, cols: int, sp: dict, results: dict, raws: dict) -> np.ndarray:
     """(rows, cols) map of the pulses each device received in the stages (write-verify not counted:
     the board reports only its total, given in each stage's sample description)."""
     total = np.zeros(rows * cols, dtype=np.int64)
     total += 2 * sp[STUCK].n_pulses
     pr = sp[PR]
-    total[np.asarray(raws[PR]["devices"])] += pr.precondition_pulses + 2 * pr.steps * pr.pulses_per_step
+    total[np.asarray(raws[PR]["devices"])] += pr.precondition_pulses + 2 * int(event_pulses(pr).sum())
     wn_raw = raws[WN]
     total[np.asarray(wn_raw["devices"])] += int(np.abs(np.asarray(wn_raw["event_pulses"])).sum())
     total[np.asarray(raws[DRIFT]["devices"])] += sp[DRIFT].release_pulses

@@ -75,6 +75,9 @@ fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resamp
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
 from pydantic import BaseModel, Field
 
@@ -88,14 +91,15 @@ from calibration.common import (
     choose_devices,
     pulse_devices,
     quantisation_var,
-    read_mean,
+    read_repeated,
     split_flat,
     stage_rng,
 )
 from calibration.fits import weighted_line
-from calibration.pulse_response import model_step
 from calibration.report import SoftBoundsFit
 from drivers.board import Board
+
+log = logging.getLogger(__name__)
 
 STAGE = "write_noise"
 
@@ -110,6 +114,14 @@ class WriteNoiseParams(ProcedureParams):
     wandering_correction: bool = Field(True, description="take each change's residual given its pre-event state "
                                                          "(needs the pulse-response model)")
     n_boot: int = Field(200, ge=10)
+    read_var_target_s2: float = Field(0.25e-12, gt=0, description="more reads after each event (up to max_reads) "
+                                      "until one averaged read's noise variance at the start level is at most this")
+    max_reads: int = Field(8, ge=1)
+    target_rel_sigma_w: float = Field(0.035, gt=0, description="relative standard error of sigma_w above which "
+                                      "fresh devices are added")
+    target_rel_c2c: float = Field(0.05, gt=0, description="same for the relative cycle-to-cycle spread")
+    max_extend_factor: float = Field(6.0, ge=1.0, description="at most this many times the first sample in all")
+    max_devices: int = Field(12288, ge=16, description="at most this many devices in all")
 
 
 class CellStats(BaseModel):
@@ -142,6 +154,8 @@ class WriteNoiseResult(BaseModel):
     cells: list[CellStats]
     lag1: list[dict] = Field(default_factory=list, description="lag-1 covariance rows of the fit")
     n_used: int = Field(0, description="sampled devices that entered the fit")
+    reads_per_event: int = Field(0, description="reads averaged after each event (chosen from the read noise)")
+    devices_added: int = Field(0, description="devices added to the first sample because the noise asked for it")
     target_s: float
     programmed_fraction: float
     read_noise_rel_used: float
@@ -150,54 +164,95 @@ class WriteNoiseResult(BaseModel):
 
 def measure_write_noise(board: Board, params: WriteNoiseParams | None = None, *,
                         target_s: float, window_s: float, pool: np.ndarray | None = None,
+                        extra_pool: np.ndarray | None = None,
                         read_noise_rel: float, step_mid_s: float | None = None,
-                        model: dict[str, SoftBoundsFit] | None = None, progress: Progress = None) -> Measured:
+                        model: dict[str, SoftBoundsFit] | None = None,
+                        device_bounds_s: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                        progress: Progress = None) -> Measured:
     """Measure the change of write events of ``n`` pulses for every n of ``params.pulse_counts``.
 
     ``target_s``: level to program the devices to first (where SET and RESET balance);
     ``window_s``: g_max - g_min (for the programming tolerance); ``read_noise_rel``:
     measured relative read noise (subtracted); ``step_mid_s``: mean SET step at
     mid-window (to express the cycle-to-cycle spread in siemens); ``model``: the
-    pulse-response fits by polarity (for the state-wandering correction; none without).
+    pulse-response fits by polarity (for the state-wandering correction; none without);
+    ``device_bounds_s``: (flat indices, lower bounds, upper bounds) fitted per device by the
+    pulse-response stage -- sampled devices among them are normalised by their own window.
+
+    When the first sample's bootstrap relative error of ``sigma_w`` or ``sigma_rel`` is above its
+    target (``target_rel_sigma_w``, ``target_rel_c2c``), fresh devices (``pool`` first, then
+    ``extra_pool``) get the same events, up to ``max_extend_factor`` x the sample and ``max_devices``,
+    and the whole sample is analysed again.
     """
     params = params or WriteNoiseParams()
     rng = stage_rng(params.seed, STAGE)
-    flat = choose_devices(board, params.n_devices, rng, pool, what="the write-noise sample")
+    if pool is not None and extra_pool is not None and np.asarray(pool).size < params.n_devices:
+        # every device of the primary pool (their windows are known), the rest from the others
+        others = np.setdiff1d(np.asarray(extra_pool, dtype=np.int64), pool)
+        rest = choose_devices(board, params.n_devices - np.asarray(pool).size, rng, others,
+                              what="the write-noise sample")
+        flat = np.sort(np.concatenate([np.asarray(pool, dtype=np.int64), rest]))
+    else:
+        flat = choose_devices(board, params.n_devices, rng, pool, what="the write-noise sample")
     limit = board.limits.max_pulses_per_device
     if max(params.pulse_counts) > limit:
         raise ValueError(f"write-noise pulse count {max(params.pulse_counts)} exceeds the board's "
                          f"max_pulses_per_device ({limit})")
-    rows, cols = split_flat(board, flat)
-    prog = board.program(rows, cols, np.full(flat.size, target_s), params.program_tolerance_rel * window_s,
-                         params.program_max_iter)
-    if progress:
-        progress(1.0)
-    r = params.n_reads
+    # reads from the measured read noise: a noisy read-out would otherwise swamp a small write error
+    reads = int(np.ceil((read_noise_rel * target_s) ** 2 / params.read_var_target_s2))
+    if reads > params.n_reads and params.max_reads > params.n_reads:
+        params = params.model_copy(update={"n_reads": min(reads, params.max_reads)})
+        log.info("write noise: %d reads after each event (relative read noise %.3g)", params.n_reads, read_noise_rel)
     events_n, events_pol = [params.pulse_counts[0]], [+1]  # event 0: the discarded one
     for n in params.pulse_counts:
         for _ in range(params.cycles):
             events_n += [n, n]
             events_pol += [-1, +1]
-    y = np.empty((len(events_n) + 1, flat.size))
-    y[0] = read_mean(board, flat, r)
-    pulses = np.zeros(flat.size, dtype=np.int64)
-    for t, (n, pol) in enumerate(zip(events_n, events_pol)):
-        pulse_devices(board, flat, pol * n)
-        pulses += n
-        y[t + 1] = read_mean(board, flat, r)
-        if progress and t % 2 == 0:
-            progress(1.0)
     n_arr, pol_arr = np.array(events_n), np.array(events_pol)
+    y, spread, prog = _run_events(board, flat, n_arr, pol_arr, params, target_s, window_s, progress)
     result, arrays = analyse_write_noise(y, n_arr, pol_arr, params, read_noise_rel, quantisation_var(board),
-                                         step_mid_s, rng, model)
+                                         step_mid_s, rng, model, _own_bounds(flat, device_bounds_s), spread)
+    # More devices where the noise asks for them: the precision of sigma_w (sigma_rel) falls with the
+    # ratio of the cycle-to-cycle (write) noise to it, so a device whose write error is small next to its
+    # cycle-to-cycle spread needs a larger sample for the same relative error.
+    need = max((result.write_noise_sigma_sigma_s / max(result.write_noise_sigma_s, 1e-30)
+                / params.target_rel_sigma_w) ** 2,
+               (result.c2c_sigma_rel_sigma / max(result.c2c_sigma_rel, 1e-30) / params.target_rel_c2c) ** 2)
+    n_more = int(min(np.ceil(flat.size * (min(need, params.max_extend_factor) - 1.0) * 1.1),
+                     params.max_devices - flat.size))
+    if need > 1.0 and n_more > 0:
+        everyone = np.concatenate([np.asarray(a, dtype=np.int64) for a in (pool, extra_pool) if a is not None]) \
+            if pool is not None else np.arange(board.info.rows * board.info.cols, dtype=np.int64)
+        fresh = np.setdiff1d(np.unique(everyone), flat)
+        n_more = min(n_more, fresh.size)
+        if n_more >= 8:
+            first = np.setdiff1d(np.asarray(pool), flat) if pool is not None else fresh
+            # fresh devices from the primary pool first (their windows are known), then the others
+            if first.size >= n_more:
+                more = choose_devices(board, n_more, rng, first, what="the write-noise extension")
+            else:
+                rest = np.setdiff1d(fresh, first)
+                more = np.sort(np.concatenate([first, rng.choice(rest, size=n_more - first.size, replace=False)]))
+            log.info("write noise: relative errors call for %.1fx the devices; adding %d", need, more.size)
+            y2, spread2, prog2 = _run_events(board, more, n_arr, pol_arr, params, target_s, window_s, progress)
+            flat, y = np.concatenate([flat, more]), np.concatenate([y, y2], axis=1)
+            spread = np.concatenate([spread, spread2], axis=1)
+            prog = _Programmed(np.concatenate([prog.achieved_s, prog2.achieved_s]),
+                               np.concatenate([prog.converged, prog2.converged]), prog.pulses + prog2.pulses)
+            result, arrays = analyse_write_noise(y, n_arr, pol_arr, params, read_noise_rel, quantisation_var(board),
+                                                 step_mid_s, rng, model, _own_bounds(flat, device_bounds_s), spread)
     result.target_s = float(target_s)
-    result.programmed_fraction = prog.converged_fraction
+    result.programmed_fraction = float(np.mean(prog.converged))
+    result.reads_per_event = params.n_reads
+    result.devices_added = int(flat.size - params.n_devices)
     result.sample = SampleInfo.from_counts(
-        pulses, "uniform random over responsive devices (pulse-response sample when possible); write-verify "
-        f"to the start level used {prog.pulses} more pulses in all", len(events_n))
+        np.full(flat.size, int(n_arr.sum())), "uniform random over responsive devices (pulse-response sample "
+        f"when possible, extended when the noise asks for it); write-verify to the start level used {prog.pulses} "
+        "more pulses in all", len(events_n))
     raw = Raw()
     raw.add("devices", flat, "flat index (row*cols+col)")
     raw.add("g", y, "S")
+    raw.add("read_spread", spread, "S^2")
     raw.add("event_pulses", n_arr, "pulses")
     raw.add("event_polarity", pol_arr, "+1 SET / -1 RESET")
     raw.add("program_achieved", prog.achieved_s, "S")
@@ -208,6 +263,52 @@ def measure_write_noise(board: Board, params: WriteNoiseParams | None = None, *,
     return Measured(result, raw)
 
 
+@dataclass(frozen=True)
+class _Programmed:
+    achieved_s: np.ndarray
+    converged: np.ndarray
+    pulses: int
+
+
+def _run_events(board: Board, flat: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, params: WriteNoiseParams,
+                target_s: float, window_s: float, progress: Progress) -> tuple[np.ndarray, np.ndarray, _Programmed]:
+    """Program ``flat`` to ``target_s``, then the write events: mean and sample variance of the reads after
+    every event (events+1, devices), and the programming."""
+    rows, cols = split_flat(board, flat)
+    prog = board.program(rows, cols, np.full(flat.size, target_s), params.program_tolerance_rel * window_s,
+                         params.program_max_iter)
+    if progress:
+        progress(1.0)
+    y = np.empty((n_arr.size + 1, flat.size))
+    spread = np.full_like(y, np.nan)
+
+    def read(t: int) -> None:
+        reads = read_repeated(board, flat, params.n_reads)
+        y[t] = reads.mean(axis=0)
+        if params.n_reads >= 2:
+            spread[t] = reads.var(axis=0, ddof=1)
+
+    read(0)
+    for t, (n, pol) in enumerate(zip(n_arr.tolist(), pol_arr.tolist())):
+        pulse_devices(board, flat, pol * n)
+        read(t + 1)
+        if progress and t % 2 == 0:
+            progress(1.0)
+    return y, spread, _Programmed(np.asarray(prog.achieved_s), np.asarray(prog.converged, bool), int(prog.pulses))
+
+
+def _own_bounds(flat: np.ndarray, device_bounds_s) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-device (lower, upper) bounds of the sampled devices the pulse-response stage fitted (NaN elsewhere)."""
+    if device_bounds_s is None:
+        return None
+    known, lo_k, hi_k = (np.asarray(a) for a in device_bounds_s)
+    if known.size == 0:
+        return None
+    pos = np.searchsorted(known, flat).clip(0, known.size - 1)
+    hit = known[pos] == flat
+    return np.where(hit, lo_k[pos], np.nan), np.where(hit, hi_k[pos], np.nan)
+
+
 def _cell_arrays(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, n: int, pol: int):
     """Event indices, changes in the pulsed direction (J, N) and pre-event reads of one (n, polarity)."""
     t = np.flatnonzero((n_arr == n) & (pol_arr == pol))
@@ -215,12 +316,25 @@ def _cell_arrays(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, n: int, 
     return t, pol * (y[t + 1] - y[t]), y[t]
 
 
-def decrement(fit: SoftBoundsFit, polarity: int, g_s: np.ndarray) -> np.ndarray:
-    """``kappa = -d mu / dG``: relative decrement per pulse of the distance to the bound pulsed towards."""
-    w = fit.g_max_s - fit.g_min_s
-    x = np.clip((np.asarray(g_s, float) - fit.g_min_s) / w, 1e-6, 1 - 1e-6)
+def _device_model(fit: SoftBoundsFit, polarity: int, g_s: np.ndarray,
+                  bounds_s: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(kappa, mean step per pulse) of the model at each device's state ``g_s`` (devices along the last
+    axis), on the device's own window where ``bounds_s`` knows it (the population window otherwise).
+
+    A state outside the window still moves: it is normalised by the model just inside the window,
+    never by a zero step.
+    """
+    n_dev = np.shape(g_s)[-1]
+    lo, hi = np.full(n_dev, fit.g_min_s), np.full(n_dev, fit.g_max_s)
+    if bounds_s is not None:
+        own = np.isfinite(bounds_s[0]) & np.isfinite(bounds_s[1]) & (bounds_s[1] > bounds_s[0])
+        lo[own], hi[own] = bounds_s[0][own], bounds_s[1][own]
+    w = hi - lo
+    x = np.clip((np.asarray(g_s, float) - lo) / w, 0.02, 0.98)
     dist = (1 - x) if polarity > 0 else x
-    return np.clip(fit.alpha_s * fit.gamma * dist ** (fit.gamma - 1) / w, 0.0, 0.5)
+    mu = fit.alpha_s * dist**fit.gamma
+    kappa = np.clip(fit.alpha_s * fit.gamma * dist ** (fit.gamma - 1) / w, 0.0, 0.5)
+    return kappa, mu
 
 
 def change_slope(kappa: np.ndarray, polarity: int, n: int) -> np.ndarray:
@@ -258,10 +372,29 @@ def _nonneg_wls(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, params: WriteNoiseParams,
                         read_noise_rel: float, q_var: float, step_mid_s: float | None,
-                        rng: np.random.Generator, model: dict[str, SoftBoundsFit] | None = None):
-    """Moments of the residual changes and the fit of ``(sigma_w^2, sigma_r0^2, sigma_rel^2)``; see the module doc."""
+                        rng: np.random.Generator, model: dict[str, SoftBoundsFit] | None = None,
+                        bounds_s: tuple[np.ndarray, np.ndarray] | None = None,
+                        read_spread_s2: np.ndarray | None = None):
+    """Moments of the residual changes and the fit of ``(sigma_w^2, sigma_r0^2, sigma_rel^2)``; see the module doc.
+
+    ``bounds_s``: per-device (lower, upper) bounds (NaN: unknown, the population window is used).
+    With them each device's step factor is relative to the model on its own window, so that the
+    mean factor times the model's step at mid-window is the mean step at each device's own
+    mid-window (a device's state sits at its own balance point, which moves with its window).
+    ``read_spread_s2``: sample variance of the ``n_reads`` reads after every event, (events+1, devices);
+    with it each device's read noise is its own, measured here (``read_noise_rel`` and ``q_var`` are then
+    used only for a device without it).
+    """
     r = params.n_reads
     s_rd2 = read_noise_rel**2
+    per_read_var = s_rd2 * y**2 + q_var  # variance of one read, (events+1, devices)
+    if read_spread_s2 is not None and r >= 2:
+        # each device's own read noise from the spread of the reads after every event (the relaxation offset
+        # is common to them): relative, so that it follows the device's state; this stage's own measurement,
+        # so that the bootstrap over devices carries its error
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel2 = np.nanmean(read_spread_s2, axis=0) / np.nanmean(y**2, axis=0)
+        per_read_var = np.where(np.isfinite(rel2), rel2, s_rd2 + q_var / np.maximum(np.nanmean(y**2), 1e-30)) * y**2
     n_dev_all = y.shape[1]
     cells = []
     for n in params.pulse_counts:
@@ -270,16 +403,18 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
             pre_mean = pre.mean(axis=0)
             if model is not None:
                 fit_p = model["set" if pol > 0 else "reset"]
-                # a device whose state lies outside the population window still moves: normalise by the
-                # model just inside the window, never by a zero step
-                w = fit_p.g_max_s - fit_p.g_min_s
-                inside = np.clip(pre_mean, fit_p.g_min_s + 0.02 * w, fit_p.g_max_s - 0.02 * w)
-                kappa0 = decrement(fit_p, pol, inside)
-                mu_model = model_step(fit_p, "set" if pol > 0 else "reset", inside)
+                kappa0, mu_model = _device_model(fit_p, pol, pre_mean, bounds_s)
+                # the model at every event's own pre-event state too: a device's state wanders by several
+                # uS between events (its persistent write errors random-walk), and the step is convex in the
+                # state (gamma > 1), so the mean step (and square step) over the events is not the step at
+                # the mean state -- ~5 % at gamma 1.75 and sigma_w ~ 3 uS
+                kappa0_e, mu_e = _device_model(fit_p, pol, pre, bounds_s)
             else:
                 kappa0, mu_model = np.zeros(d.shape[1]), np.ones(d.shape[1])
+                kappa0_e, mu_e = np.zeros(d.shape), np.ones(d.shape)
             cells.append(dict(n=n, pol=pol, j=d.shape[0], t=t, d=d, pre=pre, pre_mean=pre_mean, kappa0=kappa0,
-                              mu_model=mu_model, m=d.mean(axis=0), raw=d.var(axis=0, ddof=1)))
+                              mu_model=mu_model, kappa0_e=kappa0_e, mu_e=mu_e, m=d.mean(axis=0),
+                              raw=d.var(axis=0, ddof=1)))
 
     # Every device's step relative to the population model (rho_i), per polarity, from all its cells:
     # the mean change of n pulses is rho_i * mu_model * S1(kappa_i, n), S1 = (1 - (1-kappa)^n) / kappa,
@@ -289,11 +424,13 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
     rho_var = {+1: np.zeros(n_dev_all), -1: np.zeros(n_dev_all)}
     for _ in range(3):
         for c in cells:
-            kappa = np.clip(c["kappa0"] * np.clip(np.nan_to_num(rho[c["pol"]], nan=1.0), 0.05, 5.0), 0.0, 0.5)
-            q1 = 1.0 - kappa
-            c["kappa"] = kappa
-            c["scale"] = c["mu_model"] * np.where(kappa > 1e-12, (1.0 - q1 ** c["n"]) / np.maximum(kappa, 1e-12),
-                                                  float(c["n"]))
+            own = np.clip(np.nan_to_num(rho[c["pol"]], nan=1.0), 0.05, 5.0)
+            c["kappa"] = np.clip(c["kappa0"] * own, 0.0, 0.5)
+            kappa_e = np.clip(c["kappa0_e"] * own, 0.0, 0.5)
+            c["kappa_e"] = kappa_e
+            s1 = np.where(kappa_e > 1e-12, (1.0 - (1.0 - kappa_e) ** c["n"]) / np.maximum(kappa_e, 1e-12),
+                          float(c["n"]))
+            c["scale"] = (c["mu_e"] * s1).mean(axis=0)  # mean over the events of the model's mean change / rho
         for pol in (+1, -1):
             num = den = 0.0
             for c in cells:
@@ -314,11 +451,12 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
         # mean change and, with it, the negative correlation between a device's successive events
         res = d - beta * (pre - c["pre_mean"])
         coef = (pol + beta) ** 2  # weight of the pre-event read's offset and read noise in ``res``
-        rv_after = (s_rd2 * (y[t + 1] ** 2).mean(axis=0) + q_var) / r
-        rv_before = (s_rd2 * (pre**2).mean(axis=0) + q_var) / r
+        rv_after = per_read_var[t + 1].mean(axis=0) / r
+        rv_before = per_read_var[t].mean(axis=0) / r
         # cycle-to-cycle variance per unit sigma_rel^2: n mu_0^2 (1-kappa)^(2(n-1)), mu_0 = rho_i mu_model
         c.update(res=res, v=res.var(axis=0, ddof=1), rv=rv_after + coef * rv_before, k=1.0 + coef, beta=beta,
-                 q=n * (1.0 - kappa) ** (2 * (n - 1)) * c["mu_model"] ** 2 * (rho[pol] ** 2 - rho_var[pol]))
+                 q=n * ((1.0 - c["kappa_e"]) ** (2 * (n - 1)) * c["mu_e"] ** 2).mean(axis=0)
+                 * (rho[pol] ** 2 - rho_var[pol]))
         for j, tt in enumerate(t.tolist()):
             beta_of[tt] = (c, j)
 
@@ -330,7 +468,7 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
         rows_y.append(c["v"] - c["rv"])
         rows_x.append(np.stack([np.ones_like(c["k"]), c["k"], c["q"]]))
         row_kind.append(("var", c["n"], c["pol"]))
-    read_var = (s_rd2 * y**2 + q_var) / r  # variance of every averaged read, (events+1, devices)
+    read_var = per_read_var / r  # variance of every averaged read, (events+1, devices)
     for n in params.pulse_counts:
         # only where the state correction is small: an error in beta would leak c2c and write noise in
         block = [t for t in range(1, len(n_arr)) if n_arr[t] == n and t in beta_of]
@@ -411,6 +549,8 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
     arrays = {"step_scale_set": (nan_out[+1], step_unit), "step_scale_set_var": (rho_var[+1], step_unit + "^2"),
               "step_scale_reset": (nan_out[-1], step_unit), "step_scale_reset_var": (rho_var[-1], step_unit + "^2"),
               "used": (usable, "bool"),
+              "own_window": (np.zeros(n_dev_all, bool) if bounds_s is None
+                             else np.isfinite(bounds_s[0]) & np.isfinite(bounds_s[1]), "bool"),
               "cell_pulses": (np.array([c["n"] for c in cells]), "pulses"),
               "cell_polarity": (np.array([c["pol"] for c in cells]), "+1 SET / -1 RESET"),
               "cell_mean_change": (np.stack([c["m"] for c in cells]), "S"),
