@@ -284,6 +284,16 @@ class UpdateRule(ABC):
         return f"{type(self).__name__}({args})"
 
 
+class _PulseCapped(UpdateRule):
+    """A rule whose only setting is the cap on pulses per device per step."""
+
+    def __init__(self, max_pulses: int = 100):
+        self.max_pulses = _check_max_pulses(max_pulses)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_pulses": self.max_pulses}
+
+
 class Float(UpdateRule):
     """Digital reference: no array. :meth:`plan` refuses to run.
 
@@ -298,7 +308,7 @@ class Float(UpdateRule):
         raise RuntimeError("the 'float' rule has no array: apply ΔW digitally (uses_array=False)")
 
 
-class BPPulses(UpdateRule):
+class BPPulses(_PulseCapped):
     """Backprop writes in whole pulses: every device with ``ΔG != 0`` gets
     ``sign(ΔG) * max(1, round(|ΔG|/step))`` pulses, clipped to ``max_pulses``.
 
@@ -308,12 +318,6 @@ class BPPulses(UpdateRule):
 
     name = "bp-pulses"
 
-    def __init__(self, max_pulses: int = 100):
-        self.max_pulses = _check_max_pulses(max_pulses)
-
-    def config(self) -> dict[str, Any]:
-        return {"max_pulses": self.max_pulses}
-
     def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         dg = _as_delta(delta_g_s)
         step = _as_step(step_s, dg.shape)
@@ -321,7 +325,7 @@ class BPPulses(UpdateRule):
         return _plan(_to_pulses(n, self.max_pulses), step)
 
 
-class BP(UpdateRule):
+class BP(_PulseCapped):
     """The published every-step noisy write: ``ΔG`` written as asked, one write event per device.
 
     ``x = min(|ΔG|/step, max_pulses)`` becomes ``n = floor(x)`` whole pulses plus one
@@ -340,12 +344,6 @@ class BP(UpdateRule):
 
     name = "bp"
     random = True
-
-    def __init__(self, max_pulses: int = 100):
-        self.max_pulses = _check_max_pulses(max_pulses)
-
-    def config(self) -> dict[str, Any]:
-        return {"max_pulses": self.max_pulses}
 
     def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         rng = _check_rng(rng, "BP")
@@ -521,7 +519,7 @@ class Manhattan(UpdateRule):
         return _plan(pulses, step)
 
 
-class Stochastic(UpdateRule):
+class Stochastic(_PulseCapped):
     """Stochastic rounding of ``ΔG/step`` to whole pulses: ``floor(x) + Bernoulli(frac(x))``.
 
     Unbiased (``E[pulses] = ΔG/step`` before the ``max_pulses`` clip); no
@@ -530,12 +528,6 @@ class Stochastic(UpdateRule):
 
     name = "stochastic"
     random = True
-
-    def __init__(self, max_pulses: int = 100):
-        self.max_pulses = _check_max_pulses(max_pulses)
-
-    def config(self) -> dict[str, Any]:
-        return {"max_pulses": self.max_pulses}
 
     def plan(self, delta_g_s, step_s, rng=None, width_grid=None) -> UpdatePlan:
         rng = _check_rng(rng, "Stochastic")
