@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 from hil.mapping import DoesNotFitError, place_tiles
 from hil.train import TrainConfig, train
+from tests.waiting import HANG_GUARD_S, wait_until
 
 BOARD = "emu?rows=64&cols=96&seed=4"
 SUMMARY_KEYS = {"task", "method", "seed", "epochs", "steps", "write_fraction_mean", "pulses_total",
@@ -72,6 +72,7 @@ def test_same_seed_same_summary(tmp_path, calibration_file):
     _same_summary(a, b)
 
 
+@pytest.mark.timing
 def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
     from firmware_stub.firmware import make_emulator
     from firmware_stub.serve import PtyServer, serve_in_thread
@@ -84,7 +85,7 @@ def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
                        progress=False)
     finally:
         server.stop.set()
-        thread.join(5)
+        thread.join(HANG_GUARD_S)
     _same_summary(in_process, serial)
 
 
@@ -95,17 +96,17 @@ def _hil_train(out: Path, cal: str, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen) -> None:
     metrics = out / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= n:
-            return
+
+    def alive() -> None:
         assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    raise AssertionError("the run did not get going")
+
+    wait_until(lambda: metrics.exists() and metrics.read_text().count('"kind": "step"') >= n,
+               f"{n} training steps logged", poll_s=0.02, alive=alive)
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, calibration_file):
     reference = tmp_path / "reference"
@@ -116,7 +117,7 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
     proc = _hil_train(out, calibration_file)
     _wait_for_steps(out, 57, proc)  # mid-way through the second epoch, between checkpoints
     proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    proc.wait(HANG_GUARD_S)
     assert not (out / "summary.json").exists()
 
     refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
@@ -132,26 +133,28 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
     assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(90))  # none lost, none twice
 
 
+@pytest.mark.timing
 def test_ctrl_c_stops_after_the_step_and_the_run_resumes(tmp_path, calibration_file):
     out = tmp_path / "run"
     proc = _hil_train(out, calibration_file)
     _wait_for_steps(out, 10, proc)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 130
+    assert proc.wait(HANG_GUARD_S) == 130
     assert "resume with" in proc.stderr.read()
     resumed = _hil_train(out, calibration_file, "--resume")
     assert resumed.wait(300) == 0, resumed.stderr.read()
     assert json.loads((out / "summary.json").read_text())["steps"] == 90
 
 
+@pytest.mark.timing
 def test_resume_refuses_a_changed_configuration(tmp_path, calibration_file):
     out = tmp_path / "run"
     proc = _hil_train(out, calibration_file)
     _wait_for_steps(out, 3, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    proc.wait(HANG_GUARD_S)
     changed = _hil_train(out, calibration_file, "--resume", "--seed", "5")
-    changed.wait(60)
+    changed.wait(HANG_GUARD_S)
     assert changed.returncode == 2 and "--seed" in changed.stderr.read()
 
 
@@ -162,6 +165,7 @@ def test_a_network_too_big_for_the_array_says_how_much_it_needs():
     assert tiles[1].col0 == 64
 
 
+@pytest.mark.timing
 def test_bad_training_input_is_a_clear_cli_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--out", str(tmp_path / "x"),
                           "--board", "emu?rows=8&cols=8", "--method", "eapu", "--calibration", "/dev/null"],

@@ -18,6 +18,9 @@ from drivers.address import open_board
 from drivers.bench_file import BenchFileError, load_bench_file, parse_bench_file
 from drivers.limits import SafetyLimits
 from firmware_stub.scpi.serve_bench import start_bench
+from tests.waiting import HANG_GUARD_S
+
+pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads, instrument timeouts
 
 ROWS, COLS = 4, 5
 
@@ -25,7 +28,7 @@ ROWS, COLS = 4, 5
 @pytest.fixture
 def served(tmp_path):
     running = start_bench(ROWS, COLS, seed=5)
-    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=0.5)
+    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=HANG_GUARD_S)
     yield running, path
     running.stop()
 
@@ -250,9 +253,12 @@ def test_ctrl_c_mid_operation_leaves_the_bench_idle(served):
     assert_idle(running)
 
 
-def test_an_emulated_bench_file_on_real_instruments_is_refused(served):
-    running, path = served
+def test_an_emulated_bench_file_on_real_instruments_is_refused(served, tmp_path):
+    running, _ = served
     running.smu.vendor_commands = False  # answers :EMUL:CLOC? as a real 2450 does: -113, no reply
+    # the driver learns it from the missing reply, so this bench file's timeout is what the test waits;
+    # 10 s still leaves the answered exchanges before it a wide margin on a busy machine
+    path = running.write_bench_file(tmp_path / "silent.toml", timeout_s=10.0)
     with pytest.raises(InstrumentError, match="emulated = false"):
         open_board(f"visa:{path}")
     assert_idle(running)
