@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from hil.mapping import DoesNotFitError, place_tiles
+from firmware_stub.firmware import make_emulator
+from firmware_stub.serve import PtyServer, serve_in_thread
 from hil.train import TrainConfig, train
-from tests.waiting import HANG_GUARD_S, wait_until
+from tests.waiting import HANG_GUARD_S, RequestGate, wait_until
 
 BOARD = "emu?rows=64&cols=96&seed=4"
 SUMMARY_KEYS = {"task", "method", "seed", "epochs", "steps", "write_fraction_mean", "pulses_total",
@@ -74,9 +77,6 @@ def test_same_seed_same_summary(tmp_path, calibration_file):
 
 @pytest.mark.timing
 def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
-    from firmware_stub.firmware import make_emulator
-    from firmware_stub.serve import PtyServer, serve_in_thread
-
     in_process = train(_cfg(calibration_file, epochs=1), tmp_path / "emu", progress=False)
     server = PtyServer(make_emulator(64, 96, seed=4))
     thread = serve_in_thread(server)
@@ -89,21 +89,45 @@ def test_serial_path_gives_the_same_summary(tmp_path, calibration_file):
     _same_summary(in_process, serial)
 
 
-def _hil_train(out: Path, cal: str, *extra: str) -> subprocess.Popen:
+def _hil_train(out: Path, cal: str, *extra: str, board: str = BOARD) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--task", "digits", "--method", "eapu",
+        [sys.executable, "-m", "hil.cli", "train", "--board", board, "--task", "digits", "--method", "eapu",
          "--epochs", "2", "--seed", "4", "--calibration", cal, "--out", str(out), "--quiet", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen) -> None:
+def _steps_logged(out: Path) -> int:
     metrics = out / "metrics.jsonl"
+    return metrics.read_text().count('"kind": "step"') if metrics.exists() else 0
 
-    def alive() -> None:
+
+def _alive(proc: subprocess.Popen):
+    def check() -> None:
         assert proc.poll() is None, proc.stderr.read()
+    return check
 
-    wait_until(lambda: metrics.exists() and metrics.read_text().count('"kind": "step"') >= n,
-               f"{n} training steps logged", poll_s=0.02, alive=alive)
+
+def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen) -> None:
+    wait_until(lambda: _steps_logged(out) >= n, f"{n} training steps logged", poll_s=0.02, alive=_alive(proc))
+
+
+@contextlib.contextmanager
+def _board_that_holds_after(out: Path, steps: int):
+    """BOARD's twin served on a pty, whose requests are held once the run in ``out`` has logged ``steps`` steps.
+
+    Yields the board address and the :class:`RequestGate`: when ``gate.holding`` is set, the run is
+    stopped in the middle of its next step, waiting for the board -- a known point, on any machine.
+    """
+    gate = RequestGate(make_emulator(64, 96, seed=4), lambda: _steps_logged(out) < steps)
+    server = PtyServer(gate)
+    thread = serve_in_thread(server)
+    try:
+        # the host waits for a held reply as long as the hang guard; a pty loses no bytes to retry for
+        yield f"serial:{server.path}?timeout={HANG_GUARD_S:g}", gate
+    finally:
+        gate.discard()
+        server.stop.set()
+        thread.join(HANG_GUARD_S)
 
 
 @pytest.mark.timing
@@ -111,21 +135,23 @@ def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen) -> None:
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, calibration_file):
     reference = tmp_path / "reference"
     ref = _hil_train(reference, calibration_file)
-    assert ref.wait(300) == 0, ref.stderr.read()
+    assert ref.wait(HANG_GUARD_S) == 0, ref.stderr.read()
 
     out = tmp_path / "killed"
-    proc = _hil_train(out, calibration_file)
-    _wait_for_steps(out, 57, proc)  # mid-way through the second epoch, between checkpoints
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(HANG_GUARD_S)
-    assert not (out / "summary.json").exists()
+    with _board_that_holds_after(out, 57) as (address, gate):  # mid-way through the second epoch
+        proc = _hil_train(out, calibration_file, board=address)
+        wait_until(gate.holding.is_set, "the run waiting on the board after 57 steps", alive=_alive(proc))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(HANG_GUARD_S)
+        gate.discard()  # the request in flight never reached the board
+        assert 57 <= _steps_logged(out) < 90 and not (out / "summary.json").exists()
 
-    refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
-                             capture_output=True, text=True)
-    assert refused.returncode == 2 and "--resume" in refused.stderr  # no silent overwrite
+        refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
+                                 capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert refused.returncode == 2 and "--resume" in refused.stderr  # no silent overwrite
 
-    resumed = _hil_train(out, calibration_file, "--resume")
-    assert resumed.wait(300) == 0, resumed.stderr.read()
+        resumed = _hil_train(out, calibration_file, "--resume", board=address)
+        assert resumed.wait(HANG_GUARD_S) == 0, resumed.stderr.read()
     a = json.loads((reference / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
     _same_summary(a, b)
@@ -136,13 +162,17 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
 @pytest.mark.timing
 def test_ctrl_c_stops_after_the_step_and_the_run_resumes(tmp_path, calibration_file):
     out = tmp_path / "run"
-    proc = _hil_train(out, calibration_file)
-    _wait_for_steps(out, 10, proc)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(HANG_GUARD_S) == 130
-    assert "resume with" in proc.stderr.read()
-    resumed = _hil_train(out, calibration_file, "--resume")
-    assert resumed.wait(300) == 0, resumed.stderr.read()
+    with _board_that_holds_after(out, 10) as (address, gate):
+        proc = _hil_train(out, calibration_file, board=address)
+        wait_until(gate.holding.is_set, "the run waiting on the board after 10 steps", alive=_alive(proc))
+        # the signal is handled while the run waits for the held reply, so before its step ends
+        proc.send_signal(signal.SIGINT)
+        gate.release()
+        assert proc.wait(HANG_GUARD_S) == 130
+        assert "resume with" in proc.stderr.read()
+        assert _steps_logged(out) < 90
+        resumed = _hil_train(out, calibration_file, "--resume", board=address)
+        assert resumed.wait(HANG_GUARD_S) == 0, resumed.stderr.read()
     assert json.loads((out / "summary.json").read_text())["steps"] == 90
 
 

@@ -30,3 +30,41 @@ def wait_until(condition: Callable[[], bool], what: str, *, timeout_s: float = H
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:g} s")
         time.sleep(poll_s)
+
+
+class RequestGate:
+    """Stands between a served emulator and its host: holds the host's requests once ``may_pass`` says no.
+
+    Wraps a :class:`~firmware_stub.firmware.FirmwareEndpoint` (give it to a PtyServer or
+    TcpServer in its place).  While ``may_pass()`` is true, bytes go through; the first
+    request after it turns false is held -- the host sits waiting for the reply -- and
+    :attr:`holding` is set.  :meth:`release` lets it through (and everything after);
+    :meth:`discard` drops it, as if it had never been sent, and lets everything after
+    through.  So a test can act on a process at a known point of its run -- after at
+    least N training steps, before the end -- however fast or slow the machine is.
+    """
+
+    def __init__(self, endpoint, may_pass: Callable[[], bool]):
+        import threading
+
+        self.endpoint = endpoint
+        self.may_pass = may_pass
+        self.holding = threading.Event()
+        self._open = threading.Event()
+        self._drop_held = False
+
+    def receive(self, data: bytes) -> bytes:
+        if not self._open.is_set() and not self.may_pass():
+            self.holding.set()
+            self._open.wait()
+            if self._drop_held:
+                self._drop_held = False
+                return b""
+        return self.endpoint.receive(data)
+
+    def release(self) -> None:
+        self._open.set()
+
+    def discard(self) -> None:
+        self._drop_held = self.holding.is_set() and not self._open.is_set()
+        self._open.set()
