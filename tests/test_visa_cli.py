@@ -129,8 +129,12 @@ def test_serve_bench_rejects_a_bad_config(tmp_path):
 
 
 CHILD = textwrap.dedent("""
+    import signal
     import sys
     import numpy as np
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, also when this test runs as a background job:
+    # a process started with SIGINT ignored keeps it ignored, and Python then installs no handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from drivers import PulseBatch, open_board
     with open_board("visa:" + sys.argv[1]) as board:
         print("open", flush=True)
