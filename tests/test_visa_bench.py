@@ -180,7 +180,7 @@ def test_open_refuses_settings_beyond_the_limits(served, tmp_path):
 
 def test_refused_open_sends_nothing(tmp_path):
     with start_bench(2, 2, seed=1) as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         with pytest.raises(LimitViolation):
             open_board(f"visa:{path}", SafetyLimits(max_read_v=0.1))
         assert log_lengths(running) == (0, 0, 0)
@@ -266,8 +266,8 @@ def test_an_emulated_bench_file_on_real_instruments_is_refused(served, tmp_path)
 
 def test_dead_instrument_is_a_link_error(tmp_path):
     running = start_bench(2, 2, seed=1)
-    path = running.write_bench_file(tmp_path / "b.toml", timeout_s=0.3)
-    running.servers["pulse_generator"].stop()
+    path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+    running.servers["pulse_generator"].stop()  # its port refuses connections: no timeout involved
     try:
         with pytest.raises(LinkError, match="33500B"):
             open_board(f"visa:{path}")
@@ -279,7 +279,7 @@ def test_dead_instrument_is_a_link_error(tmp_path):
 # ---- clocks, switching modes -------------------------------------------------------------------------------------
 def test_wall_clock_bench_sleeps(tmp_path):
     with start_bench(2, 2, seed=2, clock_mode="wall") as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         assert "virtual_clock = false" in path.read_text()
         with open_board(f"visa:{path}") as b:
             assert not b.info.capabilities.virtual_clock
@@ -295,7 +295,7 @@ def test_wall_clock_bench_sleeps(tmp_path):
 
 def test_over_range_readings_saturate_at_full_scale(tmp_path):
     with start_bench(2, 3, seed=3) as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         small = tmp_path / "small.toml"
         small.write_text(path.read_text().replace("current_range_a = 1e-4", "current_range_a = 1e-6"))
         with open_board(f"visa:{small}") as b:
@@ -311,7 +311,7 @@ def test_over_range_readings_saturate_at_full_scale(tmp_path):
 
 def test_hot_switching_option(tmp_path):
     with start_bench(2, 3, seed=3) as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         hot = tmp_path / "hot.toml"
         hot.write_text(path.read_text().replace('output_off_mode = "NORM"',
                                                 'output_off_mode = "NORM"\nhot_switching = true'))
