@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.mapping import DoesNotFitError, place_tiles
 from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import PtyServer, serve_in_thread
+from hil.mapping import DoesNotFitError, place_tiles
 from hil.train import TrainConfig, train
 from tests.waiting import HANG_GUARD_S, RequestGate, wait_until
 
