@@ -1,12 +1,23 @@
-"""Shared fixtures: emulated boards in-process, on a real pseudo-terminal and on a real TCP socket."""
+"""Shared fixtures: emulated boards in-process, on a real pseudo-terminal and on a real TCP socket.
+
+Also the suite-wide Hypothesis profile: nothing measured in wall time.
+"""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from drivers.address import open_board
 from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import PtyServer, TcpServer, serve_in_thread
+from tests.waiting import HANG_GUARD_S
+
+# Nothing measured in wall time: on a busy machine one example can take far longer than Hypothesis's
+# 200 ms deadline (the test then fails as "flaky"), and slow data generation trips the too_slow health
+# check.  A hang still ends at pytest-timeout's bound.
+settings.register_profile("busy-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("busy-machine")
 
 
 @pytest.fixture
@@ -22,7 +33,7 @@ def tcp_emulator():
     thread = serve_in_thread(server)
     yield server
     server.stop.set()
-    thread.join(5)
+    thread.join(HANG_GUARD_S)
 
 
 @pytest.fixture
@@ -32,4 +43,4 @@ def pty_emulator():
     thread = serve_in_thread(server)
     yield server
     server.stop.set()
-    thread.join(5)
+    thread.join(HANG_GUARD_S)

@@ -9,10 +9,14 @@ import sys
 
 import pytest
 
+from tests.waiting import HANG_GUARD_S
+
+pytestmark = pytest.mark.timing  # separate processes, signals, real pty and TCP
+
 HIL = [sys.executable, "-m", "hil.cli"]
 
 
-def run_hil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_hil(*args: str, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run([*HIL, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -29,9 +33,10 @@ def served(request):
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(HANG_GUARD_S)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def test_info_on_a_served_emulator(served):

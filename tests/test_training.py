@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from firmware_stub.firmware import make_emulator
+from firmware_stub.serve import PtyServer, serve_in_thread
 from hil.mapping import DoesNotFitError, place_tiles
 from hil.train import TrainConfig, train
+from tests.waiting import HANG_GUARD_S, RequestGate, wait_until
 
 BOARD = "emu?rows=64&cols=96&seed=4"
 SUMMARY_KEYS = {"task", "method", "seed", "epochs", "steps", "write_fraction_mean", "pulses_total",
@@ -81,6 +84,7 @@ def test_same_seed_same_summary(tmp_path, calibration_file):
     _same_summary(a, b)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
 def test_serial_path_gives_the_same_summary(tmp_path, calibration_file, transport):
     """Same seed, same summary: in-process, over a real pseudo-terminal and over a real TCP socket."""
@@ -96,7 +100,7 @@ def test_serial_path_gives_the_same_summary(tmp_path, calibration_file, transpor
         serial = train(_cfg(calibration_file, epochs=1, board=address), tmp_path / transport, progress=False)
     finally:
         server.stop.set()
-        thread.join(120)
+        thread.join(HANG_GUARD_S)
     _same_summary(in_process, serial)
 
 
@@ -125,43 +129,69 @@ def test_retention_shows_drift_on_a_device_whose_drift_is_raised(tmp_path, calib
     assert abs(drops["default"]) <= 0.05, drops
 
 
-def _hil_train(out: Path, cal: str, *extra: str) -> subprocess.Popen:
+def _hil_train(out: Path, cal: str, *extra: str, board: str = BOARD) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--task", "digits", "--method", "eapu",
+        [sys.executable, "-m", "hil.cli", "train", "--board", board, "--task", "digits", "--method", "eapu",
          "--epochs", "2", "--seed", "4", "--calibration", cal, "--out", str(out), "--quiet", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
+def _steps_logged(out: Path) -> int:
     metrics = out / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= n:
-            return
+    return metrics.read_text().count('"kind": "step"') if metrics.exists() else 0
+
+
+def _alive(proc: subprocess.Popen):
+    def check() -> None:
         assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    raise AssertionError("the run did not get going")
+    return check
 
 
+def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen) -> None:
+    wait_until(lambda: _steps_logged(out) >= n, f"{n} training steps logged", poll_s=0.02, alive=_alive(proc))
+
+
+@contextlib.contextmanager
+def _board_that_holds_after(out: Path, steps: int):
+    """BOARD's twin served on a pty, whose requests are held once the run in ``out`` has logged ``steps`` steps.
+
+    Yields the board address and the :class:`RequestGate`: when ``gate.holding`` is set, the run is
+    stopped in the middle of its next step, waiting for the board -- a known point, on any machine.
+    """
+    gate = RequestGate(make_emulator(64, 96, seed=4), lambda: _steps_logged(out) < steps)
+    server = PtyServer(gate)
+    thread = serve_in_thread(server)
+    try:
+        # the host waits for a held reply as long as the hang guard; a pty loses no bytes to retry for
+        yield f"serial:{server.path}?timeout={HANG_GUARD_S:g}", gate
+    finally:
+        gate.discard()
+        server.stop.set()
+        thread.join(HANG_GUARD_S)
+
+
+@pytest.mark.timing
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, calibration_file):
     reference = tmp_path / "reference"
     ref = _hil_train(reference, calibration_file)
-    assert ref.wait(300) == 0, ref.stderr.read()
+    assert ref.wait(HANG_GUARD_S) == 0, ref.stderr.read()
 
     out = tmp_path / "killed"
-    proc = _hil_train(out, calibration_file)
-    _wait_for_steps(out, 57, proc)  # mid-way through the second epoch, between checkpoints
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    assert not (out / "summary.json").exists()
+    with _board_that_holds_after(out, 57) as (address, gate):  # mid-way through the second epoch
+        proc = _hil_train(out, calibration_file, board=address)
+        wait_until(gate.holding.is_set, "the run waiting on the board after 57 steps", alive=_alive(proc))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(HANG_GUARD_S)
+        gate.discard()  # the request in flight never reached the board
+        assert 57 <= _steps_logged(out) < 90 and not (out / "summary.json").exists()
 
-    refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
-                             capture_output=True, text=True)
-    assert refused.returncode == 2 and "--resume" in refused.stderr  # no silent overwrite
+        refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
+                                 capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert refused.returncode == 2 and "--resume" in refused.stderr  # no silent overwrite
 
-    resumed = _hil_train(out, calibration_file, "--resume")
-    assert resumed.wait(300) == 0, resumed.stderr.read()
+        resumed = _hil_train(out, calibration_file, "--resume", board=address)
+        assert resumed.wait(HANG_GUARD_S) == 0, resumed.stderr.read()
     a = json.loads((reference / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
     _same_summary(a, b)
@@ -169,26 +199,32 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
     assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(90))  # none lost, none twice
 
 
+@pytest.mark.timing
 def test_ctrl_c_stops_after_the_step_and_the_run_resumes(tmp_path, calibration_file):
     out = tmp_path / "run"
-    proc = _hil_train(out, calibration_file)
-    _wait_for_steps(out, 10, proc)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 130
-    assert "resume with" in proc.stderr.read()
-    resumed = _hil_train(out, calibration_file, "--resume")
-    assert resumed.wait(300) == 0, resumed.stderr.read()
+    with _board_that_holds_after(out, 10) as (address, gate):
+        proc = _hil_train(out, calibration_file, board=address)
+        wait_until(gate.holding.is_set, "the run waiting on the board after 10 steps", alive=_alive(proc))
+        # the signal is handled while the run waits for the held reply, so before its step ends
+        proc.send_signal(signal.SIGINT)
+        gate.release()
+        assert proc.wait(HANG_GUARD_S) == 130
+        assert "resume with" in proc.stderr.read()
+        assert _steps_logged(out) < 90
+        resumed = _hil_train(out, calibration_file, "--resume", board=address)
+        assert resumed.wait(HANG_GUARD_S) == 0, resumed.stderr.read()
     assert json.loads((out / "summary.json").read_text())["steps"] == 90
 
 
+@pytest.mark.timing
 def test_resume_refuses_a_changed_configuration(tmp_path, calibration_file):
     out = tmp_path / "run"
     proc = _hil_train(out, calibration_file)
     _wait_for_steps(out, 3, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    proc.wait(HANG_GUARD_S)
     changed = _hil_train(out, calibration_file, "--resume", "--seed", "5")
-    changed.wait(60)
+    changed.wait(HANG_GUARD_S)
     assert changed.returncode == 2 and "--seed" in changed.stderr.read()
 
 
@@ -199,6 +235,7 @@ def test_a_network_too_big_for_the_array_says_how_much_it_needs():
     assert tiles[1].col0 == 64
 
 
+@pytest.mark.timing
 def test_bad_training_input_is_a_clear_cli_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--out", str(tmp_path / "x"),
                           "--board", "emu?rows=8&cols=8", "--method", "eapu", "--calibration", "/dev/null"],

@@ -18,6 +18,9 @@ from drivers.address import open_board
 from drivers.bench_file import BenchFileError, load_bench_file, parse_bench_file
 from drivers.limits import SafetyLimits
 from firmware_stub.scpi.serve_bench import start_bench
+from tests.waiting import HANG_GUARD_S
+
+pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads, instrument timeouts
 
 ROWS, COLS = 4, 5
 
@@ -25,7 +28,7 @@ ROWS, COLS = 4, 5
 @pytest.fixture
 def served(tmp_path):
     running = start_bench(ROWS, COLS, seed=5)
-    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=0.5)
+    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=HANG_GUARD_S)
     yield running, path
     running.stop()
 
@@ -193,7 +196,7 @@ def test_open_refuses_settings_beyond_the_limits(served, tmp_path):
 
 def test_refused_open_sends_nothing(tmp_path):
     with start_bench(2, 2, seed=1) as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         with pytest.raises(LimitViolation):
             open_board(f"visa:{path}", SafetyLimits(max_read_v=0.1))
         assert log_lengths(running) == (0, 0, 0)
@@ -266,9 +269,12 @@ def test_ctrl_c_mid_operation_leaves_the_bench_idle(served):
     assert_idle(running)
 
 
-def test_an_emulated_bench_file_on_real_instruments_is_refused(served):
-    running, path = served
+def test_an_emulated_bench_file_on_real_instruments_is_refused(served, tmp_path):
+    running, _ = served
     running.smu.vendor_commands = False  # answers :EMUL:CLOC? as a real 2450 does: -113, no reply
+    # the driver learns it from the missing reply, so this bench file's timeout is what the test waits;
+    # 10 s still leaves the answered exchanges before it a wide margin on a busy machine
+    path = running.write_bench_file(tmp_path / "silent.toml", timeout_s=10.0)
     with pytest.raises(InstrumentError, match="emulated = false"):
         open_board(f"visa:{path}")
     assert_idle(running)
@@ -276,8 +282,8 @@ def test_an_emulated_bench_file_on_real_instruments_is_refused(served):
 
 def test_dead_instrument_is_a_link_error(tmp_path):
     running = start_bench(2, 2, seed=1)
-    path = running.write_bench_file(tmp_path / "b.toml", timeout_s=0.3)
-    running.servers["pulse_generator"].stop()
+    path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+    running.servers["pulse_generator"].stop()  # its port refuses connections: no timeout involved
     try:
         with pytest.raises(LinkError, match="33500B"):
             open_board(f"visa:{path}")
@@ -289,7 +295,7 @@ def test_dead_instrument_is_a_link_error(tmp_path):
 # ---- clocks, switching modes -------------------------------------------------------------------------------------
 def test_wall_clock_bench_sleeps(tmp_path):
     with start_bench(2, 2, seed=2, clock_mode="wall") as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         assert "virtual_clock = false" in path.read_text()
         with open_board(f"visa:{path}") as b:
             assert not b.info.capabilities.virtual_clock
@@ -305,7 +311,7 @@ def test_wall_clock_bench_sleeps(tmp_path):
 
 def test_over_range_readings_saturate_at_full_scale(tmp_path):
     with start_bench(2, 3, seed=3) as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         small = tmp_path / "small.toml"
         small.write_text(path.read_text().replace("current_range_a = 1e-4", "current_range_a = 1e-6"))
         with open_board(f"visa:{small}") as b:
@@ -321,7 +327,7 @@ def test_over_range_readings_saturate_at_full_scale(tmp_path):
 
 def test_hot_switching_option(tmp_path):
     with start_bench(2, 3, seed=3) as running:
-        path = running.write_bench_file(tmp_path / "b.toml")
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
         hot = tmp_path / "hot.toml"
         hot.write_text(path.read_text().replace('output_off_mode = "NORM"',
                                                 'output_off_mode = "NORM"\nhot_switching = true'))

@@ -9,11 +9,11 @@ command object itself and through ``firmware_stub.scpi.serve_bench.main``.  Also
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +22,37 @@ import pytest
 from drivers import PulseBatch
 from drivers.address import open_board
 from firmware_stub.scpi.serve_bench import start_bench
+from tests.waiting import HANG_GUARD_S, wait_until
+
+pytestmark = pytest.mark.timing  # separate processes, signals, real TCP
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CLICK = "from drivers.visa_cli import serve_bench_command; serve_bench_command()"
 SERVE_MAIN = "import sys; from firmware_stub.scpi.serve_bench import main; sys.exit(main())"
 
 
+def _generous(bench_file: Path) -> Path:
+    """A copy of a served bench file whose instrument timeout is the hang guard (serve-bench writes 2 s)."""
+    text, n = re.subn(r"(?m)^timeout_s = .*$", f"timeout_s = {HANG_GUARD_S!r}", bench_file.read_text())
+    assert n == 1, bench_file.read_text()
+    copy = bench_file.with_name(bench_file.stem + "-generous.toml")
+    copy.write_text(text)
+    return copy
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, as a user's Ctrl-C or service manager would, and wait for the exit (killed if it hangs)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(HANG_GUARD_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _hil_has_serve_bench() -> bool:
     out = subprocess.run([sys.executable, "-m", "hil.cli", "emulator", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+                         cwd=ROOT, timeout=HANG_GUARD_S)
     return "serve-bench" in out.stdout
 
 
@@ -44,13 +66,9 @@ def served_bench(request, tmp_path):
     try:
         line = proc.stdout.readline().strip()
         assert line == str(out), proc.stderr.read()
-        yield out
+        yield _generous(out)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         assert proc.returncode == 0
 
 
@@ -66,13 +84,13 @@ def test_open_board_on_a_served_bench(served_bench):
 
 def test_hil_info_on_a_served_bench(served_bench):
     out = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{served_bench}", "--json"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["info"]["kind"] == "visa" and data["info"]["rows"] == 3 and data["info"]["cols"] == 4
     assert data["info"]["capabilities"]["virtual_clock"] is True
     text = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{served_bench}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+                          capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
     assert "3 x 4 devices" in text.stdout
 
 
@@ -85,19 +103,19 @@ def test_hil_emulator_serve_bench_when_wired(tmp_path):
                             text=True, cwd=ROOT)
     try:
         assert proc.stdout.readline().strip() == str(out)
-        info = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{out}"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        info = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{_generous(out)}"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
         assert info.returncode == 0 and "2 x 2 devices" in info.stdout, info.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        _stop(proc)
+    assert proc.returncode == 0
 
 
 def test_bad_bench_file_is_a_one_line_cli_error(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[bench]\nrows = 2\n")
     out = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{bad}"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: bench file {bad}") and "Traceback" not in out.stderr
 
@@ -106,13 +124,17 @@ def test_serve_bench_rejects_a_bad_config(tmp_path):
     cfg = tmp_path / "device.toml"
     cfg.write_text("g_min_s = -1\n")
     out = subprocess.run([sys.executable, "-c", SERVE_CLICK, "--out", str(tmp_path / "B.toml"), "--config", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
     assert out.returncode == 2 and out.stderr.startswith("error:")
 
 
 CHILD = textwrap.dedent("""
+    import signal
     import sys
     import numpy as np
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, also when this test runs as a background job:
+    # a process started with SIGINT ignored keeps it ignored, and Python then installs no handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from drivers import PulseBatch, open_board
     with open_board("visa:" + sys.argv[1]) as board:
         print("open", flush=True)
@@ -124,21 +146,25 @@ CHILD = textwrap.dedent("""
 
 def test_sigint_in_a_driving_process_leaves_the_bench_idle(tmp_path):
     with start_bench(3, 3, seed=4) as running:
-        path = running.write_bench_file(tmp_path / "B.toml")
+        path = running.write_bench_file(tmp_path / "B.toml", timeout_s=HANG_GUARD_S)
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+        def child_alive() -> None:
+            assert proc.poll() is None, proc.stderr.read()
+
         try:
             assert proc.stdout.readline().strip() == "open", proc.stderr.read()
-            deadline = time.monotonic() + 20
-            while running.bench.counters.bursts < 12 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            while not (running.generator.ch[1].output or running.smu.output) and time.monotonic() < deadline:
-                time.sleep(0.0005)  # interrupt while a source is on
+            wait_until(lambda: running.bench.counters.bursts >= 12, "the child pulsing the bench", alive=child_alive)
+            # best effort, not a condition of the test: interrupt while a source is on
+            wait_until(lambda: running.generator.ch[1].output or running.smu.output, "a source on",
+                       poll_s=0.0005, alive=child_alive)
             proc.send_signal(signal.SIGINT)
-            proc.wait(20)
+            proc.wait(HANG_GUARD_S)
         finally:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
         assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
         with running.bench.lock:
             assert running.smu.output is False

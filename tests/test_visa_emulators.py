@@ -11,6 +11,9 @@ import pytest
 import pyvisa
 
 from firmware_stub.scpi.serve_bench import start_bench
+from tests.waiting import HANG_GUARD_S
+
+pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ def rm():
 
 
 def _open(rm, rb, role):
-    return rm.open_resource(rb.resources[role], read_termination="\n", write_termination="\n", timeout=2000)
+    return rm.open_resource(rb.resources[role], read_termination="\n", write_termination="\n",
+                            timeout=int(HANG_GUARD_S * 1000))
 
 
 @pytest.fixture

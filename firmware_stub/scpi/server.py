@@ -7,13 +7,17 @@ instrument.  Every connection gets its own thread; the instrument's state is sha
 as it left it -- outputs included, as with a real instrument whose cable was pulled.
 
 Fault injection for tests (:meth:`drop_after`, :meth:`drop_connections`) simulates
-a lost LAN link: the server closes the socket without answering.
+a lost LAN link: the server resets the connection without answering.  A reset, not
+an orderly close: the host learns of it at once, as a typed link error, instead of
+after its read timeout (pyvisa-py treats an orderly close as "no data yet"), so
+tests of a lost link need no short timeout that a busy machine could also hit.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 
 from firmware_stub.scpi.instrument import EmulatedInstrument
@@ -65,6 +69,7 @@ class ScpiTcpServer:
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for c in conns:
+            _reset_on_close(c)
             try:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -122,6 +127,7 @@ class ScpiTcpServer:
                     line, buf = buf.split(b"\n", 1)
                     if self._should_drop():
                         log.warning("%s: dropping the connection (fault injection)", self.instrument.kind)
+                        _reset_on_close(conn)
                         return
                     reply = self.instrument.process(line.decode("latin-1"))
                     if reply is not None:
@@ -147,3 +153,11 @@ class ScpiTcpServer:
                 return True
             self._drop_countdown -= 1
             return False
+
+
+def _reset_on_close(conn: socket.socket) -> None:
+    """Make closing ``conn`` send a TCP reset (SO_LINGER on, zero linger time)."""
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
