@@ -70,7 +70,7 @@ def plot_comparison(groups, out_dir: str | Path, overwrite: bool = False) -> lis
     out: list[Path] = []
     panels = [("metric", None, 1.0, False), ("write_fraction_per_weight", "writes per weight per step (%)", 100.0,
                                                   False),
-              ("energy_total_j", "total training energy (J)", 1.0, True),
+              ("energy_total_j", "total training energy (J)", 1.0, False),
               ("write_energy_j", "write energy (J)", 1.0, True)]
     for task in sorted({g.task for g in groups}):
         tg = [g for g in groups if g.task == task]

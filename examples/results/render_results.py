@@ -47,7 +47,21 @@ def _seeds(root: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in root.glob("seed-*"))
 
 
-def render(demos: dict[str, Path], tuning: Path | None) -> str:
+def _figures(name: str, root: Path, out_doc: Path) -> list[str]:
+    """Copy the demo's comparison figures next to the document; Markdown links to them."""
+    import shutil
+
+    links = []
+    folder = out_doc.parent / "figures"
+    for png in sorted(root.glob("comparison_*.png")):
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{png.stem}_{name}.png"
+        shutil.copyfile(png, target)
+        links.append(f"![{png.stem} on {name}](figures/{target.name})")
+    return links
+
+
+def render(demos: dict[str, Path], tuning: Path | None, out_doc: Path) -> str:
     lines = [
         "# Measured figures",
         "",
@@ -76,6 +90,7 @@ def render(demos: dict[str, Path], tuning: Path | None) -> str:
         lines += [f"## Device preset `{name}`: seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)", ""]
         groups, ratios = cmp.compare(_runs(root))
         lines.append(cmp.markdown(groups, ratios))
+        lines += [*_figures(name, root, out_doc), ""]
         cals = _calibrations(root)
         if cals:
             lines += [f"Calibration of the {len(cals)} boards (`hil calibrate`, default settings), mean ± 95 % CI:",
@@ -103,7 +118,7 @@ def main() -> None:
         if not folder:
             ap.error(f"--demo expects NAME=DIR, got {item!r}")
         demos[name] = Path(folder)
-    args.out.write_text(render(demos, args.tuning))
+    args.out.write_text(render(demos, args.tuning, args.out))
     print(f"wrote {args.out}")
 
 
