@@ -82,6 +82,7 @@ def _judged(name: str, truth: dict) -> bool:
     return not (name == "drift_mu" and truth["relax_mu_s"] < 0.03e-6)
 
 
+@pytest.mark.timeout(3600)  # a hang guard: 50 calibrations take ~3 min of CPU, much longer on a loaded machine
 @settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,
           phases=(Phase.explicit, Phase.generate))  # no shrinking: each example is a calibration
 @given(values=devices, seed=st.integers(0, 2**16))

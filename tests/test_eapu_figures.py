@@ -15,6 +15,8 @@ from hil.compare import compare
 from hil.demo import DemoPlan, run_demo
 
 EVAL_SEEDS = (0, 1, 2, 3, 4)
+# a hang guard, not a speed bound: each fixture calibrates and trains 5 boards (~2 min of CPU each)
+pytestmark = pytest.mark.timeout(3600)
 
 
 def _demo(tmp_path_factory, address: str):
