@@ -77,7 +77,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         cals = dict(zip(seeds, pool.map(_calibrate, [(board_for_seed(args.board, s), s,
                                                       str(args.out / f"cal-seed-{s}")) for s in seeds])))
-        jobs, names = [], []
+        jobs = []
         for opt, lr, w_max, k in grid:
             name = f"{opt}-lr{lr:g}-w{w_max:g}-k{k:g}"
             for s in seeds:
@@ -89,7 +89,6 @@ def main() -> None:
                                calibration=cals[s] if m != "float" else None)
                     fname = f"{opt}-lr{lr:g}-float" if m == "float" else name
                     jobs.append((cfg, str(args.out / fname / f"seed-{s}" / m)))
-                    names.append(fname)
         list(pool.map(_train, jobs))
     rows = []
     for opt, lr, w_max, k in grid:

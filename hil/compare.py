@@ -140,21 +140,11 @@ def _metric(summary: dict) -> str | None:
     return next((m for m in METRICS if summary.get(m) is not None), None)
 
 
-def _write_fraction_per_weight(s: dict) -> float | None:
-    return s.get("write_fraction_per_weight_mean")
-
-
-def _energy_total(s: dict) -> float | None:
-    if "energy_total_j" in s:
-        return s["energy_total_j"]
-    return None
-
-
 FIGURES: dict[str, Any] = {
     "metric": None,  # filled per group
-    "write_fraction_per_weight": _write_fraction_per_weight,
+    "write_fraction_per_weight": lambda s: s.get("write_fraction_per_weight_mean"),
     "write_fraction_per_device": lambda s: s.get("write_fraction_mean"),
-    "energy_total_j": _energy_total,
+    "energy_total_j": lambda s: s.get("energy_total_j"),
     "write_energy_j": lambda s: s.get("write_energy_j"),
     "board_time_s": lambda s: s.get("board_time_s"),
     "pulses_total": lambda s: s.get("pulses_total"),
@@ -226,8 +216,8 @@ def energy_ratios(runs: list[Run], numerators=("bp", "bp-pulses"), denominator: 
         by_method.setdefault(r.summary["method"], {})[key(r)] = r
     out = []
     for num in numerators:
-        for quantity, get in (("total training energy", _energy_total),
-                              ("write energy", lambda s: s.get("write_energy_j"))):
+        for quantity, get in (("total training energy", FIGURES["energy_total_j"]),
+                              ("write energy", FIGURES["write_energy_j"])):
             pairs: dict[str, list[float]] = {}
             for k, r_num in by_method.get(num, {}).items():
                 r_den = by_method.get(denominator, {}).get(k)
