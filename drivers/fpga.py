@@ -29,7 +29,7 @@ from drivers.limits import REL_TOL, PulseProfile, SafetyLimits
 from drivers.links import Link
 from protocols import encoding as enc
 from protocols import messages as m
-from protocols.framing import PROTOCOL_VERSION
+from protocols.framing import PACKED_CODES_VERSION, PROTOCOL_VERSION, SESSION_VERSION
 from protocols.messages import Op, Status
 from protocols.session import CHUNK_BYTES, ClientSession, LegacyClientSession
 
@@ -80,7 +80,8 @@ class FpgaBoard(Board):
             if version < PROTOCOL_VERSION:
                 log.info("the board does not speak protocol version %d: falling back to version %d",
                          version + 1, version)
-                self._session = LegacyClientSession(version=version)
+                self._session = (ClientSession(chunk_bytes=self.chunk_bytes, version=version)
+                                 if version >= SESSION_VERSION else LegacyClientSession(version=version))
             try:
                 return m.decode_json(self._transact(Op.HELLO, self._session.hello_payload()), "HELLO reply")
             except ProtocolError as exc:
@@ -212,10 +213,14 @@ class FpgaBoard(Board):
         lsb = info.dac_full_scale_v / dac_max
         codes = enc.quantize(v, lsb, info.dac_bits, signed=True).astype(np.int64)
         top = min(dac_max, int(np.floor(self.limits.max_read_v / lsb * (1 + REL_TOL))))  # rounding never exceeds it
-        codes = np.clip(codes, -top, top).astype(np.int8)
+        codes = np.clip(codes, -top, top)
+        packed = self.protocol_version >= PACKED_CODES_VERSION
+        if not packed:
+            codes = codes.astype(np.int8)
         req = m.VmmRequest(region.row0, region.col0, region.rows, region.cols, transpose, codes, i_full_scale_a)
-        payload = self._transact(Op.VMM, m.encode_vmm_request(req), extra_s=v.shape[0] * 1e-5)
-        out = m.decode_vmm_result(payload, v.shape[0], req.n_out)
+        payload = self._transact(Op.VMM, m.encode_vmm_request(req, info.dac_bits if packed else None),
+                                 extra_s=v.shape[0] * 1e-5)
+        out = m.decode_vmm_result(payload, v.shape[0], req.n_out, info.adc_bits if packed else None)
         return out.astype(np.float64) * (i_full_scale_a / adc_max)
 
     def _width_ticks(self, counts: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray | None:

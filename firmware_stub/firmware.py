@@ -35,7 +35,16 @@ from firmware_stub.device_params import DeviceParams
 from firmware_stub.write_verify import write_verify
 from protocols import encoding as enc
 from protocols import messages as m
-from protocols.framing import CRC, HEADER, MAX_PAYLOAD, PROTOCOL_VERSION, SESSION, SUPPORTED_VERSIONS, FrameDecoder
+from protocols.framing import (
+    CRC,
+    HEADER,
+    MAX_PAYLOAD,
+    PACKED_CODES_VERSION,
+    PROTOCOL_VERSION,
+    SESSION,
+    SUPPORTED_VERSIONS,
+    FrameDecoder,
+)
 from protocols.messages import Op, Status
 from protocols.session import CHUNK_BYTES, MAX_MESSAGE_BYTES, LegacyServerSession, SessionServer
 
@@ -109,6 +118,7 @@ class Firmware:
         self.last_pulse_tag = 0
         self.timing_resolution_s = TIMING_RESOLUTION_S
         self._version = PROTOCOL_VERSION  # of the request being handled
+        self.supported_versions: tuple[int, ...] = SUPPORTED_VERSIONS  # narrowed to act as an older firmware
         self._handlers = {
             Op.HELLO: self._hello,
             Op.STATUS: self._status,
@@ -132,7 +142,7 @@ class Firmware:
     def handle(self, opcode: int, payload: bytes, version: int = PROTOCOL_VERSION) -> tuple[Status, bytes]:
         """One request of protocol ``version`` (the frame's) -> (status, reply payload)."""
         handler = self._handlers.get(opcode)  # type: ignore[call-overload]
-        if version not in SUPPORTED_VERSIONS:
+        if version not in self.supported_versions:
             return Status.VERSION_MISMATCH, m.encode_json({"error": f"protocol version {version} is not supported"})
         self._version = version
         if handler is None:
@@ -155,7 +165,7 @@ class Firmware:
             "name": self.name,
             "serial_number": self.serial_number,
             "firmware_version": FIRMWARE_VERSION,
-            "protocol_version": PROTOCOL_VERSION,
+            "protocol_version": max(self.supported_versions),
             "rows": self.array.rows,
             "cols": self.array.cols,
             "capabilities": {"vmm": True, "vmm_transpose": True, "write_verify": True,
@@ -170,7 +180,7 @@ class Firmware:
             "adc_bits": p.adc_bits,
             "adc_full_scale_a": list(self.adc_range_a),
             "timing_resolution_s": self.timing_resolution_s,
-            "protocol_versions": list(SUPPORTED_VERSIONS),
+            "protocol_versions": list(self.supported_versions),
             "emulated": True,
             "device_preset": self.device_preset,
             "device_config": self.device_config,
@@ -353,7 +363,8 @@ class Firmware:
         return m.encode_codes_u16(self._read_codes(self.array.read_g(flat)))
 
     def _vmm(self, payload: bytes) -> bytes:
-        r = m.decode_vmm_request(payload)
+        packed = self._version >= PACKED_CODES_VERSION
+        r = m.decode_vmm_request(payload, self.params.dac_bits if packed else None)
         self._region(r.row0, r.col0, r.rows, r.cols)
         lo, hi = self.adc_range_a
         if not lo <= r.i_full_scale_a <= hi:
@@ -364,7 +375,7 @@ class Firmware:
         i = self.array.vmm(r.row0, r.col0, r.rows, r.cols, v, r.transpose)
         self.array.account_conversions(i.size, dac=r.dac_codes.size)
         codes = enc.quantize(i, r.i_full_scale_a / self.adc_max_code, self.params.adc_bits, signed=True)
-        return enc.encode_i16(codes.reshape(-1))
+        return m.encode_vmm_result(codes, self.params.adc_bits if packed else None)
 
     # ---- time and idle ----------------------------------------------------------------
     def _clock(self, payload: bytes) -> bytes:

@@ -44,6 +44,10 @@ class StepFigures(BaseModel):
     n_out: int
     devices_written: int
     host_s_per_step: float = Field(description="host wall time per step on this board")
+    emu_host_s_per_step: float = Field(description="host wall time per step on an in-process emulator of the "
+                                                   "same geometry, measured in the same run")
+    host_over_emu: float = Field(description="host time per step on this board / on the in-process emulator")
+    host_over_wire: float = Field(description="host time per step / wire time of the same bytes at the nominal rate")
     wire_bytes_per_step: float = Field(description="bytes on the link per step, both ways, framing included")
     wire_s_per_step_at_nominal: float = Field(description="the same bytes at the link's nominal rate "
                                                           "(HELLO link_baud, 10 bits a byte)")
@@ -183,22 +187,28 @@ def measure_step(board: Board, steps: int = 20, seed: int = 0) -> StepFigures:
     baud = float(getattr(board.link, "baudrate", 0) or 3e6) if hasattr(board, "link") else 3e6
     floor = _floor_bytes(board, n_in, n_out, k)
 
-    def goodput(lossy: bool) -> tuple[float, float]:
+    def goodput(lossy: bool) -> tuple[float, float, float]:
+        """(goodput, polls per step, host seconds per step) on an in-process emulator."""
         endpoint = make_emulator(n_in, n_out, seed=seed)
         link = InProcessLink(endpoint)
         if lossy:
             link = FaultyLink(link, seed=seed, drop=5e-4, corrupt=1e-3, garbage=0.0, delay=0.0)
         with FpgaBoard(link, timeout_s=0.02, retries=30) as b:
             r = np.random.default_rng(seed)
-            w0 = b.wire_bytes
+            _one_step(b, r, n_in, n_out, k)  # warm-up, as on the board measured
+            w0, t_start = b.wire_bytes, time.perf_counter()
             for _ in range(steps):
                 _one_step(b, r, n_in, n_out, k)
-            return floor * steps / (b.wire_bytes - w0), b.retransmissions / steps
+            return (floor * steps / (b.wire_bytes - w0), b.retransmissions / steps,
+                    (time.perf_counter() - t_start) / steps)
 
-    clean, _ = goodput(False)
-    lossy, polls = goodput(True)
+    clean, _, emu_host_s = goodput(False)
+    lossy, polls, _ = goodput(True)
+    wire_s = per_step * 10 / baud
     return StepFigures(batch=STEP_BATCH, n_in=n_in, n_out=n_out, devices_written=k, host_s_per_step=host_s,
-                       wire_bytes_per_step=per_step, wire_s_per_step_at_nominal=per_step * 10 / baud, link_baud=baud,
+                       emu_host_s_per_step=emu_host_s, host_over_emu=host_s / emu_host_s,
+                       host_over_wire=host_s / wire_s,
+                       wire_bytes_per_step=per_step, wire_s_per_step_at_nominal=wire_s, link_baud=baud,
                        floor_bytes_per_step=floor, bytes_over_floor=per_step / floor, goodput_clean=clean,
                        goodput_lossy=lossy, lossy_polls_per_step=polls)
 

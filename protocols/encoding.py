@@ -114,6 +114,15 @@ fixed-width little-endian arrays
     values outside the target type's range instead of wrapping, and reject
     non-integer arrays for the integer formats (``TypeError``).
 
+bit-packed codes
+    ``encode_packed(codes, bits, signed)`` writes each code in exactly
+    ``bits`` bits (two's complement when ``signed``), least significant bit
+    first, codes back to back with no padding between them; the last byte is
+    padded with zero bits, so ``count`` codes take ``ceil(count * bits / 8)``
+    bytes.  A 10-bit ADC code costs 1.25 bytes instead of an int16's 2.  The
+    decoder rejects non-zero padding bits, so every code sequence has exactly
+    one encoding.  Codes outside the ``bits``-bit range raise ``ValueError``.
+
 quantize / dequantize
     ``quantize(values, lsb, bits, signed)`` returns
     ``clip(rint(values / lsb), lo, hi)`` with ``lo, hi = 0, 2**bits - 1``
@@ -154,6 +163,9 @@ __all__ = [
     "decode_i8",
     "encode_f64",
     "decode_f64",
+    "encode_packed",
+    "decode_packed",
+    "packed_size",
     "quantize",
     "dequantize",
 ]
@@ -739,6 +751,49 @@ def encode_f64(values: np.ndarray) -> bytes:
 def decode_f64(data: Buffer, count: int, offset: int = 0) -> tuple[np.ndarray, int]:
     """Decode ``count`` little-endian float64 -> ``(float64 array, new_offset)``."""
     return _decode_fixed(data, count, offset, "<f8")
+
+
+def _code_range(bits: int, signed: bool) -> tuple[int, int]:
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be within 1..32, got {bits}")
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that ``count`` codes of ``bits`` bits take when packed."""
+    return (count * bits + 7) // 8
+
+
+def encode_packed(codes: np.ndarray, bits: int, signed: bool) -> bytes:
+    """Codes in ``bits`` bits each, LSB first, back to back (see the module docstring)."""
+    arr = _as_int_array(codes, "codes").reshape(-1)
+    lo, hi = _code_range(bits, signed)
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+        raise ValueError(f"codes out of range for {bits}-bit {'signed' if signed else 'unsigned'}: "
+                         f"[{int(arr.min())}, {int(arr.max())}] not within [{lo}, {hi}]")
+    u = arr.astype(np.int64) & ((1 << bits) - 1)
+    bit_planes = ((u[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8)
+    return np.packbits(bit_planes.reshape(-1), bitorder="little").tobytes()
+
+
+def decode_packed(data: Buffer, count: int, bits: int, signed: bool, offset: int = 0) -> tuple[np.ndarray, int]:
+    """Decode ``count`` codes of ``bits`` bits -> ``(int64 array, new_offset)``."""
+    _code_range(bits, signed)
+    buf = _as_u8(data)
+    count = _as_index(count, "count")
+    offset = _check_offset(buf, offset)
+    nbytes = packed_size(count, bits)
+    if nbytes > buf.size - offset:
+        raise DecodeError(f"truncated {bits}-bit packed codes: need {count} codes = {nbytes} bytes "
+                          f"at offset {offset}, only {buf.size - offset} left")
+    planes = np.unpackbits(buf[offset:offset + nbytes], bitorder="little")
+    if planes[count * bits:].any():
+        raise DecodeError(f"{bits}-bit packed codes: the padding bits of the last byte must be zero")
+    planes = planes[:count * bits].reshape(count, bits).astype(np.int64)
+    u = planes @ (np.int64(1) << np.arange(bits, dtype=np.int64)) if count else np.zeros(0, np.int64)
+    if signed:
+        u = u - ((u >> (bits - 1)) & 1) * (1 << bits)
+    return u, offset + nbytes
 
 
 # --------------------------------------------------------------------------

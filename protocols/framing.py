@@ -36,10 +36,15 @@ from dataclasses import dataclass
 
 from cobs import cobs
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The version this codec speaks by default.  2 added per-device pulse widths to PULSE; 3 added
-sessions, selective retransmission of chunks and bit-packed VMM codes."""
-SUPPORTED_VERSIONS = (1, 2, 3)
+sessions and selective retransmission of chunks; 4 sends VMM converter codes at the converters'
+widths (DAC codes at ``dac_bits``, ADC codes at ``adc_bits``, bit-packed)."""
+SESSION_VERSION = 3
+"""First version with sessions and chunked retransmission (every later version has them)."""
+PACKED_CODES_VERSION = 4
+"""First version whose VMM codes are bit-packed at the converters' widths."""
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 """Versions a server answers (each in the request's own version)."""
 MAX_PAYLOAD = 16384
 """Largest payload of one frame, bytes; longer messages are split into chunks."""

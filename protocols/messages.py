@@ -209,20 +209,27 @@ class VmmRequest:
         return self.rows if self.transpose else self.cols
 
 
-def encode_vmm_request(r: VmmRequest) -> bytes:
+# Converter codes travel at the converters' own widths from protocol version 4 on (``bits`` given:
+# packed two's complement, see protocols.encoding); before it as int8 DAC and int16 ADC codes.
+
+def encode_vmm_request(r: VmmRequest, dac_bits: int | None = None) -> bytes:
     b = r.dac_codes.shape[0]
-    return _VMM.pack(r.row0, r.col0, r.rows, r.cols, int(r.transpose), b, r.i_full_scale_a) + enc.encode_i8(
-        r.dac_codes.reshape(-1)
-    )
+    codes = r.dac_codes.reshape(-1)
+    body = enc.encode_i8(codes) if dac_bits is None else enc.encode_packed(codes, dac_bits, signed=True)
+    return _VMM.pack(r.row0, r.col0, r.rows, r.cols, int(r.transpose), b, r.i_full_scale_a) + body
 
 
-def decode_vmm_request(data: bytes) -> VmmRequest:
+def decode_vmm_request(data: bytes, dac_bits: int | None = None) -> VmmRequest:
     r0, c0, nr, nc, tr, b, ifs = _unpack(_VMM, data, "VMM")
     n_in = nc if tr else nr
-    if b * n_in > len(data):
+    need = b * n_in if dac_bits is None else enc.packed_size(b * n_in, dac_bits)
+    if need > len(data) - _VMM.size:
         raise PayloadError(f"VMM: header announces {b}x{n_in} inputs but only {len(data) - _VMM.size} bytes follow")
     try:
-        codes, off = enc.decode_i8(data, b * n_in, _VMM.size)
+        if dac_bits is None:
+            codes, off = enc.decode_i8(data, b * n_in, _VMM.size)
+        else:
+            codes, off = enc.decode_packed(data, b * n_in, dac_bits, True, _VMM.size)
     except ValueError as exc:
         raise PayloadError(f"VMM: {exc}") from None
     _expect_end(data, off, "VMM")
@@ -231,9 +238,17 @@ def decode_vmm_request(data: bytes) -> VmmRequest:
     return VmmRequest(r0, c0, nr, nc, bool(tr), codes.reshape(b, n_in), ifs)
 
 
-def decode_vmm_result(data: bytes, batch: int, n_out: int) -> np.ndarray:
+def encode_vmm_result(codes: np.ndarray, adc_bits: int | None = None) -> bytes:
+    flat = codes.reshape(-1)
+    return enc.encode_i16(flat) if adc_bits is None else enc.encode_packed(flat, adc_bits, signed=True)
+
+
+def decode_vmm_result(data: bytes, batch: int, n_out: int, adc_bits: int | None = None) -> np.ndarray:
     try:
-        codes, off = enc.decode_i16(data, batch * n_out)
+        if adc_bits is None:
+            codes, off = enc.decode_i16(data, batch * n_out)
+        else:
+            codes, off = enc.decode_packed(data, batch * n_out, adc_bits, True)
     except ValueError as exc:
         raise PayloadError(f"VMM reply: {exc}") from None
     _expect_end(data, off, "VMM reply")

@@ -15,6 +15,7 @@ from protocols.encoding import (
     decode_f64,
     decode_i8,
     decode_i16,
+    decode_packed,
     decode_pulse_batch,
     decode_pulse_batch_v2,
     decode_sparse_indices,
@@ -24,11 +25,13 @@ from protocols.encoding import (
     encode_f64,
     encode_i8,
     encode_i16,
+    encode_packed,
     encode_pulse_batch,
     encode_pulse_batch_v2,
     encode_sparse_indices,
     encode_u16,
     encode_uvarints,
+    packed_size,
     quantize,
     zigzag_decode,
     zigzag_encode,
@@ -614,3 +617,48 @@ def test_pulse_batch_byte_budget(fraction, budget):
     np.testing.assert_array_equal(i2, idx)
     np.testing.assert_array_equal(c2, counts)
     assert off == len(payload)
+
+
+# ---- bit-packed codes (ADC and DAC codes at their converters' widths) ---------------
+
+
+@st.composite
+def packed_codes(draw):
+    bits = draw(st.integers(1, 32))
+    signed = draw(st.booleans())
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    codes = draw(hnp.arrays(np.int64, st.integers(0, 300), elements=st.integers(lo, hi)))
+    return codes, bits, signed
+
+
+@given(packed_codes(), st.binary(max_size=4), st.binary(max_size=4))
+def test_packed_codes_round_trip_at_exactly_their_bit_width(case, prefix, suffix):
+    codes, bits, signed = case
+    blob = encode_packed(codes, bits, signed)
+    assert len(blob) == packed_size(codes.size, bits) == -(-codes.size * bits // 8)
+    out, off = decode_packed(prefix + blob + suffix, codes.size, bits, signed, len(prefix))
+    assert off == len(prefix) + len(blob)
+    np.testing.assert_array_equal(out, codes)
+
+
+@given(packed_codes())
+def test_packed_codes_refuse_codes_outside_their_width(case):
+    codes, bits, signed = case
+    lo = -(1 << (bits - 1)) if signed else 0
+    with pytest.raises(ValueError, match="out of range"):
+        encode_packed(np.append(codes, lo - 1), bits, signed)
+
+
+@given(packed_codes(), st.data())
+def test_packed_codes_reject_truncation_and_nonzero_padding(case, data):
+    codes, bits, signed = case
+    blob = encode_packed(codes, bits, signed)
+    if blob:
+        with pytest.raises(DecodeError, match="truncated"):
+            decode_packed(blob[:-1], codes.size, bits, signed)
+    pad = len(blob) * 8 - codes.size * bits
+    if pad:
+        bit = data.draw(st.integers(8 - pad, 7))
+        bad = blob[:-1] + bytes([blob[-1] | (1 << bit)])
+        with pytest.raises(DecodeError, match="padding"):
+            decode_packed(bad, codes.size, bits, signed)
