@@ -56,6 +56,10 @@ class Capabilities(BaseModel):
     snapshot: bool = Field(False, description="emulator only: can save and restore its whole state")
     iv_sweep: bool = False
     forming: bool = False
+    durable_pulse_tags: bool = Field(
+        False, description="the board itself keeps the tag of the last batch it applied (status().last_pulse_tag), "
+                           "so it survives a crash of the host process; without it a resuming host must tell from "
+                           "a read-back whether a batch was applied (hil.exactly_once)")
 
 
 class BoardInfo(BaseModel):
@@ -348,6 +352,24 @@ class Board(abc.ABC):
             raise BoardError("pulse tag must be in [0, 2**63)")
         order = np.argsort(flat, kind="stable")
         return self._do_pulse(flat[order], counts[order], tag, None if widths is None else widths[order])
+
+    def application_order(self, batch: PulseBatch) -> np.ndarray:
+        """Positions (into ``batch``) of its devices in the order :meth:`pulse` applies them.
+
+        A host that died in the middle of a batch can only have left a prefix of this order
+        applied.  A board that applies a batch as one event (the FPGA board) returns the
+        identity order; the VISA bench pulses device by device.
+        """
+        rows, cols = self._check_cells(batch.rows, batch.cols)
+        counts = np.asarray(batch.counts, dtype=np.int64)
+        widths = self._check_last_widths(batch, counts)
+        flat = rows * self.info.cols + cols
+        by_flat = np.argsort(flat, kind="stable")
+        return by_flat[self._do_application_order(counts[by_flat], None if widths is None else widths[by_flat])]
+
+    def _do_application_order(self, counts_sorted: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray:
+        """The order of a checked batch sorted by flat index (positions into it); default: as sorted."""
+        return np.arange(counts_sorted.size)
 
     def _check_last_widths(self, batch: PulseBatch, counts: np.ndarray) -> np.ndarray | None:
         """The batch's last-pulse widths (s), checked against the limits and the profiles; None if all full."""

@@ -330,7 +330,9 @@ def _board_info(hello: dict) -> BoardInfo:
         return BoardInfo(
             kind=hello["kind"], name=hello["name"], serial_number=hello["serial_number"],
             firmware_version=hello["firmware_version"], protocol_version=hello["protocol_version"],
-            rows=hello["rows"], cols=hello["cols"], capabilities=Capabilities(**hello["capabilities"]),
+            rows=hello["rows"], cols=hello["cols"],
+            # the firmware keeps the last PULSE tag (PROTOCOL.md), whatever the host does
+            capabilities=Capabilities(**{**hello["capabilities"], "durable_pulse_tags": True}),
             hardware_limits=SafetyLimits(**lim), read_voltage_v=hello["read_voltage_v"],
             g_lsb_s=hello["g_lsb_s"], g_full_scale_s=hello["g_full_scale_s"], dac_bits=hello["dac_bits"],
             dac_full_scale_v=hello["dac_full_scale_v"], adc_bits=hello["adc_bits"],

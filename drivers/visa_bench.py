@@ -438,6 +438,15 @@ class VisaBenchBoard(Board):
                 out.append((pos, ([(width_s, n - 1)] if n > 1 else []) + [(float(w[k]), 1)]))
         return out
 
+    def _do_application_order(self, counts_sorted: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray:
+        """SET devices first, then RESET devices, each phase in :meth:`_bursts` order (as :meth:`_do_pulse`)."""
+        order: list[int] = []
+        for polarity, profile in ((+1, self._profiles[0]), (-1, self._profiles[1])):
+            sel = np.flatnonzero(counts_sorted > 0) if polarity > 0 else np.flatnonzero(counts_sorted < 0)
+            if sel.size:
+                order += [k for k, _ in self._bursts(sel, counts_sorted, last_width_s, profile.width_s)]
+        return np.asarray(order, dtype=np.int64)
+
     def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
                   last_width_s: np.ndarray | None = None) -> PulseReport:
         gen, matrix = self.generator, self.matrix
@@ -487,7 +496,7 @@ class VisaBenchBoard(Board):
             finally:
                 self._book_pulses(done)
                 _quiet(lambda: matrix.open_all(confirm=True))
-        if tag:
+        if tag:  # host memory: lost with the host process (capabilities.durable_pulse_tags is false)
             self._last_tag = tag
         return report(self._do_clock())
 

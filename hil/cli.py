@@ -161,13 +161,17 @@ def _failed(ctx: click.Context, message: str, resumable: bool) -> None:
 @click.option("--k", type=click.FloatRange(min=0, min_open=True), default=None, help="EaPU threshold factor k.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (or start it again if it "
                                              "stopped before its first checkpoint).")
+@click.option("--assume-applied/--assume-not-applied", "assume_applied", default=None,
+              help="With --resume on a board without durable pulse tags (VISA), when the read-back cannot tell: "
+                   "the pulses of the interrupted step did (not) reach the devices.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, allow_foreign_calibration,
-          batch_size, lr, hidden, optimizer, k, resume, quiet) -> None:
+          batch_size, lr, hidden, optimizer, k, resume, assume_applied, quiet) -> None:
     """Train a network on the array (or digitally, --method float); writes the run directory."""
     from pydantic import ValidationError
 
+    from hil.exactly_once import UndecidedBatch
     from hil.train import Interrupted, TrainConfig, load_config_for_resume
     from hil.train import train as run_training
 
@@ -181,6 +185,8 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
     typed = {n for n in (*TRAIN_OPTIONS, "address")
              if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
     started = (out_dir / "config.json").exists()
+    if assume_applied is not None and not resume:
+        _fail("--assume-applied / --assume-not-applied only apply to --resume (the pending step of an interrupted run)")
     try:
         with sigint_guard():
             if resume:
@@ -198,13 +204,16 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
                     again = resume_command(ctx, keep={"out_dir", "address", "quiet"})
                     _fail(f"{out_dir} holds an interrupted run: continue it with: {again} (or choose another --out)")
                 cfg = TrainConfig(**{key: v for key, v in values.items() if v is not None})
-            summary = run_training(cfg, out_dir, resume=resume, progress=not quiet, limits=ctx.obj.limits)
+            summary = run_training(cfg, out_dir, resume=resume, progress=not quiet, limits=ctx.obj.limits,
+                                   assume_applied=assume_applied)
     except Interrupted as exc:
         _stopped(ctx, str(exc), out_dir)
     except KeyboardInterrupt:
         _stopped(ctx, "interrupted", out_dir if (out_dir / "config.json").exists() else None)
     except BoardError as exc:
         _failed(ctx, str(exc), (out_dir / "config.json").exists())
+    except UndecidedBatch as exc:
+        _fail(f"{exc}: {resume_command(ctx)} --assume-applied (or --assume-not-applied)")
     except (ValueError, ValidationError) as exc:
         _fail(str(exc))
     except OSError as exc:

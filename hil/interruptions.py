@@ -21,10 +21,15 @@ import click
 PROG = "hil"
 
 
+ONE_SHOT_OPTIONS = frozenset({"assume_applied"})
+"""Options that answer a question about one interruption (``hil train --assume-applied``): never repeated
+in the command that resumes a later one."""
+
+
 def _typed_options(ctx: click.Context, keep: set[str] | None = None) -> list[str]:
     parts: list[str] = []
     for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name is None:
+        if not isinstance(param, click.Option) or param.name is None or param.name in ONE_SHOT_OPTIONS:
             continue
         if keep is not None and param.name not in keep:
             continue

@@ -256,6 +256,18 @@ class AnalogLinear:
         self.w_read = self.cmap.weights(self.g_est)
         return int(mine.sum())
 
+    def take_measured(self, flat: np.ndarray, g: np.ndarray) -> None:
+        """Conductances of some devices measured elsewhere (a resume's read-back): the estimate takes them,
+        and on a board without VMM the weights the next forward pass uses."""
+        cols = self.board.info.cols
+        r, c = flat // cols - self.tile.row0, flat % cols - self.tile.col0
+        mine = (r >= 0) & (r < self.n_in) & (c >= 0) & (c < 2 * self.n_out)
+        if not mine.any():
+            return
+        self.g_est[r[mine], c[mine]] = g[mine]
+        if not self.board.info.capabilities.vmm:
+            self.w_read = self.cmap.weights(self.g_est)
+
     def state_dict(self) -> dict:
         return {"g_est": self.g_est.copy(), "pulse_counts": self.pulse_counts.copy(), "dead": self.dead.copy(),
                 "w_read": None if self.w_read is None else self.w_read.copy()}

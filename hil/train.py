@@ -11,7 +11,15 @@ write-ahead log entry holding the host state after the step and the batch, with 
 tag the board remembers).  A resumed run restores the checkpoint, sends the batch
 only if the board has not applied it, and continues; on an emulator the board's
 own state is restored from a snapshot in the checkpoint, so a resumed run ends
-exactly where an uninterrupted one does.
+exactly where an uninterrupted one does.  A board whose tag dies with the host (the
+VISA bench: ``capabilities.durable_pulse_tags`` false) gets a read of the devices
+the batch will pulse in the checkpoint instead; a resumed run reads them again and
+decides from the change which of them were applied (:mod:`hil.exactly_once`), logs
+the decision and its confidence, and sends only the rest -- or, if the read-back is
+inconclusive, stops and asks the user (``--assume-applied`` / ``--assume-not-applied``).
+
+Fault hook (for tests): ``HIL_FAULT_AT=<point>:<step>`` ends the process with
+``os._exit`` at one point of that step (:data:`FAULT_POINTS`), as a crash would.
 
 No dead ends: ``config.json`` (and, for an array method, ``board.json`` with the
 board's identity) is written before anything else, so a run folder always holds
@@ -40,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.address import open_board
 from drivers.board import Board, PulseBatch
+from hil.exactly_once import BatchDecision, ReadBackModel, UndecidedBatch, assumed, decide
 from hil.layers import AnalogLinear, DigitalLinear
 from hil.mapping import ConductanceMap, place_tiles
 from hil.model import MLP
@@ -58,6 +67,14 @@ HOST_STEP_S = 0.05
 RETENTION_S = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0}
 """Board time after training at which the summary gives the test metric again, no writes in between."""
 ENERGY_KINDS = ("write_device", "write_periphery", "read_vmm", "adc", "dac")
+FAULT_ENV = "HIL_FAULT_AT"
+FAULT_POINTS = ("before_checkpoint", "after_checkpoint", "mid_pulses", "after_pulses")
+"""Where ``HIL_FAULT_AT`` can end a step: after its compute and write-ahead read but before its checkpoint;
+after the checkpoint, before any pulse; after the first half of its devices (in the board's application
+order); after all its pulses (and the journal's "sent"), before the reads that follow them and the next
+checkpoint."""
+FAULT_EXIT_CODE = 86
+PULSE_JOURNAL = "pulse_journal.json"
 
 
 class TrainConfig(BaseModel):
@@ -119,6 +136,7 @@ class Totals:
     rebalance_pulses: int = 0
     rebalance_pairs: int = 0
     scheduled_reads: int = 0
+    write_ahead_reads: int = 0  # of them: cells read before a batch for a resume's read-back (no durable tags)
     wire_bytes: int = 0
     wall_s: float = 0.0
     program_energy_j: float = 0.0
@@ -131,9 +149,25 @@ class Interrupted(Exception):
     """Ctrl-C stopped the run after a completed step; it can be resumed."""
 
 
+def _fault_from_env() -> tuple[str, int] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    point, _, step = spec.partition(":")
+    if point not in FAULT_POINTS or not step.isdigit():
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected <point>:<step> with point one of {', '.join(FAULT_POINTS)}")
+    return point, int(step)
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, board: Board | None = None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, board: Board | None = None, progress: bool = True,
+                 assume_applied: bool | None = None):
+        """``assume_applied``: on resume, take the user's word on whether the pending batch was applied
+        instead of deciding it from a read-back (only for boards without durable pulse tags)."""
         self.cfg = cfg
+        self.assume_applied = assume_applied
+        self._fault = _fault_from_env()
+        self._readback: ReadBackModel | None = None
         self.store = RunStore(out_dir)
         self.progress = progress
         self.task = load_task(cfg.task, cfg.seed)
@@ -167,6 +201,8 @@ class Trainer:
         else:
             cal = self.calibration
             cmap = ConductanceMap.from_calibration(cal, cfg.w_max)
+            if not self.board.info.capabilities.durable_pulse_tags:
+                self._readback = ReadBackModel.from_calibration(cal, cmap, self.board.info.g_lsb_s)
             tiles = place_tiles(self._shapes(), self.board.info.rows, self.board.info.cols)
             layers = [AnalogLinear(self.board, t, cmap) for t in tiles]
             step = cal.pulse_step_mean_s["set"]
@@ -239,6 +275,8 @@ class Trainer:
             arrays["pending.flat"] = pending["flat"]
             arrays["pending.counts"] = pending["counts"]
             arrays["pending.last_width_s"] = pending["last_width_s"]
+            if "g_before" in pending:
+                arrays["pending.g_before"] = pending["g_before"]
         meta.update({"generation": self._generation, "step": step, "phase": phase,
                      "pending": None if pending is None else {"tag": pending["tag"], "record": pending["record"]}})
         self.store.save_checkpoint(meta, arrays, blob)
@@ -302,12 +340,50 @@ class Trainer:
         return {"flat": flat[order], "counts": cnt[order], "last_width_s": last_w[order],
                 "tag": (self.totals.run_nonce << 32) | (step + 1), "record": record}
 
-    def _send(self, pending: dict) -> None:
-        if self.board is None or pending["flat"].size == 0:
+    def _fault_point(self, point: str, step: int) -> None:
+        if self._fault == (point, step):
+            log.error("%s: ending the process at %s of step %d", FAULT_ENV, point, step)
+            logging.shutdown()
+            os._exit(FAULT_EXIT_CODE)
+
+    def _pending_batch(self, pending: dict, keep: np.ndarray | None = None) -> PulseBatch:
+        cols = self.board.info.cols
+        flat, counts, widths = pending["flat"], pending["counts"], pending.get("last_width_s")
+        if keep is not None:
+            flat, counts, widths = flat[keep], counts[keep], None if widths is None else widths[keep]
+        return PulseBatch(flat // cols, flat % cols, counts, widths)
+
+    def _read_ahead(self, pending: dict) -> None:
+        """No durable tags: read the devices the batch will pulse, for the write-ahead checkpoint."""
+        if self._readback is None or pending["flat"].size == 0:
             return
         cols = self.board.info.cols
-        self.board.pulse(PulseBatch(pending["flat"] // cols, pending["flat"] % cols, pending["counts"],
-                                    pending.get("last_width_s")), tag=int(pending["tag"]))
+        pending["g_before"] = self.board.read_cells(pending["flat"] // cols, pending["flat"] % cols)
+        self.totals.scheduled_reads += pending["flat"].size
+        self.totals.write_ahead_reads += pending["flat"].size
+
+    def _journal(self, pending: dict, state: str) -> None:
+        """No durable tags: record on disk that the batch is being sent / was sent (hil.exactly_once)."""
+        if self._readback is not None and "g_before" in pending:
+            self.store.write_json(PULSE_JOURNAL, {"tag": int(pending["tag"]), "state": state})
+
+    def _journal_state(self, tag: int) -> str:
+        if not self.store.exists(PULSE_JOURNAL):
+            return "none"
+        entry = self.store.read_json(PULSE_JOURNAL)
+        return entry["state"] if entry.get("tag") == tag else "none"
+
+    def _send(self, pending: dict, step: int) -> None:
+        if self.board is None or pending["flat"].size == 0:
+            return
+        self._journal(pending, "sending")
+        if self._fault == ("mid_pulses", step):  # a crash with a prefix of the board's order applied
+            order = self.board.application_order(self._pending_batch(pending))
+            self.board.pulse(self._pending_batch(pending, np.sort(order[: order.size // 2])))
+            self._fault_point("mid_pulses", step)
+        self.board.pulse(self._pending_batch(pending), tag=int(pending["tag"]))
+        self._journal(pending, "sent")
+        self._fault_point("after_pulses", step)
         for layer in self._analog():
             self.totals.scheduled_reads += layer.after_pulses(pending["flat"])
 
@@ -374,10 +450,13 @@ class Trainer:
                 t0 = time.perf_counter()
                 with self._counting_wire():
                     pending = self._compute_step(step)
+                    self._read_ahead(pending)
                 self._host_wait()
+                self._fault_point("before_checkpoint", step)
                 if step % every == 0 or step == self.total_steps - 1:
                     # checkpoint traffic (board snapshots) is the run store's, not training's
                     self._checkpoint(step, "before_send", pending, with_snapshot=snapshot_ok)
+                self._fault_point("after_checkpoint", step)
                 self._finish_step(step, pending)
                 self.totals.wall_s += time.perf_counter() - t0
                 if bar is not None:
@@ -404,7 +483,7 @@ class Trainer:
 
     def _finish_step(self, step: int, pending: dict) -> None:
         with self._counting_wire():
-            self._send(pending)
+            self._send(pending, step)
             self.store.log(pending["record"])
             if (step + 1) % self.steps_per_epoch == 0:
                 self._epoch_end(step)
@@ -546,18 +625,60 @@ class Trainer:
             self.store.open_metrics(keep_while=lambda r: r["step"] <= step)
             self._last_eval = self._last_epoch_record()
             return step + 1
-        self.store.open_metrics(keep_while=lambda r: r["step"] < step)
+        # the decisions of earlier resumes of this step stay on record
+        self.store.open_metrics(keep_while=lambda r: r["step"] < step or r.get("kind") == "resume")
         self._last_eval = self._last_epoch_record()
         pending = {"flat": arrays["pending.flat"], "counts": arrays["pending.counts"],
                    "last_width_s": arrays.get("pending.last_width_s"), **meta["pending"]}
-        last = self.board.status().last_pulse_tag if self.board is not None else 0
-        tag = int(pending["tag"])
-        applied = (last >> 32) == (tag >> 32) and last >= tag  # only a tag of this very run counts
-        if applied:
-            log.info("resume: the board already applied the batch of step %d", step)
-            pending = {**pending, "flat": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64), "last_width_s": None}
+        if "pending.g_before" in arrays:
+            pending["g_before"] = arrays["pending.g_before"]  # the resumed send journals as the first did
+            with self._counting_wire():
+                keep = self._unapplied_by_readback(step, pending, arrays["pending.g_before"])
+        else:
+            last = self.board.status().last_pulse_tag if self.board is not None else 0
+            tag = int(pending["tag"])
+            applied = (last >> 32) == (tag >> 32) and last >= tag  # only a tag of this very run counts
+            keep = np.zeros(0, np.int64) if applied else None
+            if applied:
+                log.info("resume: the board already applied the batch of step %d", step)
+        if keep is not None:
+            pending = {**pending, "flat": pending["flat"][keep], "counts": pending["counts"][keep],
+                       "last_width_s": None if pending["last_width_s"] is None else pending["last_width_s"][keep]}
+            if "g_before" in pending:
+                pending["g_before"] = pending["g_before"][keep]
         self._finish_step(step, pending)
         return step + 1
+
+    def _unapplied_by_readback(self, step: int, pending: dict, g_before: np.ndarray) -> np.ndarray:
+        """Positions of the pending batch's devices still to pulse, decided from a read-back (or the user's word)."""
+        batch = self._pending_batch(pending)
+        order = self.board.application_order(batch)
+        g_after = self.board.read_cells(batch.rows, batch.cols)
+        self.totals.scheduled_reads += g_after.size
+        self.totals.write_ahead_reads += g_after.size
+        if self.assume_applied is not None:
+            decision = assumed(self.assume_applied, g_after.size)
+        else:
+            profile_w = np.where(pending["counts"] > 0, self.board.profiles[0].width_s, self.board.profiles[1].width_s)
+            widths = pending["last_width_s"]
+            frac = np.ones(g_after.size) if widths is None else np.minimum(widths / profile_w, 1.0)
+            decision = decide(self._readback, g_before, g_after, pending["counts"], frac, order,
+                              self._journal_state(int(pending["tag"])))
+        self._log_decision(step, decision)
+        if decision.error_probability > decision.max_error_probability:  # NaN (the user's word) passes
+            raise UndecidedBatch(
+                f"cannot tell whether the pulses of step {step + 1} reached the devices before the crash "
+                f"({decision.describe()}); inspect the devices of that step (board.json, checkpoint), then resume "
+                "saying whether they did")
+        applied = order[: decision.devices_applied]
+        for layer in self._analog():  # the devices just read: their estimate is the read
+            layer.take_measured(pending["flat"][applied], g_after[applied])
+        return np.sort(order[decision.devices_applied:])
+
+    def _log_decision(self, step: int, decision: BatchDecision) -> None:
+        log.warning("resume, step %d: pending pulse batch %s", step + 1, decision.describe())
+        self.store.log({"kind": "resume", "step": step, "method": "user" if decision.assumed else "read-back",
+                        **decision.record()})
 
     def _last_epoch_record(self) -> dict:
         epochs = [r for r in self.store.read_metrics() if r.get("kind") == "epoch"]
@@ -621,6 +742,7 @@ class Trainer:
             "wire_bytes_total": t.wire_bytes, "wall_s": t.wall_s,
             "rebalance_pulses": t.rebalance_pulses, "rebalance_pairs": t.rebalance_pairs,
             "saturated_updates_skipped": t.saturated, "scheduled_read_cells": t.scheduled_reads,
+            "write_ahead_read_cells": t.write_ahead_reads,
             "program_pulses": t.program_pulses, "program_energy_j": t.program_energy_j,
         }
         summary["retention"] = self._retention()  # last: it lets a day pass on the board
@@ -631,12 +753,13 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None) -> dict:
-    """Run (or resume) a training run; opens and safely closes the board."""
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None,
+          assume_applied: bool | None = None) -> dict:
+    """Run (or resume) a training run; opens and safely closes the board.  ``assume_applied``: see :class:`Trainer`."""
     if cfg.method == "float":
         return Trainer(cfg, out_dir, None, progress).run(resume)
     with open_board(cfg.board, limits) as board:
-        return Trainer(cfg, out_dir, board, progress).run(resume)
+        return Trainer(cfg, out_dir, board, progress, assume_applied).run(resume)
 
 
 def load_config_for_resume(out_dir: str | Path, board: str | None = None) -> TrainConfig:
