@@ -18,6 +18,7 @@ other query keys are passed on to pyserial's URL handler.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode
 
 from drivers.board import Board
@@ -53,59 +54,74 @@ def _number(params: dict[str, str], key: str, kind: type, default, address: str)
     return value
 
 
+def _open_emu(address: str, limits: SafetyLimits | None) -> Board:
+    from drivers.emulator_board import open_emulator_board
+
+    _, params = _split_query(address)
+    unknown = set(params) - EMU_KEYS
+    if unknown:
+        raise AddressError(f"{address!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(EMU_KEYS)}")
+    rows = _number(params, "rows", int, 128, address)
+    cols = _number(params, "cols", int, 128, address)
+    if rows < 1 or cols < 1 or rows * cols > 4096 * 4096:
+        raise AddressError(f"{address!r}: rows and cols must be >= 1 and rows*cols at most 4096*4096")
+    return open_emulator_board(
+        address, rows, cols, seed=_number(params, "seed", int, 0, address), preset=params.get("preset", "default"),
+        config=params.get("config"), limits=limits, timeout_s=_number(params, "timeout", float, 2.0, address),
+        retries=_number(params, "retries", int, 5, address))
+
+
+def _open_serial(address: str, limits: SafetyLimits | None) -> Board:
+    from drivers.fpga import FpgaBoard
+    from drivers.links import SerialLink
+
+    target, params = _split_query(address[len("serial:"):])
+    if not target:
+        raise AddressError("serial: needs a device path or URL, e.g. serial:/dev/ttyUSB0 or "
+                           "serial:socket://127.0.0.1:7777")
+    passthrough = {k: v for k, v in params.items() if k not in SERIAL_KEYS}
+    url = target + ("?" + urlencode(passthrough) if passthrough else "")
+    baud = _number(params, "baud", int, 3_000_000, address)
+    timeout_s = _number(params, "timeout", float, 2.0, address)
+    retries = _number(params, "retries", int, 5, address)
+    chunk = _number(params, "chunk", int, CHUNK_BYTES, address)
+    if not MIN_CHUNK_BYTES <= chunk <= MAX_PAYLOAD:
+        raise AddressError(f"{address!r}: chunk must be {MIN_CHUNK_BYTES}..{MAX_PAYLOAD} bytes, not {chunk}")
+    return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address,
+                     chunk_bytes=chunk)
+
+
+def _open_visa(address: str, limits: SafetyLimits | None) -> Board:
+    from drivers.visa_bench import VisaBenchBoard
+
+    path = address[len("visa:"):]
+    if not path:
+        raise AddressError("visa: needs a bench file, e.g. visa:bench.toml")
+    return VisaBenchBoard.from_file(path, limits)
+
+
+OPENERS: dict[str, Callable[[str, SafetyLimits | None], Board]] = {
+    "emu": _open_emu,
+    "serial": _open_serial,
+    "visa": _open_visa,
+}
+"""One opener per address scheme (the part before ``:`` or ``?``; a bare ``emu`` is its own scheme)."""
+
+
+def address_scheme(address: str) -> str:
+    """``emu``, ``serial`` or ``visa`` for a well-formed address ('' for anything else)."""
+    if address == "emu" or address.startswith("emu?"):
+        return "emu"
+    scheme, sep, _ = address.partition(":")
+    return scheme if sep and scheme in OPENERS and scheme != "emu" else ""
+
+
 def open_board(address: str, limits: SafetyLimits | None = None) -> Board:
     """Open the board at ``address``; the caller closes it (use it as a context manager)."""
-    from drivers.fpga import FpgaBoard
-    from drivers.links import InProcessLink, SerialLink
-
-    if address == "emu" or address.startswith("emu?"):
-        _, params = _split_query(address)
-        unknown = set(params) - EMU_KEYS
-        if unknown:
-            raise AddressError(f"{address!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(EMU_KEYS)}")
-        rows = _number(params, "rows", int, 128, address)
-        cols = _number(params, "cols", int, 128, address)
-        seed = _number(params, "seed", int, 0, address)
-        if rows < 1 or cols < 1 or rows * cols > 4096 * 4096:
-            raise AddressError(f"{address!r}: rows and cols must be >= 1 and rows*cols at most 4096*4096")
-        from firmware_stub.device_params import load_device_params
-        from firmware_stub.firmware import make_emulator
-
-        preset = params.get("preset", "default")
-        try:
-            params_model = load_device_params(params.get("config"), preset)
-        except ValueError as exc:
-            raise AddressError(f"{address!r}: {exc}") from None
-        endpoint = make_emulator(rows, cols, seed, params_model, preset=preset, config=params.get("config"))
-        return FpgaBoard(InProcessLink(endpoint), limits,
-                         timeout_s=_number(params, "timeout", float, 2.0, address),
-                         retries=_number(params, "retries", int, 5, address), address=address)
-
-    if address.startswith("serial:"):
-        target, params = _split_query(address[len("serial:"):])
-        if not target:
-            raise AddressError("serial: needs a device path or URL, e.g. serial:/dev/ttyUSB0 or "
-                               "serial:socket://127.0.0.1:7777")
-        passthrough = {k: v for k, v in params.items() if k not in SERIAL_KEYS}
-        url = target + ("?" + urlencode(passthrough) if passthrough else "")
-        baud = _number(params, "baud", int, 3_000_000, address)
-        timeout_s = _number(params, "timeout", float, 2.0, address)
-        retries = _number(params, "retries", int, 5, address)
-        chunk = _number(params, "chunk", int, CHUNK_BYTES, address)
-        if not MIN_CHUNK_BYTES <= chunk <= MAX_PAYLOAD:
-            raise AddressError(f"{address!r}: chunk must be {MIN_CHUNK_BYTES}..{MAX_PAYLOAD} bytes, not {chunk}")
-        return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address,
-                         chunk_bytes=chunk)
-
-    if address.startswith("visa:"):
-        path = address[len("visa:"):]
-        if not path:
-            raise AddressError("visa: needs a bench file, e.g. visa:bench.toml")
-        from drivers.visa_bench import VisaBenchBoard
-
-        return VisaBenchBoard.from_file(path, limits)
-
-    raise AddressError(
-        f"unknown board address {address!r}; use 'emu[?seed=..&rows=..&cols=..&preset=NAME&config=FILE]', "
-        "'serial:/dev/ttyUSB0[?baud=..]', 'serial:socket://HOST:PORT' or 'visa:BENCH.toml'"
-    )
+    opener = OPENERS.get(address_scheme(address))
+    if opener is None:
+        raise AddressError(
+            f"unknown board address {address!r}; use 'emu[?seed=..&rows=..&cols=..&preset=NAME&config=FILE]', "
+            "'serial:/dev/ttyUSB0[?baud=..]', 'serial:socket://HOST:PORT' or 'visa:BENCH.toml'"
+        )
+    return opener(address, limits)
