@@ -24,7 +24,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.board import Board, PulseBatch
-from drivers.errors import BoardError
 from drivers.limits import batch_slices, check_event_pulses, check_profile, max_pulses_per_event
 
 Progress = Callable[[float], None] | None
@@ -211,19 +210,6 @@ def check_board_profiles(board: Board) -> None:
     set_p, reset_p = board.profiles
     check_profile(set_p, +1, board.limits)
     check_profile(reset_p, -1, board.limits)
-
-
-def check_profile_polarity(board: Board) -> None:
-    """Refuse to measure with a profile whose step would be zero (amplitude must be non-zero)."""
-    set_p, reset_p = board.profiles
-    if set_p.amplitude_v <= 0 or reset_p.amplitude_v >= 0:
-        raise BoardError("the SET profile must be positive and the RESET profile negative")
-
-
-def robust_mean(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else float("nan")
 
 
 def bootstrap_indices(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:

@@ -701,8 +701,3 @@ def _quiet(fn) -> Any:
     except Exception as exc:
         log.warning("cleanup step %s failed: %s", getattr(fn, "__name__", fn), exc)
         return None
-
-
-def open_visa_board(path: str | Path, limits: SafetyLimits | None = None) -> VisaBenchBoard:
-    """``open_board("visa:PATH")``."""
-    return VisaBenchBoard.from_file(path, limits)

@@ -31,9 +31,6 @@ class Tile:
     def region(self) -> Region:
         return Region(self.row0, self.col0, self.n_in, 2 * self.n_out)
 
-    def plus_cols(self) -> np.ndarray:
-        return self.col0 + np.arange(self.n_out)
-
     def flat_index(self, rows: np.ndarray, cols_in_tile: np.ndarray, n_cols: int) -> np.ndarray:
         return (self.row0 + rows).astype(np.int64) * n_cols + self.col0 + cols_in_tile
 

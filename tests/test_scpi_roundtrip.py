@@ -16,7 +16,6 @@ from firmware_stub.device_params import DeviceParams
 from firmware_stub.scpi.bench import EmulatedBench
 from firmware_stub.scpi.keithley2450 import Keithley2450
 from firmware_stub.scpi.keysight33500b import Keysight33500B
-from protocols.scpi import compile_pattern
 
 # handlers whose query needs arguments, whose setting is a value list, or that are query-and-event
 SKIP = {"_emul_status"}

@@ -307,9 +307,6 @@ class VisaInstrument:
             raise self._fail(exc, "resynchronising") from None
 
     # ---- identity and errors --------------------------------------------------------------------------
-    def identify(self) -> Identity:
-        return Identity.parse(self.query("*IDN?"))
-
     def check_identity(self) -> Identity:
         idn = self.query("*IDN?")
         if not self.idn_pattern.search(idn):
