@@ -143,10 +143,17 @@ def equilibrium_x(set_fit: SoftBoundsFit, reset_fit: SoftBoundsFit) -> float:
     return 0.5 * (lo + hi)
 
 
+def soft_bounds_step(alpha_s: float, gamma: float, x: np.ndarray, polarity: str) -> np.ndarray:
+    """The soft-bounds law: mean |step| of one pulse at window position ``x`` in [0, 1] (siemens),
+    ``alpha (1 - x)**gamma`` for SET and ``alpha x**gamma`` for RESET.  The one definition the fits,
+    the report and the host's conductance map share."""
+    return alpha_s * ((1 - x) if polarity == "set" else x) ** gamma
+
+
 def model_step(fit: SoftBoundsFit, polarity: str, g_s: np.ndarray) -> np.ndarray:
     """Mean |step| per pulse of the population model at conductance ``g_s``."""
     x = np.clip((np.asarray(g_s, float) - fit.g_min_s) / (fit.g_max_s - fit.g_min_s), 0.0, 1.0)
-    return fit.alpha_s * ((1 - x) if polarity == "set" else x) ** fit.gamma
+    return soft_bounds_step(fit.alpha_s, fit.gamma, x, polarity)
 
 
 def measure_pulse_response(board: Board, params: PulseResponseParams | None = None,

@@ -18,8 +18,10 @@ root ``n*`` of ``mu n = sigma(n)``:
 
 and ``ΔGth = k mu n*``.  The headline value is the larger of the two polarities
 (a quantum must be reliable whichever way it goes); one quantum is
-``ceil(ΔGth / mu)`` pulses of a polarity (at least 1), so its mean change is at
-least ``ΔGth``; ``quantum_pulses`` is the larger of the two counts.
+:func:`quantum_pulses` ``= max(1, round(ΔGth / mu))`` pulses of a polarity, so its
+mean change is within half a step of ``ΔGth`` -- the same rounding the EaPU rule
+applies per device at its own step (``hil.update_rules.EaPU``); ``quantum_pulses``
+of the result is the larger of the two polarities' counts.
 
 Uncertainty: the write-noise bootstrap replicates of ``sigma_w``, ``sigma_r0`` and
 ``sigma_rel`` combined with normal draws of ``mu`` and ``sigma1`` at their standard
@@ -43,6 +45,18 @@ class ThresholdResult(BaseModel):
     by_polarity: dict[str, dict[str, float]] = Field(description="snr1_pulses, delta_g_th_s, step, c2c per polarity")
     quantum_pulses: int = Field(description="pulses of one quantum at mid-window, the larger of the two polarities")
     quantum_pulses_by_polarity: dict[str, int]
+
+
+def quantum_pulses(delta_g_th_s: float, step_s: np.ndarray | float,
+                   max_pulses: int | None = None) -> np.ndarray:
+    """Pulses of one EaPU quantum: ``round(ΔGth / step)``, at least 1 (and at most ``max_pulses``).
+
+    The one definition of the quantum's rounding (to nearest: the quantum is within half a
+    step of ΔGth), used by the calibration report and, per device, by the EaPU rule."""
+    n = np.maximum(np.rint(delta_g_th_s / np.asarray(step_s, dtype=np.float64)), 1)
+    if max_pulses is not None:
+        n = np.minimum(n, max_pulses)
+    return n.astype(np.int64)
 
 
 def snr1_pulses(mu: np.ndarray | float, s: np.ndarray | float, sigma_c2c: np.ndarray | float,
@@ -88,7 +102,7 @@ def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[st
         dist[pol] = k * mu_b * snr1_pulses(mu_b, boot_s, boot_c2c_rel * mu_b, ds_b**2)
     dg = max(v["delta_g_th_s"] for v in by_pol.values())
     worst = np.maximum(dist["set"], dist["reset"])
-    quanta = {p: max(1, math.ceil(dg / v["step_mid_s"] - 1e-9)) for p, v in by_pol.items()}
+    quanta = {p: int(quantum_pulses(dg, v["step_mid_s"])) for p, v in by_pol.items()}
     return ThresholdResult(delta_g_th_s=dg, delta_g_th_sigma_s=float(worst.std(ddof=1)) if worst.size > 1 else 0.0,
                            k=k, drift_delay_s=drift_delay_s, drift_sigma_s=drift_sigma, by_polarity=by_pol,
                            quantum_pulses=max(quanta.values()), quantum_pulses_by_polarity=quanta)

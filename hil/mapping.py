@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calibration.pulse_response import soft_bounds_step
 from drivers.board import Region
 
 
@@ -96,11 +97,12 @@ class ConductanceMap:
 
     def step_set_s(self, g: np.ndarray) -> np.ndarray:
         """Expected conductance gain of one SET pulse at conductance g."""
-        return np.maximum(self.alpha_set_s * (1.0 - self.x(g)) ** self.gamma_set, 0.02 * self.alpha_set_s)
+        return np.maximum(soft_bounds_step(self.alpha_set_s, self.gamma_set, self.x(g), "set"), 0.02 * self.alpha_set_s)
 
     def step_reset_s(self, g: np.ndarray) -> np.ndarray:
         """Expected conductance loss of one RESET pulse at conductance g."""
-        return np.maximum(self.alpha_reset_s * self.x(g) ** self.gamma_reset, 0.02 * self.alpha_reset_s)
+        return np.maximum(soft_bounds_step(self.alpha_reset_s, self.gamma_reset, self.x(g), "reset"),
+                          0.02 * self.alpha_reset_s)
 
     def targets(self, w: np.ndarray) -> np.ndarray:
         """(n_in, 2*n_out) conductance targets of a weight matrix, clipped into the band."""

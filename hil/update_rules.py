@@ -84,6 +84,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from calibration.threshold import quantum_pulses
+
 __all__ = [
     "UpdatePlan",
     "UpdateRule",
@@ -418,9 +420,7 @@ class EaPU(UpdateRule):
 
     def quantum_pulses(self, step_s: np.ndarray | float) -> np.ndarray:
         """``n_th = clip(round(ΔGth/step), 1, max_pulses)`` (int64, per device)."""
-        step = np.asarray(step_s, dtype=np.float64)
-        n = np.clip(np.rint(self.delta_g_th_s / step), 1, self.max_pulses)
-        return n.astype(np.int64)
+        return quantum_pulses(self.delta_g_th_s, step_s, self.max_pulses)
 
     def keep_probability(self, delta_g_s: np.ndarray, step_s: np.ndarray | float) -> np.ndarray:
         """``min(1, |ΔG| / (n_th * step))``: the probability that a device is written."""

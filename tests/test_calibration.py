@@ -112,7 +112,11 @@ def test_spreads_window_and_threshold_are_consistent(calibrated):
     n_star = rep.delta_g_th_by_polarity["set"]["snr1_pulses"]
     assert mu * n_star == pytest.approx(np.sqrt(s**2 + n_star * c**2), rel=1e-9)
     assert rep.delta_g_th_s >= rep.delta_g_th_by_polarity["set"]["delta_g_th_s"]
-    assert rep.delta_g_th_pulses * min(rep.pulse_step_mean_s.values()) >= rep.delta_g_th_s * (1 - 1e-9)
+    # one quantum is the nearest whole number of pulses to ΔGth at each polarity's mid-window step
+    for pol, v in rep.delta_g_th_by_polarity.items():
+        n = rep.delta_g_th_pulses_by_polarity[pol]
+        assert n >= 1 and (n == 1 or abs(n * v["step_mid_s"] - rep.delta_g_th_s) <= v["step_mid_s"] / 2 * (1 + 1e-9))
+    assert rep.delta_g_th_pulses == max(rep.delta_g_th_pulses_by_polarity.values())
     assert rep.uncertainty["delta_g_th_s"] > 0
 
 

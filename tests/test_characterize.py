@@ -171,7 +171,7 @@ def test_delta_g_threshold_is_the_snr1_point():
                 write_noise_s=s, c2c_rel=c, boot_s=np.full(50, s), boot_c2c_rel=np.full(50, c))
     th = delta_g_threshold(**base)
     assert th.delta_g_th_s == max(v["delta_g_th_s"] for v in th.by_polarity.values())
-    assert th.quantum_pulses_by_polarity["set"] == math.ceil(th.delta_g_th_s / mu)
+    assert th.quantum_pulses_by_polarity["set"] == max(1, round(th.delta_g_th_s / mu))
     assert th.quantum_pulses == max(th.quantum_pulses_by_polarity.values())
     assert delta_g_threshold(**base, k=1.5).delta_g_th_s == pytest.approx(1.5 * th.delta_g_th_s)
     drifted = delta_g_threshold(**base, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
