@@ -173,7 +173,7 @@ def write_periphery_energy_j(params: DeviceParams, n_devices: int, pulses_at: li
     return params.write_periphery_energy_j * n_devices + params.line_capacitance_f * line
 
 
-def check_profile(profile: tuple[float, float], polarity: int) -> tuple[float, float]:
+def check_profile_polarity(profile: tuple[float, float], polarity: int) -> tuple[float, float]:
     """``(amplitude_v, width_s)`` as floats; SET amplitude must be > 0, RESET < 0."""
     amplitude_v, width_s = (float(x) for x in profile)
     if polarity > 0 and not amplitude_v > 0:
@@ -341,7 +341,7 @@ class MemristorArray:
         the cycle-to-cycle spread scales with it) and its energy uses its own width.
         """
         idx, counts = self.validate_pulse_batch(flat_idx, counts)
-        profiles = {+1: check_profile(set_profile, +1), -1: check_profile(reset_profile, -1)}
+        profiles = {+1: check_profile_polarity(set_profile, +1), -1: check_profile_polarity(reset_profile, -1)}
         last_w = None
         if last_width_s is not None:
             last_w = np.asarray(last_width_s, dtype=np.float64).reshape(-1)

@@ -32,7 +32,7 @@ import numpy as np
 
 from firmware_stub.array_model import MemristorArray
 from firmware_stub.device_params import DeviceParams
-from firmware_stub.write_verify import write_verify
+from firmware_stub.program_verify import write_verify
 from protocols import encoding as enc
 from protocols import messages as m
 from protocols.framing import (
@@ -220,7 +220,7 @@ class Firmware:
         return b""
 
     # ---- writes --------------------------------------------------------------------
-    def _check_profile(self, v: float, w: float, polarity: int) -> None:
+    def _check_profile_limits(self, v: float, w: float, polarity: int) -> None:
         lim = self.limits
         if polarity > 0 and not 0 < v <= lim.max_set_v:
             raise Refused(Status.LIMIT_VIOLATION, f"SET amplitude {v:+.3f} V outside (0, {lim.max_set_v}] V")
@@ -232,8 +232,8 @@ class Firmware:
 
     def _set_profiles(self, payload: bytes) -> bytes:
         sv, sw, rv, rw = m.decode_profiles(payload)
-        self._check_profile(sv, sw, +1)
-        self._check_profile(rv, rw, -1)
+        self._check_profile_limits(sv, sw, +1)
+        self._check_profile_limits(rv, rw, -1)
         self.profiles = ((sv, sw), (rv, rw))
         return b""
 
@@ -270,7 +270,7 @@ class Firmware:
             if mags.sum() > self.limits.max_pulses_per_batch:
                 raise Refused(Status.LIMIT_VIOLATION, "too many pulses in one batch")
         for (v, w), pol in zip(self.profiles, (+1, -1)):
-            self._check_profile(v, w, pol)
+            self._check_profile_limits(v, w, pol)
         last_w = self._last_widths(counts, ticks)
         self.idle = False
         out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1], last_width_s=last_w)
@@ -289,7 +289,7 @@ class Firmware:
         lim = self.limits  # a round is one pulse batch: it obeys the batch limits too
         per_round = min(per_round, lim.max_pulses_per_device, max(1, lim.max_pulses_per_batch // max(flat.size, 1)))
         for (v, w), pol in zip(self.profiles, (+1, -1)):
-            self._check_profile(v, w, pol)
+            self._check_profile_limits(v, w, pol)
         self.idle = False
         cells_before = self.array.counters.cells_read_total
         achieved, conv, iters, pulses, energy = write_verify(

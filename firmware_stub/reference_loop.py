@@ -17,7 +17,7 @@ import numpy as np
 from firmware_stub.array_model import (
     MemristorArray,
     PulseOutcome,
-    check_profile,
+    check_profile_polarity,
     pulse_scale,
     write_periphery_energy_j,
 )
@@ -62,8 +62,8 @@ def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, rese
     """Same contract and physics as :meth:`MemristorArray.apply_pulses`, one cell at a time."""
     idx, counts = array.validate_pulse_batch(flat_idx, counts)
     last_w = [None] * idx.size if last_width_s is None else np.asarray(last_width_s, float).tolist()
-    v_set, w_set = check_profile(set_profile, +1)
-    v_reset, w_reset = check_profile(reset_profile, -1)
+    v_set, w_set = check_profile_polarity(set_profile, +1)
+    v_reset, w_reset = check_profile_polarity(reset_profile, -1)
     rng_pulse, rng_write = array.rng("pulse"), array.rng("write")
     energy, n_set, n_reset = 0.0, 0, 0
     for i, c, lw in zip(idx.tolist(), counts.tolist(), last_w):

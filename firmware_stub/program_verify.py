@@ -1,4 +1,5 @@
-"""The firmware's program-and-verify: the shared policy of :mod:`protocols.write_verify` on the array model."""
+"""The firmware's PROGRAM command: the shared write-verify policy of :mod:`protocols.write_verify` run on the
+array model (this module adapts the model to the policy; the policy itself is defined once, in ``protocols``)."""
 
 from __future__ import annotations
 
