@@ -65,9 +65,9 @@ def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path)
 
     runs = out / "runs"
 
-    def midway() -> bool:  # a point finished and another one checkpointed but not finished
+    def midway() -> bool:  # a point finished and an array run (seconds long) checkpointed but not finished
         finished = list(runs.glob("*/summary.json"))
-        started = [p.parent for p in runs.glob("*/checkpoint.json") if not (p.parent / "summary.json").exists()]
+        started = [p.parent for p in runs.glob("*eapu*/checkpoint.json") if not (p.parent / "summary.json").exists()]
         return bool(finished) and bool(started)
 
     try:
