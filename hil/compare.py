@@ -84,8 +84,11 @@ class Group:
     dirs: list[str] = field(default_factory=list)
     figures: dict[str, Estimate | None] = field(default_factory=dict)
     gap_to_float: Estimate | None = None
+    name: str | None = None  # a caller's label (a sweep names groups by their axis values)
 
     def label(self, with_board: bool) -> str:
+        if self.name:
+            return self.name
         return f"{self.method} @ {self.board}" if with_board and self.board else self.method
 
 

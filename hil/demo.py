@@ -73,32 +73,52 @@ class DemoPlan:
         return [self.run_dir(s, m) for s in self.seeds for m in self.methods]
 
 
+def ensure_calibration(address: str, cal_dir: Path, params=None, *, limits=None, progress: bool = True):
+    """Calibrate the board at ``address`` into ``cal_dir`` unless that calibration has finished already
+    (an interrupted one is resumed); returns the new report, or None when it was there."""
+    from calibration.run import CalibrationParams, calibrate
+    from drivers.address import open_board
+
+    if (cal_dir / "calibration.json").is_file():
+        return None
+    with open_board(address, limits) as board:
+        return calibrate(board, cal_dir, params or CalibrationParams(), resume=cal_dir.is_dir(), progress=progress)
+
+
+def ensure_run(cfg, run_dir: Path, *, limits=None, progress: bool = True) -> tuple[dict, bool]:
+    """The summary of the training run ``cfg`` in ``run_dir`` (``hil train``'s code path): a finished run is
+    read back, an interrupted one resumed from its checkpoint, a new one started.  Also says whether it ran."""
+    import json
+
+    from hil.train import train
+
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text()), False
+    resume = (run_dir / "config.json").is_file()
+    return train(cfg, run_dir, resume=resume, progress=progress, limits=limits), True
+
+
 def run_demo(plan: DemoPlan, *, limits=None, progress: bool = True,
              echo: Callable[[str], None] = print) -> list[Path]:
     """Calibrate and train every seed of ``plan`` that has not finished yet; returns the run directories."""
-    from calibration.run import CalibrationParams, calibrate
-    from drivers.address import open_board
-    from hil.train import TrainConfig, train
+    from calibration.run import CalibrationParams
+    from hil.train import TrainConfig
 
     for seed in plan.seeds:
         address = board_for_seed(plan.address, seed)
         cal_dir = plan.calibration_dir(seed)
         cal_file = cal_dir / "calibration.json"
-        needs_board = any(m != "float" for m in plan.methods)
-        if needs_board and not cal_file.is_file():
-            with open_board(address, limits) as board:
-                report = calibrate(board, cal_dir, CalibrationParams(seed=seed), resume=cal_dir.is_dir(),
-                                   progress=progress)
-            echo(f"seed {seed}: {address} calibrated, delta_g_th = {report.delta_g_th_s * 1e6:.3f} µS, "
-                 f"write noise = {report.write_noise_sigma_s * 1e6:.3f} µS")
+        if any(m != "float" for m in plan.methods):
+            report = ensure_calibration(address, cal_dir, CalibrationParams(seed=seed), limits=limits,
+                                        progress=progress)
+            if report is not None:
+                echo(f"seed {seed}: {address} calibrated, delta_g_th = {report.delta_g_th_s * 1e6:.3f} µS, "
+                     f"write noise = {report.write_noise_sigma_s * 1e6:.3f} µS")
         for method in plan.methods:
-            run_dir = plan.run_dir(seed, method)
-            if (run_dir / "summary.json").is_file():
-                continue
             cfg = TrainConfig(task=plan.task, method=method, board=address, epochs=plan.epochs, seed=seed,
                               calibration=str(cal_file) if method != "float" else None)
-            resume = (run_dir / "config.json").is_file()
-            summary = train(cfg, run_dir, resume=resume, progress=progress, limits=limits)
-            metric = next(k for k in ("test_accuracy", "test_ssim") if k in summary)
-            echo(f"seed {seed}: {method} {metric} = {summary[metric]:.4f}")
+            summary, ran = ensure_run(cfg, plan.run_dir(seed, method), limits=limits, progress=progress)
+            if ran:
+                metric = next(k for k in ("test_accuracy", "test_ssim") if k in summary)
+                echo(f"seed {seed}: {method} {metric} = {summary[metric]:.4f}")
     return plan.run_dirs()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the sweeps behind docs/RESULTS.md's sweep section on an embedded local Ray and regenerates that
+# section.  Finished points are kept (hil sweep --resume), so an interrupted regeneration continues.
+#   SWEEPS_RUNS=folder (default sweeps-runs), SWEEPS="delta_g_th_factor write_noise" (which to run),
+#   PRESETS=1 also runs seeds x methods on each device preset (presets_*.toml; long).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${SWEEPS_RUNS:-sweeps-runs}
+names=${SWEEPS:-delta_g_th_factor write_noise}
+if [ "${PRESETS:-0}" = 1 ]; then names="$names presets_default presets_noisy2x presets_paper"; fi
+args=()
+for name in $names; do
+    resume=(); [ -f "$runs/$name/sweep.json" ] && resume=(--resume)
+    hil sweep "examples/sweeps/$name.toml" --out "$runs/$name" --quiet "${resume[@]}"
+    args+=(--sweep "$name=$runs/$name")
+done
+python examples/sweeps/render_sweeps.py "${args[@]}" --doc docs/RESULTS.md

@@ -1,0 +1,332 @@
+"""Running a sweep's points on Ray (``hil sweep``): local by default, on a cluster when given one.
+
+Without an address, :func:`run_sweep` starts an embedded local Ray (``ray.init`` in this process,
+the machine's cores or ``num_cpus``; nothing to start by hand) and stops it at the end.  With one
+(``auto``, ``ray://HOST:10001``, ``HOST:6379``) it joins that cluster; the sweep folder must then be
+a path every node sees, since each point's run folder is written by the node that runs it.
+
+Each calibration and each point is a Ray task with ``num_cpus=1``; a point on a physical board
+also needs one unit of the board's resource (:func:`hil.sweep_spec.board_resource`), which only the
+node holding the board has, once: that board's points run there, one at a time.  Emulator points
+are spread over the nodes.  Points stream back as they finish; a failed point is recorded with its
+error and the others go on.  ``DIR/sweep.json`` (the spec, the points, their states, where and
+when each ran) is only ever written by the driver, atomically.
+
+A point runs :func:`hil.demo.ensure_run`, the ``hil train`` code path: a finished run is read
+back, an interrupted one resumes from its checkpoint, so ``resume`` re-submits only what has not
+finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from calibration.atomic_files import atomic_write_bytes, atomic_write_json
+from hil.sweep_spec import Calibration, Point, SpecError, expand, load_spec
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+STATES = ("pending", "running", "done", "failed")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start or continue: one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    out_dir: Path
+    done: list[str]
+    failed: dict[str, str]
+    run_dirs: list[Path]
+
+
+# ---------------------------------------------------------------------------------------- tasks (on workers)
+
+def _where() -> tuple[str, str]:
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), socket.gethostname()
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def calibration_task(job: dict, cal_dir: str, limits, tracker) -> dict:
+    """Make (or finish) one shared calibration; never raises: an error is returned with the record."""
+    from calibration.run import CalibrationParams
+    from hil.demo import ensure_calibration
+
+    node, host = _where()
+    started = time.time()
+    tracker.started.remote("calibration", job["name"], node, host, started)
+    record = {"node_id": node, "host": host, "started_s": started}
+    try:
+        ensure_calibration(job["board"], Path(cal_dir), CalibrationParams(**job["params"]), limits=limits,
+                           progress=False)
+    except Exception as exc:  # recorded; the points that need it report it
+        record["error"] = _error_text(exc)
+    record["ended_s"] = time.time()
+    return record
+
+
+def point_task(point: dict, run_dir: str, limits, tracker, calibration: dict | None = None) -> dict:
+    """Run (or resume) one point's training run; never raises: an error is returned with the record."""
+    from hil.demo import ensure_run
+    from hil.train import TrainConfig
+
+    node, host = _where()
+    started = time.time()
+    record = {"node_id": node, "host": host, "started_s": started}
+    if calibration is not None and calibration.get("error"):
+        record.update(error=f"its calibration {point['calibration']} failed: {calibration['error']}",
+                      ended_s=time.time())
+        return record
+    tracker.started.remote("point", point["name"], node, host, started)
+    try:
+        summary, _ = ensure_run(TrainConfig(**point["config"]), Path(run_dir), limits=limits, progress=False)
+        metric = next((k for k in ("test_accuracy", "test_ssim") if summary.get(k) is not None), None)
+        if metric is not None:
+            record["metric"] = {metric: summary[metric]}
+    except Exception as exc:
+        record["error"] = _error_text(exc)
+    record["ended_s"] = time.time()
+    return record
+
+
+class Tracker:
+    """A tiny actor the tasks tell when they start, so sweep.json can say which points are running."""
+
+    def __init__(self):
+        self._events: list[tuple] = []
+
+    def started(self, kind: str, name: str, node: str, host: str, t: float) -> None:
+        self._events.append((kind, name, node, host, t))
+
+    def drain(self) -> list[tuple]:
+        events, self._events = self._events, []
+        return events
+
+
+# ---------------------------------------------------------------------------------------- Ray set-up
+
+def init_ray(address: str | None, num_cpus: int | None, resources: dict[str, float]) -> bool:
+    """Start the embedded local Ray (or join ``address``), quietly; returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None,
+                     include_dashboard=False, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SweepError(f"cannot start Ray{' at ' + address if address else ''}: {_error_text(exc)}") from None
+    # Ray's own loggers speak at INFO/WARNING on the driver: a sweep's user sees only the sweep
+    for name in ("ray", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return True
+
+
+def _check_resources(needed: set[str]) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    missing = sorted(r for r in needed if have.get(r, 0) < 1)
+    if missing:
+        json_text = ", ".join(f'"{r}": 1' for r in missing)
+        raise SweepError(f"no node of the Ray cluster holds {', '.join(missing)}: start the node wired to that "
+                         f"bench with: ray start --address ADDR --resources '{{{json_text}}}' (docs/SWEEPS.md)")
+
+
+# ---------------------------------------------------------------------------------------- the sweep file
+
+def _record(kind: str, item, path: Path) -> dict:
+    return {**asdict(item), "dir": str(path), "state": "pending", "error": None, "node_id": None, "host": None,
+            "started_s": None, "ended_s": None, "kind": kind}
+
+
+class SweepFile:
+    """``DIR/sweep.json``: the spec, the calibrations and points with their states; written atomically."""
+
+    def __init__(self, out_dir: Path, data: dict):
+        self.path = out_dir / SWEEP_FILE
+        self.data = data
+        self.items = {("calibration", r["name"]): r for r in data["calibrations"]}
+        self.items.update({("point", r["name"]): r for r in data["points"]})
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+    def update(self, kind: str, name: str, **fields) -> None:
+        self.items[(kind, name)].update(fields)
+
+
+def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, list[Point], list[Calibration]]:
+    spec, raw = load_spec(spec_path)
+    points, cals, devices = expand(spec, out_dir, where=str(spec_path))
+    sweep_json = out_dir / SWEEP_FILE
+    if resume:
+        if not sweep_json.is_file():
+            raise SweepError(f"{out_dir} holds no sweep to resume (no {SWEEP_FILE}); run without --resume")
+        import json
+
+        old = json.loads(sweep_json.read_text())
+        if old.get("spec") != raw:
+            raise SweepError(f"{spec_path} is not the spec the sweep in {out_dir} was started with; resume with "
+                             "that spec (it is in sweep.json) or choose another --out")
+        previous = {(r["kind"], r["name"]): r for r in old["calibrations"] + old["points"]}
+    else:
+        if sweep_json.is_file():
+            raise SweepError(f"{out_dir} holds a sweep already: continue it with --resume (or choose another --out)")
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise SweepError(f"{out_dir} is not empty: choose a new folder for the sweep")
+        previous = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, text in devices.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(path), text.encode())
+    data = {"spec_file": str(spec_path), "spec": raw, "calibrate": spec.sweep.calibrate,
+            "calibrations": [_record("calibration", c, out_dir / "calibrations" / c.name) for c in cals],
+            "points": [_record("point", p, out_dir / "runs" / p.name) for p in points]}
+    for rec in data["calibrations"] + data["points"]:
+        old_rec = previous.get((rec["kind"], rec["name"]))
+        if old_rec is not None:
+            rec.update({k: old_rec.get(k) for k in ("state", "error", "node_id", "host", "started_s", "ended_s",
+                                                     "metric") if k in old_rec})
+        finished = Path(rec["dir"]) / ("calibration.json" if rec["kind"] == "calibration" else "summary.json")
+        if finished.is_file():
+            rec["state"] = "done"
+        elif rec["state"] != "pending":
+            rec.update(state="pending", error=None)
+    sweep = SweepFile(out_dir, data)
+    sweep.save()
+    return sweep, points, cals
+
+
+# ---------------------------------------------------------------------------------------- the driver
+
+def run_sweep(spec_path: str | Path, out_dir: str | Path, *, address: str | None = None, resume: bool = False,
+              num_cpus: int | None = None, limits=None, progress: bool = True,
+              echo: Callable[[str], None] | None = None) -> SweepResult:
+    """Run (or resume) the sweep of ``spec_path`` in ``out_dir``; raises SpecError/SweepError for bad input."""
+    spec_path, out_dir = Path(spec_path), Path(out_dir).resolve()
+    if num_cpus is not None and address:
+        raise SweepError("--num-cpus sizes the embedded local Ray; a cluster (--address) has its own CPUs")
+    sweep, points, cals = _prepare(spec_path, out_dir, resume)
+    todo_cals = [c for c in cals if sweep.items[("calibration", c.name)]["state"] != "done"]
+    todo = [p for p in points if sweep.items[("point", p.name)]["state"] != "done"]
+    if todo:
+        needed = {r for r in [*(p.resource for p in todo), *(c.resource for c in todo_cals)] if r}
+        _execute(sweep, out_dir, todo, todo_cals, needed, address, num_cpus, limits, progress, echo)
+    records = sweep.data["points"]
+    return SweepResult(out_dir, [r["name"] for r in records if r["state"] == "done"],
+                       {r["name"]: r["error"] for r in records if r["state"] == "failed"},
+                       [Path(r["dir"]) for r in records if r["state"] == "done"])
+
+
+def _say(bar, echo, text: str) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(text, file=sys.stderr)
+    elif echo is not None:
+        echo(text)
+
+
+def _execute(sweep: SweepFile, out_dir: Path, todo: list[Point], todo_cals: list[Calibration], needed: set[str],
+             address, num_cpus, limits, progress, echo) -> None:
+    import ray
+    from tqdm import tqdm
+
+    owned = init_ray(address, num_cpus, {r: 1.0 for r in needed})
+    try:
+        if address or not owned:
+            _check_resources(needed)
+        sweep.data["ray"] = {"address": address, "nodes": len(ray.nodes()),
+                             "cpus": ray.cluster_resources().get("CPU")}
+        tracker = ray.remote(num_cpus=0)(Tracker).remote()
+
+        def options(resource: str | None) -> dict:
+            if resource:  # the node holding the board; one at a time
+                return {"num_cpus": 1, "resources": {resource: 1}, "max_retries": 0}
+            return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
+
+        cal_task = ray.remote(calibration_task)
+        pt_task = ray.remote(point_task)
+        pending: dict = {}
+        cal_refs = {}
+        for c in todo_cals:
+            ref = cal_task.options(**options(c.resource)).remote(
+                {"name": c.name, "board": c.board, "params": c.params}, str(out_dir / "calibrations" / c.name),
+                limits, tracker)
+            cal_refs[c.name] = ref
+            pending[ref] = ("calibration", c.name)
+        for p in todo:
+            args = [asdict(p), str(out_dir / "runs" / p.name), limits, tracker]
+            if p.calibration in cal_refs:
+                args.append(cal_refs[p.calibration])  # a Ray dependency: runs once the calibration is done
+            ref = pt_task.options(**options(p.resource)).remote(*args)
+            pending[ref] = ("point", p.name)
+        sweep.save()
+        bar = tqdm(total=len(todo), unit="point", desc="sweep", disable=None if progress else True,
+                   file=sys.stderr, dynamic_ncols=True)
+        done = failed = 0
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                changed = False
+                for kind, name, node, host, t in ray.get(tracker.drain.remote()):
+                    if sweep.items[(kind, name)]["state"] == "pending":
+                        sweep.update(kind, name, state="running", node_id=node, host=host, started_s=t)
+                        changed = True
+                for ref in ready:
+                    kind, name = pending.pop(ref)
+                    try:
+                        rec = ray.get(ref)
+                    except Exception as exc:  # a worker or node died under the task
+                        rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_s": time.time()}
+                    state = "failed" if rec.get("error") else "done"
+                    sweep.update(kind, name, state=state, **rec)
+                    changed = True
+                    if kind == "point":
+                        done += state == "done"
+                        failed += state == "failed"
+                        bar.update(1)
+                        bar.set_postfix(done=done, failed=failed)
+                        detail = (rec["error"] if state == "failed"
+                                  else ", ".join(f"{k} {v:.4f}" for k, v in (rec.get("metric") or {}).items()))
+                        _say(bar, echo, f"{name}: {state}{': ' + detail if detail else ''}")
+                    elif state == "failed":
+                        _say(bar, echo, f"calibration {name}: failed: {rec['error']}")
+                if changed:
+                    sweep.save()
+        finally:
+            bar.close()
+            if pending:  # interrupted: what was running starts again (from its checkpoint) on --resume
+                for kind, name in pending.values():
+                    if sweep.items[(kind, name)]["state"] == "running":
+                        sweep.update(kind, name, state="pending")
+                sweep.save()
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def sweep_records(out_dir: str | Path) -> dict:
+    import json
+
+    return json.loads((Path(out_dir) / SWEEP_FILE).read_text())
+

@@ -1,0 +1,331 @@
+"""The sweep specification (``hil sweep SPEC.toml``) and its expansion into points.
+
+A spec is a TOML file::
+
+    [sweep]
+    calibrate = "per-board"      # one calibration per board, shared by its points (default), or "per-point"
+
+    [base]                       # hil train settings of every point (TrainConfig fields), plus `preset`
+    board = "emu"
+    task = "digits"
+    epochs = 10
+
+    [device]                     # device-parameter overrides of emulated boards (DeviceParams fields)
+    sigma_w_s = 1e-6
+
+    [calibration]                # calibration settings (CalibrationParams fields but `seed`)
+    sample = 256
+
+    [grid]                       # axes crossed with each other
+    seed = "0-4"                 # a count-or-list like hil demo --seeds, or a list
+    method = ["float", "bp", "eapu"]
+
+    [zip]                        # lists of one length, taken together (then crossed with the grid)
+    "device.sigma_w_s" = [0.5e-6, 1e-6]
+    lr = [0.03, 0.05]
+
+An axis is a TrainConfig field (``seed``, ``method``, ``task``, ``lr``, ``delta_g_th_k``, ...), ``board``,
+``preset`` (device preset of an emulated board), ``device.FIELD`` or ``calibration.FIELD``.
+
+Each point becomes one ordinary ``hil train`` run.  Its board follows ``hil demo``: an emulated
+board gets the point's seed (``emu?seed=S``: each seed its own board), its preset, and a device
+file holding its device overrides (written under the sweep folder, named by the overrides).
+``per-board``: a calibration is made once per board (the address with its seed) and calibration
+settings, with the lowest seed of the points that share it, before their training; ``per-point``:
+each run calibrates its own board at its start, as ``hil train`` without ``--calibration`` does
+(calibration settings then must be the defaults).
+
+Points on a physical board (``serial:``, ``visa:``) need the board as a Ray resource:
+:func:`board_resource` names it (docs/SWEEPS.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from hil.demo import board_for_seed, parse_seeds
+
+AXIS_PREFIXES = ("device.", "calibration.")
+BOARD_AXES = {"board", "preset"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot run: the message is one line naming the file, the place and what to do."""
+
+
+class SweepOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calibrate: Literal["per-board", "per-point"] = Field(
+        "per-board", description="per-board: one calibration per board, shared by its points; "
+                                 "per-point: each run calibrates its own board")
+    description: str = ""
+
+
+class SweepSpec(BaseModel):
+    """The parsed TOML spec; :meth:`points` validates and expands it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sweep: SweepOptions = SweepOptions()
+    base: dict[str, Any] = Field(default_factory=dict)
+    device: dict[str, Any] = Field(default_factory=dict)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list | str] = Field(default_factory=dict)
+    zip: dict[str, list] = Field(default_factory=dict)
+
+    @field_validator("grid", "zip")
+    @classmethod
+    def _axes_not_empty(cls, axes: dict) -> dict:
+        for name, values in axes.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"axis {name!r} has no values")
+        return axes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration shared by the points of one board (per-board mode)."""
+
+    name: str
+    board: str
+    params: dict          # CalibrationParams fields, seed included
+    resource: str | None  # Ray resource of a physical board
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    values: dict          # the point's axis values
+    config: dict          # TrainConfig fields (calibration path included)
+    calibration: str | None  # name of its shared Calibration, if any
+    resource: str | None
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(_label(v) for v in value)
+    return str(value)
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits, ``. = + , -`` made one ``_``."""
+    return re.sub(r"[^A-Za-z0-9.=+,-]+", "_", text).strip("_") or "_"
+
+
+def is_emulator(address: str) -> bool:
+    return address == "emu" or address.startswith("emu?")
+
+
+def board_resource(address: str) -> str | None:
+    """The Ray resource a point on a physical board needs (None for an emulator).
+
+    Rule: ``board:`` + the address without its options (``?baud=...`` does not change the board), with
+    ``serial:socket://HOST:PORT`` written ``tcp_HOST_PORT``, ``serial:/dev/X`` written ``serial_dev_X``,
+    ``visa:PATH`` written ``visa_`` + the bench file's name without ``.toml``, and every character other
+    than letters, digits, ``.`` and ``-`` made ``_``.
+    """
+    if is_emulator(address):
+        return None
+    head = address.partition("?")[0]
+    if head.startswith("serial:socket://"):
+        body = "tcp_" + head[len("serial:socket://"):]
+    elif head.startswith("visa:"):
+        body = "visa_" + re.sub(r"\.toml$", "", Path(head[len("visa:"):]).name)
+    elif head.startswith("serial:"):
+        rest = head[len("serial:"):]
+        body = "serial_" + rest.replace("://", "_")
+    else:
+        body = head
+    return "board:" + (re.sub(r"[^A-Za-z0-9.-]+", "_", body).strip("_") or "_")
+
+
+def _with_query(address: str, **updates: str) -> str:
+    head, _, query = address.partition("?")
+    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in updates]
+    return head + "?" + urlencode(params + list(updates.items()))
+
+
+def _board_key(address: str) -> str:
+    """A folder name for a board: its address, a device file named by its file name only."""
+    head, _, query = address.partition("?")
+    params = [(k, Path(v).stem if k == "config" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return safe_name(head + "".join(f",{k}={v}" for k, v in params))
+
+
+def _check_axis(name: str, where: str, train_fields: set[str], device_fields: set[str], cal_fields: set[str]) -> None:
+    if name.startswith("device."):
+        if name[7:] not in device_fields:
+            raise SpecError(f"{where}: unknown device parameter {name[7:]!r} (a DeviceParams field, "
+                            "e.g. device.sigma_w_s)")
+    elif name.startswith("calibration."):
+        if name[12:] == "seed":
+            raise SpecError(f"{where}: calibration.seed is set from the points' seeds; sweep `seed` instead")
+        if name[12:] not in cal_fields:
+            raise SpecError(f"{where}: unknown calibration setting {name[12:]!r} (a CalibrationParams field)")
+    elif name in ("calibration", "allow_foreign_calibration"):
+        raise SpecError(f"{where}: {name!r} is chosen by the sweep ([sweep] calibrate = per-board|per-point)")
+    elif name not in train_fields | BOARD_AXES:
+        raise SpecError(f"{where}: unknown setting {name!r}; use a hil train setting "
+                        f"({', '.join(sorted(train_fields - {'calibration', 'allow_foreign_calibration'}))}), "
+                        "preset, device.FIELD or calibration.FIELD")
+
+
+# ---------------------------------------------------------------------------------------- expansion
+
+def load_spec(path: str | Path) -> tuple[SweepSpec, dict]:
+    """The spec in ``path`` and its raw TOML content; :class:`SpecError` with one line for a bad file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return SweepSpec(**raw), raw
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {_one_line(exc)}") from None
+    except TypeError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def _axis_values(name: str, values: list | str, where: str) -> list:
+    if name == "seed" and isinstance(values, str):
+        try:
+            return parse_seeds(values)
+        except ValueError as exc:
+            raise SpecError(f"{where}: {str(exc).replace('--seeds', 'seed')}") from None
+    if isinstance(values, str):
+        raise SpecError(f"{where}: axis {name!r} needs a list of values, e.g. {name} = [1, 2]")
+    return values
+
+
+def combinations(spec: SweepSpec, where: str) -> list[dict]:
+    """The points' axis values: the grid's product, each crossed with the zipped lists taken together."""
+    grid = {n: _axis_values(n, v, f"{where} [grid] {n}") for n, v in spec.grid.items()}
+    zipped = {n: _axis_values(n, v, f"{where} [zip] {n}") for n, v in spec.zip.items()}
+    both = set(grid) & set(zipped)
+    if both:
+        raise SpecError(f"{where}: {sorted(both)} is both a [grid] and a [zip] axis; keep it in one")
+    lengths = {len(v) for v in zipped.values()}
+    if len(lengths) > 1:
+        raise SpecError(f"{where}: the [zip] lists must have one length, got "
+                        + ", ".join(f"{n}: {len(v)}" for n, v in zipped.items()))
+    zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
+    grid_rows = [dict(zip(grid, row)) for row in itertools.product(*grid.values())] if grid else [{}]
+    return [{**g, **z} for g in grid_rows for z in zip_rows]
+
+
+def expand(spec: SweepSpec, out_dir: str | Path, where: str = "spec") -> tuple[list[Point], list[Calibration], dict]:
+    """Points, shared calibrations and device files (path -> TOML text) of ``spec`` for a sweep in ``out_dir``.
+
+    Every point is validated here (its TrainConfig, device and calibration settings), so a bad spec
+    fails before anything runs.
+    """
+    from calibration.run import CalibrationParams
+    from firmware_stub.device_params import DeviceParams, load_device_params
+    from hil.train import TrainConfig
+
+    out_dir = Path(out_dir).resolve()
+    train_fields = set(TrainConfig.model_fields)
+    device_fields = set(DeviceParams.model_fields)
+    cal_fields = set(CalibrationParams.model_fields) - {"seed"}
+    for name in spec.base:
+        _check_axis(name, f"{where} [base]", train_fields, device_fields, cal_fields)
+        if "." in name:
+            raise SpecError(f"{where} [base]: {name!r} belongs in its own table ([device] or [calibration])")
+    for name in spec.device:
+        _check_axis(f"device.{name}", f"{where} [device]", train_fields, device_fields, cal_fields)
+    for name in spec.calibration:
+        _check_axis(f"calibration.{name}", f"{where} [calibration]", train_fields, device_fields, cal_fields)
+    for table in ("grid", "zip"):
+        for name in getattr(spec, table):
+            _check_axis(name, f"{where} [{table}]", train_fields, device_fields, cal_fields)
+
+    points: list[Point] = []
+    devices: dict[str, str] = {}
+    calibrations: dict[str, dict] = {}
+    names: set[str] = set()
+    for values in combinations(spec, where):
+        name = ",".join(f"{k}={_label(v)}" for k, v in values.items()) or "base"
+        here = f"{where}: point {name}"
+        settings = {**spec.base, **{k: v for k, v in values.items() if "." not in k}}
+        device = {**spec.device, **{k[7:]: v for k, v in values.items() if k.startswith("device.")}}
+        cal = {**spec.calibration, **{k[12:]: v for k, v in values.items() if k.startswith("calibration.")}}
+        seed = settings.get("seed", 0)
+        address = str(settings.pop("board", "emu"))
+        preset = settings.pop("preset", None)
+        if is_emulator(address):
+            if preset is not None:
+                address = _with_query(address, preset=str(preset))
+            if device:
+                query = dict(parse_qsl(address.partition("?")[2]))
+                try:
+                    params = load_device_params(query.get("config"), query.get("preset", "default"))
+                    params = DeviceParams(**{**params.model_dump(), **device})
+                except ValueError as exc:  # ValidationError is one
+                    text = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+                    raise SpecError(f"{here}: device parameters: {text}") from None
+                label = ",".join(f"{k}={_label(v)}" for k, v in sorted(device.items()))
+                path = out_dir / "devices" / f"{safe_name(label)}.toml"
+                text = "".join(f"{k} = {v!r}\n" for k, v in sorted(params.model_dump().items()))
+                devices[str(path)] = text
+                address = _with_query(address, config=str(path))
+            if isinstance(seed, int):
+                address = board_for_seed(address, seed)
+        elif preset is not None or device:
+            raise SpecError(f"{here}: preset and device.* apply to emulated boards (emu...), not to {address}")
+        try:
+            cal_params = CalibrationParams(**{**cal, "seed": seed if isinstance(seed, int) else 0})
+        except ValidationError as exc:
+            raise SpecError(f"{here}: calibration settings: {_one_line(exc)}") from None
+        method = settings.get("method", TrainConfig.model_fields["method"].default)
+        cal_name = None
+        if method != "float" and spec.sweep.calibrate == "per-board":
+            key = _board_key(address)
+            if cal:
+                key += "," + safe_name(",".join(f"{k}={_label(v)}" for k, v in sorted(cal.items())))
+            cal_name = key
+            entry = calibrations.setdefault(key, {"board": address, "params": cal_params.model_dump(mode="json")})
+            entry["params"]["seed"] = min(entry["params"]["seed"], cal_params.seed)
+            settings["calibration"] = str(out_dir / "calibrations" / key / "calibration.json")
+        elif method != "float" and cal:
+            raise SpecError(f"{here}: calibration settings need [sweep] calibrate = \"per-board\" "
+                            "(a per-point run calibrates as hil train does, with the defaults)")
+        try:
+            cfg = TrainConfig(**settings, board=address)
+        except ValidationError as exc:
+            raise SpecError(f"{here}: {_one_line(exc)}") from None
+        if name in names:
+            raise SpecError(f"{where}: point {name} appears twice; give each axis value once")
+        names.add(name)
+        resource = board_resource(address) if method != "float" else None
+        points.append(Point(safe_name(name), values, cfg.model_dump(mode="json"), cal_name, resource))
+    cals = [Calibration(k, v["board"], v["params"], board_resource(v["board"])) for k, v in calibrations.items()]
+    return points, cals, devices
