@@ -26,3 +26,21 @@ def open_emulator_board(address: str, rows: int, cols: int, *, seed: int = 0, pr
         raise AddressError(f"{address!r}: {exc}") from None
     endpoint = make_emulator(rows, cols, seed, params, preset=preset, config=config)
     return FpgaBoard(InProcessLink(endpoint), limits, timeout_s=timeout_s, retries=retries, address=address)
+
+
+def device_param_fields() -> set[str]:
+    """Names of the emulated device's parameters (the fields a device TOML file may set)."""
+    from firmware_stub.device_params import DeviceParams
+
+    return set(DeviceParams.model_fields)
+
+
+def device_file_text(preset: str = "default", config: str | None = None, overrides: dict | None = None) -> str:
+    """A complete device TOML file: ``preset``, overridden by the file ``config``, then by ``overrides``.
+
+    Raises ``ValueError`` (pydantic's ``ValidationError`` is one) naming a bad field or value."""
+    from firmware_stub.device_params import DeviceParams, load_device_params
+
+    params = load_device_params(config, preset)
+    params = DeviceParams(**{**params.model_dump(), **(overrides or {})})
+    return "".join(f"{k} = {v!r}\n" for k, v in sorted(params.model_dump().items()))

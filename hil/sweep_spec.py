@@ -249,12 +249,12 @@ def expand(spec: SweepSpec, out_dir: str | Path, where: str = "spec") -> tuple[l
     fails before anything runs.
     """
     from calibration.run import CalibrationParams
-    from firmware_stub.device_params import DeviceParams, load_device_params
+    from drivers.emulator_board import device_file_text, device_param_fields
     from hil.train import TrainConfig
 
     out_dir = Path(out_dir).resolve()
     train_fields = set(TrainConfig.model_fields)
-    device_fields = set(DeviceParams.model_fields)
+    device_fields = device_param_fields()
     cal_fields = set(CalibrationParams.model_fields) - {"seed"}
     for name in spec.base:
         _check_axis(name, f"{where} [base]", train_fields, device_fields, cal_fields)
@@ -287,14 +287,12 @@ def expand(spec: SweepSpec, out_dir: str | Path, where: str = "spec") -> tuple[l
             if device:
                 query = dict(parse_qsl(address.partition("?")[2]))
                 try:
-                    params = load_device_params(query.get("config"), query.get("preset", "default"))
-                    params = DeviceParams(**{**params.model_dump(), **device})
+                    text = device_file_text(query.get("preset", "default"), query.get("config"), device)
                 except ValueError as exc:  # ValidationError is one
                     text = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
                     raise SpecError(f"{here}: device parameters: {text}") from None
                 label = ",".join(f"{k}={_label(v)}" for k, v in sorted(device.items()))
                 path = out_dir / "devices" / f"{safe_name(label)}.toml"
-                text = "".join(f"{k} = {v!r}\n" for k, v in sorted(params.model_dump().items()))
                 devices[str(path)] = text
                 address = _with_query(address, config=str(path))
             if isinstance(seed, int):
