@@ -143,5 +143,7 @@ def load_device_params(path: str | Path | None = None, preset: str = "default") 
     try:
         return DeviceParams(**data)
     except ValidationError as exc:
+        from drivers.limits import validation_summary  # here: drivers imports this module
+
         where = f"device parameter file {path} (over preset {preset})" if path is not None else f"device preset {preset}"
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(f"{where}: {validation_summary(exc)}") from None

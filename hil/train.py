@@ -45,7 +45,7 @@ from hil.mapping import ConductanceMap, place_tiles
 from hil.model import MLP
 from hil.nn import init_weights, mse, softmax_cross_entropy
 from hil.optim import make_optimizer
-from hil.run_store import RunStore
+from hil.run_store import RunStore, without_version
 from hil.tasks import accuracy, load_task, ssim
 from hil.update_rules import RULES, make_rule
 from hil.version import software_version
@@ -519,7 +519,7 @@ class Trainer:
         """A resumed run must have the configuration it was started with (the board address may differ)."""
         if not self.store.exists("config.json"):
             raise ValueError(f"{self.store.root} holds no run to resume (no config.json)")
-        saved = TrainConfig(**self.store.read_json("config.json"))
+        saved = TrainConfig(**without_version(self.store.read_json("config.json")))
         if saved.model_dump(exclude={"board"}) != self.cfg.model_dump(exclude={"board"}):
             raise ValueError(f"--resume: the run in {self.store.root} was made with another configuration: "
                              f"{saved.model_dump()}")
@@ -644,5 +644,5 @@ def load_config_for_resume(out_dir: str | Path, board: str | None = None) -> Tra
     path = Path(out_dir) / "config.json"
     if not path.exists():
         raise ValueError(f"{out_dir} holds no run to resume (no config.json)")
-    cfg = TrainConfig(**json.loads(path.read_text()))
+    cfg = TrainConfig(**without_version(json.loads(path.read_text())))
     return cfg if board is None else cfg.model_copy(update={"board": board})
