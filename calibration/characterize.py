@@ -556,7 +556,8 @@ def plot(name: str, measured: Measured, path: Path) -> Path:
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for d in range(shown):
             i_ua = np.abs(cur[-1, d]) * 1e6
-            ax.semilogy(volts, np.where(i_ua > 0, i_ua, np.nan), lw=0.8)  # no current: a gap, not a spike
+            # at 0 V (start and end of the staircase) or with no current: a gap, not a spike down the log axis
+            ax.semilogy(volts, np.where((i_ua > 0) & (np.abs(volts) > 1e-6), i_ua, np.nan), lw=0.8)
         ax.set(xlabel="voltage (V)", ylabel="|current| (µA)",
                title=f"I-V sweeps under compliance ({shown} of {cur.shape[1]} devices, last cycle)")
         return plots._save(fig, path)

@@ -165,8 +165,8 @@ def conductance_image(fig, ax, g_s: np.ndarray, title: str, label: str = "G (µS
     cmap = plt.get_cmap("viridis").with_extremes(over="red", under="black")
     im = ax.imshow(g_us, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
     n_out = int(np.sum((g_us > hi) | (g_us < lo)))
-    fig.colorbar(im, ax=ax, extend="both", label=f"{label}; beyond the 1-99 % range: red above, black below")
-    ax.set_title(f"{title} ({n_out} devices outside the colour range)" if n_out else title)
+    fig.colorbar(im, ax=ax, extend="both", label=label)
+    ax.set_title(f"{title}\n{n_out} beyond the 1-99 % range: red high, black low" if n_out else title, fontsize=10)
     return im
 
 

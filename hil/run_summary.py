@@ -34,7 +34,7 @@ def summary_table(summary: dict[str, Any], summary_path: str | Path) -> str:
                                f"{_energy(summary['write_energy_j'])} writing"))
         if summary.get("delta_g_th_s") is not None:
             rows.append(("ΔGth used", f"{summary['delta_g_th_s'] * 1e6:.3g} µS"))
-    rows.append(("took", f"{summary['wall_s']:.1f} s"))
+    rows.append(("training took", f"{summary['wall_s']:.1f} s"))
     rows.append(("summary", str(summary_path)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
