@@ -70,7 +70,8 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
     try:
         with _open(ctx, address) as board:
             eff = board.effective_limits
-            data = {"software_version": software_version(), "address": address, "info": board.info.model_dump(mode="json"),
+            data = {"software_version": software_version(), "address": address,
+                    "info": board.info.model_dump(mode="json"),
                     "effective_limits": eff.limits.model_dump(), "limit_sources": dict(eff.sources),
                     "limits_refused": {k: {"asked": a, "used": u} for k, (a, u) in eff.refused.items()},
                     "status": board.status().model_dump()}

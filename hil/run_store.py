@@ -4,7 +4,8 @@ Layout (ARCHITECTURE.md): ``config.json``, ``board.json``, ``calibration.json``,
 ``metrics.jsonl`` (one JSON object per line, flushed as written), ``checkpoint.npz``
 + ``checkpoint.json`` (everything needed to resume exactly), ``summary.json`` and
 PNG plots.  Every JSON object written here records ``software_version`` (the stack's
-version that wrote it; a copied file keeps the version it already names).  Files that must never be seen half-written are replaced atomically
+version that wrote it; a copied file keeps the version it already names).  Files that
+must never be seen half-written are replaced atomically
 (:mod:`calibration.atomic_files`: temporary file, fsync, rename, fsync of the directory).
 """
 
