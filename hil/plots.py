@@ -122,7 +122,12 @@ def plot_comparison(groups, out_dir: str | Path, overwrite: bool = False) -> lis
             for x, m, e in zip(xs, means, errs):
                 ax.annotate(f"{m:.3g}", (x, m + e), ha="center", va="bottom", fontsize=8,
                             xytext=(0, 3), textcoords="offset points")
+            for x, g in enumerate(tg):
+                if name != "metric" and g.method == "float":
+                    ax.annotate("digital:\nno array", (x, 0), ha="center", va="bottom", fontsize=8, color="0.4",
+                                xycoords=("data", "axes fraction"), xytext=(0, 3), textcoords="offset points")
             ax.set_xticks(range(len(tg)), labels, rotation=30, ha="right")
+            ax.set_xlim(-0.6, len(tg) - 0.4)  # every group has its place, with a bar or not
             ax.set(title=title, ylabel=title, xlabel="method (board settings)" if with_board else "method")
             if log and means:
                 ax.set_yscale("log")

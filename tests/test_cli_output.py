@@ -285,3 +285,17 @@ def test_run_plots_name_the_run_and_skip_what_a_method_lacks(runs, saved_figures
     assert [p.name for p in paths] == ["learning_curves.png"]
     _check_labelled(saved_figures)
     assert saved_figures[0][2].startswith("float on digits-small, seed 0")
+
+
+def test_comparison_draws_no_array_figure_for_the_digital_reference(runs, tmp_path, saved_figures):
+    from hil import compare as cmp
+    from hil.plots import plot_comparison
+
+    groups, _ = cmp.compare([runs["float"][0], runs["eapu"][0]])
+    plot_comparison(groups, tmp_path)
+    (name, axes, sup, _, fig), = saved_figures
+    assert name == "comparison_digits-small.png" and "digits-small" in sup
+    bars = {ax.get_title(): len(ax.patches) for ax in fig.axes}
+    assert bars["test accuracy (%)"] == 2  # float and eapu
+    assert bars["write energy (J)"] == 1 and bars["total training energy (J)"] == 1  # eapu only: no bar at zero
+    _check_labelled(saved_figures)
