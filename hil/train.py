@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from drivers.address import open_board
 from drivers.board import Board, PulseBatch
 from hil.layers import AnalogLinear, DigitalLinear
-from hil.mapping import ConductanceMap, place_tiles
+from hil.mapping import ConductanceMap, DoesNotFitError, place_tiles
 from hil.model import MLP
 from hil.nn import init_weights, mse, softmax_cross_entropy
 from hil.optim import make_optimizer
@@ -440,7 +440,11 @@ class Trainer:
             return
         if self.board is None:
             raise ValueError("an array method needs a board")
-        place_tiles(self._shapes(), self.board.info.rows, self.board.info.cols)
+        rows, cols = self.board.info.rows, self.board.info.cols
+        try:
+            place_tiles(self._shapes(), rows, cols)
+        except DoesNotFitError as exc:
+            raise DoesNotFitError(f"{exc}; {fit_hint(self.cfg.task, rows, cols)}") from None
         if self.cfg.calibration:
             self._load_given_calibration()
 
@@ -629,6 +633,22 @@ class Trainer:
             if cfg.method == "eapu":
                 summary["delta_g_th_s"] = cfg.delta_g_th_k * self.calibration.delta_g_th_s
         return summary
+
+
+def fit_hint(task: str, rows: int, cols: int) -> str:
+    """What to train on a ``rows`` x ``cols`` array instead: the widest one-hidden-layer network of the small
+    classification task that fits, or how large an array its smallest network needs."""
+    n_in, n_out = 16, 10  # digits-small: 4x4 pooled digits, ten classes
+    for hidden in (32, 16, 8, 4, 2):
+        try:
+            place_tiles([(n_in, hidden), (hidden, n_out)], rows, cols)
+        except DoesNotFitError:
+            continue
+        if task == "digits-small":
+            return f"--hidden {hidden} fits this {rows}x{cols} array"
+        return f"--task digits-small --hidden {hidden} fits this {rows}x{cols} array"
+    return (f"the smallest network here, --task digits-small --hidden 2, needs {n_in} rows x {2 * 2 + 2 * n_out} "
+            f"columns (e.g. hil emulator serve-bench --rows {n_in} --cols {2 * 2 + 2 * n_out})")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None) -> dict:

@@ -133,6 +133,8 @@ BAD = [
     (["train", "--board", "emu?rows=64&cols=64", "--task", "digits-small", "--calibration", "{d}/summary.json",
       "--out", "{d}/t"], "give the calibration.json"),
     (["train", "--epochs", "0", "--out", "{d}/t"], "--epochs"),
+    (["train", "--board", "emu?rows=8&cols=8", "--out", "{d}/t"], "--task digits-small --hidden 2, needs 16 rows"),
+    (["train", "--board", "emu?rows=20&cols=20", "--out", "{d}/t"], "--task digits-small --hidden 4 fits"),
     (["train", "--task", "cifar", "--out", "{d}/t"], "--task"),
     (["calibrate", "--board", "emu?rows=4&cols=4", "--out", "{d}/c", "--set-width", "-1"], "width_s"),
     (["characterize", "retention", "--board", "emu?rows=4&cols=4", "--out", "{d}/r", "--tolerance", "-1"],
