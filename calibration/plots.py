@@ -62,8 +62,8 @@ def plot_pulse_response(result, raw: Raw, path: Path, fits: dict | None = None, 
     for pol, color in (("set", "tab:red"), ("reset", "tab:blue")):
         c = result.curves[pol]
         g = np.array(c.g_s) * US
-        ax2.errorbar(g, np.array(c.step_mean_s) * US, yerr=np.array(c.step_sd_s) * US, fmt="o", ms=3, color=color,
-                     capsize=2, label=f"{pol}: mean +- sd over devices")
+        mean, sd = (np.array(v, dtype=float) * US for v in (c.step_mean_s, c.step_sd_s))  # None: NaN, a gap
+        ax2.errorbar(g, mean, yerr=sd, fmt="o", ms=3, color=color, capsize=2, label=f"{pol}: mean +- sd over devices")
         gg = np.linspace(fits[pol].g_min_s, fits[pol].g_max_s, 200)
         ax2.plot(gg * US, model_step(fits[pol], pol, gg) * US, color=color, lw=1.5)
     ax2.set_xlabel("G (µS)")

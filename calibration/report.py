@@ -83,8 +83,9 @@ class CalibrationReport(BaseModel):
     c2c_sigma_rel: float | None = Field(None, description="cycle-to-cycle spread relative to the step")
     pulse_step_mean_s: dict[str, float] = Field(description="mean |step| per pulse at mid-window, set/reset")
     pulse_response: dict[str, SoftBoundsFit] = Field(default_factory=dict)
-    pulse_step_curve: dict[str, dict[str, list[float]]] = Field(
-        default_factory=dict, description="model-free mean |step| and its spread over devices versus G, per polarity")
+    pulse_step_curve: dict[str, dict[str, list[float | None]]] = Field(
+        default_factory=dict, description="model-free mean |step| and its spread over devices versus G, per polarity (None "
+                    "where too few devices reached a conductance bin)")
     read_noise_rel: float
     drift: DriftModel
     drift_delay_s: float | None = Field(

@@ -371,8 +371,11 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         "window_s.g_min_s": pr.window_sigma_s["g_min_s"],
         "window_s.g_max_s": pr.window_sigma_s["g_max_s"],
     }
-    curves = {pol: {"g_s": c.g_s, "step_mean_s": [v * scale[pol] for v in c.step_mean_s],
-                    "step_sd_s": [v * scale[pol] for v in c.step_sd_s]} for pol, c in pr.curves.items()}
+    def scaled(values: list[float | None], k: float) -> list[float | None]:
+        return [None if v is None else v * k for v in values]
+
+    curves = {pol: {"g_s": c.g_s, "step_mean_s": scaled(c.step_mean_s, scale[pol]),
+                    "step_sd_s": scaled(c.step_sd_s, scale[pol])} for pol, c in pr.curves.items()}
     return CalibrationReport(
         software_version=software_version(),
         board=identity,

@@ -56,9 +56,9 @@ print(f"write noise = {report.write_noise_sigma_s * 1e6:.3g} µS per write event
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.8))
 for polarity, color in (("set", "tab:red"), ("reset", "tab:blue")):
-    curve = report.pulse_step_curve[polarity]
-    ax.errorbar(np.array(curve["g_s"]) * 1e6, np.array(curve["step_mean_s"]) * 1e6,
-                yerr=np.array(curve["step_sd_s"]) * 1e6, fmt="o", ms=3, color=color, label=polarity)
+    curve = report.pulse_step_curve[polarity]  # None where too few devices reached a conductance bin
+    ax.errorbar(np.array(curve["g_s"]) * 1e6, np.array(curve["step_mean_s"], dtype=float) * 1e6,
+                yerr=np.array(curve["step_sd_s"], dtype=float) * 1e6, fmt="o", ms=3, color=color, label=polarity)
 ax.axhline(report.delta_g_th_s * 1e6, color="k", ls="--", label="ΔGth")
 ax.set(xlabel="G (µS)", ylabel="|step| per pulse (µS)", title=f"pulse response of {BOARD}")
 ax.legend()

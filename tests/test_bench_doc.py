@@ -34,7 +34,8 @@ def blocks(kind: str) -> list[str]:
 
 def script() -> str:
     """The doc's sh blocks as one script; the bench address made generous once the bench file exists."""
-    out = ["set -euo pipefail", "set -x"]
+    # whatever ends the script, the bench it started in the background stops with it
+    out = ["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT", "set -x"]
     for block in blocks("sh"):
         out.append(block.replace("visa:bench.toml", f"visa:{GENEROUS}"))
         if "serve-bench" in block:
