@@ -524,46 +524,55 @@ def plot(name: str, measured: Measured, path: Path) -> Path:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-        for ax, key, title in zip(axes, ("targets", "final", None), ("target", "final read", "final - target")):
-            data = raw[key] if key else raw["final"] - raw["targets"]
-            im = ax.imshow(np.asarray(data) * 1e6, cmap="viridis" if key else "coolwarm", interpolation="nearest")
-            fig.colorbar(im, ax=ax, label="uS")
-            ax.set_title(title)
+        targets, final = np.asarray(raw["targets"]), np.asarray(raw["final"])
+        plots.conductance_image(fig, axes[0], targets, "target")
+        plots.conductance_image(fig, axes[1], final, "final read")
+        plots.difference_image(fig, axes[2], final - targets, "final - target", label="final - target (µS)")
+        for ax in axes:
+            ax.set(xlabel="column", ylabel="row")
+        fig.suptitle(f"program: write-verify of {targets.size} devices")
         return plots._save(fig, path)
     if name == "pulse-response":
         g = np.asarray(raw["g"])
         return plots.plot_xy(np.asarray(raw["pulses"]), {"mean": g.mean(axis=1) * 1e6, "device 0": g[:, 0] * 1e6},
-                             path, "pulses", "G (uS)", "pulse response")
+                             path, "pulses", "G (µS)", "pulse response")
     if name == "retention":
         t = np.maximum(np.asarray(raw["times"]), 1e-3)
         g, lv = np.asarray(raw["g"]), np.asarray(raw["level_index"])
         targets = np.asarray(raw["targets"])
-        ys = {f"target {targets[lv == k][0] * 1e6:.3g} uS": g[:, lv == k].mean(axis=1) * 1e6
+        ys = {f"target {targets[lv == k][0] * 1e6:.3g} µS": g[:, lv == k].mean(axis=1) * 1e6
               for k in np.unique(lv)}
-        return plots.plot_xy(t, ys, path, "time after programming (s)", "mean G (uS)", "retention", logx=True)
+        return plots.plot_xy(t, ys, path, "time after programming (s)", "mean G (µS)", "retention", logx=True)
     if name == "endurance":
         cyc = np.asarray(raw["cycles"])
         return plots.plot_xy(cyc, {"G high": np.asarray(raw["g_high"]).mean(axis=1) * 1e6,
                                    "G low": np.asarray(raw["g_low"]).mean(axis=1) * 1e6},
-                             path, "cycles", "mean G (uS)", "endurance", logx=True)
+                             path, "cycles", "mean G (µS)", "endurance", logx=True)
     if name == "iv-sweep":
         import matplotlib.pyplot as plt
 
         volts, cur = np.asarray(raw["voltages"]), np.asarray(raw["currents"])
+        shown = min(cur.shape[1], 8)
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        for d in range(min(cur.shape[1], 8)):
-            ax.semilogy(volts, np.abs(cur[-1, d]) + 1e-12, lw=0.8)
-        ax.set(xlabel="V", ylabel="|I| (A)", title="I-V sweeps under compliance")
+        for d in range(shown):
+            i_ua = np.abs(cur[-1, d]) * 1e6
+            # at 0 V (start and end of the staircase) or with no current: a gap, not a spike down the log axis
+            ax.semilogy(volts, np.where((i_ua > 0) & (np.abs(volts) > 1e-6), i_ua, np.nan), lw=0.8)
+        ax.set(xlabel="voltage (V)", ylabel="|current| (µA)",
+               title=f"I-V sweeps under compliance ({shown} of {cur.shape[1]} devices, last cycle)")
         return plots._save(fig, path)
     if name == "forming":
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         v = np.asarray(raw["v_form"])
-        ax[0].hist(v[np.isfinite(v)], bins=20)
-        ax[0].set(xlabel="forming voltage (V)", ylabel="devices")
+        if np.isfinite(v).any():
+            ax[0].hist(v[np.isfinite(v)], bins=20)
+        else:
+            ax[0].text(0.5, 0.5, "no device formed in this sweep", ha="center", va="center", transform=ax[0].transAxes)
+        ax[0].set(xlabel="forming voltage (V)", ylabel="devices", title="forming voltage of the devices formed")
         ax[1].hist(np.asarray(raw["g_after"]) * 1e6, bins=40)
-        ax[1].set(xlabel="G after forming (uS)", ylabel="devices")
+        ax[1].set(xlabel="G after forming (µS)", ylabel="devices", title="conductance after forming")
         return plots._save(fig, path)
     raise ValueError(f"no plot for {name!r}")
 
@@ -592,6 +601,21 @@ PROCEDURES = {
     "iv-sweep": (iv_sweep, IvSweepParams),
     "forming": (forming, FormingParams),
 }
+
+
+def progress_units(name: str, params: BaseModel) -> int:
+    """How many progress ticks the routine ``name`` gives with ``params`` (the total of its progress bar)."""
+    if name == "pulse-response":
+        return 2 * params.steps * params.cycles
+    if name == "retention":
+        return params.n_times + 1  # the read right after programming, then n_times log-spaced
+    if name == "endurance":
+        return int(np.unique(np.round(np.logspace(0, np.log10(params.cycles), params.checkpoints))).size)
+    if name == "iv-sweep":
+        return params.cycles
+    if name == "forming":
+        return len(params.steps_v())
+    return 1
 
 
 def save(name: str, measured: Measured, board: Board, params: BaseModel | None, out_dir: str | Path,

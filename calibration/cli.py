@@ -25,7 +25,7 @@ import numpy as np
 
 from drivers.address import open_board
 from drivers.errors import BoardError
-from drivers.limits import PulseProfile
+from drivers.limits import PulseProfile, validation_summary
 
 log = logging.getLogger("hil.calibration")
 
@@ -72,7 +72,7 @@ def _profile_options(f):
 
 
 def _us(x: float) -> str:
-    return f"{x * 1e6:.4g} uS"
+    return f"{x * 1e6:.4g} µS"
 
 
 @click.command("calibrate")
@@ -113,7 +113,9 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
             extra["drift"] = _P.model_fields["drift"].default.model_copy(update={"t_max_s": drift_duration})
         params = CalibrationParams(seed=seed, sample=sample, k=k, drift_delay_s=drift_delay, set_profile=set_p,
                                    reset_profile=reset_p, plots=not no_plots, **extra)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        _fail(f"invalid option: {validation_summary(exc)}")
+    except ValueError as exc:
         _fail(f"invalid option: {exc}")
     from calibration.storage import AlreadyMeasured, ResumeRefused
     from hil.interruptions import resume_command, sigint_guard
@@ -172,10 +174,17 @@ def characterize_group() -> None:
     """Device-characterization routines (each writes DIR/NAME.h5 and DIR/NAME.png)."""
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    ctx.meta[f"characterize.{param.name}"] = value
+
+
 def _common(f):
     for opt in reversed([
         click.option("--board", "address", required=True, help="Board address."),
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path)),
+        click.option("--overwrite", is_flag=True, expose_value=False, callback=_remember,
+                     help="Replace this routine's files in --out if they exist."),
+        click.option("--no-progress", is_flag=True, expose_value=False, callback=_remember, help="No progress bar."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--region", default=None, metavar="ROW0,COL0,ROWS,COLS",
                      help="Rectangle of devices (default: see each routine)."),
@@ -193,6 +202,8 @@ def _region(text: str | None):
         parts = ()
     if len(parts) != 4:
         _fail(f"--region expects ROW0,COL0,ROWS,COLS (four integers), got {text!r}")
+    if min(parts[:2]) < 0 or min(parts[2:]) < 1:
+        _fail(f"--region expects ROW0,COL0 >= 0 and ROWS,COLS >= 1, got {text!r}")
     return parts
 
 
@@ -200,11 +211,19 @@ def _run_char(ctx, name: str, address: str, out_dir: Path, params_fn, profiles, 
     from pydantic import ValidationError
 
     from calibration import characterize as ch
+    from calibration.run import _progress_bar
 
+    stem = name.replace("-", "_")
+    existing = [p for p in (out_dir / f"{stem}.h5", out_dir / f"{stem}.png") if p.exists()]
+    if existing and not ctx.meta.get("characterize.overwrite"):
+        _fail(f"{existing[0]} exists: choose another --out, or pass --overwrite to replace it")
     try:
         set_p, reset_p = _profiles(*profiles)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        _fail(f"invalid option: {validation_summary(exc)}")
+    except ValueError as exc:
         _fail(f"invalid option: {exc}")
+    bar = None
     try:
         with _open(ctx, address) as board:
             if set_p is not None or reset_p is not None:
@@ -212,15 +231,19 @@ def _run_char(ctx, name: str, address: str, out_dir: Path, params_fn, profiles, 
             try:
                 params = params_fn(board)
             except ValidationError as exc:
-                _fail(f"invalid option: {exc}")
+                _fail(f"invalid option: {validation_summary(exc)}")
             extra = {k: (v(board) if callable(v) else v) for k, v in kwargs.items()}
-            measured = ch.run(name, board, params, out_dir, **extra)
+            tick, bar = _progress_bar(not ctx.meta.get("characterize.no_progress"), ch.progress_units(name, params),
+                                      desc=name)
+            measured = ch.run(name, board, params, out_dir, progress=tick, **extra)
     except KeyboardInterrupt:
         click.echo("interrupted: nothing of this routine was saved", err=True)
         sys.exit(130)
     except (BoardError, ValueError, OSError) as exc:
         _fail(str(exc))
-    stem = name.replace("-", "_")
+    finally:
+        if bar is not None:
+            bar.close()
     click.echo(f"{name}: {out_dir / (stem + '.h5')}, {out_dir / (stem + '.png')}")
     click.echo(measured.result.model_dump_json(indent=2))
 

@@ -54,20 +54,20 @@ def plot_pulse_response(result, raw: Raw, path: Path, fits: dict | None = None, 
             g += f.alpha_s * (1 - x) ** f.gamma if pol == "set" else -f.alpha_s * x**f.gamma
             path_g.append(g)
         ax1.plot(x0 + np.arange(len(path_g)), np.array(path_g) * US, color=color, ls="--",
-                 label=f"{pol} model: alpha={f.alpha_s * US:.3g} uS, gamma={f.gamma:.2f}")
+                 label=f"{pol} model: alpha={f.alpha_s * US:.3g} µS, gamma={f.gamma:.2f}")
     ax1.set_xlabel("pulses (SET, then RESET)")
-    ax1.set_ylabel("G (uS)")
+    ax1.set_ylabel("G (µS)")
     ax1.set_title("pulse response")
     ax1.legend(fontsize=7)
     for pol, color in (("set", "tab:red"), ("reset", "tab:blue")):
         c = result.curves[pol]
         g = np.array(c.g_s) * US
-        ax2.errorbar(g, np.array(c.step_mean_s) * US, yerr=np.array(c.step_sd_s) * US, fmt="o", ms=3, color=color,
-                     capsize=2, label=f"{pol}: mean +- sd over devices")
+        mean, sd = (np.array(v, dtype=float) * US for v in (c.step_mean_s, c.step_sd_s))  # None: NaN, a gap
+        ax2.errorbar(g, mean, yerr=sd, fmt="o", ms=3, color=color, capsize=2, label=f"{pol}: mean +- sd over devices")
         gg = np.linspace(fits[pol].g_min_s, fits[pol].g_max_s, 200)
         ax2.plot(gg * US, model_step(fits[pol], pol, gg) * US, color=color, lw=1.5)
-    ax2.set_xlabel("G (uS)")
-    ax2.set_ylabel("|step| per pulse (uS)")
+    ax2.set_xlabel("G (µS)")
+    ax2.set_ylabel("|step| per pulse (µS)")
     ax2.set_title("mean step versus conductance, soft-bounds fit")
     ax2.legend(fontsize=7)
     return _save(fig, path)
@@ -102,16 +102,16 @@ def plot_write_noise(result, raw: Raw, path: Path) -> Path:
             ax1.plot(nn, (bp["offset_var_s2"] + bp["slope_s2"] * nn) * US**2, ":", color=color,
                      label=f"{pol}: straight line in n")
     ax1.set_xlabel("pulses per write event n")
-    ax1.set_ylabel("variance of the change (uS^2)")
-    ax1.set_title(f"write noise: sigma_w = {result.write_noise_sigma_s * US:.3g} uS, "
-                  f"sigma_r0 = {result.relax_sigma0_s * US:.3g} uS, "
+    ax1.set_ylabel("variance of the change (µS²)")
+    ax1.set_title(f"write noise: sigma_w = {result.write_noise_sigma_s * US:.3g} µS, "
+                  f"sigma_r0 = {result.relax_sigma0_s * US:.3g} µS, "
                   f"sigma_rel = {result.c2c_sigma_rel:.3g}")
     ax1.legend(fontsize=7)
     en = np.asarray(raw["event_pulses"])
     for n, color in zip(sorted(set(en.tolist()))[::2], plt.cm.viridis(np.linspace(0, 0.9, 4))):
         d = centred_changes(raw, n, +1) * US
         ax2.hist(d, bins=80, histtype="step", density=True, color=color, label=f"SET n={n}")
-    ax2.set_xlabel("change minus device mean (uS)")
+    ax2.set_xlabel("change minus device mean (µS)")
     ax2.set_ylabel("density")
     ax2.set_title("distribution of the achieved change")
     ax2.legend(fontsize=7)
@@ -132,18 +132,54 @@ def plot_drift(result, raw: Raw, path: Path) -> Path:
         if not sel.any():
             continue
         ch = (g[:, sel] - g[0, sel]).mean(axis=1) * US
-        line = ax1.semilogx(tt, ch, "o", ms=4, label=f"level {level.level:g}: mu={level.mu_s * US:.3g} uS")[0]
+        line = ax1.semilogx(tt, ch, "o", ms=4, label=f"level {level.level:g}: mu={level.mu_s * US:.3g} µS")[0]
         ax1.semilogx(tt, -level.mu_s * (lt - lt[0]) * US, "-", color=line.get_color())
     ax1.set_xlabel("time after the write (s, board clock)")
-    ax1.set_ylabel("mean change from t~0 (uS)")
-    ax1.set_title(f"drift: mu = {result.mu_s * US:.3g} uS per ln(1+t/t0)")
+    ax1.set_ylabel("mean change from t~0 (µS)")
+    ax1.set_title(f"drift: mu = {result.mu_s * US:.3g} µS per ln(1+t/t0)")
     ax1.legend(fontsize=7)
     ax2.plot(lt, np.array(result.spread_s) * US, "o", label="spread of the change (read noise removed)")
-    ax2.plot(lt, result.sigma1_s * (lt - lt[0]) * US, "-", label=f"sigma1 = {result.sigma1_s * US:.3g} uS")
+    ax2.plot(lt, result.sigma1_s * (lt - lt[0]) * US, "-", label=f"sigma1 = {result.sigma1_s * US:.3g} µS")
     ax2.set_xlabel("ln(1 + t/t0)")
-    ax2.set_ylabel("spread (uS)")
+    ax2.set_ylabel("spread (µS)")
     ax2.legend(fontsize=7)
     return _save(fig, path)
+
+
+def robust_limits(values: np.ndarray, percent: float = 1.0) -> tuple[float, float]:
+    """Colour limits from the ``percent`` and ``100 - percent`` percentiles of the finite values, so a few
+    stuck or broken devices do not wash out the rest."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [percent, 100.0 - percent])
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
+
+
+def conductance_image(fig, ax, g_s: np.ndarray, title: str, label: str = "G (µS)"):
+    """A conductance map in µS with robust colour limits; devices beyond them (stuck high or low) are drawn
+    in red (above) and black (below), and the colour bar says so with its arrows."""
+    g_us = np.asarray(g_s, float) * US
+    lo, hi = robust_limits(g_us)
+    cmap = plt.get_cmap("viridis").with_extremes(over="red", under="black")
+    im = ax.imshow(g_us, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
+    n_out = int(np.sum((g_us > hi) | (g_us < lo)))
+    fig.colorbar(im, ax=ax, extend="both", label=label)
+    ax.set_title(f"{title}\n{n_out} beyond the 1-99 % range: red high, black low" if n_out else title, fontsize=10)
+    return im
+
+
+def difference_image(fig, ax, d_s: np.ndarray, title: str, label: str = "ΔG (µS)"):
+    """A signed map in µS on a diverging colour map centred on zero, limits symmetric at the 99th percentile of |d|."""
+    d_us = np.asarray(d_s, float) * US
+    finite = np.abs(d_us[np.isfinite(d_us)])
+    lim = float(np.percentile(finite, 99)) if finite.size else 1.0
+    lim = lim if lim > 0 else 1.0
+    im = ax.imshow(d_us, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest", aspect="auto")
+    fig.colorbar(im, ax=ax, extend="both", label=label)
+    ax.set_title(title)
+    return im
 
 
 def plot_conductance_map(g_map: np.ndarray, path: Path, stuck: np.ndarray | None = None,
@@ -152,9 +188,7 @@ def plot_conductance_map(g_map: np.ndarray, path: Path, stuck: np.ndarray | None
     g_map = np.asarray(g_map)
     panels = 2 if stuck is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.6), squeeze=False)
-    im = axes[0, 0].imshow(g_map * US, cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=axes[0, 0], label="G (uS)")
-    axes[0, 0].set_title(title)
+    conductance_image(fig, axes[0, 0], g_map, title)
     axes[0, 0].set_xlabel("column")
     axes[0, 0].set_ylabel("row")
     if stuck is not None:
@@ -162,6 +196,7 @@ def plot_conductance_map(g_map: np.ndarray, path: Path, stuck: np.ndarray | None
         axes[0, 1].imshow(s, cmap="gray_r", interpolation="nearest")
         axes[0, 1].set_title(f"stuck devices: {int(s.sum())} of {s.size} ({100 * s.mean():.2f} %)")
         axes[0, 1].set_xlabel("column")
+        axes[0, 1].set_ylabel("row")
     return _save(fig, path)
 
 

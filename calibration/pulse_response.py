@@ -72,8 +72,10 @@ class StepCurve(BaseModel):
     """Mean |step| per pulse versus conductance, model-free."""
 
     g_s: list[float]
-    step_mean_s: list[float]
-    step_sd_s: list[float] = Field(description="spread over devices of the per-device mean step")
+    # None, not NaN: JSON has no NaN (pydantic writes null), and the file must read back
+    step_mean_s: list[float | None] = Field(description="mean over devices; None where no device reached the bin")
+    step_sd_s: list[float | None] = Field(description="spread over devices of the per-device mean step; None where "
+                                                      "fewer than two devices reached the bin")
     n_devices: list[int]
 
 
@@ -127,8 +129,11 @@ def _step_curves(n_dev: int, y: np.ndarray, sign: int, m: np.ndarray, edges: np.
     dev2 = np.where(present, (per_dev - mean[:, None]) ** 2, 0.0).sum(axis=1)
     sd = np.where(n_in > 1, np.sqrt(dev2 / np.maximum(n_in - 1, 1)), np.nan)
     centers = 0.5 * (edges[1:] + edges[:-1])
-    return StepCurve(g_s=centers.tolist(), step_mean_s=[float(v) for v in mean],
-                     step_sd_s=[float(v) for v in sd], n_devices=n_in.astype(int).tolist())
+    def listed(values: np.ndarray) -> list[float | None]:
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    return StepCurve(g_s=centers.tolist(), step_mean_s=listed(mean), step_sd_s=listed(sd),
+                     n_devices=n_in.astype(int).tolist())
 
 
 def equilibrium_x(set_fit: SoftBoundsFit, reset_fit: SoftBoundsFit) -> float:

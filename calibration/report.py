@@ -40,7 +40,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers.limits import validation_summary
 
 
 class DriftModel(BaseModel):
@@ -67,6 +69,7 @@ class CalibrationReport(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_version: int = 2
+    software_version: str | None = Field(None, description="version of memristor-hil that measured this calibration")
     board: dict = Field(default_factory=dict, description="identity of the board measured")
     profiles: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="pulse profiles calibrated: set/reset amplitude_v, width_s")
@@ -80,8 +83,9 @@ class CalibrationReport(BaseModel):
     c2c_sigma_rel: float | None = Field(None, description="cycle-to-cycle spread relative to the step")
     pulse_step_mean_s: dict[str, float] = Field(description="mean |step| per pulse at mid-window, set/reset")
     pulse_response: dict[str, SoftBoundsFit] = Field(default_factory=dict)
-    pulse_step_curve: dict[str, dict[str, list[float]]] = Field(
-        default_factory=dict, description="model-free mean |step| and its spread over devices versus G, per polarity")
+    pulse_step_curve: dict[str, dict[str, list[float | None]]] = Field(
+        default_factory=dict, description="model-free mean |step| and its spread over devices versus G, per polarity (None "
+                    "where too few devices reached a conductance bin)")
     read_noise_rel: float
     drift: DriftModel
     drift_delay_s: float | None = Field(
@@ -111,5 +115,14 @@ class CalibrationReport(BaseModel):
             return cls.model_validate(json.loads(p.read_text()))
         except FileNotFoundError:
             raise ValueError(f"calibration file {p} does not exist; run `hil calibrate` first") from None
-        except (json.JSONDecodeError, ValueError) as exc:
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"calibration file {p} is not JSON ({exc}); give the calibration.json that "
+                             "`hil calibrate` wrote") from None
+        except ValidationError as exc:
+            missing = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "missing"]
+            hint = (f"it lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: "
+                    "give the calibration.json that `hil calibrate` wrote, not another JSON file"
+                    if missing else validation_summary(exc))
+            raise ValueError(f"calibration file {p} is not a calibration report: {hint}") from None
+        except (OSError, ValueError) as exc:
             raise ValueError(f"calibration file {p} is not a valid calibration report: {exc}") from None

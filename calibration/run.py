@@ -74,6 +74,7 @@ from calibration.write_noise import STAGE as WN
 from calibration.write_noise import WriteNoiseParams, WriteNoiseResult, measure_write_noise
 from drivers.board import Board
 from drivers.limits import PulseProfile, check_event_pulses, check_profile
+from hil.version import software_version
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +152,15 @@ class _StageTicker:
             self.tick(units - self.done)
 
 
-def _progress_bar(enabled, total: float):
+def _progress_bar(enabled, total: float, desc: str = "calibrate"):
+    """A tqdm bar with its time estimate (none when stderr is not a terminal) and the tick that advances it."""
     if callable(enabled):
         return enabled, None
     if not enabled:
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", desc="calibrate", dynamic_ncols=True, disable=None,
+    bar = tqdm(total=total, unit="step", desc=desc, dynamic_ncols=True, disable=None,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
     return (lambda k: bar.update(k)), bar
 
@@ -369,9 +371,13 @@ def _report(board: Board, params: CalibrationParams, identity: dict, set_p: Puls
         "window_s.g_min_s": pr.window_sigma_s["g_min_s"],
         "window_s.g_max_s": pr.window_sigma_s["g_max_s"],
     }
-    curves = {pol: {"g_s": c.g_s, "step_mean_s": [v * scale[pol] for v in c.step_mean_s],
-                    "step_sd_s": [v * scale[pol] for v in c.step_sd_s]} for pol, c in pr.curves.items()}
+    def scaled(values: list[float | None], k: float) -> list[float | None]:
+        return [None if v is None else v * k for v in values]
+
+    curves = {pol: {"g_s": c.g_s, "step_mean_s": scaled(c.step_mean_s, scale[pol]),
+                    "step_sd_s": scaled(c.step_sd_s, scale[pol])} for pol, c in pr.curves.items()}
     return CalibrationReport(
+        software_version=software_version(),
         board=identity,
         profiles={"set": set_p.model_dump(), "reset": reset_p.model_dump()},
         delta_g_th_s=th.delta_g_th_s, delta_g_th_k=params.k, delta_g_th_pulses=th.quantum_pulses,

@@ -32,10 +32,11 @@ from pydantic import BaseModel
 
 from calibration.atomic_files import atomic_h5
 from calibration.common import Raw, Stamp, now_iso
+from hil.version import software_version
 
 log = logging.getLogger(__name__)
 
-SOFTWARE = "memristor-hil calibration"
+SOFTWARE = "memristor-hil calibration"  # with software_version beside it
 
 
 class ResumeRefused(ValueError):
@@ -129,6 +130,7 @@ class RawStore:
             f.attrs["params"] = json.dumps(params, sort_keys=True)
             f.attrs["created"] = now_iso()
             f.attrs["software"] = SOFTWARE
+            f.attrs["software_version"] = software_version()
             for k, v in (extra or {}).items():
                 f.attrs[k] = _attr_value(v)
             f.create_group("stages")
@@ -210,6 +212,7 @@ def save_measurement(path: str | Path, name: str, result: BaseModel, raw: Raw, p
             f.attrs["instrument_settings"] = json.dumps(settings, sort_keys=True, default=str)
         f.attrs["created"] = now_iso()
         f.attrs["software"] = SOFTWARE
+        f.attrs["software_version"] = software_version()
         f.create_group("stages")
     RawStore(path).write_stage(name, result, raw, params, stamp)
     return path

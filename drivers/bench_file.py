@@ -98,11 +98,11 @@ class _Section(BaseModel):
 
 
 class BenchSection(_Section):
-    name: str = "VISA bench"
+    name: str = Field("VISA bench", description="shown by hil info and recorded in every run")
     rows: int = Field(ge=1, le=64, description="array word lines")
     cols: int = Field(ge=1, le=64, description="array bit lines")
     visa_library: str = Field("@py", description="pyvisa backend: '@py', '' (system VISA), '@sim' ...")
-    timeout_s: float = Field(2.0, gt=0, le=600)
+    timeout_s: float = Field(2.0, gt=0, le=600, description="per instrument exchange")
     emulated: bool = Field(False, description="the instruments are the firmware_stub emulators")
     virtual_clock: bool = Field(False, description="clock()/wait() use the emulators' virtual clock")
 
@@ -114,26 +114,35 @@ class BenchSection(_Section):
 
 
 class SmuSection(_Section):
-    resource: str = Field(min_length=1)
-    read_voltage_v: float = Field(0.2, gt=0, le=21.0)
-    current_range_a: float = Field(1e-4, ge=1e-8, le=1.0)
-    nplc: float = Field(1.0, ge=0.01, le=10.0)
-    compliance_a: float | None = Field(None, gt=0, le=1.05)
-    output_off_mode: Literal["HIMP", "NORM", "ZERO", "GUAR"] = "NORM"
-    terminals: Literal["FRON", "REAR"] = "FRON"
-    hot_switching: bool = False
+    """Keithley 2450 source-measure unit: reads, I-V sweeps and forming."""
+
+    resource: str = Field(min_length=1, description="VISA resource, e.g. TCPIP::192.168.1.20::5025::SOCKET")
+    read_voltage_v: float = Field(0.2, gt=0, le=21.0, description="voltage of a read (checked against max_read_v)")
+    current_range_a: float = Field(1e-4, ge=1e-8, le=1.0, description="fixed measure range; reads up to 1.05x this")
+    nplc: float = Field(1.0, ge=0.01, le=10.0, description="integration time in power-line cycles")
+    compliance_a: float | None = Field(None, gt=0, le=1.05, description="current limit of reads; unset: the "
+                                                                      "effective safety limit compliance_a")
+    output_off_mode: Literal["HIMP", "NORM", "ZERO", "GUAR"] = Field("NORM", description="state of the output "
+                                                                                       "when off")
+    terminals: Literal["FRON", "REAR"] = Field("FRON", description="front or rear terminals")
+    hot_switching: bool = Field(False, description="true keeps the output on while the matrix moves between cells")
 
 
 class PulseGeneratorSection(_Section):
-    resource: str = Field(min_length=1)
-    channel: Literal[1, 2] = 1
-    period_s: float | None = Field(None, gt=0, le=1e3)
-    min_period_s: float = Field(1e-6, gt=0, le=1e3)
-    edge_time_s: float = Field(8.4e-9, ge=8.4e-9, le=1e-6)
+    """Keysight 33500B series waveform generator: SET and RESET pulse bursts."""
+
+    resource: str = Field(min_length=1, description="VISA resource, e.g. TCPIP::192.168.1.21::5025::SOCKET")
+    channel: Literal[1, 2] = Field(1, description="output channel wired to the matrix")
+    period_s: float | None = Field(None, gt=0, le=1e3, description="pulse period in a burst; unset: "
+                                                                   "max(min_period_s, 2 x width)")
+    min_period_s: float = Field(1e-6, gt=0, le=1e3, description="shortest pulse period the bench allows")
+    edge_time_s: float = Field(8.4e-9, ge=8.4e-9, le=1e-6, description="rise and fall time of a pulse")
 
 
 class SwitchMatrixSection(_Section):
-    resource: str = Field(min_length=1)
+    """Keithley 707B switching matrix: connects the instruments to one array cell at a time."""
+
+    resource: str = Field(min_length=1, description="VISA resource, e.g. TCPIP::192.168.1.22::5025::SOCKET")
 
 
 def _columns(value: object) -> list[int]:
@@ -159,13 +168,17 @@ def _columns(value: object) -> list[int]:
 
 
 class WiringSection(_Section):
-    smu_hi: str = "A"
-    smu_lo: str = "B"
-    pulse_hi: str = "C"
-    pulse_lo: str = "D"
-    word_lines: list[int]
-    bit_lines: list[int]
-    columns_per_slot: int = Field(12, ge=1, le=99)
+    """Matrix rows carry the instrument terminals; matrix columns reach the array lines."""
+
+    smu_hi: str = Field("A", description="matrix row (A-H) of the SMU's HI terminal")
+    smu_lo: str = Field("B", description="matrix row of the SMU's LO terminal")
+    pulse_hi: str = Field("C", description="matrix row of the pulse generator's output")
+    pulse_lo: str = Field("D", description="matrix row of the pulse generator's ground")
+    word_lines: list[int] = Field(description="matrix columns of the array's word lines, in order (1-based; "
+                                              "\"1-8\", \"1-4,9\" or a list); as many as [bench] rows")
+    bit_lines: list[int] = Field(description="matrix columns of the bit lines, in order; as many as [bench] cols")
+    columns_per_slot: int = Field(12, ge=1, le=99, description="columns of one matrix card: column 13 is slot 2 "
+                                                                "column 01 with 12")
 
     @field_validator("word_lines", "bit_lines", mode="before")
     @classmethod
@@ -204,7 +217,8 @@ class WiringSection(_Section):
 
 class WriteVerifySection(_Section):
     nominal_step_s: float = Field(5e-7, gt=0, description="initial estimate of the change per pulse")
-    max_pulses_per_round: int = Field(32, ge=1, le=10_000)
+    max_pulses_per_round: int = Field(32, ge=1, le=10_000, description="most pulses per device in one "
+                                                                         "program-and-verify round")
 
 
 class BenchFile(_Section):

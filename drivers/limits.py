@@ -77,7 +77,7 @@ class SafetyLimits(BaseModel):
         1e-12, gt=0, description="shortest pulse; a short pulse puts less energy into a device, not more, so "
         "the default leaves the floor to the hardware (its own minimum); raise it for a generator whose "
         "short pulses ring or overshoot")
-    max_pulse_width_s: float = Field(1e-3, gt=0)
+    max_pulse_width_s: float = Field(1e-3, gt=0, description="longest pulse")
     max_pulses_per_batch: int = Field(8_000_000, gt=0, description="pulses in one batch, all devices")
     max_pulses_per_device: int = Field(255, gt=0, description="pulses one device may get in one batch")
 

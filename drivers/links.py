@@ -35,10 +35,20 @@ def _log_traffic(direction: str, data: bytes) -> None:
         log.debug("%s %d bytes: %s", direction, len(data), data[:256].hex(" ") + (" ..." if len(data) > 256 else ""))
 
 
+def _check_socket_url(url: str) -> None:
+    """pyserial reports a bad ``socket://`` port with its option parser's message; say what is wrong."""
+    host, _, port = url[len("socket://"):].partition("?")[0].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LinkError(f"cannot open serial link {url!r}: expected socket://HOST:PORT with PORT in 1..65535 "
+                        "(the port `hil emulator serve --tcp` printed)")
+
+
 class SerialLink:
     """A pyserial port: ``/dev/ttyUSB0``, ``/dev/pts/3``, ``socket://host:port``, ``loop://`` ..."""
 
     def __init__(self, url: str, baudrate: int = 3_000_000, open_timeout_s: float = 2.0):
+        if url.startswith("socket://"):
+            _check_socket_url(url)
         try:
             self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05, write_timeout=10.0,
                                                do_not_open=True)

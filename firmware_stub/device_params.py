@@ -39,9 +39,9 @@ class DeviceParams(BaseModel):
 
     # soft-bounds pulse response at the nominal pulse
     alpha_set_s: float = Field(1.0e-6, gt=0, description="SET step at x=0; mid-window mean step is alpha*(0.5)**gamma")
-    gamma_set: float = Field(1.0, ge=0)
+    gamma_set: float = Field(1.0, ge=0, description="soft-bounds exponent of SET: step alpha*(1-x)**gamma")
     reset_asymmetry: float = Field(1.2, gt=0, description="alpha_reset = reset_asymmetry * alpha_set")
-    gamma_reset: float = Field(1.0, ge=0)
+    gamma_reset: float = Field(1.0, ge=0, description="soft-bounds exponent of RESET: step alpha*x**gamma")
     sigma_d2d: float = Field(0.3, ge=0, lt=1, description="relative device-to-device spread of alpha")
     sigma_c2c: float = Field(1.0, ge=0, description="relative cycle-to-cycle spread of every pulse's step")
 
@@ -50,11 +50,11 @@ class DeviceParams(BaseModel):
     relax_mu_s: float = Field(0.09e-6, ge=0, description="mean relaxation: -mu*ln(1+t/t0)")
     relax_sigma0_s: float = Field(0.4e-6, ge=0, description="relaxation spread at t=0")
     relax_sigma1_s: float = Field(0.04e-6, ge=0, description="relaxation spread growth per ln(1+t/t0)")
-    relax_t0_s: float = Field(1.0, gt=0)
+    relax_t0_s: float = Field(1.0, gt=0, description="time scale t0 of the relaxation")
 
     # reads
     read_noise_rel: float = Field(0.01, ge=0, description="relative read noise, fresh at every read")
-    read_voltage_v: float = Field(0.2, gt=0)
+    read_voltage_v: float = Field(0.2, gt=0, description="voltage of a read")
     t_read_s: float = Field(100e-9, gt=0, description="integration time of one cell read (energy)")
 
     # defects and wear
@@ -70,16 +70,16 @@ class DeviceParams(BaseModel):
     sigma_form_rel: float = Field(0.05, ge=0, description="relative device-to-device spread of the forming voltage")
 
     # pulse amplitude/width dependence: step scales as ((|V|-Vth)/(Vnom-Vth))**p * (w/wnom)
-    v_set_nominal_v: float = Field(1.6, gt=0)
-    v_reset_nominal_v: float = Field(-1.8, lt=0)
-    v_set_threshold_v: float = Field(0.8, gt=0)
-    v_reset_threshold_v: float = Field(-0.9, lt=0)
-    amplitude_exponent: float = Field(2.0, gt=0)
-    width_nominal_s: float = Field(50e-9, gt=0)
+    v_set_nominal_v: float = Field(1.6, gt=0, description="SET amplitude at which the step is alpha_set_s")
+    v_reset_nominal_v: float = Field(-1.8, lt=0, description="RESET amplitude at which the step is alpha_reset")
+    v_set_threshold_v: float = Field(0.8, gt=0, description="SET amplitude below which nothing changes")
+    v_reset_threshold_v: float = Field(-0.9, lt=0, description="RESET amplitude above which nothing changes")
+    amplitude_exponent: float = Field(2.0, gt=0, description="exponent p of the amplitude dependence")
+    width_nominal_s: float = Field(50e-9, gt=0, description="pulse width at which the step is alpha")
 
     # converters and energy (sources and hand checks: docs/ENERGY.md)
-    dac_bits: int = Field(8, ge=2, le=16)
-    adc_bits: int = Field(10, ge=2, le=16)
+    dac_bits: int = Field(8, ge=2, le=16, description="resolution of the VMM input DACs")
+    adc_bits: int = Field(10, ge=2, le=16, description="resolution of the read and VMM output ADCs")
     adc_energy_j: float = Field(2e-12, ge=0, description="energy of one ADC conversion (a VMM output or a cell read)")
     dac_energy_j: float = Field(0.5e-12, ge=0, description="energy of one DAC conversion (one VMM input of one vector)")
     line_capacitance_f: float = Field(16e-15, ge=0, description="row + column line charged by every write pulse: C*V^2 per pulse")
@@ -143,5 +143,8 @@ def load_device_params(path: str | Path | None = None, preset: str = "default") 
     try:
         return DeviceParams(**data)
     except ValidationError as exc:
+        # one line, in the form of drivers.limits.validation_summary (firmware_stub imports nothing above protocols)
+        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                            for e in exc.errors())
         where = f"device parameter file {path} (over preset {preset})" if path is not None else f"device preset {preset}"
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(f"{where}: {summary}") from None

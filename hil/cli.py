@@ -19,6 +19,7 @@ from drivers.errors import BoardError
 from drivers.limits import SafetyLimits, load_limits
 from hil.update_rules import RULES
 from hil.interruptions import resume_command, sigint_guard
+from hil.version import software_version
 
 log = logging.getLogger("hil")
 
@@ -34,6 +35,7 @@ def _fail(message: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(software_version(), "--version", "-V", prog_name="hil", message="%(prog)s %(version)s")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="DEBUG also logs raw wire traffic.")
@@ -68,7 +70,8 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
     try:
         with _open(ctx, address) as board:
             eff = board.effective_limits
-            data = {"address": address, "info": board.info.model_dump(mode="json"),
+            data = {"software_version": software_version(), "address": address,
+                    "info": board.info.model_dump(mode="json"),
                     "effective_limits": eff.limits.model_dump(), "limit_sources": dict(eff.sources),
                     "limits_refused": {k: {"asked": a, "used": u} for k, (a, u) in eff.refused.items()},
                     "status": board.status().model_dump()}
@@ -117,7 +120,7 @@ def bench(ctx: click.Context, address: str, as_json: bool, quick: bool) -> None:
     except BoardError as exc:
         _fail(str(exc))
     if as_json:
-        click.echo(report.model_dump_json(indent=2))
+        click.echo(json.dumps({"software_version": software_version(), **report.model_dump(mode="json")}, indent=2))
         return
     for key, value in report.model_dump().items():
         click.echo(f"{key:36s} {value}")
@@ -165,9 +168,10 @@ def _failed(ctx: click.Context, message: str, resumable: bool) -> None:
               help="With --resume on a board without durable pulse tags (VISA), when the read-back cannot tell: "
                    "the pulses of the interrupted step did (not) reach the devices.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole summary as JSON instead of the table.")
 @click.pass_context
 def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, allow_foreign_calibration,
-          batch_size, lr, hidden, optimizer, k, resume, assume_applied, quiet) -> None:
+          batch_size, lr, hidden, optimizer, k, resume, assume_applied, quiet, as_json) -> None:
     """Train a network on the array (or digitally, --method float); writes the run directory."""
     from pydantic import ValidationError
 
@@ -179,6 +183,8 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
         sizes = None if hidden is None else [int(h) for h in str(hidden).split(",") if h.strip()]
     except ValueError:
         _fail(f"--hidden expects layer sizes like 32 or 64,32; got {hidden!r}")
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        _fail(f"--hidden expects layer sizes of at least 1, like 32 or 64,32; got {hidden!r}")
     values = {"board": address, "task": task, "method": method, "epochs": epochs, "seed": seed,
               "calibration": calibration, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
               "delta_g_th_k": k, "hidden": sizes, "allow_foreign_calibration": allow_foreign_calibration or None}
@@ -218,7 +224,12 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
         _fail(str(exc))
     except OSError as exc:
         _failed(ctx, f"cannot write the run directory {out_dir}: {exc}", (out_dir / "config.json").exists())
-    click.echo(json.dumps({k: v for k, v in summary.items()}, indent=2))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    from hil.run_summary import summary_table
+
+    click.echo(summary_table(summary, out_dir / "summary.json"))
 
 
 @cli.command()
@@ -240,7 +251,7 @@ def compare(run_dirs, as_json: bool, out_dir: Path | None, overwrite: bool, no_p
     except ValueError as exc:
         _fail(str(exc))
     if as_json:
-        click.echo(json.dumps(cmp.to_json(groups, ratios), indent=2))
+        click.echo(json.dumps({"software_version": software_version(), **cmp.to_json(groups, ratios)}, indent=2))
     else:
         click.echo(cmp.table(groups, ratios))
     if no_plot:
@@ -381,8 +392,8 @@ def serve(use_pty: bool, tcp: str | None, rows: int, cols: int, seed: int, prese
         address = f"serial:{server.path}"
     else:
         host, _, port = tcp.rpartition(":")
-        if not host or not port.isdigit():
-            _fail(f"--tcp expects HOST:PORT, got {tcp!r}")
+        if not host or not port.isdigit() or int(port) > 65535:
+            _fail(f"--tcp expects HOST:PORT with PORT in 0..65535 (0: any free port), got {tcp!r}")
         try:
             server = TcpServer(endpoint, host, int(port))
         except OSError as exc:
@@ -408,7 +419,20 @@ cli.add_command(characterize_group)
 
 
 def main() -> None:
-    cli(prog_name="hil")
+    """The ``hil`` entry point: click's usage errors too end in one ``error:`` line (status 2)."""
+    try:
+        code = cli.main(prog_name="hil", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "hil"
+        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

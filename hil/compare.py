@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats as _st
 
 # training settings that are the seed's or the method's own, not the group's
-_PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task"}
+_PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task", "software_version"}
 # settings the digital reference ignores (it has no array): a float run pairs with array runs that differ in them
 _METHOD_ONLY = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_s", "checkpoint_every"}
 METRICS = ("test_accuracy", "test_ssim")

@@ -3,7 +3,9 @@
 Layout (ARCHITECTURE.md): ``config.json``, ``board.json``, ``calibration.json``,
 ``metrics.jsonl`` (one JSON object per line, flushed as written), ``checkpoint.npz``
 + ``checkpoint.json`` (everything needed to resume exactly), ``summary.json`` and
-PNG plots.  Files that must never be seen half-written are replaced atomically
+PNG plots.  Every JSON object written here records ``software_version`` (the stack's
+version that wrote it; a copied file keeps the version it already names).  Files that
+must never be seen half-written are replaced atomically
 (:mod:`calibration.atomic_files`: temporary file, fsync, rename, fsync of the directory).
 """
 
@@ -19,6 +21,20 @@ import numpy as np
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
 from calibration.atomic_files import json_default as _json_default
+from hil.version import software_version
+
+
+def with_version(obj: Any) -> Any:
+    """``obj`` with ``software_version`` first (kept when it names one already); non-dicts as given."""
+    if not isinstance(obj, dict):
+        return obj
+    return {"software_version": obj.get("software_version") or software_version(),
+            **{k: v for k, v in obj.items() if k != "software_version"}}
+
+
+def without_version(obj: dict) -> dict:
+    """A JSON object as written by :meth:`RunStore.write_json`, minus its ``software_version``."""
+    return {k: v for k, v in obj.items() if k != "software_version"}
 
 
 class RunStore:
@@ -33,7 +49,7 @@ class RunStore:
         return (self.root / name).exists()
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_json(self.root / name, obj)
+        atomic_write_json(self.root / name, with_version(obj))
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.root / name).read_text())
@@ -80,7 +96,7 @@ class RunStore:
         np.savez(buf, **arrays, **extra)
         name = f"checkpoint.{gen % 2}.npz"
         atomic_write_bytes(self.root / name, buf.getvalue())
-        atomic_write_json(self.root / "checkpoint.json", {**meta, "arrays_file": name})
+        atomic_write_json(self.root / "checkpoint.json", with_version({**meta, "arrays_file": name}))
 
     def load_checkpoint(self) -> tuple[dict, dict[str, np.ndarray], bytes | None]:
         try:

@@ -50,11 +50,11 @@ from drivers.address import open_board
 from drivers.board import Board, PulseBatch
 from hil.exactly_once import BatchDecision, ReadBackModel, UndecidedBatch, assumed, decide
 from hil.layers import AnalogLinear, DigitalLinear
-from hil.mapping import ConductanceMap, place_tiles
+from hil.mapping import ConductanceMap, DoesNotFitError, place_tiles
 from hil.model import MLP
 from hil.nn import init_weights, mse, softmax_cross_entropy
 from hil.optim import make_optimizer
-from hil.run_store import RunStore
+from hil.run_store import RunStore, without_version
 from hil.tasks import accuracy, load_task, ssim
 from hil.update_rules import RULES, make_rule
 from hil.version import software_version
@@ -519,7 +519,11 @@ class Trainer:
             return
         if self.board is None:
             raise ValueError("an array method needs a board")
-        place_tiles(self._shapes(), self.board.info.rows, self.board.info.cols)
+        rows, cols = self.board.info.rows, self.board.info.cols
+        try:
+            place_tiles(self._shapes(), rows, cols)
+        except DoesNotFitError as exc:
+            raise DoesNotFitError(f"{exc}; {fit_hint(self.cfg.task, rows, cols)}") from None
         if self.cfg.calibration:
             self._load_given_calibration()
 
@@ -598,7 +602,7 @@ class Trainer:
         """A resumed run must have the configuration it was started with (the board address may differ)."""
         if not self.store.exists("config.json"):
             raise ValueError(f"{self.store.root} holds no run to resume (no config.json)")
-        saved = TrainConfig(**self.store.read_json("config.json"))
+        saved = TrainConfig(**without_version(self.store.read_json("config.json")))
         if saved.model_dump(exclude={"board"}) != self.cfg.model_dump(exclude={"board"}):
             raise ValueError(f"--resume: the run in {self.store.root} was made with another configuration: "
                              f"{saved.model_dump()}")
@@ -753,6 +757,22 @@ class Trainer:
         return summary
 
 
+def fit_hint(task: str, rows: int, cols: int) -> str:
+    """What to train on a ``rows`` x ``cols`` array instead: the widest one-hidden-layer network of the small
+    classification task that fits, or how large an array its smallest network needs."""
+    n_in, n_out = 16, 10  # digits-small: 4x4 pooled digits, ten classes
+    for hidden in (32, 16, 8, 4, 2):
+        try:
+            place_tiles([(n_in, hidden), (hidden, n_out)], rows, cols)
+        except DoesNotFitError:
+            continue
+        if task == "digits-small":
+            return f"--hidden {hidden} fits this {rows}x{cols} array"
+        return f"--task digits-small --hidden {hidden} fits this {rows}x{cols} array"
+    return (f"the smallest network here, --task digits-small --hidden 2, needs {n_in} rows x {2 * 2 + 2 * n_out} "
+            f"columns (e.g. hil emulator serve-bench --rows {n_in} --cols {2 * 2 + 2 * n_out})")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None,
           assume_applied: bool | None = None) -> dict:
     """Run (or resume) a training run; opens and safely closes the board.  ``assume_applied``: see :class:`Trainer`."""
@@ -767,5 +787,5 @@ def load_config_for_resume(out_dir: str | Path, board: str | None = None) -> Tra
     path = Path(out_dir) / "config.json"
     if not path.exists():
         raise ValueError(f"{out_dir} holds no run to resume (no config.json)")
-    cfg = TrainConfig(**json.loads(path.read_text()))
+    cfg = TrainConfig(**without_version(json.loads(path.read_text())))
     return cfg if board is None else cfg.model_copy(update={"board": board})

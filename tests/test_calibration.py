@@ -339,3 +339,24 @@ def test_calibration_code_uses_only_the_board_contract():
         assert "true_parameters" not in text, path.name
     with pytest.raises(BoardError):
         raise BoardError("typed errors are what the procedures let through")
+
+
+def test_a_step_curve_bin_few_devices_reached_reads_back_from_calibration_json(tmp_path):
+    """Two devices, one of which never reaches the upper bins: those bins have a mean but no spread (None, not
+    NaN, which JSON cannot hold), and a report holding the curve is written and read back."""
+    import numpy as np
+
+    from calibration.pulse_response import _step_curves
+    from calibration.report import CalibrationReport, DriftModel
+
+    y = np.stack([np.linspace(10e-6, 90e-6, 9), np.linspace(10e-6, 30e-6, 9)], axis=1)  # (events+1, devices)
+    curve = _step_curves(2, y, +1, np.ones(8), np.linspace(0, 100e-6, 11))
+    assert None in curve.step_sd_s and None in curve.step_mean_s  # the empty bins too
+    assert all(v is None or np.isfinite(v) for v in curve.step_sd_s + curve.step_mean_s)
+    report = CalibrationReport(delta_g_th_s=1e-6, delta_g_th_pulses=2, write_noise_sigma_s=1e-6, c2c_sigma_s=5e-7,
+                               pulse_step_mean_s={"set": 1e-6, "reset": 1e-6}, read_noise_rel=0.01,
+                               drift=DriftModel(mu_s=1e-7, sigma1_s=1e-8), stuck_fraction=0.0, d2d_cv=0.2,
+                               pulse_step_curve={"set": curve.model_dump(exclude={"n_devices"})})
+    report.save(tmp_path / "calibration.json")
+    again = CalibrationReport.load(tmp_path / "calibration.json")
+    assert again.pulse_step_curve["set"]["step_sd_s"] == curve.step_sd_s

@@ -90,12 +90,13 @@ def test_characterize_cli(tmp_path):
     assert r.exit_code == 0, r.output
     np.save(tmp_path / "t.npy", np.full((2, 2), 30e-6))
     r = CliRunner().invoke(calibration_cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path),
-                                             "--targets", str(tmp_path / "t.npy"), "--region", "1,1,2,2"])
+                                             "--targets", str(tmp_path / "t.npy"), "--region", "1,1,2,2",
+                                             "--overwrite"])  # program.h5 of the first program is replaced
     assert r.exit_code == 0, r.output
     for bad, msg in ((["--region", "1,2"], "ROW0,COL0,ROWS,COLS"), (["--region", "0,0,64,64"], "outside"),
                      (["--set-amplitude", "9"], "SET amplitude +9.000 V")):
         r = CliRunner().invoke(calibration_cli, ["characterize", "read-all", "--board", BOARD,
-                                                 "--out", str(tmp_path), *bad])
+                                                 "--out", str(tmp_path / "bad"), *bad])
         assert r.exit_code == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.output
     r = CliRunner().invoke(calibration_cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path)])
     assert r.exit_code == 2 and "exactly one of --targets" in r.stderr
