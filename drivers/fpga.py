@@ -122,7 +122,7 @@ class FpgaBoard(Board):
         """Send a request without waiting for its reply (after waiting for the oldest ones while the
         window is full); ``decode`` turns its reply payload into the handle's result."""
         session = self._session
-        while session.in_flight >= session.window:
+        while session.window_full:
             self._settle_oldest()
         health0, rx0 = session.health(), self._link.bytes_rx
         wire = session.request(opcode, payload)

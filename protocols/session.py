@@ -220,6 +220,14 @@ class ClientSession:
         return self._seq
 
     @property
+    def window_full(self) -> bool:
+        """No new request may be sent yet: the window spans the sequence numbers from the oldest request in
+        flight on (answered ones after it included), so the board's replay cache of ``window`` replies always
+        holds every reply the host may still poll for."""
+        oldest = self.pending_seq
+        return oldest is not None and ((self._seq - oldest + 1) & 0xFFFFFFFF) >= self.window
+
+    @property
     def pending_seq(self) -> int | None:
         """The oldest request in flight."""
         return next(iter(self._pending), None)
@@ -257,9 +265,9 @@ class ClientSession:
 
     def request(self, opcode: int, payload: bytes) -> bytes:
         """Start a new request; returns its wire bytes.  The window must have room (see :attr:`in_flight`)."""
-        if len(self._pending) >= self.window:
-            raise RuntimeError(f"{len(self._pending)} requests are in flight, the window's limit: "
-                               "wait for a reply before sending another")
+        if self.window_full:
+            raise RuntimeError(f"the window of {self.window} requests is full: wait for the reply to "
+                               f"sequence number {self.pending_seq} before sending another")
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         flags = FLAG_AFTER_PREVIOUS if self._pending and self.version >= PIPELINE_VERSION else 0
         frames = chunk_frames(seq=self._seq, opcode=opcode, payload=payload, max_payload=self.chunk_bytes,
@@ -745,6 +753,10 @@ class LegacyClientSession:
     @property
     def seq(self) -> int:
         return self._seq
+
+    @property
+    def window_full(self) -> bool:
+        return self._pending is not None
 
     @property
     def pending_seq(self) -> int | None:
