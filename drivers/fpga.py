@@ -13,6 +13,12 @@ The firmware executes each request once.  A request fails with
 without any progress (while no reply chunk has come, each twice as long as the one
 before, up to four times the timeout), or after a hard cap of rounds; the message says what the link showed.
 A board that speaks only version 2 or 1 is spoken to in that version (whole resends).
+
+Pipelining (protocol version 5): up to the window negotiated in HELLO of requests are in
+flight at once; :meth:`FpgaBoard._submit` sends without waiting and returns a handle, the
+synchronous ``_transact`` is submit-then-wait, and :meth:`Board.pulse_async` uses it so that
+a training step's pulse batch overlaps the next forward VMM.  Replies are matched by
+sequence number; a request that fails gives up every one in flight after it.
 """
 
 from __future__ import annotations

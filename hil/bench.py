@@ -69,7 +69,11 @@ class PipelineFigures(BaseModel):
     host_s_per_step_window_1: float = Field(description="host wall time per step, one request in flight")
     host_s_per_step_pipelined: float = Field(description="the same steps with the window: the pulse batch's "
                                                          "round trip overlaps the next forward VMM")
-    speedup: float = Field(description="window-1 time / pipelined time, measured in the same run")
+    speedup: float = Field(description="window-1 time / pipelined time, measured in the same run (the in-process "
+                                       "emulator's own compute counts as host time in both)")
+    link_waits_per_step_window_1: float = Field(description="times per step the host waited for an answer still "
+                                                            "under way on the link, one request in flight")
+    link_waits_per_step_pipelined: float = Field(description="the same with the window")
     same_board_state: bool = Field(description="both runs left the emulated array in the same state")
 
 
@@ -182,21 +186,34 @@ def measure_pipelining(n_in: int, n_out: int, k: int, steps: int = 20, seed: int
     from hil.link_faults import DelayedLink
     from protocols.session import DEFAULT_WINDOW
 
-    times, digests, windows = [], [], []
-    for window in (1, DEFAULT_WINDOW):
-        endpoint = make_emulator(n_in, n_out, seed=seed)
-        with FpgaBoard(DelayedLink(InProcessLink(endpoint), turnaround_s), window=window) as b:
-            r = np.random.default_rng(seed)
+    endpoints = [make_emulator(n_in, n_out, seed=seed) for _ in range(2)]
+    links = [DelayedLink(InProcessLink(e), turnaround_s) for e in endpoints]
+    boards = [FpgaBoard(link, window=w) for link, w in zip(links, (1, DEFAULT_WINDOW))]
+    rngs = [np.random.default_rng(seed) for _ in boards]
+    times, waits = [0.0, 0.0], [0, 0]
+    block = 5
+    with boards[0], boards[1]:
+        for b, r in zip(boards, rngs):
             _one_step(b, r, n_in, n_out, k)  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                _one_step(b, r, n_in, n_out, k)
-            b.clock()  # the last batch's report too
-            times.append((time.perf_counter() - t0) / steps)
-            windows.append(b.window)
-        digests.append(endpoint.firmware.array.state_digest())
+            b.clock()
+        for _ in range(-(-steps // block)):
+            # the two boards take turns by blocks of steps (each ending with a request that waits for the
+            # last batch), so a change of the machine's load hits both
+            for j, b in enumerate(boards):
+                w0, t0 = links[j].waits, time.perf_counter()
+                for _ in range(block):
+                    _one_step(b, rngs[j], n_in, n_out, k)
+                b.clock()
+                times[j] += time.perf_counter() - t0
+                waits[j] += links[j].waits - w0
+        windows = [b.window for b in boards]
+    steps = -(-steps // block) * block
+    times = [t / steps for t in times]
+    waits = [w / steps for w in waits]
+    digests = [e.firmware.array.state_digest() for e in endpoints]
     return PipelineFigures(turnaround_s=turnaround_s, window=windows[1], host_s_per_step_window_1=times[0],
                            host_s_per_step_pipelined=times[1], speedup=times[0] / times[1],
+                           link_waits_per_step_window_1=waits[0], link_waits_per_step_pipelined=waits[1],
                            same_board_state=digests[0] == digests[1])
 
 

@@ -85,6 +85,8 @@ class DelayedLink:
         self.inner = inner
         self.turnaround_s = turnaround_s
         self._queue: deque[tuple[float, bytes]] = deque()
+        self.waits = 0
+        """Reads that had to wait for an answer still under way: the turnarounds the host sat through."""
 
     @property
     def bytes_tx(self) -> int:
@@ -106,9 +108,11 @@ class DelayedLink:
             return b""
         wait_s = self._queue[0][0] - time.monotonic()
         if wait_s > timeout_s:
+            self.waits += 1
             time.sleep(max(timeout_s, 0.0))
             return b""
         if wait_s > 0:
+            self.waits += 1
             time.sleep(wait_s)
         now, out = time.monotonic(), []
         while self._queue and self._queue[0][0] <= now:

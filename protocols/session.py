@@ -21,9 +21,15 @@ Version 3 (:class:`ClientSession`, :class:`SessionServer`):
   instead of shrinking with the message's size.
 * The board executes each (session, seq) at most once; a request chunk for an executed
   seq is ignored (the host polls for the reply), one for an older seq is stale and dropped.
-* The board collects one incoming message at a time, at most :data:`MAX_MESSAGE_BYTES`;
-  a longer one is refused with ``BAD_REQUEST``, and a collection is dropped on disconnect,
-  after :data:`REASSEMBLY_IDLE_S` without a new chunk, or when another request starts.
+* Version 5 pipelines: a host may have a window of requests in flight (asked for in HELLO,
+  at most :data:`MAX_IN_FLIGHT`).  The board executes them strictly in sequence order (a
+  request sent with older ones in flight carries :data:`~protocols.framing.FLAG_AFTER_PREVIOUS`
+  and waits for its predecessor) and caches the replies of the last ``window`` executed ones,
+  so a lost reply of any request in flight is replayed, never re-executed.
+* The board holds at most a window of incoming requests, together at most
+  :data:`MAX_MESSAGE_BYTES`; a longer one is refused with ``BAD_REQUEST``, and held requests
+  are dropped on disconnect, after :data:`REASSEMBLY_IDLE_S` without a new chunk, or when a
+  newer request without the ordering flag executes.
 
 Versions 1 and 2 (:class:`LegacyClientSession`, :class:`LegacyServerSession`) have no
 session field and resend whole messages; a board keeps serving them.
