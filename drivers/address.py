@@ -11,7 +11,8 @@ address                                                meaning
 
 Driver options that any serial address accepts in its query: ``baud``,
 ``timeout`` (seconds of silence before a poll), ``retries`` (polls without progress
-before giving up) and ``chunk`` (chunk payload bytes of a version-3 session, 64..16384);
+before giving up), ``chunk`` (chunk payload bytes of a version-3 session, 64..16384) and
+``window`` (requests in flight at once, 1..8, version 5; 1 turns pipelining off);
 other query keys are passed on to pyserial's URL handler.
 """
 
@@ -25,10 +26,10 @@ from drivers.board import Board
 from drivers.errors import AddressError
 from drivers.limits import SafetyLimits
 from protocols.framing import MAX_PAYLOAD
-from protocols.session import CHUNK_BYTES, MIN_CHUNK_BYTES
+from protocols.session import CHUNK_BYTES, DEFAULT_WINDOW, MAX_IN_FLIGHT, MIN_CHUNK_BYTES
 
-EMU_KEYS = {"seed", "rows", "cols", "config", "preset", "timeout", "retries"}
-SERIAL_KEYS = {"baud", "timeout", "retries", "chunk"}
+EMU_KEYS = {"seed", "rows", "cols", "config", "preset", "timeout", "retries", "window"}
+SERIAL_KEYS = {"baud", "timeout", "retries", "chunk", "window"}
 
 
 def _split_query(text: str) -> tuple[str, dict[str, str]]:
@@ -54,6 +55,13 @@ def _number(params: dict[str, str], key: str, kind: type, default, address: str)
     return value
 
 
+def _window(params: dict[str, str], address: str) -> int:
+    window = _number(params, "window", int, DEFAULT_WINDOW, address)
+    if not 1 <= window <= MAX_IN_FLIGHT:
+        raise AddressError(f"{address!r}: window must be 1..{MAX_IN_FLIGHT} requests, not {window}")
+    return window
+
+
 def _open_emu(address: str, limits: SafetyLimits | None) -> Board:
     from drivers.emulator_board import open_emulator_board
 
@@ -68,7 +76,7 @@ def _open_emu(address: str, limits: SafetyLimits | None) -> Board:
     return open_emulator_board(
         address, rows, cols, seed=_number(params, "seed", int, 0, address), preset=params.get("preset", "default"),
         config=params.get("config"), limits=limits, timeout_s=_number(params, "timeout", float, 2.0, address),
-        retries=_number(params, "retries", int, 5, address))
+        retries=_number(params, "retries", int, 5, address), window=_window(params, address))
 
 
 def _open_serial(address: str, limits: SafetyLimits | None) -> Board:
@@ -88,7 +96,7 @@ def _open_serial(address: str, limits: SafetyLimits | None) -> Board:
     if not MIN_CHUNK_BYTES <= chunk <= MAX_PAYLOAD:
         raise AddressError(f"{address!r}: chunk must be {MIN_CHUNK_BYTES}..{MAX_PAYLOAD} bytes, not {chunk}")
     return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address,
-                     chunk_bytes=chunk)
+                     chunk_bytes=chunk, window=_window(params, address))
 
 
 def _open_visa(address: str, limits: SafetyLimits | None) -> Board:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,7 @@ from drivers.limits import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Capabilities(BaseModel):
@@ -221,6 +222,28 @@ class FormReport:
     g_after_s: np.ndarray
 
 
+class Pending(Generic[T]):
+    """The result of a request that may still be on its way (:meth:`Board.pulse_async`).
+
+    This base class holds a result that is already there (a board that does not pipeline);
+    a pipelining board's subclass waits for the reply in :meth:`result`.
+    """
+
+    def __init__(self, value: T | None = None, error: BaseException | None = None):
+        self._value = value
+        self._error = error
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> T:
+        """The result; raises the request's error if it failed."""
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
 class Board(abc.ABC):
     """Abstract test board.  Subclasses implement the ``_do_*`` hooks."""
 
@@ -332,9 +355,32 @@ class Board(abc.ABC):
         A non-zero ``tag`` is remembered by the board (``status().last_pulse_tag``), so a
         host resuming from a write-ahead log can tell whether its last batch was applied.
         """
+        checked = self._checked_pulse(batch, tag)
+        return self._empty_pulse_report() if checked is None else self._do_pulse(*checked)
+
+    def pulse_async(self, batch: PulseBatch, tag: int = 0) -> Pending[PulseReport]:
+        """Send a pulse batch without waiting for its report, where the board pipelines requests.
+
+        Checked exactly like :meth:`pulse` (a refused batch raises here and sends nothing).  The
+        board executes requests in the order they were sent, so every later read, VMM or pulse
+        sees this batch applied; meanwhile the host goes on (the next forward VMM overlaps the
+        batch's round trip).  A failure is raised by ``result()``, or, if nobody asks, by the
+        board's next call that waits for a reply.  A board that does not pipeline applies the
+        batch before returning.
+        """
+        checked = self._checked_pulse(batch, tag)
+        if checked is None:
+            return Pending(self._empty_pulse_report())
+        return self._do_pulse_async(*checked)
+
+    def _empty_pulse_report(self) -> PulseReport:
+        return PulseReport(devices=0, set_pulses=0, reset_pulses=0, energy_j=0.0, duration_s=0.0,
+                           clock_s=self.clock())
+
+    def _checked_pulse(self, batch: PulseBatch, tag: int) -> tuple | None:
+        """The ``_do_pulse`` arguments of a batch checked against the limits; None for an empty batch."""
         if len(batch) == 0:
-            return PulseReport(devices=0, set_pulses=0, reset_pulses=0, energy_j=0.0, duration_s=0.0,
-                               clock_s=self.clock())
+            return None
         rows, cols = self._check_cells(batch.rows, batch.cols)
         counts = np.asarray(batch.counts, dtype=np.int64)
         if counts.shape != rows.shape:
@@ -351,7 +397,12 @@ class Board(abc.ABC):
         if not 0 <= tag < 2**63:
             raise BoardError("pulse tag must be in [0, 2**63)")
         order = np.argsort(flat, kind="stable")
-        return self._do_pulse(flat[order], counts[order], tag, None if widths is None else widths[order])
+        return flat[order], counts[order], tag, None if widths is None else widths[order]
+
+    def _do_pulse_async(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int,
+                        last_width_s: np.ndarray | None = None) -> Pending[PulseReport]:
+        """A pipelining board overrides this; by default the batch is applied before returning."""
+        return Pending(self._do_pulse(flat_sorted, counts, tag, last_width_s))
 
     def application_order(self, batch: PulseBatch) -> np.ndarray:
         """Positions (into ``batch``) of its devices in the order :meth:`pulse` applies them.

@@ -10,11 +10,12 @@ from drivers.errors import AddressError
 from drivers.fpga import FpgaBoard
 from drivers.limits import SafetyLimits
 from drivers.links import InProcessLink
+from protocols.session import DEFAULT_WINDOW
 
 
 def open_emulator_board(address: str, rows: int, cols: int, *, seed: int = 0, preset: str = "default",
                         config: str | None = None, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
-                        retries: int = 5) -> FpgaBoard:
+                        retries: int = 5, window: int = DEFAULT_WINDOW) -> FpgaBoard:
     """A fresh emulated ``rows`` x ``cols`` array built from device ``preset`` (fields overridden by the
     TOML file ``config``), seeded with ``seed``; ``address`` is only recorded as the board's address."""
     from firmware_stub.device_params import load_device_params
@@ -25,7 +26,8 @@ def open_emulator_board(address: str, rows: int, cols: int, *, seed: int = 0, pr
     except ValueError as exc:
         raise AddressError(f"{address!r}: {exc}") from None
     endpoint = make_emulator(rows, cols, seed, params, preset=preset, config=config)
-    return FpgaBoard(InProcessLink(endpoint), limits, timeout_s=timeout_s, retries=retries, address=address)
+    return FpgaBoard(InProcessLink(endpoint), limits, timeout_s=timeout_s, retries=retries, address=address,
+                     window=window)
 
 
 def device_param_fields() -> set[str]:

@@ -13,25 +13,33 @@ The firmware executes each request once.  A request fails with
 without any progress (while no reply chunk has come, each twice as long as the one
 before, up to four times the timeout), or after a hard cap of rounds; the message says what the link showed.
 A board that speaks only version 2 or 1 is spoken to in that version (whole resends).
+
+Pipelining (protocol version 5): up to the window negotiated in HELLO of requests are in
+flight at once; :meth:`FpgaBoard._submit` sends without waiting and returns a handle, the
+synchronous ``_transact`` is submit-then-wait, and :meth:`Board.pulse_async` uses it so that
+a training step's pulse batch overlaps the next forward VMM.  Replies are matched by
+sequence number; a request that fails gives up every one in flight after it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from drivers.board import Board, BoardInfo, BoardStatus, Capabilities, ProgramReport, PulseReport, Region
-from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation, ProtocolError
+from drivers.board import Board, BoardInfo, BoardStatus, Capabilities, Pending, ProgramReport, PulseReport, Region
+from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation, LinkError, ProtocolError
 from drivers.limits import REL_TOL, PulseProfile, SafetyLimits
 from drivers.links import Link
 from protocols import encoding as enc
 from protocols import messages as m
 from protocols.framing import PACKED_CODES_VERSION, PROTOCOL_VERSION, SESSION_VERSION
 from protocols.messages import Op, Status
-from protocols.session import CHUNK_BYTES, ClientSession, LegacyClientSession
+from protocols.session import CHUNK_BYTES, DEFAULT_WINDOW, ClientSession, LegacyClientSession
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +61,17 @@ class FpgaBoard(Board):
     """Hard cap: a request gives up after (retries + 1) * this many poll rounds, progress or not."""
 
     def __init__(self, link: Link, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
-                 retries: int = 5, address: str = "", chunk_bytes: int = CHUNK_BYTES):
+                 retries: int = 5, address: str = "", chunk_bytes: int = CHUNK_BYTES, window: int = DEFAULT_WINDOW):
         super().__init__(limits)
         self.address = address
         self._link = link
         self.chunk_bytes = chunk_bytes
-        self._session: ClientSession | LegacyClientSession = ClientSession(chunk_bytes=chunk_bytes)
+        self.asked_window = window
+        self._session: ClientSession | LegacyClientSession = ClientSession(chunk_bytes=chunk_bytes, window=window)
+        self._inflight: OrderedDict[int, _InFlight] = OrderedDict()
+        """Requests sent whose reply has not been taken, oldest first."""
+        self._failed: list[_InFlight] = []
+        """Requests that failed since the last waiting call, so a failure nobody waited for is raised there."""
         self.timeout_s = timeout_s
         self.retries = retries
         self.retransmissions = 0
@@ -80,10 +93,12 @@ class FpgaBoard(Board):
             if version < PROTOCOL_VERSION:
                 log.info("the board does not speak protocol version %d: falling back to version %d",
                          version + 1, version)
-                self._session = (ClientSession(chunk_bytes=self.chunk_bytes, version=version)
+                self._session = (ClientSession(chunk_bytes=self.chunk_bytes, version=version, window=self.asked_window)
                                  if version >= SESSION_VERSION else LegacyClientSession(version=version))
             try:
-                return m.decode_json(self._transact(Op.HELLO, self._session.hello_payload()), "HELLO reply")
+                hello = m.decode_json(self._transact(Op.HELLO, self._session.hello_payload()), "HELLO reply")
+                self._session.grant(int(hello.get("max_in_flight", 1)))  # boards before version 5: one at a time
+                return hello
             except ProtocolError as exc:
                 if "VERSION_MISMATCH" not in str(exc) or version == 1:
                     raise
@@ -94,6 +109,11 @@ class FpgaBoard(Board):
         """The protocol version this board is spoken to in."""
         return self._session.version
 
+    @property
+    def window(self) -> int:
+        """Requests this board may have in flight at once (1 before protocol version 5)."""
+        return self._session.window
+
     def _sync_profiles(self) -> None:
         """Send the host's profiles before the first write, so both ends agree after a reconnect.
 
@@ -103,63 +123,124 @@ class FpgaBoard(Board):
             self._do_set_profiles(*self._profiles)
 
     # ---- transport ------------------------------------------------------------------------
-    def _transact(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0) -> bytes:
+    def _submit(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0,
+                decode: Callable[[bytes], Any] | None = None) -> "_InFlight":
+        """Send a request without waiting for its reply (after waiting for the oldest ones while the
+        window is full); ``decode`` turns its reply payload into the handle's result."""
         session = self._session
-        base_s = self.timeout_s + extra_s
+        while session.window_full:
+            self._settle_oldest()
         health0, rx0 = session.health(), self._link.bytes_rx
-        self._link.write(session.request(opcode, payload))
+        wire = session.request(opcode, payload)
+        handle = _InFlight(self, session.seq, opcode, extra_s, decode, health0, rx0)
+        self._inflight[handle.seq] = handle
+        try:
+            self._link.write(wire)
+        except LinkError as exc:
+            self._give_up(handle, exc)
+            handle.observed = True
+            raise
+        return handle
+
+    def _finish(self, handle: "_InFlight") -> Any:
+        """Wait for ``handle``; an earlier request sent without waiting that failed unobserved is raised first."""
+        while not handle.done:
+            self._settle_oldest()
+        failed = [h for h in self._failed if not h.observed and h is not handle]
+        self._failed.clear()
+        if failed:
+            failed[0].observed = True
+            failed[0].result()
+        return handle.result()
+
+    def _transact(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0) -> bytes:
+        return self._finish(self._submit(opcode, payload, extra_s))
+
+    def _settle_oldest(self) -> None:
+        """Wait until the oldest request in flight is answered, polling for every request in flight after
+        silence; when it fails, give up every request in flight (their outcome is unknown)."""
+        handle = next(iter(self._inflight.values()))
+        session = self._session
+        base_s = self.timeout_s + handle.extra_s
         wait_s, idle, rounds = base_s, 0, 0
-        while True:
+        while not handle.done:
             progress = session.progress
-            reply = self._await_reply(wait_s)
-            if reply is not None:
-                return self._check_status(opcode, reply)
-            if session.reply_started:
+            self._read_replies(wait_s, handle)
+            if handle.done:
+                return
+            if session.reply_started_for(handle.seq):
                 base_s = self.timeout_s  # the board has executed it: no more time for the operation itself
             if session.progress != progress:
                 idle, wait_s = 0, base_s
             else:
                 idle += 1
                 # before the reply starts the board may still be busy: back off so polls do not pile up
-                wait_s = base_s if session.reply_started else min(2 * wait_s, 4 * base_s)
+                wait_s = base_s if session.reply_started_for(handle.seq) else min(2 * wait_s, 4 * base_s)
             rounds += 1
             if idle > self.retries or rounds >= (self.retries + 1) * self.MAX_ROUNDS_PER_RETRY:
-                raise BoardTimeout(self._timeout_message(opcode, rounds, idle, health0, rx0))
+                self._give_up(handle, BoardTimeout(self._timeout_message(handle, rounds, idle)))
+                return
             self.retransmissions += 1
-            log.info("no complete reply to %s (seq %d) after %.2g s; poll %d (%d without progress)", opcode.name,
-                     session.pending_seq, wait_s, rounds, idle)
-            self._link.write(session.poll())
+            log.info("no complete reply to %s (seq %d) after %.2g s; poll %d (%d without progress, %d in flight)",
+                     handle.opcode.name, handle.seq, wait_s, rounds, idle, session.in_flight)
+            self._link.write(session.poll_all())
 
-    def _timeout_message(self, opcode: Op, rounds: int, idle: int, health0, rx0: int) -> str:
+    def _give_up(self, handle: "_InFlight", error: BoardError) -> None:
+        self._session.abandon()
+        for other in self._inflight.values():
+            if other is not handle:
+                other.resolve(error=BoardTimeout(f"{other.opcode.name} (seq {other.seq}) was given up because "
+                                                 f"the request before it failed: {error}"))
+        self._inflight.clear()
+        handle.resolve(error=error)
+        self._failed.append(handle)
+
+    def _timeout_message(self, handle: "_InFlight", rounds: int, idle: int) -> str:
         s = self._session
-        seen = s.health().minus(health0)
-        bytes_rx = self._link.bytes_rx - rx0
+        seen = s.health().minus(handle.health0)
+        bytes_rx = self._link.bytes_rx - handle.rx0
         why = "without progress" if idle > self.retries else "(the cap of rounds per request)"
-        return (f"the board at {self.address or 'the link'} did not answer {opcode.name} (seq {s.pending_seq}, "
-                f"{s.pending_chunks} request chunk(s)) completely after {rounds} polls {why}, waiting {self.timeout_s:.2g} s and "
-                f"longer: {seen.describe(bytes_rx)}")
+        return (f"the board at {self.address or 'the link'} did not answer {handle.opcode.name} (seq {handle.seq}, "
+                f"{s.pending_chunks} request chunk(s)) completely after {rounds} polls {why}, waiting "
+                f"{self.timeout_s:.2g} s and longer: {seen.describe(bytes_rx)}")
 
-    def _await_reply(self, timeout_s: float) -> m.Message | None:  # type: ignore[name-defined]
-        """Read until the reply is complete or the line has been silent (no progress) for ``timeout_s``."""
+    def _read_replies(self, timeout_s: float, handle: "_InFlight") -> None:
+        """Read until ``handle`` is answered or the line has been silent (no progress) for ``timeout_s``;
+        replies to other requests in flight are taken on the way."""
         session = self._session
         deadline = time.monotonic() + timeout_s
         progress = session.progress
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return
             data = self._link.read(min(remaining, 0.25))
             if not data:
                 continue
-            reply = session.receive_data(data)
-            if reply is not None:
-                return reply
+            if session.feed(data):
+                self._collect()
+                if handle.done:
+                    return
             out = session.take_outbox()
             if out:
                 self._link.write(out)
             if session.progress != progress:  # chunks are coming in or being acknowledged: keep waiting
                 progress = session.progress
                 deadline = time.monotonic() + timeout_s
+
+    def _collect(self) -> None:
+        """Resolve every request in flight whose reply is complete."""
+        for seq, handle in list(self._inflight.items()):
+            reply = self._session.take_reply(seq)
+            if reply is None:
+                continue
+            del self._inflight[seq]
+            try:
+                payload = self._check_status(handle.opcode, reply)
+                handle.resolve(handle.decode(payload) if handle.decode else payload)
+            except Exception as exc:  # a refusal, or a reply that does not decode: the caller's error
+                handle.resolve(error=exc)
+                self._failed.append(handle)
 
     def _check_status(self, opcode: Op, reply) -> bytes:
         if reply.status == Status.OK:
@@ -244,14 +325,15 @@ class FpgaBoard(Board):
 
     def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
                   last_width_s: np.ndarray | None = None) -> PulseReport:
+        return self._finish(self._do_pulse_async(flat_sorted, counts, tag, last_width_s))
+
+    def _do_pulse_async(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
+                        last_width_s: np.ndarray | None = None) -> "_InFlight":
         ticks = self._width_ticks(counts, last_width_s)
         self._sync_profiles()
-        payload = self._transact(Op.PULSE, m.encode_pulse_request(flat_sorted, counts, tag, ticks,
-                                                                  version=self.protocol_version),
-                                 extra_s=float(np.abs(counts).sum()) * 1e-6)
-        r = m.decode_pulse_result(payload)
-        return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,
-                           energy_j=r.energy_j, duration_s=r.duration_s, clock_s=r.clock_s)
+        return self._submit(Op.PULSE, m.encode_pulse_request(flat_sorted, counts, tag, ticks,
+                                                             version=self.protocol_version),
+                            extra_s=float(np.abs(counts).sum()) * 1e-6, decode=_pulse_report)
 
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
         """Write-verify on the board.  Each round is one pulse batch of up to ``per_round`` pulses per device,
@@ -322,6 +404,37 @@ class FpgaBoard(Board):
 
     def _do_close(self) -> None:
         self._link.close()
+
+
+def _pulse_report(payload: bytes) -> PulseReport:
+    r = m.decode_pulse_result(payload)
+    return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,
+                       energy_j=r.energy_j, duration_s=r.duration_s, clock_s=r.clock_s)
+
+
+class _InFlight(Pending):
+    """A request sent to an :class:`FpgaBoard` whose reply may not have arrived: ``result()`` waits for it."""
+
+    def __init__(self, board: FpgaBoard, seq: int, opcode: Op, extra_s: float,
+                 decode: Callable[[bytes], Any] | None, health0, rx0: int):
+        super().__init__()
+        self.board, self.seq, self.opcode, self.extra_s, self.decode = board, seq, opcode, extra_s, decode
+        self.health0, self.rx0 = health0, rx0
+        self._done = False
+        self.observed = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        self._value, self._error, self._done = value, error, True
+
+    def result(self) -> Any:
+        if not self._done:
+            self.board._finish(self)
+        self.observed = True
+        return super().result()
 
 
 def _board_info(hello: dict) -> BoardInfo:

@@ -4,7 +4,7 @@
 enforces the board's own hardware limits again, whatever the host checked: a
 request beyond them is answered with ``LIMIT_VIOLATION`` and changes nothing.
 :class:`FirmwareEndpoint` puts the sans-I/O session layer (:class:`~protocols.session.SessionServer`
-for version 3, :class:`~protocols.session.LegacyServerSession` for versions 1 and 2) in front of it, so that bytes in give bytes out; the pty, TCP and in-process
+for versions 3 to 5, :class:`~protocols.session.LegacyServerSession` for versions 1 and 2) in front of it, so that bytes in give bytes out; the pty, TCP and in-process
 transports all drive that one method.
 
 Board time: the endpoint also keeps the bench's clock for the link.  Every executed
@@ -40,13 +40,14 @@ from protocols.framing import (
     HEADER,
     MAX_PAYLOAD,
     PACKED_CODES_VERSION,
+    PIPELINE_VERSION,
     PROTOCOL_VERSION,
     SESSION,
     SUPPORTED_VERSIONS,
     FrameDecoder,
 )
 from protocols.messages import Op, Status
-from protocols.session import CHUNK_BYTES, MAX_MESSAGE_BYTES, LegacyServerSession, SessionServer
+from protocols.session import CHUNK_BYTES, MAX_IN_FLIGHT, MAX_MESSAGE_BYTES, LegacyServerSession, SessionServer
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,10 @@ class Firmware:
         }
 
     def _hello(self, payload: bytes) -> bytes:
-        return m.encode_json(self.info())
+        info = self.info()
+        if max(self.supported_versions) >= PIPELINE_VERSION:
+            info["max_in_flight"] = MAX_IN_FLIGHT  # the session layer grants min(this, the host's ask)
+        return m.encode_json(info)
 
     def status(self, with_digest: bool = False) -> dict:
         return {**self.array.totals(with_digest), "idle": self.idle, "last_pulse_tag": self.last_pulse_tag}

@@ -59,6 +59,22 @@ class StepFigures(BaseModel):
     goodput_clean: float = Field(description="floor bytes per wire byte, clean in-process link")
     goodput_lossy: float = Field(description="floor bytes per wire byte with 0.1 % flipped + 0.05 % dropped bytes")
     lossy_polls_per_step: float
+    pipelining: "PipelineFigures"
+
+
+class PipelineFigures(BaseModel):
+    turnaround_s: float = Field(description="fixed link latency added to every answer (in-process emulator "
+                                            "behind hil.link_faults.DelayedLink)")
+    window: int = Field(description="requests in flight at once in the pipelined run (protocol version 5)")
+    host_s_per_step_window_1: float = Field(description="host wall time per step, one request in flight")
+    host_s_per_step_pipelined: float = Field(description="the same steps with the window: the pulse batch's "
+                                                         "round trip overlaps the next forward VMM")
+    speedup: float = Field(description="window-1 time / pipelined time, measured in the same run (the in-process "
+                                       "emulator's own compute counts as host time in both)")
+    link_waits_per_step_window_1: float = Field(description="times per step the host waited for an answer still "
+                                                            "under way on the link, one request in flight")
+    link_waits_per_step_pipelined: float = Field(description="the same with the window")
+    same_board_state: bool = Field(description="both runs left the emulated array in the same state")
 
 
 def _random_batch(rng: np.random.Generator, n_cells: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +169,52 @@ def _one_step(board: Board, rng: np.random.Generator, n_in: int, n_out: int, k: 
     board.vmm(region, rng.uniform(-0.1, 0.1, size=(STEP_BATCH, n_out)), transpose=True, i_full_scale_a=1e-3)
     flat = np.sort(rng.choice(n_in * n_out, size=k, replace=False))
     counts = rng.integers(1, 4, size=k) * rng.choice(np.array([-1, 1]), size=k)
-    board.pulse(PulseBatch(flat // n_out, flat % n_out, counts))
+    # as in training: the batch's report is not needed before the next step's forward VMM
+    board.pulse_async(PulseBatch(flat // n_out, flat % n_out, counts))
+
+
+PIPELINE_TURNAROUND_S = 1e-3
+
+
+def measure_pipelining(n_in: int, n_out: int, k: int, steps: int = 20, seed: int = 0,
+                       turnaround_s: float = PIPELINE_TURNAROUND_S) -> PipelineFigures:
+    """Host time per training-shaped step through a link with a fixed latency, one request in flight
+    against the negotiated window, measured in the same run on two identical emulators."""
+    from drivers.fpga import FpgaBoard
+    from drivers.links import InProcessLink
+    from firmware_stub.firmware import make_emulator
+    from hil.link_faults import DelayedLink
+    from protocols.session import DEFAULT_WINDOW
+
+    endpoints = [make_emulator(n_in, n_out, seed=seed) for _ in range(2)]
+    links = [DelayedLink(InProcessLink(e), turnaround_s) for e in endpoints]
+    boards = [FpgaBoard(link, window=w) for link, w in zip(links, (1, DEFAULT_WINDOW))]
+    rngs = [np.random.default_rng(seed) for _ in boards]
+    times, waits = [0.0, 0.0], [0, 0]
+    block = 5
+    with boards[0], boards[1]:
+        for b, r in zip(boards, rngs):
+            _one_step(b, r, n_in, n_out, k)  # warm-up
+            b.clock()
+        for _ in range(-(-steps // block)):
+            # the two boards take turns by blocks of steps (each ending with a request that waits for the
+            # last batch), so a change of the machine's load hits both
+            for j, b in enumerate(boards):
+                w0, t0 = links[j].waits, time.perf_counter()
+                for _ in range(block):
+                    _one_step(b, rngs[j], n_in, n_out, k)
+                b.clock()
+                times[j] += time.perf_counter() - t0
+                waits[j] += links[j].waits - w0
+        windows = [b.window for b in boards]
+    steps = -(-steps // block) * block
+    times = [t / steps for t in times]
+    waits = [w / steps for w in waits]
+    digests = [e.firmware.array.state_digest() for e in endpoints]
+    return PipelineFigures(turnaround_s=turnaround_s, window=windows[1], host_s_per_step_window_1=times[0],
+                           host_s_per_step_pipelined=times[1], speedup=times[0] / times[1],
+                           link_waits_per_step_window_1=waits[0], link_waits_per_step_pipelined=waits[1],
+                           same_board_state=digests[0] == digests[1])
 
 
 def _floor_bytes(board: Board, n_in: int, n_out: int, k: int) -> float:
@@ -210,7 +271,8 @@ def measure_step(board: Board, steps: int = 20, seed: int = 0) -> StepFigures:
                        host_over_wire=host_s / wire_s,
                        wire_bytes_per_step=per_step, wire_s_per_step_at_nominal=wire_s, link_baud=baud,
                        floor_bytes_per_step=floor, bytes_over_floor=per_step / floor, goodput_clean=clean,
-                       goodput_lossy=lossy, lossy_polls_per_step=polls)
+                       goodput_lossy=lossy, lossy_polls_per_step=polls,
+                       pipelining=measure_pipelining(n_in, n_out, k, steps, seed))
 
 
 def run_bench(address: str, board: Board, quick: bool = False) -> BenchReport:

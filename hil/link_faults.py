@@ -1,10 +1,14 @@
-"""Byte-level fault injection on a link: corrupt, drop, delay and invent bytes (seeded, replayable).
+"""Byte-level fault injection on a link: corrupt, drop, delay and invent bytes (seeded, replayable);
+and a link with a fixed latency.
 
 Used by ``hil bench`` to measure goodput under loss and by the tests; the bytes still go
 through the real codec.
 """
 
 from __future__ import annotations
+
+import time
+from collections import deque
 
 import numpy as np
 
@@ -63,6 +67,57 @@ class FaultyLink:
             self._held = data  # arrives late: after the host has given up and retransmitted
             return b""
         return data
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class DelayedLink:
+    """A fixed link latency: what the far end answers becomes readable ``turnaround_s`` after the write
+    that caused it (a USB-serial adapter adds about 1 ms per turnaround).
+
+    Wraps a link whose far end answers within the write (:class:`~drivers.links.InProcessLink`), so the
+    delay is exact and needs no second thread; several requests written back to back are all under way
+    at once, as on a real line.
+    """
+
+    def __init__(self, inner, turnaround_s: float):
+        self.inner = inner
+        self.turnaround_s = turnaround_s
+        self._queue: deque[tuple[float, bytes]] = deque()
+        self.waits = 0
+        """Reads that had to wait for an answer still under way: the turnarounds the host sat through."""
+
+    @property
+    def bytes_tx(self) -> int:
+        return self.inner.bytes_tx
+
+    @property
+    def bytes_rx(self) -> int:
+        return self.inner.bytes_rx
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+        answer = self.inner.read(0.0)
+        if answer:
+            self._queue.append((time.monotonic() + self.turnaround_s, answer))
+
+    def read(self, timeout_s: float) -> bytes:
+        if not self._queue:
+            time.sleep(min(timeout_s, 0.01))  # nothing under way: an idle line
+            return b""
+        wait_s = self._queue[0][0] - time.monotonic()
+        if wait_s > timeout_s:
+            self.waits += 1
+            time.sleep(max(timeout_s, 0.0))
+            return b""
+        if wait_s > 0:
+            self.waits += 1
+            time.sleep(wait_s)
+        now, out = time.monotonic(), []
+        while self._queue and self._queue[0][0] <= now:
+            out.append(self._queue.popleft()[1])
+        return b"".join(out)
 
     def close(self) -> None:
         self.inner.close()

@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.address import open_board
-from drivers.board import Board, PulseBatch
+from drivers.board import Board, Pending, PulseBatch
 from hil.exactly_once import BatchDecision, ReadBackModel, UndecidedBatch, assumed, decide
 from hil.layers import AnalogLinear, DigitalLinear
 from hil.mapping import ConductanceMap, DoesNotFitError, place_tiles
@@ -168,6 +168,7 @@ class Trainer:
         self.assume_applied = assume_applied
         self._fault = _fault_from_env()
         self._readback: ReadBackModel | None = None
+        self._pulse_in_flight: Pending | None = None
         self.store = RunStore(out_dir)
         self.progress = progress
         self.task = load_task(cfg.task, cfg.seed)
@@ -373,6 +374,14 @@ class Trainer:
         entry = self.store.read_json(PULSE_JOURNAL)
         return entry["state"] if entry.get("tag") == tag else "none"
 
+    def _settle_pulse(self) -> None:
+        """Wait for the batch sent without waiting (a failure of it is raised here at the latest); its
+        reply's bytes count as training traffic."""
+        if self._pulse_in_flight is not None:
+            handle, self._pulse_in_flight = self._pulse_in_flight, None
+            with self._counting_wire():
+                handle.result()
+
     def _send(self, pending: dict, step: int) -> None:
         if self.board is None or pending["flat"].size == 0:
             return
@@ -381,7 +390,13 @@ class Trainer:
             order = self.board.application_order(self._pending_batch(pending))
             self.board.pulse(self._pending_batch(pending, np.sort(order[: order.size // 2])))
             self._fault_point("mid_pulses", step)
-        self.board.pulse(self._pending_batch(pending), tag=int(pending["tag"]))
+        self._settle_pulse()
+        if self._readback is None:
+            # durable tags, no journal: the batch's report is not needed before the next forward VMM, which
+            # the board executes after it (pipelining hides the batch's round trip; PROTOCOL.md §2.3)
+            self._pulse_in_flight = self.board.pulse_async(self._pending_batch(pending), tag=int(pending["tag"]))
+        else:
+            self.board.pulse(self._pending_batch(pending), tag=int(pending["tag"]))
         self._journal(pending, "sent")
         self._fault_point("after_pulses", step)
         for layer in self._analog():
@@ -454,6 +469,7 @@ class Trainer:
                 self._host_wait()
                 self._fault_point("before_checkpoint", step)
                 if step % every == 0 or step == self.total_steps - 1:
+                    self._settle_pulse()
                     # checkpoint traffic (board snapshots) is the run store's, not training's
                     self._checkpoint(step, "before_send", pending, with_snapshot=snapshot_ok)
                 self._fault_point("after_checkpoint", step)
@@ -465,8 +481,10 @@ class Trainer:
                                     wf=f"{pending['record']['write_fraction']:.2%}",
                                     **{k[5:]: f"{v:.3f}" for k, v in self._last_eval.items() if k.startswith("test_")})
                 if self._stop and step < self.total_steps - 1:
+                    self._settle_pulse()
                     self._checkpoint(step, "done", None, with_snapshot=snapshot_ok)
                     raise Interrupted(f"stopped after step {step + 1} of {self.total_steps}")
+            self._settle_pulse()
         finally:
             signal.signal(signal.SIGINT, previous)
             if bar is not None:

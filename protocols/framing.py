@@ -12,7 +12,8 @@ Header (little endian, 12 bytes):
 bytes  type    field
 =====  ======  ===========================================================
 0      u8      protocol version
-1      u8      flags: bit0 response, bit1 retransmission
+1      u8      flags: bit0 response, bit1 retransmission, bit2 session, bit3 control,
+               bit4 after-previous (version 5)
 2-5    u32     sequence number of the request (echoed by its response)
 6      u8      opcode
 7      u8      status (0 in requests)
@@ -25,7 +26,8 @@ The session field extends the header instead of reshaping it, so the first 12 by
 mean the same in every version: a version-2 board parses a version-3 HELLO far
 enough to refuse it with ``VERSION_MISMATCH``, and a version-3 host reads that
 refusal (which carries no session field) -- version negotiation keeps working.
-Flags bit3 marks a control frame (chunk acknowledgements, :mod:`protocols.session`).
+Flags bit3 marks a control frame (chunk acknowledgements, :mod:`protocols.session`); bit4 marks
+a pipelined request that must be executed right after the previous sequence number (version 5).
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ from dataclasses import dataclass
 
 from cobs import cobs
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The version this codec speaks by default.  2 added per-device pulse widths to PULSE; 3 added
 sessions and selective retransmission of chunks; 4 sends VMM converter codes at the converters'
-widths (DAC codes at ``dac_bits``, ADC codes at ``adc_bits``, bit-packed)."""
+widths (DAC codes at ``dac_bits``, ADC codes at ``adc_bits``, bit-packed); 5 pipelines requests
+(a window of requests in flight per session, negotiated in HELLO; flags bit 4 orders them)."""
 SESSION_VERSION = 3
 """First version with sessions and chunked retransmission (every later version has them)."""
 PACKED_CODES_VERSION = 4
 """First version whose VMM codes are bit-packed at the converters' widths."""
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+PIPELINE_VERSION = 5
+"""First version with several requests in flight per session."""
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 """Versions a server answers (each in the request's own version)."""
 MAX_PAYLOAD = 16384
 """Largest payload of one frame, bytes; longer messages are split into chunks."""
@@ -60,6 +65,9 @@ FLAG_SESSION = 0x04
 """The header carries a u32 session id after the 12 common bytes (version 3)."""
 FLAG_CONTROL = 0x08
 """A control frame (poll / chunk bitmap) rather than a chunk of a message."""
+FLAG_AFTER_PREVIOUS = 0x10
+"""A request (version 5) the board must execute only right after ``seq - 1`` of its session: the host
+had older requests in flight when it sent it.  Without the flag a newer request supersedes older ones."""
 # a COBS body grows by at most one byte in 254
 MAX_ENCODED = (HEADER.size + SESSION.size + MAX_PAYLOAD + CRC.size) * 255 // 254 + 2
 

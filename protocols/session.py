@@ -21,9 +21,15 @@ Version 3 (:class:`ClientSession`, :class:`SessionServer`):
   instead of shrinking with the message's size.
 * The board executes each (session, seq) at most once; a request chunk for an executed
   seq is ignored (the host polls for the reply), one for an older seq is stale and dropped.
-* The board collects one incoming message at a time, at most :data:`MAX_MESSAGE_BYTES`;
-  a longer one is refused with ``BAD_REQUEST``, and a collection is dropped on disconnect,
-  after :data:`REASSEMBLY_IDLE_S` without a new chunk, or when another request starts.
+* Version 5 pipelines: a host may have a window of requests in flight (asked for in HELLO,
+  at most :data:`MAX_IN_FLIGHT`).  The board executes them strictly in sequence order (a
+  request sent with older ones in flight carries :data:`~protocols.framing.FLAG_AFTER_PREVIOUS`
+  and waits for its predecessor) and caches the replies of the last ``window`` executed ones,
+  so a lost reply of any request in flight is replayed, never re-executed.
+* The board holds at most a window of incoming requests, together at most
+  :data:`MAX_MESSAGE_BYTES`; a longer one is refused with ``BAD_REQUEST``, and held requests
+  are dropped on disconnect, after :data:`REASSEMBLY_IDLE_S` without a new chunk, or when a
+  newer request without the ordering flag executes.
 
 Versions 1 and 2 (:class:`LegacyClientSession`, :class:`LegacyServerSession`) have no
 session field and resend whole messages; a board keeps serving them.
@@ -41,10 +47,12 @@ import numpy as np
 
 from protocols.framing import (
     DELIMITER,
+    FLAG_AFTER_PREVIOUS,
     FLAG_CONTROL,
     FLAG_RESPONSE,
     FLAG_RETRANSMIT,
     MAX_PAYLOAD,
+    PIPELINE_VERSION,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Frame,
@@ -64,6 +72,10 @@ REASSEMBLY_IDLE_S = 30.0
 """An incomplete request with no new chunk for this long is dropped."""
 MAX_SESSIONS = 16
 """Sessions the board remembers (least recently opened forgotten first)."""
+MAX_IN_FLIGHT = 8
+"""Most requests a session may have in flight (version 5; see docs/PROTOCOL.md for the reasoning)."""
+DEFAULT_WINDOW = 8
+"""The window a host asks for unless told otherwise."""
 
 POLL = 1
 """Control kind, host to board: my bitmap of your reply to (seq, opcode); send what I lack."""
@@ -98,15 +110,23 @@ def decode_control(payload: bytes) -> tuple[int, np.ndarray]:
     return kind, bits[:count].astype(bool)
 
 
-def encode_hello(version: int, chunk_bytes: int = CHUNK_BYTES) -> bytes:
-    """HELLO request payload: ``u8 version``, and from version 3 ``u16 chunk_bytes`` for the replies."""
-    return bytes([version]) if version < 3 else _HELLO.pack(version, chunk_bytes)
+def encode_hello(version: int, chunk_bytes: int = CHUNK_BYTES, window: int = 1) -> bytes:
+    """HELLO request payload: ``u8 version``, from version 3 ``u16 chunk_bytes`` for the replies, and from
+    version 5 ``u8 window``, the requests the host wants in flight at once."""
+    if version < 3:
+        return bytes([version])
+    return _HELLO.pack(version, chunk_bytes) + (bytes([window]) if version >= PIPELINE_VERSION else b"")
 
 
-def _hello_chunk_bytes(payload: bytes) -> int:
+def hello_params(payload: bytes, version: int) -> tuple[int, int]:
+    """(chunk bytes, window) a HELLO request asks for, clamped to what the board allows."""
+    chunk = CHUNK_BYTES
     if len(payload) >= _HELLO.size:
-        return int(min(max(_HELLO.unpack_from(payload)[1], MIN_CHUNK_BYTES), MAX_PAYLOAD))
-    return CHUNK_BYTES
+        chunk = int(min(max(_HELLO.unpack_from(payload)[1], MIN_CHUNK_BYTES), MAX_PAYLOAD))
+    window = 1
+    if version >= PIPELINE_VERSION and len(payload) > _HELLO.size:
+        window = int(min(max(payload[_HELLO.size], 1), MAX_IN_FLIGHT))
+    return chunk, window
 
 
 def _newer(a: int, b: int) -> bool:
@@ -163,16 +183,27 @@ class _Pending:
 
 
 class ClientSession:
-    """The version-3 host end: one request in flight, chunks acknowledged and resent individually."""
+    """The host end of a session (version 3 on): a window of requests in flight, chunks acknowledged
+    and resent individually.
+
+    The window is 1 until :meth:`grant` widens it (after HELLO, version 5).  A request sent while
+    older ones are still in flight carries :data:`FLAG_AFTER_PREVIOUS`, so the board executes it
+    only right after the previous sequence number: ordering is as if each had been waited for.
+    """
 
     def __init__(self, session_id: int | None = None, chunk_bytes: int = CHUNK_BYTES, first_seq: int = 1,
-                 version: int = PROTOCOL_VERSION):
+                 version: int = PROTOCOL_VERSION, window: int = 1):
         self.version = version
         self.session_id = new_session_id() if session_id is None else session_id & 0xFFFFFFFF
         self.chunk_bytes = int(min(max(chunk_bytes, MIN_CHUNK_BYTES), MAX_PAYLOAD))
+        self.asked_window = int(min(max(window, 1), MAX_IN_FLIGHT)) if version >= PIPELINE_VERSION else 1
+        """The window this host asks for in HELLO."""
+        self.window = 1
+        """Requests that may be in flight at once (1 until the board grants more)."""
         self._seq = (first_seq - 1) & 0xFFFFFFFF
         self._decoder = FrameDecoder()
-        self._pending: _Pending | None = None
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._ready: OrderedDict[int, Message] = OrderedDict()
         self._outbox = bytearray()
         self.progress = 0
         """Useful events so far (new reply chunks, request chunks newly acknowledged): a sign of life."""
@@ -185,20 +216,53 @@ class ClientSession:
         return self._decoder
 
     @property
+    def in_flight(self) -> int:
+        """Requests sent whose reply has not arrived complete."""
+        return len(self._pending)
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the newest request."""
+        return self._seq
+
+    @property
+    def window_full(self) -> bool:
+        """No new request may be sent yet: the window spans the sequence numbers from the oldest request in
+        flight on (answered ones after it included), so the board's replay cache of ``window`` replies always
+        holds every reply the host may still poll for."""
+        oldest = self.pending_seq
+        return oldest is not None and ((self._seq - oldest + 1) & 0xFFFFFFFF) >= self.window
+
+    @property
     def pending_seq(self) -> int | None:
-        return self._pending.seq if self._pending else None
+        """The oldest request in flight."""
+        return next(iter(self._pending), None)
 
     @property
     def pending_chunks(self) -> int:
-        return len(self._pending.frames) if self._pending else 0
+        p = self._oldest()
+        return len(p.frames) if p else 0
 
     @property
     def reply_started(self) -> bool:
-        """Some chunk of the pending request's reply has arrived (the board has executed it)."""
-        return bool(self._pending and self._pending.got)
+        """Some chunk of the oldest pending request's reply has arrived (the board has executed it)."""
+        p = self._oldest()
+        return bool(p and p.got)
+
+    def reply_started_for(self, seq: int) -> bool:
+        p = self._pending.get(seq)
+        return bool(p and p.got)
+
+    def _oldest(self) -> _Pending | None:
+        return next(iter(self._pending.values()), None)
 
     def hello_payload(self) -> bytes:
-        return encode_hello(self.version, self.chunk_bytes)
+        return encode_hello(self.version, self.chunk_bytes, self.asked_window)
+
+    def grant(self, board_max: int) -> int:
+        """The board's HELLO announced ``board_max`` requests in flight: the window is the smaller of it and ours."""
+        self.window = max(1, min(self.asked_window, int(board_max))) if self.version >= PIPELINE_VERSION else 1
+        return self.window
 
     def health(self) -> LinkHealth:
         d = self._decoder
@@ -206,17 +270,21 @@ class ClientSession:
                           self.chunks_resent, d.frames_ok)
 
     def request(self, opcode: int, payload: bytes) -> bytes:
-        """Start a new request; returns its wire bytes."""
+        """Start a new request; returns its wire bytes.  The window must have room (see :attr:`in_flight`)."""
+        if self.window_full:
+            raise RuntimeError(f"the window of {self.window} requests is full: wait for the reply to "
+                               f"sequence number {self.pending_seq} before sending another")
         self._seq = (self._seq + 1) & 0xFFFFFFFF
+        flags = FLAG_AFTER_PREVIOUS if self._pending and self.version >= PIPELINE_VERSION else 0
         frames = chunk_frames(seq=self._seq, opcode=opcode, payload=payload, max_payload=self.chunk_bytes,
-                              version=self.version, session=self.session_id)
-        self._pending = _Pending(self._seq, int(opcode), frames)
-        self._outbox.clear()
+                              version=self.version, session=self.session_id, flags=flags)
+        self._pending[self._seq] = _Pending(self._seq, int(opcode), frames)
         return DELIMITER + b"".join(frames)
 
-    def poll(self) -> bytes:
-        """After silence: tell the board which reply chunks arrived (none, maybe) and ask for the rest."""
-        p = self._pending
+    def poll(self, seq: int | None = None) -> bytes:
+        """After silence: tell the board which chunks of the reply to ``seq`` (default: the oldest
+        request in flight) arrived, maybe none, and ask for the rest."""
+        p = self._oldest() if seq is None else self._pending.get(seq)
         if p is None:
             raise RuntimeError("no request is pending")
         have = np.array([c is not None for c in p.rx], dtype=bool)
@@ -225,24 +293,50 @@ class ClientSession:
         return DELIMITER + encode_frame(Frame(self.version, FLAG_CONTROL, p.seq, p.opcode, 0, 0, 1,
                                               encode_control(POLL, have), self.session_id))
 
+    def poll_all(self) -> bytes:
+        """A poll for every request in flight (a window whose replies were all lost is recovered in one round)."""
+        return b"".join(self.poll(seq) for seq in list(self._pending))
+
+    def abandon(self) -> list[int]:
+        """Give up every request in flight (a request failed); returns their sequence numbers.  The next
+        request carries no ordering flag, so the board does not wait for any of them."""
+        seqs = list(self._pending)
+        self._pending.clear()
+        self._outbox.clear()
+        return seqs
+
     def take_outbox(self) -> bytes:
         """Bytes the session wants sent now (chunks the board asked for, a poll on a gap)."""
         out = bytes(self._outbox)
         self._outbox.clear()
         return out
 
+    def take_reply(self, seq: int) -> Message | None:
+        """The complete reply to ``seq``, if it has arrived (once)."""
+        return self._ready.pop(seq, None)
+
     def receive_data(self, data: bytes) -> Message | None:
-        """Feed received bytes; returns the complete reply to the pending request, if it is here."""
+        """Feed received bytes; returns the oldest complete reply not yet taken, if any."""
+        self.feed(data)
+        if not self._ready:
+            return None
+        return self._ready.pop(next(iter(self._ready)))
+
+    def feed(self, data: bytes) -> int:
+        """Feed received bytes; returns how many replies they completed (see :meth:`take_reply`)."""
+        done = 0
         for f in self._decoder.feed(data):
-            p = self._pending
-            if p is None or not f.is_response or f.seq != p.seq or f.opcode != p.opcode:
+            p = self._pending.get(f.seq) if f.is_response else None
+            if p is None or f.opcode != p.opcode:
                 self.foreign_frames += 1
                 continue
             if f.session is None:
                 # a board without sessions refusing our version: the one reply it can give us
                 if f.status == Status.VERSION_MISMATCH and f.chunk_count == 1:
-                    self._pending = None
-                    return Message(f.seq, f.opcode, f.status, f.payload)
+                    del self._pending[f.seq]
+                    self._ready[f.seq] = Message(f.seq, f.opcode, f.status, f.payload)
+                    done += 1
+                    continue
                 self.foreign_frames += 1
                 continue
             if f.session != self.session_id:
@@ -253,10 +347,10 @@ class ClientSession:
                 continue
             msg = self._on_chunk(p, f)
             if msg is not None:
-                self._pending = None
-                self._outbox.clear()
-                return msg
-        return None
+                del self._pending[f.seq]
+                self._ready[f.seq] = msg
+                done += 1
+        return done
 
     def _on_control(self, p: _Pending, f: Frame) -> None:
         try:
@@ -287,7 +381,7 @@ class ClientSession:
         if p.got == len(p.rx):
             return Message(f.seq, f.opcode, f.status, b"".join(p.rx), f.session)  # type: ignore[arg-type]
         if f.chunk_index >= p.asked_max:
-            self._outbox += self.poll()  # the last chunk it expected came, with gaps before it: ask now
+            self._outbox += self.poll(p.seq)  # the last chunk it expected came, with gaps before it: ask now
         return None
 
 
@@ -303,13 +397,22 @@ class Request:
 
 
 @dataclass
+class _Executed:
+    opcode: int
+    reply: list[bytes] = field(default_factory=list)
+
+
+@dataclass
 class _Session:
     sid: int
     version: int
     chunk_bytes: int
-    last_seq: int | None = None
-    last_opcode: int = -1
-    reply: list[bytes] = field(default_factory=list)
+    window: int = 1
+    last_seq: int = 0
+    """Every request of this session up to here (serial-number order) is executed or abandoned."""
+    executed: OrderedDict[int, _Executed] = field(default_factory=OrderedDict)
+    """The last ``window`` executed requests and their reply chunks: a poll for any request still in
+    flight at the host finds its reply here."""
 
 
 @dataclass
@@ -320,13 +423,23 @@ class _Inbound:
     version: int
     count: int
     last_s: float
+    after_previous: bool = False
     chunks: dict[int, bytes] = field(default_factory=dict)
     nbytes: int = 0
     asked_max: int = -1
+    refusal: bytes | None = None
+    """A request refused before it was complete (too large): answered with this when its turn comes."""
+
+    @property
+    def complete(self) -> bool:
+        return self.refusal is not None or len(self.chunks) == self.count
 
     def bitmap(self) -> np.ndarray:
         have = np.zeros(self.count, dtype=bool)
-        have[list(self.chunks)] = True
+        if self.refusal is not None:
+            have[:] = True
+        else:
+            have[list(self.chunks)] = True
         return have
 
 
@@ -337,8 +450,13 @@ def _error(f: Frame, status: int, text: str, version: int | None = None) -> byte
                           payload=encode_json({"error": text}))
 
 
+def _offset(seq: int, base: int) -> int:
+    return (seq - base) & 0xFFFFFFFF
+
+
 class SessionServer:
-    """The version-3 board end: sessions, request collection under a memory cap, selective resending."""
+    """The board end of sessions (version 3 on): request collection under a memory cap, selective
+    resending, and in-order execution of a window of pipelined requests (version 5)."""
 
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES, idle_s: float = REASSEMBLY_IDLE_S,
                  clock=time.monotonic):
@@ -346,32 +464,40 @@ class SessionServer:
         self.idle_s = idle_s
         self._clock = clock
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
-        self._inbound: _Inbound | None = None
+        self._inbound: dict[tuple[int, int], _Inbound] = {}
         self.chunks_resent = 0
         self.stale_requests = 0
         self.duplicate_chunks = 0
         self.refused = 0
+        self.dropped_chunks = 0
+        """Chunks not kept because the window or the memory cap was full (the host resends them)."""
+        self.max_held = 0
+        """Most requests held at once while collecting or waiting for their turn (a figure for tests)."""
 
     @property
     def reassembly_bytes(self) -> int:
-        """Bytes of incomplete requests held (at most ``max_message_bytes``)."""
-        return self._inbound.nbytes if self._inbound else 0
+        """Bytes of requests held (collecting or waiting their turn): at most ``max_message_bytes``."""
+        return sum(inb.nbytes for inb in self._inbound.values())
 
     @property
     def sessions(self) -> list[int]:
         return list(self._sessions)
 
+    def window(self, session: int) -> int:
+        st = self._sessions.get(session)
+        return st.window if st else 0
+
     def drop_incomplete(self) -> None:
-        """Forget a request still being collected (its host disconnected)."""
-        self._inbound = None
+        """Forget every request not executed yet (its host disconnected)."""
+        self._inbound.clear()
 
     def receive_frames(self, frames: list[Frame]) -> tuple[list[Request], bytes]:
         """Frames with a session field -> (new requests to execute, in order; bytes to send now)."""
         requests: list[Request] = []
         out = bytearray()
         now = self._clock()
-        if self._inbound is not None and now - self._inbound.last_s > self.idle_s:
-            self._inbound = None
+        for key in [k for k, inb in self._inbound.items() if now - inb.last_s > self.idle_s]:
+            del self._inbound[key]
         for f in frames:
             if f.is_response:
                 continue
@@ -384,11 +510,13 @@ class SessionServer:
                 continue
             if f.is_control:
                 out += self._on_poll(f)
-            else:
-                req, reply = self._on_chunk(f, now)
-                out += reply
-                if req is not None:
-                    requests.append(req)
+                continue
+            out += self._on_chunk(f, now)
+            st = self._sessions.get(f.session)  # type: ignore[arg-type]
+            if st is not None:
+                new, refusals = self._run(st)
+                requests += new
+                out += refusals
         return requests, bytes(out)
 
     def _on_poll(self, f: Frame) -> bytes:
@@ -402,88 +530,142 @@ class SessionServer:
             return b""
         if kind != POLL:
             return b""
-        if st.last_seq == f.seq:
-            if st.last_opcode != f.opcode:
+        if not _newer(f.seq, st.last_seq):
+            done = st.executed.get(f.seq)
+            if done is None:
+                self.stale_requests += 1
+                return b""
+            if done.opcode != f.opcode:
                 return _error(f, Status.BAD_REQUEST, f"sequence number {f.seq} of this session was used for "
-                                                     f"another opcode (0x{st.last_opcode:02x})")
-            if have.size != len(st.reply):
-                have = np.zeros(len(st.reply), dtype=bool)
+                                                     f"another opcode (0x{done.opcode:02x})")
+            if have.size != len(done.reply):
+                have = np.zeros(len(done.reply), dtype=bool)
             missing = np.flatnonzero(~have)
             self.chunks_resent += int(missing.size)
-            return DELIMITER + b"".join(st.reply[i] for i in missing) if missing.size else b""
-        inb = self._inbound
-        if inb is not None and (inb.session, inb.seq, inb.opcode) == (f.session, f.seq, f.opcode):
+            return DELIMITER + b"".join(done.reply[i] for i in missing) if missing.size else b""
+        inb = self._inbound.get((st.sid, f.seq))
+        if inb is not None and inb.opcode == f.opcode:
             have = inb.bitmap()
-            inb.asked_max = int(np.flatnonzero(~have).max())
+            inb.asked_max = int(np.flatnonzero(~have).max()) if not have.all() else inb.count - 1
             return self._have(f, have)
-        if st.last_seq is None or _newer(f.seq, st.last_seq):
-            return self._have(f, np.zeros(0, dtype=bool))  # nothing of it arrived
-        self.stale_requests += 1
-        return b""
+        return self._have(f, np.zeros(0, dtype=bool))  # nothing of it arrived (or it was dropped)
 
     def _have(self, f: Frame, have: np.ndarray) -> bytes:
         return DELIMITER + encode_frame(Frame(f.version, FLAG_RESPONSE | FLAG_CONTROL, f.seq, f.opcode, 0, 0, 1,
                                               encode_control(HAVE, have), f.session))
 
-    def _on_chunk(self, f: Frame, now: float) -> tuple[Request | None, bytes]:
+    def _on_chunk(self, f: Frame, now: float) -> bytes:
         sid: int = f.session  # type: ignore[assignment]
         st = self._sessions.get(sid)
-        if st is not None and st.last_seq is not None:
-            if f.seq == st.last_seq:
-                if f.opcode != st.last_opcode:
-                    return None, _error(f, Status.BAD_REQUEST, f"sequence number {f.seq} of this session was used "
-                                                               f"for another opcode (0x{st.last_opcode:02x})")
-                self.duplicate_chunks += 1  # executed already: the host polls for the reply
-                return None, b""
-            if not _newer(f.seq, st.last_seq):
+        if st is not None and not _newer(f.seq, st.last_seq):
+            done = st.executed.get(f.seq)
+            if done is None:
                 self.stale_requests += 1
-                return None, b""
+                return b""
+            if f.opcode != done.opcode:
+                return _error(f, Status.BAD_REQUEST, f"sequence number {f.seq} of this session was used "
+                                                     f"for another opcode (0x{done.opcode:02x})")
+            self.duplicate_chunks += 1  # executed already: the host polls for the reply
+            return b""
         if st is None and f.opcode != Op.HELLO:
             if f.chunk_index == 0:
-                return None, _error(f, Status.BAD_REQUEST, "unknown session: open one with HELLO first (the board "
-                                                           "was restarted or has forgotten it; reconnect)")
-            return None, b""
-        inb = self._inbound
-        if inb is None or (inb.session, inb.seq, inb.opcode, inb.count) != (sid, f.seq, f.opcode, f.chunk_count):
-            inb = self._inbound = _Inbound(sid, f.seq, f.opcode, f.version, f.chunk_count, now,
-                                           asked_max=f.chunk_count - 1)
+                return _error(f, Status.BAD_REQUEST, "unknown session: open one with HELLO first (the board "
+                                                     "was restarted or has forgotten it; reconnect)")
+            return b""
+        for key in [k for k in self._inbound if k[0] != sid]:
+            del self._inbound[key]  # one host at a time: another session's requests are given up
+        key = (sid, f.seq)
+        inb = self._inbound.get(key)
+        if inb is None or (inb.opcode, inb.count) != (f.opcode, f.chunk_count):
+            inb = _Inbound(sid, f.seq, f.opcode, f.version, f.chunk_count, now,
+                           after_previous=st is not None and bool(f.flags & FLAG_AFTER_PREVIOUS),
+                           asked_max=f.chunk_count - 1)
+            self._inbound[key] = inb
+            if not self._make_room(st, inb, 0):
+                return b""
         inb.last_s = now
+        if inb.refusal is not None:
+            return b""
         if f.chunk_index in inb.chunks:
             self.duplicate_chunks += 1
         else:
             size = len(f.payload)
             if inb.nbytes + size > self.max_message_bytes or (
                     f.chunk_index < f.chunk_count - 1 and f.chunk_count * size > self.max_message_bytes):
-                return None, self._refuse_oversize(f, st)
+                return self._refuse_oversize(f, st, inb)
+            if not self._make_room(st, inb, size):
+                return b""
             inb.chunks[f.chunk_index] = f.payload
             inb.nbytes += size
-        if len(inb.chunks) < inb.count:
-            if f.chunk_index >= inb.asked_max:  # the last chunk it expected came, with gaps before it
-                have = inb.bitmap()
-                inb.asked_max = int(np.flatnonzero(~have).max())
-                return None, self._have(f, have)
-            return None, b""
-        self._inbound = None
-        payload = b"".join(inb.chunks[i] for i in range(inb.count))
-        if st is None:
-            st = self._open(sid, f.version, payload)
-        st.last_seq, st.last_opcode, st.reply = f.seq, f.opcode, []
-        for other in self._sessions.values():
-            if other is not st:
-                other.reply = []  # one host at a time: only the active session's reply is worth keeping
-        return Request(f.seq, f.opcode, payload, f.version, sid), b""
+        if inb.complete:
+            if st is None:  # a HELLO opening a session: it runs at once
+                st = self._open(sid, f.version, b"".join(inb.chunks[i] for i in range(inb.count)))
+                st.last_seq = (f.seq - 1) & 0xFFFFFFFF
+            return b""
+        if f.chunk_index >= inb.asked_max:  # the last chunk it expected came, with gaps before it
+            have = inb.bitmap()
+            inb.asked_max = int(np.flatnonzero(~have).max())
+            return self._have(f, have)
+        return b""
 
-    def _refuse_oversize(self, f: Frame, st: _Session | None) -> bytes:
-        self._inbound = None
+    def _make_room(self, st: _Session | None, inb: _Inbound, size: int) -> bool:
+        """Keep at most the session's window of requests and ``max_message_bytes`` held: give up the
+        requests furthest from their turn first.  False if ``inb`` itself had to go (its chunk is dropped)."""
+        window = st.window if st else 1
+        base = st.last_seq if st else (inb.seq - 1) & 0xFFFFFFFF
+        mine = sorted((k for k in self._inbound if k[0] == inb.session), key=lambda k: _offset(k[1], base))
+        held = self.reassembly_bytes + size
+        while mine and (len(mine) > window or held > self.max_message_bytes):
+            victim = self._inbound.pop(mine.pop())
+            held -= victim.nbytes
+            if victim is inb:
+                self.dropped_chunks += 1
+                return False
+        self.max_held = max(self.max_held, len(mine))
+        return True
+
+    def _run(self, st: _Session) -> tuple[list[Request], bytes]:
+        """Execute, in sequence order, every complete request of ``st`` whose turn it is.  A request without
+        the after-previous flag may run at once: the host had nothing older in flight, so whatever older
+        request the board still holds was given up by its host."""
+        requests: list[Request] = []
+        out = bytearray()
+        while True:
+            ready = sorted((inb for (sid, _), inb in self._inbound.items() if sid == st.sid and inb.complete),
+                           key=lambda i: _offset(i.seq, st.last_seq))
+            nxt = next((i for i in ready if not i.after_previous or i.seq == (st.last_seq + 1) & 0xFFFFFFFF), None)
+            if nxt is None:
+                return requests, bytes(out)
+            for key in [k for k in self._inbound if k[0] == st.sid and not _newer(k[1], nxt.seq)]:
+                del self._inbound[key]  # nxt itself, and anything older (given up by its host)
+            st.last_seq = nxt.seq
+            done = _Executed(nxt.opcode)
+            st.executed[nxt.seq] = done
+            while len(st.executed) > st.window:
+                st.executed.popitem(last=False)
+            for other in self._sessions.values():
+                if other is not st:
+                    other.executed.clear()  # one host at a time: only the active session's replies are worth keeping
+            if nxt.refusal is not None:
+                done.reply = [nxt.refusal[1:]]
+                out += nxt.refusal
+            else:
+                payload = b"".join(nxt.chunks[i] for i in range(nxt.count))
+                requests.append(Request(nxt.seq, nxt.opcode, payload, nxt.version, st.sid))
+
+    def _refuse_oversize(self, f: Frame, st: _Session | None, inb: _Inbound) -> bytes:
         self.refused += 1
         reply = _error(f, Status.BAD_REQUEST, f"request larger than the board's limit of {self.max_message_bytes} "
                                               "bytes: split it")
-        if st is not None:  # an executed (refused) request: polls get the refusal
-            st.last_seq, st.last_opcode, st.reply = f.seq, f.opcode, [reply[1:]]
-        return reply
+        if st is None:
+            del self._inbound[(inb.session, inb.seq)]
+            return reply
+        inb.chunks, inb.nbytes, inb.refusal = {}, 0, reply  # answered (and cached) when its turn comes
+        return b""
 
     def _open(self, sid: int, version: int, hello: bytes) -> _Session:
-        st = _Session(sid, version, _hello_chunk_bytes(hello))
+        chunk, window = hello_params(hello, version)
+        st = _Session(sid, version, chunk, window)
         self._sessions[sid] = st
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
@@ -495,8 +677,9 @@ class SessionServer:
         frames = chunk_frames(seq=request.seq, opcode=request.opcode, status=status, payload=payload,
                               flags=FLAG_RESPONSE, max_payload=st.chunk_bytes, version=request.version,
                               session=request.session)
-        if request.seq == st.last_seq:
-            st.reply = frames
+        done = st.executed.get(request.seq)
+        if done is not None:
+            done.reply = frames
         return DELIMITER + b"".join(frames)
 
     def chunk_bytes(self, session: int | None) -> int:
@@ -547,7 +730,11 @@ class _Reassembly:
 
 
 class LegacyClientSession:
-    """A version-1/2 host end: stop-and-wait, a retried request resent whole under the same seq."""
+    """A version-1/2 host end: stop-and-wait, a retried request resent whole under the same seq; a new
+    request supersedes the one in flight."""
+
+    window = 1
+    asked_window = 1
 
     def __init__(self, first_seq: int = 1, max_payload: int = MAX_PAYLOAD, version: int = 2):
         self.version = version
@@ -556,6 +743,7 @@ class LegacyClientSession:
         self._decoder = FrameDecoder()
         self._rx = _Reassembly()
         self._pending: tuple[int, int, bytes] | None = None
+        self._ready: dict[int, Message] = {}
         self.foreign_frames = 0
         self.polls = 0
         self.progress = 0
@@ -563,6 +751,18 @@ class LegacyClientSession:
     @property
     def decoder(self) -> FrameDecoder:
         return self._decoder
+
+    @property
+    def in_flight(self) -> int:
+        return int(self._pending is not None)
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def window_full(self) -> bool:
+        return self._pending is not None
 
     @property
     def pending_seq(self) -> int | None:
@@ -576,8 +776,14 @@ class LegacyClientSession:
     def reply_started(self) -> bool:
         return bool(self._pending and self._rx.chunks and self._rx.seq == self._pending[0])
 
+    def reply_started_for(self, seq: int) -> bool:
+        return self.reply_started and self.pending_seq == seq
+
     def hello_payload(self) -> bytes:
         return encode_hello(self.version)
+
+    def grant(self, board_max: int) -> int:
+        return 1
 
     def health(self) -> LinkHealth:
         d = self._decoder
@@ -600,11 +806,30 @@ class LegacyClientSession:
                               max_payload=self._max_payload, version=self.version)
 
     retransmit = poll
+    poll_all = poll
+
+    def abandon(self) -> list[int]:
+        seqs = [self._pending[0]] if self._pending else []
+        self._pending = None
+        return seqs
 
     def take_outbox(self) -> bytes:
         return b""
 
+    def take_reply(self, seq: int) -> Message | None:
+        return self._ready.pop(seq, None)
+
+    def feed(self, data: bytes) -> int:
+        msg = self._receive(data)
+        if msg is None:
+            return 0
+        self._ready[msg.seq] = msg
+        return 1
+
     def receive_data(self, data: bytes) -> Message | None:
+        return self._receive(data)
+
+    def _receive(self, data: bytes) -> Message | None:
         result = None
         for f in self._decoder.feed(data):
             p = self._pending

@@ -32,7 +32,7 @@ def _vmm_bytes(board: FpgaBoard, v: np.ndarray) -> tuple[np.ndarray, int]:
 
 def test_version_4_packs_codes_and_answers_like_version_3():
     v = np.random.default_rng(5).uniform(-0.2, 0.2, (16, 32))
-    new, old = _board(), _board((1, 2, 3))
+    new, old = _board((1, 2, 3, 4)), _board((1, 2, 3))
     with new, old:
         assert (new.protocol_version, old.protocol_version) == (4, 3)
         assert new.info.protocol_version == 4 and old.info.protocol_version == 3

@@ -49,6 +49,7 @@ def test_a_reply_cached_for_one_session_never_answers_another():
     first = ClientSession(session_id=1, first_seq=1)
     _open(endpoint, first)  # seq 1 = HELLO
     first.request(Op.PULSE, b"")  # seq 2 ...
+    first.abandon()  # ... given up
     endpoint.receive(first.request(Op.PULSE, _pulse_payload([1], [1])))  # ... seq 3 executed, reply cached
     second = ClientSession(session_id=2, first_seq=3)  # the same seq, another host
     reply = second.receive_data(endpoint.receive(second.request(Op.HELLO, second.hello_payload())))
@@ -129,7 +130,7 @@ def test_reassembly_memory_is_capped_and_freed():
     client = ClientSession(session_id=8, chunk_bytes=1000)
     dec = FrameDecoder()
     reqs, _ = server.receive_frames(dec.feed(client.request(Op.HELLO, client.hello_payload())))
-    server.respond(reqs[0], Status.OK, b"{}")
+    client.receive_data(server.respond(reqs[0], Status.OK, b"{}"))
     wire = client.request(Op.RESTORE, bytes(50_000))
     frames = dec.feed(wire)
     peak, replies = 0, b""
@@ -140,6 +141,7 @@ def test_reassembly_memory_is_capped_and_freed():
     assert peak <= 10_000
     refusal = [f for f in FrameDecoder().feed(replies) if not f.is_control]
     assert refusal[0].status == Status.BAD_REQUEST and b"limit" in refusal[0].payload
+    assert client.receive_data(replies).status == Status.BAD_REQUEST
     # a half-sent request is dropped on disconnect
     server.receive_frames(dec.feed(client.request(Op.RESTORE, bytes(5000)))[:2])
     assert server.reassembly_bytes == 2000
@@ -153,7 +155,7 @@ def test_an_idle_incomplete_request_is_dropped():
     client = ClientSession(session_id=8, chunk_bytes=100)
     dec = FrameDecoder()
     reqs, _ = server.receive_frames(dec.feed(client.request(Op.HELLO, client.hello_payload())))
-    server.respond(reqs[0], Status.OK, b"{}")
+    client.receive_data(server.respond(reqs[0], Status.OK, b"{}"))
     server.receive_frames(dec.feed(client.request(Op.RESTORE, bytes(1000)))[:3])
     assert server.reassembly_bytes == 300
     now[0] = 11.0
@@ -212,6 +214,7 @@ def test_a_host_that_disconnects_mid_message_leaves_the_board_serving(tcp_emulat
     client = ClientSession(session_id=1234, chunk_bytes=256)
     with socket.create_connection((tcp_emulator.host, tcp_emulator.port)) as s:
         s.sendall(client.request(Op.HELLO, client.hello_payload()))
+        client.abandon()  # (its reply is not read)
         wire = client.request(Op.RESTORE, bytes(20_000))
         s.sendall(wire[: len(wire) // 2])  # half a message, then the host vanishes
         s.recv(65536)
