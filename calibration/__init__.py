@@ -13,7 +13,7 @@ Derived figures: :func:`calibration.threshold.delta_g_threshold` (ΔGth) and
 :func:`calibration.d2d.device_to_device`.  The whole run, with HDF5 raw data, plots
 and resume: :func:`calibration.run.calibrate` -> :class:`CalibrationReport`.
 Characterization routines: :mod:`calibration.characterize`.  Command line:
-:mod:`calibration.cli`.
+``hil calibrate`` and ``hil characterize`` (:mod:`hil.cli.calibrate`).
 """
 
 from calibration.report import CalibrationReport, DriftModel, SoftBoundsFit

@@ -74,7 +74,7 @@ from calibration.write_noise import STAGE as WN
 from calibration.write_noise import WriteNoiseParams, WriteNoiseResult, measure_write_noise
 from drivers.board import Board
 from drivers.limits import PulseProfile, check_event_pulses, check_profile
-from hil.version import software_version
+from protocols.version import software_version
 
 log = logging.getLogger(__name__)
 

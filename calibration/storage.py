@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from calibration.atomic_files import atomic_h5
 from calibration.common import Raw, Stamp, now_iso
-from hil.version import software_version
+from protocols.version import software_version
 
 log = logging.getLogger(__name__)
 

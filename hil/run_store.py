@@ -21,7 +21,7 @@ import numpy as np
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
 from calibration.atomic_files import json_default as _json_default
-from hil.version import software_version
+from protocols.version import software_version
 
 
 def with_version(obj: Any) -> Any:

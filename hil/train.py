@@ -57,7 +57,7 @@ from hil.optim import make_optimizer
 from hil.run_store import RunStore, without_version
 from hil.tasks import accuracy, load_task, ssim
 from hil.update_rules import RULES, make_rule
-from hil.version import software_version
+from protocols.version import software_version
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hil.cli import cli as calibration_cli
+from hil.cli import cli
 from calibration.report import CalibrationReport
 from calibration.run import H5_NAME, JSON_NAME, STAGES, CalibrationParams, calibrate
 from calibration.storage import RawStore, ResumeRefused
@@ -122,11 +122,7 @@ def test_spreads_window_and_threshold_are_consistent(calibrated):
 
 # ---- the command line, files, plots, time -------------------------------------------------------------
 def _entry() -> list[str]:
-    """`hil calibrate` once the lead registered it, else this package's own command group."""
-    from hil.cli import cli
-
-    module = "hil.cli" if "calibrate" in cli.commands else "calibration.cli"
-    return [sys.executable, "-m", module]
+    return [sys.executable, "-m", "hil.cli"]
 
 
 def _children_cpu_s() -> float:
@@ -273,7 +269,7 @@ def test_resume_refuses_another_board_or_other_parameters(tmp_path):
 
 
 def _cli(*args: str):
-    return CliRunner().invoke(calibration_cli, list(args))
+    return CliRunner().invoke(cli, list(args))
 
 
 def test_cli_errors_are_one_line_and_keep_measured_data(tmp_path):
@@ -323,7 +319,7 @@ def test_cli_a_board_that_does_not_answer(tmp_path):
 def test_cli_limits_file_is_applied(tmp_path):
     limits = tmp_path / "limits.toml"
     limits.write_text("max_set_v = 1.0\n")
-    r = CliRunner().invoke(calibration_cli, ["--limits", str(limits), "calibrate", "--board", SMALL,
+    r = CliRunner().invoke(cli, ["--limits", str(limits), "calibrate", "--board", SMALL,
                                              "--out", str(tmp_path / "o"), "--no-progress"])
     assert r.exit_code == 2 and "SET amplitude +1.600 V" in r.stderr
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from calibration import characterize as ch
-from hil.cli import cli as calibration_cli
+from hil.cli import cli
 from calibration.common import stage_rng
 from calibration.fits import decay, discrete_alpha, fit_decay_profile
 from calibration.read_noise import ReadNoiseParams, measure_read_noise
@@ -81,24 +81,24 @@ def test_program_a_target_map(board, tmp_path):
 
 
 def test_characterize_cli(tmp_path):
-    r = CliRunner().invoke(calibration_cli, ["characterize", "read-all", "--board", BOARD, "--out", str(tmp_path),
+    r = CliRunner().invoke(cli, ["characterize", "read-all", "--board", BOARD, "--out", str(tmp_path),
                                              "--reads", "2", "--region", "0,0,8,8"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.split("\n", 1)[1])["rows"] == 8
-    r = CliRunner().invoke(calibration_cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path),
+    r = CliRunner().invoke(cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path),
                                              "--pattern", "gradient", "--region", "0,0,4,4"])
     assert r.exit_code == 0, r.output
     np.save(tmp_path / "t.npy", np.full((2, 2), 30e-6))
-    r = CliRunner().invoke(calibration_cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path),
+    r = CliRunner().invoke(cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path),
                                              "--targets", str(tmp_path / "t.npy"), "--region", "1,1,2,2",
                                              "--overwrite"])  # program.h5 of the first program is replaced
     assert r.exit_code == 0, r.output
     for bad, msg in ((["--region", "1,2"], "ROW0,COL0,ROWS,COLS"), (["--region", "0,0,64,64"], "outside"),
                      (["--set-amplitude", "9"], "SET amplitude +9.000 V")):
-        r = CliRunner().invoke(calibration_cli, ["characterize", "read-all", "--board", BOARD,
+        r = CliRunner().invoke(cli, ["characterize", "read-all", "--board", BOARD,
                                                  "--out", str(tmp_path / "bad"), *bad])
         assert r.exit_code == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.output
-    r = CliRunner().invoke(calibration_cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path)])
+    r = CliRunner().invoke(cli, ["characterize", "program", "--board", BOARD, "--out", str(tmp_path)])
     assert r.exit_code == 2 and "exactly one of --targets" in r.stderr
 
 

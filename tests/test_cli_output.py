@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from hil.cli import cli, main
-from hil.version import software_version
+from protocols.version import software_version
 
 ROOT = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 600

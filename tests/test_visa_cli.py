@@ -1,9 +1,7 @@
 """The emulated VISA bench as a user runs it: serve-bench in one process, the board in another.
 
-``hil emulator serve-bench`` is the click command :func:`drivers.visa_cli.serve_bench_command`
-(the lead registers it in ``hil/cli.py``); until then these tests start it through the
-command object itself and through ``firmware_stub.scpi.serve_bench.main``.  Also: Ctrl-C
-(a real SIGINT) in a process driving the bench leaves the instruments idle.
+``hil emulator serve-bench`` (:func:`hil.cli.emulator.serve_bench`) serves the bench in its own
+process.  Also: Ctrl-C (a real SIGINT) in a process driving the bench leaves the instruments idle.
 """
 
 from __future__ import annotations
@@ -27,8 +25,6 @@ from tests.waiting import HANG_GUARD_S, wait_until
 pytestmark = pytest.mark.timing  # separate processes, signals, real TCP
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE_CLICK = "from drivers.visa_cli import serve_bench_command; serve_bench_command()"
-SERVE_MAIN = "import sys; from firmware_stub.scpi.serve_bench import main; sys.exit(main())"
 
 
 def _generous(bench_file: Path) -> Path:
@@ -50,19 +46,13 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _hil_has_serve_bench() -> bool:
-    out = subprocess.run([sys.executable, "-m", "hil.cli", "emulator", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=HANG_GUARD_S)
-    return "serve-bench" in out.stdout
-
-
-@pytest.fixture(params=["click", "main"])
-def served_bench(request, tmp_path):
-    """serve-bench in its own process; yields the bench file it wrote."""
+@pytest.fixture
+def served_bench(tmp_path):
+    """``hil emulator serve-bench`` in its own process; yields the bench file it wrote."""
     out = tmp_path / "B.toml"
-    code = SERVE_CLICK if request.param == "click" else SERVE_MAIN
-    proc = subprocess.Popen([sys.executable, "-c", code, "--out", str(out), "--rows", "3", "--cols", "4",
-                             "--seed", "9"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "emulator", "serve-bench", "--out", str(out),
+                             "--rows", "3", "--cols", "4", "--seed", "9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline().strip()
         assert line == str(out), proc.stderr.read()
@@ -94,9 +84,7 @@ def test_hil_info_on_a_served_bench(served_bench):
     assert "3 x 4 devices" in text.stdout
 
 
-def test_hil_emulator_serve_bench_when_wired(tmp_path):
-    if not _hil_has_serve_bench():
-        pytest.skip("hil emulator serve-bench is not registered in hil/cli.py yet")
+def test_hil_emulator_serve_bench_serves_until_stopped(tmp_path):
     out = tmp_path / "B.toml"
     proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "emulator", "serve-bench", "--out", str(out),
                              "--rows", "2", "--cols", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -123,7 +111,8 @@ def test_bad_bench_file_is_a_one_line_cli_error(tmp_path):
 def test_serve_bench_rejects_a_bad_config(tmp_path):
     cfg = tmp_path / "device.toml"
     cfg.write_text("g_min_s = -1\n")
-    out = subprocess.run([sys.executable, "-c", SERVE_CLICK, "--out", str(tmp_path / "B.toml"), "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "emulator", "serve-bench", "--out", str(tmp_path / "B.toml"),
+                          "--config", str(cfg)],
                          capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
     assert out.returncode == 2 and out.stderr.startswith("error:")
 

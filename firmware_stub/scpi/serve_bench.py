@@ -20,15 +20,13 @@ SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import signal
-import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from firmware_stub.array_model import MemristorArray
-from firmware_stub.device_params import DeviceParams, load_device_params
+from firmware_stub.device_params import DeviceParams
 from firmware_stub.firmware import HardwareLimits
 from firmware_stub.scpi.bench import EmulatedBench, Wiring
 from firmware_stub.scpi.keithley707b import Keithley707B
@@ -163,34 +161,3 @@ def serve_until_stopped(running: RunningBench, stop: threading.Event | None = No
         running.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="serve-bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path, help="bench file to write (TOML)")
-    ap.add_argument("--rows", type=int, default=8)
-    ap.add_argument("--cols", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--config", type=Path, help="TOML file of device parameters (DeviceParams)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--wall-clock", action="store_true",
-                    help="the array clock follows real time (bench file: virtual_clock = false)")
-    args = ap.parse_args(argv)
-    try:
-        params = load_device_params(args.config)
-        running = start_bench(args.rows, args.cols, args.seed, params, host=args.host,
-                              clock_mode="wall" if args.wall_clock else "virtual")
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    path = running.write_bench_file(args.out)
-    print(f"emulated bench {args.rows}x{args.cols} seed {args.seed}: " +
-          ", ".join(f"{k} at {v}" for k, v in running.resources.items()), file=sys.stderr)
-    print(str(path), flush=True)
-    serve_until_stopped(running)
-    print("emulated bench stopped", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,16 +1,10 @@
-"""``calibrate`` and ``characterize`` commands for the ``hil`` command line.
-
-Registered into ``hil`` with::
-
-    from calibration.cli import calibrate_cmd, characterize_group
-    cli.add_command(calibrate_cmd)        # hil calibrate --board ADDR --out DIR ...
-    cli.add_command(characterize_group)   # hil characterize PROCEDURE --board ADDR --out DIR ...
+"""``hil calibrate`` and ``hil characterize PROCEDURE``: measure a board.
 
 They follow ``hil``'s conventions: the safety limits come from ``ctx.obj.limits``
-(``hil --limits FILE``), boards are opened with :func:`drivers.address.open_board`,
-and errors a user can fix end with a one-line ``error: ...`` on stderr and exit
-status 2.  Ctrl-C during a calibration keeps the finished stages in
-``DIR/calibration.h5`` (exit status 130); ``--resume`` continues from them.
+(``hil --limits FILE``), boards are opened with :func:`hil.cli.app.open_for`, and errors
+a user can fix end with a one-line ``error: ...`` on stderr and exit status 2.  Ctrl-C
+during a calibration keeps the finished stages in ``DIR/calibration.h5`` (exit status
+130); ``--resume`` continues from them.
 """
 
 from __future__ import annotations
@@ -23,27 +17,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from drivers.address import open_board
 from drivers.errors import BoardError
 from drivers.limits import PulseProfile, validation_summary
+from hil.cli.app import cli, fail, open_for
 
 log = logging.getLogger("hil.calibration")
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
-def _limits(ctx: click.Context):
-    return getattr(ctx.obj, "limits", None)
 
 
-def _open(ctx: click.Context, address: str):
-    try:
-        return open_board(address, _limits(ctx))
-    except BoardError as exc:
-        _fail(str(exc))
 
 
 def _profiles(set_amplitude, set_width, reset_amplitude, reset_width):
@@ -75,7 +59,7 @@ def _us(x: float) -> str:
     return f"{x * 1e6:.4g} µS"
 
 
-@click.command("calibrate")
+@cli.command("calibrate")
 @click.option("--board", "address", required=True, help="Board address, e.g. emu, serial:/dev/ttyUSB0.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for calibration.json, calibration.h5 and the plots.")
@@ -114,30 +98,30 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
         params = CalibrationParams(seed=seed, sample=sample, k=k, drift_delay_s=drift_delay, set_profile=set_p,
                                    reset_profile=reset_p, plots=not no_plots, **extra)
     except ValidationError as exc:
-        _fail(f"invalid option: {validation_summary(exc)}")
+        fail(f"invalid option: {validation_summary(exc)}")
     except ValueError as exc:
-        _fail(f"invalid option: {exc}")
+        fail(f"invalid option: {exc}")
     from calibration.storage import AlreadyMeasured, ResumeRefused
     from hil.interruptions import resume_command, sigint_guard
 
     kept = out_dir / H5_NAME
     try:
         with sigint_guard():
-            with _open(ctx, address) as board:
+            with open_for(ctx, address) as board:
                 report = calibrate(board, out_dir, params, resume=resume, progress=not no_progress)
     except KeyboardInterrupt:
         saved = f"the finished stages are kept in {kept}" if kept.exists() else "no stage had finished"
         click.echo(f"interrupted: {saved}; resume with: {resume_command(ctx)}", err=True)
         sys.exit(130)
     except AlreadyMeasured:
-        _fail(f"{kept} already holds measurements: continue that calibration with: {resume_command(ctx)} "
+        fail(f"{kept} already holds measurements: continue that calibration with: {resume_command(ctx)} "
               "(or choose another --out)")
     except ResumeRefused as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (BoardError, ValueError, OSError) as exc:
         message = f"cannot write {out_dir}: {exc}" if isinstance(exc, OSError) else str(exc)
         suffix = f"; the finished stages are kept in {kept}; resume with: {resume_command(ctx)}" if kept.exists() else ""
-        _fail(f"{message}{suffix}")
+        fail(f"{message}{suffix}")
     head = {
         "calibration": str(out_dir / JSON_NAME),
         "delta_g_th_s": report.delta_g_th_s,
@@ -169,7 +153,7 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
 
 
 # ---- characterize ---------------------------------------------------------------------------
-@click.group("characterize")
+@cli.group("characterize")
 def characterize_group() -> None:
     """Device-characterization routines (each writes DIR/NAME.h5 and DIR/NAME.png)."""
 
@@ -201,9 +185,9 @@ def _region(text: str | None):
     except ValueError:
         parts = ()
     if len(parts) != 4:
-        _fail(f"--region expects ROW0,COL0,ROWS,COLS (four integers), got {text!r}")
+        fail(f"--region expects ROW0,COL0,ROWS,COLS (four integers), got {text!r}")
     if min(parts[:2]) < 0 or min(parts[2:]) < 1:
-        _fail(f"--region expects ROW0,COL0 >= 0 and ROWS,COLS >= 1, got {text!r}")
+        fail(f"--region expects ROW0,COL0 >= 0 and ROWS,COLS >= 1, got {text!r}")
     return parts
 
 
@@ -216,22 +200,22 @@ def _run_char(ctx, name: str, address: str, out_dir: Path, params_fn, profiles, 
     stem = name.replace("-", "_")
     existing = [p for p in (out_dir / f"{stem}.h5", out_dir / f"{stem}.png") if p.exists()]
     if existing and not ctx.meta.get("characterize.overwrite"):
-        _fail(f"{existing[0]} exists: choose another --out, or pass --overwrite to replace it")
+        fail(f"{existing[0]} exists: choose another --out, or pass --overwrite to replace it")
     try:
         set_p, reset_p = _profiles(*profiles)
     except ValidationError as exc:
-        _fail(f"invalid option: {validation_summary(exc)}")
+        fail(f"invalid option: {validation_summary(exc)}")
     except ValueError as exc:
-        _fail(f"invalid option: {exc}")
+        fail(f"invalid option: {exc}")
     bar = None
     try:
-        with _open(ctx, address) as board:
+        with open_for(ctx, address) as board:
             if set_p is not None or reset_p is not None:
                 board.set_profiles(set_p or board.profiles[0], reset_p or board.profiles[1])
             try:
                 params = params_fn(board)
             except ValidationError as exc:
-                _fail(f"invalid option: {validation_summary(exc)}")
+                fail(f"invalid option: {validation_summary(exc)}")
             extra = {k: (v(board) if callable(v) else v) for k, v in kwargs.items()}
             tick, bar = _progress_bar(not ctx.meta.get("characterize.no_progress"), ch.progress_units(name, params),
                                       desc=name)
@@ -240,7 +224,7 @@ def _run_char(ctx, name: str, address: str, out_dir: Path, params_fn, profiles, 
         click.echo("interrupted: nothing of this routine was saved", err=True)
         sys.exit(130)
     except (BoardError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if bar is not None:
             bar.close()
@@ -288,7 +272,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     except ValueError:
         vals = ()
     if not vals:
-        _fail(f"{what} expects comma-separated numbers, got {text!r}")
+        fail(f"{what} expects comma-separated numbers, got {text!r}")
     return vals
 
 
@@ -349,7 +333,7 @@ def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
     from calibration.characterize import ProgramParams, target_pattern
 
     if (targets_file is None) == (pattern is None):
-        _fail("give exactly one of --targets FILE or --pattern")
+        fail("give exactly one of --targets FILE or --pattern")
     reg = _region(region)
 
     def targets(board):
@@ -362,7 +346,7 @@ def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
             else:
                 data = np.loadtxt(targets_file, delimiter=None if targets_file.suffix == ".txt" else ",")
         except (OSError, ValueError) as exc:
-            _fail(f"cannot read the target map {targets_file}: {exc}")
+            fail(f"cannot read the target map {targets_file}: {exc}")
         return np.atleast_2d(np.asarray(data, dtype=float))
 
     _run_char(ctx, "program", address, out_dir,
@@ -370,7 +354,6 @@ def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
               (set_amplitude, set_width, reset_amplitude, reset_width), targets_s=targets)
 
 
-COMMANDS = (calibrate_cmd, characterize_group)
 
 
 @characterize_group.command("iv-sweep")

@@ -1,4 +1,6 @@
-"""The installed version of this stack, recorded in every run and report it writes."""
+"""The installed version of this stack, recorded in every run, calibration and report it writes.
+
+It lives in the lowest layer so that every package can stamp what it writes (docs/DESIGN.md, Layers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Link and emulator figures for ``hil bench``: speed of the array model, bytes on the wire, round trips.
+"""``hil bench``: link and emulator figures -- speed of the array model, bytes on the wire, round trips.
+
+One of the two doors from above into ``firmware_stub`` and past the Board contract (docs/DESIGN.md,
+Layers): it times the emulator's array model and the link itself.
 
 Each speed figure is a ratio or rate measured in this run, against a baseline
 measured in the same run where one exists (the per-cell Python loop).
@@ -6,16 +9,21 @@ measured in the same run where one exists (the per-cell Python loop).
 
 from __future__ import annotations
 
+import json
 import time
 
+import click
 import numpy as np
 from pydantic import BaseModel, Field
 
 from drivers.address import open_board
 from drivers.board import Board, PulseBatch
+from drivers.errors import BoardError
 from firmware_stub.array_model import MemristorArray
 from firmware_stub.device_params import DeviceParams
 from firmware_stub.reference_loop import apply_pulses_loop
+from hil.cli.app import cli, fail, open_for
+from protocols.version import software_version
 
 BENCH_SIDE = 1024
 NOMINAL = ((1.6, 50e-9), (-1.8, 50e-9))
@@ -286,3 +294,22 @@ def run_bench(address: str, board: Board, quick: bool = False) -> BenchReport:
         round_trip_s=rtt, pulse_batches_per_s=bps,
         step=measure_step(board, steps=5 if quick else 20) if board.info.capabilities.vmm else None,
     )
+
+
+@cli.command()
+@click.option("--board", "address", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--quick", is_flag=True, help="Shorter measurements (noisier figures).")
+@click.pass_context
+def bench(ctx: click.Context, address: str, as_json: bool, quick: bool) -> None:
+    """Link and emulator figures: array model speed, bytes on the wire, round trips."""
+    try:
+        with open_for(ctx, address) as board:
+            report = run_bench(address, board, quick=quick)
+    except BoardError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"software_version": software_version(), **report.model_dump(mode="json")}, indent=2))
+        return
+    for key, value in report.model_dump().items():
+        click.echo(f"{key:36s} {value}")

@@ -1,0 +1,5 @@
+"""``python -m hil.cli``."""
+
+from hil.cli import main
+
+main()
