@@ -13,13 +13,14 @@ The choice (:data:`TIE_RULE`) is made once every tuning point has finished, from
 figures of the tuning runs, and recorded in ``sweep.json`` and ``tune.json`` before the evaluation
 starts; a resumed sweep keeps the recorded choice.  ``tune.json`` holds every candidate's
 tuning-seed figures (mean ± 95 % CI), the choice and the evaluation-seed figures; ``tune.md`` the
-same as tables.
+same as tables; its run folders are named relative to the sweep folder (``runs/POINT``).
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import os
 from pathlib import Path
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
@@ -172,7 +173,9 @@ def choose(spec: SweepSpec, cands: list[dict], points: list[dict]) -> dict:
                 est = _figure(g, name)
                 bounds[f"{name} {kind}"] = {"mean": None if est is None else est.mean, "bound": limit,
                                             "met": est is not None and holds(est.mean, limit)}
-        records.append({"index": index, "name": point_name(c), "values": c, "seeds": g.seeds, "dirs": g.dirs,
+        name_of = {str(Path(by_name[point_name(row)]["dir"])): point_name(row) for row in tuning_rows(t, c)}
+        records.append({"index": index, "name": point_name(c), "values": c, "seeds": g.seeds,
+                        "points": [name_of[str(Path(d))] for d in g.dirs],
                         "objective": cmp.estimate_json(objective), "figures": _figures_json(g, t),
                         "bounds": bounds, "meets_bounds": all(b["met"] for b in bounds.values())})
     eligible = [r for r in records if r["meets_bounds"] and r["objective"] is not None]
@@ -253,7 +256,8 @@ def write_tune(out_dir: str | Path, sweep: dict) -> str:
         "candidates": record.get("candidates"), "chosen": record.get("chosen"),
         "evaluation": None if not groups else {
             "objective": None if tuned is None else cmp.estimate_json(_objective(t, tuned)),
-            "groups": [{"name": g.name, "method": g.method, "seeds": g.seeds, "dirs": g.dirs,
+            "groups": [{"name": g.name, "method": g.method, "seeds": g.seeds,
+                        "dirs": [os.path.relpath(d, out_dir) for d in g.dirs],
                         "figures": _figures_json(g, t) if g.method != "float" else
                         {g.metric: cmp.estimate_json(g.figures.get("metric"))}} for g in groups],
             "ratios": cmp.to_json([], ratios)["ratios"]},

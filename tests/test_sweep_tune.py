@@ -112,8 +112,8 @@ def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_
     assert set(groups) == {"eapu", "float"}
     for g in groups.values():
         assert g["seeds"] == EVALUATION_SEEDS
-        assert all(_run(d)[0]["seed"] in EVALUATION_SEEDS for d in g["dirs"])
-    eapu_acc = [_run(d)[1]["test_accuracy"] for d in groups["eapu"]["dirs"]]
+        assert all(_run(out / d)[0]["seed"] in EVALUATION_SEEDS for d in g["dirs"])
+    eapu_acc = [_run(out / d)[1]["test_accuracy"] for d in groups["eapu"]["dirs"]]
     assert groups["eapu"]["figures"]["test_accuracy"]["mean"] == pytest.approx(sum(eapu_acc) / len(eapu_acc))
     assert groups["eapu"]["figures"]["test_accuracy"]["ci95"] is not None  # two seeds: a 95 % interval
     gaps = _paired_gaps(evaluation, chosen_lr, EVALUATION_SEEDS)
@@ -123,8 +123,8 @@ def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_
 
     # a resumed sweep keeps its recorded choice, even where the tuning runs would now choose otherwise
     other = next(c for c in tune["candidates"] if c["name"] != chosen)
-    for d in other["dirs"]:  # the other candidate's eapu runs now look perfect
-        path = Path(d) / "summary.json"
+    for name in other["points"]:  # the other candidate's eapu runs now look perfect
+        path = out / "runs" / name / "summary.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "test_accuracy": 1.0}))
     spec_model, _ = load_spec(spec)
     assert choose(spec_model, [c["values"] for c in tune["candidates"]], tuning)["chosen"]["name"] == other["name"]
