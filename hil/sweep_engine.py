@@ -15,6 +15,9 @@ when each ran) is only ever written by the driver, atomically.
 A point runs :func:`hil.demo.ensure_run`, the ``hil train`` code path: a finished run is read
 back, an interrupted one resumes from its checkpoint, so ``resume`` re-submits only what has not
 finished.
+
+A tune spec (:mod:`hil.sweep_tune`) runs in two batches on the same Ray: the tuning points, then,
+after the choice is recorded in ``sweep.json``, the chosen candidate's evaluation points.
 """
 
 from __future__ import annotations
@@ -210,10 +213,6 @@ class SweepFile:
                 rec.update(state="pending", error=None)
             self.data["calibrations" if rec["kind"] == "calibration" else "points"].append(rec)
             self.items[(rec["kind"], rec["name"])] = rec
-
-    def todo(self, points: list[Point], cals: list[Calibration]) -> tuple[list[Point], list[Calibration]]:
-        return ([p for p in points if self.items[("point", p.name)]["state"] != "done"],
-                [c for c in cals if self.items[("calibration", c.name)]["state"] != "done"])
 
 
 def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, SweepSpec, dict]:

@@ -121,8 +121,8 @@ class TuneOptions(BaseModel):
     @field_validator("tuning_seeds", "evaluation_seeds", mode="before")
     @classmethod
     def _seeds(cls, value, info):
-        if not isinstance(value, (list, str)):
-            raise ValueError(f"{info.field_name} is a list of seeds or a range like \"100-104\"")  # noqa: TRY004 (pydantic reports ValueError)
+        if not isinstance(value, (list, str)):  # pydantic reports a ValueError, not a TypeError
+            raise ValueError(f"{info.field_name} is a list of seeds or a range like \"100-104\"")  # noqa: TRY004
         return _seed_list(value, info.field_name)
 
     @field_validator("metric")

@@ -180,3 +180,22 @@ def test_tie_goes_to_the_narrower_interval_then_the_first_listed():
     assert min(tied, key=lambda c: rank_key(c, "min"))["index"] == 3
     one_seed = [cand(0, 0.5, None), cand(1, 0.5, 0.3)]
     assert min(one_seed, key=lambda c: rank_key(c, "max"))["index"] == 1  # no interval ranks last
+
+
+def test_float_runs_are_shared_by_candidates_that_differ_only_in_array_settings(tmp_path):
+    """float ignores w_max and k: one reference run per seed and lr; the evaluation boards calibrate meanwhile."""
+    from hil.sweep_spec import load_spec
+    from hil.sweep_tune import tuning_points
+
+    spec = tmp_path / "tune.toml"
+    spec.write_text(f'[base]\nboard = "{SMALL_BOARD}"\ntask = "digits-small"\n\n'
+                    '[grid]\nlr = [0.02, 0.05]\ndelta_g_th_k = [1.0, 2.0, 3.0]\n\n'
+                    '[tune]\ntuning_seeds = [100, 101]\nevaluation_seeds = [0]\ngap_to = "float"\n')
+    points, cals, _, candidates, _ = tuning_points(load_spec(spec)[0], tmp_path / "out", str(spec))
+    assert len(candidates) == 6
+    floats = [p for p in points if p.config["method"] == "float"]
+    assert sorted((p.config["lr"], p.config["seed"]) for p in floats) == [
+        (lr, s) for lr in (0.02, 0.05) for s in (100, 101)]
+    assert sum(p.config["method"] == "eapu" for p in points) == 6 * 2
+    assert {p.phase for p in points} == {"tuning"}
+    assert sorted(c.params["seed"] for c in cals) == [0, 100, 101]  # seed 0's board: the evaluation's
