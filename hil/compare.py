@@ -25,7 +25,7 @@ from scipy import stats as _st
 # training settings that are the seed's or the method's own, not the group's
 _PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task", "software_version"}
 # settings the digital reference ignores (it has no array): a float run pairs with array runs that differ in them
-_METHOD_ONLY = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_s", "checkpoint_every"}
+METHOD_ONLY_SETTINGS = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_s", "checkpoint_every"}
 METRICS = ("test_accuracy", "test_ssim")
 
 
@@ -135,7 +135,7 @@ def board_settings(address: str | None) -> str:
 
 
 def _settings(run: Run, method_only: bool) -> dict[str, Any]:
-    drop = _PER_SEED | (_METHOD_ONLY if not method_only else {"method"})
+    drop = _PER_SEED | (METHOD_ONLY_SETTINGS if not method_only else {"method"})
     return {k: v for k, v in sorted(run.config.items()) if k not in drop}
 
 
@@ -307,10 +307,13 @@ def markdown(groups: list[Group], ratios: list[Ratio]) -> str:
     return "\n".join(lines)
 
 
-def to_json(groups: list[Group], ratios: list[Ratio]) -> dict:
-    def est(e: Estimate | None):
-        return None if e is None else {"mean": e.mean, "ci95": None if math.isnan(e.ci95) else e.ci95, "n": e.n}
+def estimate_json(e: Estimate | None) -> dict | None:
+    """An estimate as JSON: ``{"mean", "ci95" (null for one seed), "n"}``."""
+    return None if e is None else {"mean": e.mean, "ci95": None if math.isnan(e.ci95) else e.ci95, "n": e.n}
 
+
+def to_json(groups: list[Group], ratios: list[Ratio]) -> dict:
+    est = estimate_json
     return {
         "groups": [{"task": g.task, "method": g.method, "board": g.board, "settings": g.settings,
                     "metric": g.metric, "seeds": g.seeds, "dirs": g.dirs,

@@ -15,6 +15,9 @@ when each ran) is only ever written by the driver, atomically.
 A point runs :func:`hil.demo.ensure_run`, the ``hil train`` code path: a finished run is read
 back, an interrupted one resumes from its checkpoint, so ``resume`` re-submits only what has not
 finished.
+
+A tune spec (:mod:`hil.sweep_tune`) runs in two batches on the same Ray: the tuning points, then,
+after the choice is recorded in ``sweep.json``, the chosen candidate's evaluation points.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from pathlib import Path
 from typing import Callable
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
-from hil.sweep_spec import Calibration, Point, SpecError, expand, load_spec
+from hil.sweep_spec import Calibration, Point, SweepSpec, expand, load_spec
+from hil.sweep_tune import (
+    TIE_RULE,
+    choose,
+    evaluation_points,
+    no_choice_text,
+    tuning_points,
+    write_tune,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +166,10 @@ def _check_resources(needed: set[str]) -> None:
 
 # ---------------------------------------------------------------------------------------- the sweep file
 
+def _point_fields(record: dict) -> dict:
+    return {k: record[k] for k in ("name", "values", "config", "calibration", "resource", "phase")}
+
+
 def _record(kind: str, item, path: Path) -> dict:
     return {**asdict(item), "dir": str(path), "state": "pending", "error": None, "node_id": None, "host": None,
             "started_s": None, "ended_s": None, "kind": kind}
@@ -175,11 +190,42 @@ class SweepFile:
     def update(self, kind: str, name: str, **fields) -> None:
         self.items[(kind, name)].update(fields)
 
+    def add(self, points: list[Point], cals: list[Calibration], devices: dict[str, str],
+            previous: dict | None = None) -> None:
+        """Write the device files and add the points and calibrations not yet in the sweep, states from
+        ``previous`` records and from what is finished on disk."""
+        for path, text in devices.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(Path(path), text.encode())
+        out_dir = self.path.parent
+        new = [_record("calibration", c, out_dir / "calibrations" / c.name) for c in cals
+               if ("calibration", c.name) not in self.items]
+        new += [_record("point", p, out_dir / "runs" / p.name) for p in points if ("point", p.name) not in self.items]
+        for rec in new:
+            old_rec = (previous or {}).get((rec["kind"], rec["name"]))
+            if old_rec is not None:
+                rec.update({k: old_rec.get(k) for k in ("state", "error", "node_id", "host", "started_s", "ended_s",
+                                                         "metric") if k in old_rec})
+            finished = Path(rec["dir"]) / ("calibration.json" if rec["kind"] == "calibration" else "summary.json")
+            if finished.is_file():
+                rec["state"] = "done"
+            elif rec["state"] != "pending":
+                rec.update(state="pending", error=None)
+            self.data["calibrations" if rec["kind"] == "calibration" else "points"].append(rec)
+            self.items[(rec["kind"], rec["name"])] = rec
 
-def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, list[Point], list[Calibration]]:
+
+def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, SweepSpec, dict]:
+    """The sweep file (states carried over on resume); the spec; tune mode's candidates and resources."""
     spec, raw = load_spec(spec_path)
-    points, cals, devices = expand(spec, out_dir, where=str(spec_path))
+    where = str(spec_path)
+    tune: dict = {}
+    if spec.tune is None:
+        points, cals, devices = expand(spec, out_dir, where=where)
+    else:
+        points, cals, devices, tune["candidates"], tune["resources"] = tuning_points(spec, out_dir, where)
     sweep_json = out_dir / SWEEP_FILE
+    old: dict = {}
     if resume:
         if not sweep_json.is_file():
             raise SweepError(f"{out_dir} holds no sweep to resume (no {SWEEP_FILE}); run without --resume")
@@ -189,33 +235,25 @@ def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, l
         if old.get("spec") != raw:
             raise SweepError(f"{spec_path} is not the spec the sweep in {out_dir} was started with; resume with "
                              "that spec (it is in sweep.json) or choose another --out")
-        previous = {(r["kind"], r["name"]): r for r in old["calibrations"] + old["points"]}
     else:
         if sweep_json.is_file():
             raise SweepError(f"{out_dir} holds a sweep already: continue it with --resume (or choose another --out)")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise SweepError(f"{out_dir} is not empty: choose a new folder for the sweep")
-        previous = {}
+    previous = {(r["kind"], r["name"]): r for r in old.get("calibrations", []) + old.get("points", [])}
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path, text in devices.items():
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(path), text.encode())
     data = {"spec_file": str(spec_path), "spec": raw, "calibrate": spec.sweep.calibrate,
-            "calibrations": [_record("calibration", c, out_dir / "calibrations" / c.name) for c in cals],
-            "points": [_record("point", p, out_dir / "runs" / p.name) for p in points]}
-    for rec in data["calibrations"] + data["points"]:
-        old_rec = previous.get((rec["kind"], rec["name"]))
-        if old_rec is not None:
-            rec.update({k: old_rec.get(k) for k in ("state", "error", "node_id", "host", "started_s", "ended_s",
-                                                     "metric") if k in old_rec})
-        finished = Path(rec["dir"]) / ("calibration.json" if rec["kind"] == "calibration" else "summary.json")
-        if finished.is_file():
-            rec["state"] = "done"
-        elif rec["state"] != "pending":
-            rec.update(state="pending", error=None)
+            "calibrations": [], "points": []}
+    if spec.tune is not None:
+        # a choice made before an interruption stands: the evaluation continues on it
+        data["tune"] = {"options": spec.tune.model_dump(mode="json"), "rule": TIE_RULE, "candidates": None,
+                        "chosen": None, **{k: v for k, v in (old.get("tune") or {}).items() if k != "options"}}
     sweep = SweepFile(out_dir, data)
+    sweep.add(points, cals, devices, previous)
+    if spec.tune is not None and data["tune"]["chosen"] is not None:
+        sweep.add(*evaluation_points(spec, data["tune"]["chosen"]["values"], out_dir, where), previous)
     sweep.save()
-    return sweep, points, cals
+    return sweep, spec, tune
 
 
 # ---------------------------------------------------------------------------------------- the driver
@@ -227,16 +265,41 @@ def run_sweep(spec_path: str | Path, out_dir: str | Path, *, address: str | None
     spec_path, out_dir = Path(spec_path), Path(out_dir).resolve()
     if num_cpus is not None and address:
         raise SweepError("--num-cpus sizes the embedded local Ray; a cluster (--address) has its own CPUs")
-    sweep, points, cals = _prepare(spec_path, out_dir, resume)
-    todo_cals = [c for c in cals if sweep.items[("calibration", c.name)]["state"] != "done"]
-    todo = [p for p in points if sweep.items[("point", p.name)]["state"] != "done"]
-    if todo:
-        needed = {r for r in [*(p.resource for p in todo), *(c.resource for c in todo_cals)] if r}
-        _execute(sweep, out_dir, todo, todo_cals, needed, address, num_cpus, limits, progress, echo)
+    sweep, spec, tune = _prepare(spec_path, out_dir, resume)
+    if spec.tune is None:
+        batches = iter([(sweep.data["points"], sweep.data["calibrations"])])
+        needed = {r["resource"] for r in sweep.data["points"] + sweep.data["calibrations"]
+                  if r["resource"] and r["state"] != "done"}
+    else:  # the resources of the evaluation of any candidate, too
+        batches = _tune_phases(sweep, spec, tune["candidates"], out_dir, str(spec_path), echo)
+        needed = tune["resources"]
+    _execute(sweep, batches, needed, address, num_cpus, limits, progress, echo)
     records = sweep.data["points"]
     return SweepResult(out_dir, [r["name"] for r in records if r["state"] == "done"],
                        {r["name"]: r["error"] for r in records if r["state"] == "failed"},
                        [Path(r["dir"]) for r in records if r["state"] == "done"])
+
+
+def _tune_phases(sweep: SweepFile, spec: SweepSpec, candidates: list[dict], out_dir: Path, where: str, echo):
+    """Tune mode's two batches: the tuning points; then, once they have all finished, the choice
+    (recorded before anything else runs) and the chosen candidate's evaluation points."""
+    tuning = [r for r in sweep.data["points"] if r["phase"] == "tuning"]
+    yield tuning, sweep.data["calibrations"]
+    if any(r["state"] != "done" for r in tuning):
+        return  # no choice on a part of the candidates: --resume runs the rest first
+    record = sweep.data["tune"]
+    if record["chosen"] is None:
+        record.update(choose(spec, candidates, tuning), chosen_s=time.time())
+        sweep.save()
+        write_tune(out_dir, sweep.data)
+        if record["chosen"] is None:
+            raise SweepError(no_choice_text(spec.tune, record))
+        if echo is not None:
+            echo(f"tune: chose {record['chosen']['name']} on seeds {spec.tune.tuning_seeds}; evaluating it on "
+                 f"seeds {spec.tune.evaluation_seeds}")
+    sweep.add(*evaluation_points(spec, record["chosen"]["values"], out_dir, where))
+    sweep.save()
+    yield ([r for r in sweep.data["points"] if r["phase"] == "evaluation"], sweep.data["calibrations"])
 
 
 def _say(bar, echo, text: str) -> None:
@@ -246,83 +309,97 @@ def _say(bar, echo, text: str) -> None:
         echo(text)
 
 
-def _execute(sweep: SweepFile, out_dir: Path, todo: list[Point], todo_cals: list[Calibration], needed: set[str],
-             address, num_cpus, limits, progress, echo) -> None:
+def _execute(sweep: SweepFile, batches, needed: set[str], address, num_cpus, limits, progress,
+             echo) -> None:
+    """Run the batches of point records one after the other, what of each has not finished; Ray is started
+    (or joined) for the first batch with something to do and stopped (if started here) at the end."""
     import ray
-    from tqdm import tqdm
 
-    owned = init_ray(address, num_cpus, {r: 1.0 for r in needed})
+    owned = started = False
+    tracker = None
     try:
-        if address or not owned:
-            _check_resources(needed)
-        sweep.data["ray"] = {"address": address, "nodes": len(ray.nodes()),
-                             "cpus": ray.cluster_resources().get("CPU")}
-        tracker = ray.remote(num_cpus=0)(Tracker).remote()
-
-        def options(resource: str | None) -> dict:
-            if resource:  # the node holding the board; one at a time
-                return {"num_cpus": 1, "resources": {resource: 1}, "max_retries": 0}
-            return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
-
-        cal_task = ray.remote(calibration_task)
-        pt_task = ray.remote(point_task)
-        pending: dict = {}
-        cal_refs = {}
-        for c in todo_cals:
-            ref = cal_task.options(**options(c.resource)).remote(
-                {"name": c.name, "board": c.board, "params": c.params}, str(out_dir / "calibrations" / c.name),
-                limits, tracker)
-            cal_refs[c.name] = ref
-            pending[ref] = ("calibration", c.name)
-        for p in todo:
-            args = [asdict(p), str(out_dir / "runs" / p.name), limits, tracker]
-            if p.calibration in cal_refs:
-                args.append(cal_refs[p.calibration])  # a Ray dependency: runs once the calibration is done
-            ref = pt_task.options(**options(p.resource)).remote(*args)
-            pending[ref] = ("point", p.name)
-        sweep.save()
-        bar = tqdm(total=len(todo), unit="point", desc="sweep", disable=None if progress else True,
-                   file=sys.stderr, dynamic_ncols=True)
-        done = failed = 0
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                changed = False
-                for kind, name, node, host, t in ray.get(tracker.drain.remote()):
-                    if sweep.items[(kind, name)]["state"] == "pending":
-                        sweep.update(kind, name, state="running", node_id=node, host=host, started_s=t)
-                        changed = True
-                for ref in ready:
-                    kind, name = pending.pop(ref)
-                    try:
-                        rec = ray.get(ref)
-                    except Exception as exc:  # a worker or node died under the task
-                        rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_s": time.time()}
-                    state = "failed" if rec.get("error") else "done"
-                    sweep.update(kind, name, state=state, **rec)
-                    changed = True
-                    if kind == "point":
-                        done += state == "done"
-                        failed += state == "failed"
-                        bar.update(1)
-                        bar.set_postfix(done=done, failed=failed)
-                        detail = (rec["error"] if state == "failed"
-                                  else ", ".join(f"{k} {v:.4f}" for k, v in (rec.get("metric") or {}).items()))
-                        _say(bar, echo, f"{name}: {state}{': ' + detail if detail else ''}")
-                    elif state == "failed":
-                        _say(bar, echo, f"calibration {name}: failed: {rec['error']}")
-                if changed:
-                    sweep.save()
-        finally:
-            bar.close()
-            if pending:  # interrupted: what was running starts again (from its checkpoint) on --resume
-                for kind, name in pending.values():
-                    if sweep.items[(kind, name)]["state"] == "running":
-                        sweep.update(kind, name, state="pending")
-                sweep.save()
+        for points, cals in batches:
+            todo = [r for r in points if r["state"] != "done"]
+            if not todo:
+                continue
+            if not started:
+                owned, started = init_ray(address, num_cpus, {r: 1.0 for r in needed}), True
+                if address or not owned:
+                    _check_resources(needed)
+                sweep.data["ray"] = {"address": address, "nodes": len(ray.nodes()),
+                                     "cpus": ray.cluster_resources().get("CPU")}
+                tracker = ray.remote(num_cpus=0)(Tracker).remote()
+            todo_cals = [r for r in cals if r["state"] != "done"]
+            _run_batch(sweep, todo, todo_cals, tracker, limits, progress, echo)
     finally:
         if owned:
             ray.shutdown()
+
+
+def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracker, limits, progress, echo) -> None:
+    import ray
+    from tqdm import tqdm
+
+    def options(resource: str | None) -> dict:
+        if resource:  # the node holding the board; one at a time
+            return {"num_cpus": 1, "resources": {resource: 1}, "max_retries": 0}
+        return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
+
+    cal_task = ray.remote(calibration_task)
+    pt_task = ray.remote(point_task)
+    pending: dict = {}
+    cal_refs = {}
+    for c in todo_cals:
+        ref = cal_task.options(**options(c["resource"])).remote(
+            {"name": c["name"], "board": c["board"], "params": c["params"]}, c["dir"], limits, tracker)
+        cal_refs[c["name"]] = ref
+        pending[ref] = ("calibration", c["name"])
+    for p in todo:
+        args = [_point_fields(p), p["dir"], limits, tracker]
+        if p["calibration"] in cal_refs:
+            args.append(cal_refs[p["calibration"]])  # a Ray dependency: runs once the calibration is done
+        ref = pt_task.options(**options(p["resource"])).remote(*args)
+        pending[ref] = ("point", p["name"])
+    sweep.save()
+    bar = tqdm(total=len(todo), unit="point", desc="sweep", disable=None if progress else True,
+               file=sys.stderr, dynamic_ncols=True)
+    done = failed = 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            changed = False
+            for kind, name, node, host, t in ray.get(tracker.drain.remote()):
+                if sweep.items[(kind, name)]["state"] == "pending":
+                    sweep.update(kind, name, state="running", node_id=node, host=host, started_s=t)
+                    changed = True
+            for ref in ready:
+                kind, name = pending.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as exc:  # a worker or node died under the task
+                    rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_s": time.time()}
+                state = "failed" if rec.get("error") else "done"
+                sweep.update(kind, name, state=state, **rec)
+                changed = True
+                if kind == "point":
+                    done += state == "done"
+                    failed += state == "failed"
+                    bar.update(1)
+                    bar.set_postfix(done=done, failed=failed)
+                    detail = (rec["error"] if state == "failed"
+                              else ", ".join(f"{k} {v:.4f}" for k, v in (rec.get("metric") or {}).items()))
+                    _say(bar, echo, f"{name}: {state}{': ' + detail if detail else ''}")
+                elif state == "failed":
+                    _say(bar, echo, f"calibration {name}: failed: {rec['error']}")
+            if changed:
+                sweep.save()
+    finally:
+        bar.close()
+        if pending:  # interrupted: what was running starts again (from its checkpoint) on --resume
+            for kind, name in pending.values():
+                if sweep.items[(kind, name)]["state"] == "running":
+                    sweep.update(kind, name, state="pending")
+            sweep.save()
 
 
 def sweep_records(out_dir: str | Path) -> dict:

@@ -5,7 +5,8 @@ their points share (``eapu, delta_g_th_k=1.5``).  Written into the sweep folder:
 ``comparison.md`` and ``comparison.json`` (the table, mean ± 95 % CI over seeds),
 ``comparison_TASK.png`` (``hil compare``'s bars) and, for every numeric axis, ``sweep_TASK_AXIS.png``:
 the test metric and the writes per weight per step against the axis value, one line per
-combination of the other axes.
+combination of the other axes.  In tune mode these are of the evaluation points only, and
+``tune.json``/``tune.md`` (:mod:`hil.sweep_tune`) hold the candidates and the choice.
 """
 
 from __future__ import annotations
@@ -96,15 +97,21 @@ def write_report(out_dir: str | Path, sweep: dict) -> tuple[str, list[Path]]:
 
     out_dir = Path(out_dir)
     done = [p for p in sweep["points"] if p["state"] == "done"]
+    text = ""
+    if sweep.get("tune"):  # the comparison is the evaluation's: no tuning seed in it
+        from hil.sweep_tune import write_tune
+
+        text = write_tune(out_dir, sweep)
+        done = [p for p in done if p.get("phase") == "evaluation"]
     if not done:
-        return "no point has finished", []
+        return text or "no point has finished", []
     groups, ratios = cmp.compare([p["dir"] for p in done])
     shared = name_groups(groups, done)
     atomic_write_bytes(out_dir / "comparison.md", cmp.markdown(groups, ratios).encode())
     atomic_write_json(out_dir / "comparison.json", {**cmp.to_json(groups, ratios),
                                                     "axes": [shared[id(g)] for g in groups]})
     paths = plot_comparison(groups, out_dir, overwrite=True) + plot_axes(groups, shared, out_dir)
-    return cmp.table(groups, ratios), paths
+    return text or cmp.table(groups, ratios), paths
 
 
 def load_sweep(out_dir: str | Path) -> dict:

@@ -37,6 +37,10 @@ each run calibrates its own board at its start, as ``hil train`` without ``--cal
 
 Points on a physical board (``serial:``, ``visa:``) need the board as a Ray resource:
 :func:`board_resource` names it (docs/SWEEPS.md).
+
+A ``[tune]`` table makes the sweep choose: its [grid]/[zip] combinations are the candidates, tried on
+the tuning seeds; the best one is then run on the evaluation seeds (:class:`TuneOptions`,
+:mod:`hil.sweep_tune`).
 """
 
 from __future__ import annotations
@@ -49,7 +53,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,8 +86,95 @@ class SweepOptions(BaseModel):
     description: str = ""
 
 
+def _seed_list(value: list | str, name: str) -> list[int]:
+    if isinstance(value, str):
+        try:
+            return parse_seeds(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("--seeds", name)) from None
+    if not value or len(set(value)) != len(value) or not all(isinstance(v, int) and v >= 0 for v in value):
+        raise ValueError(f"{name} must name seeds (integers >= 0), each once, e.g. \"100-104\" or [100, 101]")
+    return list(value)
+
+
+class TuneOptions(BaseModel):
+    """``[tune]``: choose among the [grid]/[zip] combinations on tuning seeds, report on evaluation seeds.
+
+    The objective is the mean over the tuning seeds of ``metric`` of ``method``'s runs (``objective =
+    "gap"``: of its paired gap to ``gap_to``'s run of the same seed), maximised or minimised; the
+    bounds (``at_most``, ``at_least``) apply to the tuning-seed means of the method's figures.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tuning_seeds: list[int]
+    evaluation_seeds: list[int]
+    method: str = Field("eapu", description="the method whose settings are tuned")
+    metric: str = Field("test_accuracy", description="test_accuracy, test_ssim or a hil compare figure")
+    goal: Literal["max", "min"] = "max"
+    gap_to: Literal["float"] | None = Field(None, description="reference run on both seed sets; gaps paired by seed")
+    objective: Literal["metric", "gap"] | None = Field(None, description="default: gap with gap_to, else metric")
+    baselines: list[str] = Field(default_factory=list, description="also run on the evaluation seeds")
+    at_most: dict[str, float] = Field(default_factory=dict, description="figure -> bound on its tuning-seed mean")
+    at_least: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("tuning_seeds", "evaluation_seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value, info):
+        if not isinstance(value, (list, str)):  # pydantic reports a ValueError, not a TypeError
+            raise ValueError(f"{info.field_name} is a list of seeds or a range like \"100-104\"")  # noqa: TRY004
+        return _seed_list(value, info.field_name)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in tune_metrics():
+            raise ValueError(f"unknown metric {metric!r}; one of {', '.join(tune_metrics())}")
+        return metric
+
+    @field_validator("at_most", "at_least")
+    @classmethod
+    def _known_bounds(cls, bounds: dict) -> dict:
+        for name in bounds:
+            if name not in tune_metrics():
+                raise ValueError(f"unknown figure {name!r}; one of {', '.join(tune_metrics())}")
+        return bounds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneOptions:
+        both = sorted(set(self.tuning_seeds) & set(self.evaluation_seeds))
+        if both:
+            raise ValueError(f"tuning_seeds and evaluation_seeds share seed{'s' if len(both) > 1 else ''} "
+                             f"{', '.join(map(str, both))}: figures on the seeds the choice was made on are "
+                             "not honest; make the two sets disjoint")
+        if self.objective == "gap" and self.gap_to is None:
+            raise ValueError('objective = "gap" needs gap_to (e.g. gap_to = "float")')
+        if self.gap_to is not None and self.objective != "metric" and self.metric not in TEST_METRICS:
+            raise ValueError(f"a gap is taken of a test metric ({', '.join(TEST_METRICS)}), not {self.metric!r}")
+        if self.gap_to == self.method:
+            raise ValueError(f"gap_to names the tuned method {self.method!r} itself; name the reference (float)")
+        extra = [m for m in self.baselines if m in (self.method, self.gap_to)]
+        if extra or len(set(self.baselines)) != len(self.baselines):
+            raise ValueError("baselines lists methods besides method and gap_to, each once")
+        return self
+
+    @property
+    def by_gap(self) -> bool:
+        return self.objective == "gap" or (self.objective is None and self.gap_to is not None)
+
+
+TEST_METRICS = ("test_accuracy", "test_ssim")
+
+
+def tune_metrics() -> tuple[str, ...]:
+    """What a tune objective or bound may name: the test metric or a figure of ``hil compare``."""
+    from hil.compare import FIGURES
+
+    return TEST_METRICS + tuple(k for k in FIGURES if k != "metric")
+
+
 class SweepSpec(BaseModel):
-    """The parsed TOML spec; :meth:`points` validates and expands it."""
+    """The parsed TOML spec; :func:`expand` validates and expands it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,6 +184,7 @@ class SweepSpec(BaseModel):
     calibration: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list | str] = Field(default_factory=dict)
     zip: dict[str, list] = Field(default_factory=dict)
+    tune: TuneOptions | None = None
 
     @field_validator("grid", "zip")
     @classmethod
@@ -113,6 +212,7 @@ class Point:
     config: dict          # TrainConfig fields (calibration path included)
     calibration: str | None  # name of its shared Calibration, if any
     resource: str | None
+    phase: str | None = None  # tune mode: "tuning" or "evaluation"
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -121,7 +221,8 @@ def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
 
 
@@ -129,6 +230,11 @@ def _label(value: Any) -> str:
     if isinstance(value, list):
         return "x".join(_label(v) for v in value)
     return str(value)
+
+
+def point_name(values: dict) -> str:
+    """A point's name and folder: its axis values, ``seed=0,method=eapu``."""
+    return safe_name(",".join(f"{k}={_label(v)}" for k, v in values.items()) or "base")
 
 
 def safe_name(text: str) -> str:
@@ -246,13 +352,18 @@ def expand(spec: SweepSpec, out_dir: str | Path, where: str = "spec") -> tuple[l
     """Points, shared calibrations and device files (path -> TOML text) of ``spec`` for a sweep in ``out_dir``.
 
     Every point is validated here (its TrainConfig, device and calibration settings), so a bad spec
-    fails before anything runs.
+    fails before anything runs.  (A tune spec's points come in two phases: :mod:`hil.sweep_tune`.)
     """
+    check_settings(spec, where)
+    return expand_rows(spec, combinations(spec, where), out_dir, where)
+
+
+def check_settings(spec: SweepSpec, where: str) -> None:
+    """Every setting named in [base], [device], [calibration], [grid] and [zip] is one a point can take."""
     from calibration.run import CalibrationParams
-    from drivers.emulator_board import device_file_text, device_param_fields
+    from drivers.emulator_board import device_param_fields
     from hil.train import TrainConfig
 
-    out_dir = Path(out_dir).resolve()
     train_fields = set(TrainConfig.model_fields)
     device_fields = device_param_fields()
     cal_fields = set(CalibrationParams.model_fields) - {"seed"}
@@ -268,11 +379,20 @@ def expand(spec: SweepSpec, out_dir: str | Path, where: str = "spec") -> tuple[l
         for name in getattr(spec, table):
             _check_axis(name, f"{where} [{table}]", train_fields, device_fields, cal_fields)
 
+
+def expand_rows(spec: SweepSpec, rows: list[dict], out_dir: str | Path, where: str = "spec",
+                phase: str | None = None) -> tuple[list[Point], list[Calibration], dict]:
+    """:func:`expand` for given axis values (one dict per point) on top of the spec's tables."""
+    from calibration.run import CalibrationParams
+    from drivers.emulator_board import device_file_text
+    from hil.train import TrainConfig
+
+    out_dir = Path(out_dir).resolve()
     points: list[Point] = []
     devices: dict[str, str] = {}
     calibrations: dict[str, dict] = {}
     names: set[str] = set()
-    for values in combinations(spec, where):
+    for values in rows:
         name = ",".join(f"{k}={_label(v)}" for k, v in values.items()) or "base"
         here = f"{where}: point {name}"
         settings = {**spec.base, **{k: v for k, v in values.items() if "." not in k}}
@@ -324,6 +444,6 @@ def expand(spec: SweepSpec, out_dir: str | Path, where: str = "spec") -> tuple[l
             raise SpecError(f"{where}: point {name} appears twice; give each axis value once")
         names.add(name)
         resource = board_resource(address) if method != "float" else None
-        points.append(Point(safe_name(name), values, cfg.model_dump(mode="json"), cal_name, resource))
+        points.append(Point(point_name(values), values, cfg.model_dump(mode="json"), cal_name, resource, phase))
     cals = [Calibration(k, v["board"], v["params"], board_resource(v["board"])) for k, v in calibrations.items()]
     return points, cals, devices

@@ -1,7 +1,7 @@
 """The headline comparison, asserted on means over seeds that were not used to choose the defaults.
 
 The training defaults (lr, w_max, ΔGth factor) were chosen on tuning seeds 100-104
-(examples/choose_defaults.py, docs/DESIGN.md "Training defaults"); these tests use
+(examples/sweeps/choose_defaults.toml, docs/DESIGN.md "Training defaults"); these tests use
 evaluation seeds 0-4, each on its own emulated board (``emu?seed=S``), exactly as
 ``hil demo`` runs them.  Bands are on the mean over the seeds, as the issue states them
 for the published comparison; the figures are printed so a CI log shows what was seen.

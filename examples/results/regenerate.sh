@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/RESULTS.md from scratch: `hil demo` on the evaluation seeds for each device preset,
 # then the renderer.  The evaluation seeds (0-9) are disjoint from the tuning seeds (100-104) on which
-# the training defaults were chosen (examples/choose_defaults.py, examples/results/tuning.json).
+# the training defaults were chosen (examples/sweeps/choose_defaults.toml; its record examples/results/tune.json,
+# or the earlier examples/results/tuning.json until that exists).
 # Finished parts are kept (demo --resume), so an interrupted regeneration continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,5 +10,7 @@ runs=${RESULTS_RUNS:-results-runs}
 seeds=${SEEDS:-0-9}
 hil demo --board emu --seeds "$seeds" --out "$runs/default" --quiet --resume
 hil demo --board "emu?preset=noisy2x" --seeds "$seeds" --out "$runs/noisy2x" --quiet --resume
+tuning=examples/results/tune.json
+[ -f "$tuning" ] || tuning=examples/results/tuning.json
 python examples/results/render_results.py --demo "default=$runs/default" --demo "noisy2x=$runs/noisy2x" \
-    --tuning examples/results/tuning.json --out docs/RESULTS.md
+    --tuning "$tuning" --out docs/RESULTS.md

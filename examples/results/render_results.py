@@ -1,7 +1,7 @@
 """Render docs/RESULTS.md from demo folders (run by examples/results/regenerate.sh; never edit the output by hand).
 
     python examples/results/render_results.py --demo default=runs/default --demo noisy2x=runs/noisy2x \
-        --tuning tuning/tuning.json --out docs/RESULTS.md
+        --tuning examples/results/tune.json --out docs/RESULTS.md
 
 Every figure in the output is read from the run directories (``summary.json``) and
 calibration folders (``calibration.json``) of ``hil demo`` outputs, and grouped by
@@ -85,8 +85,9 @@ def render(demos: dict[str, Path], tuning: Path | None, out_doc: Path) -> str:
     ]
     if tuning is not None and tuning.is_file():
         t = json.loads(tuning.read_text())
-        lines += [f"Training defaults were chosen on tuning seeds {t['seeds']} (examples/choose_defaults.py);",
-                  "the seeds below are disjoint from them.", ""]
+        seeds = t.get("tuning_seeds", t.get("seeds"))  # tune.json of hil sweep, or the earlier tuning.json
+        lines += [f"Training defaults were chosen on tuning seeds {seeds} (examples/sweeps/choose_defaults.toml,",
+                  f"{tuning.as_posix()}); the seeds below are disjoint from them.", ""]
     for name, root in demos.items():
         seeds = _seeds(root)
         lines += [f"## Device preset `{name}`: seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)", ""]
@@ -111,7 +112,7 @@ def render(demos: dict[str, Path], tuning: Path | None, out_doc: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", action="append", required=True, metavar="NAME=DIR", help="a demo folder, by preset")
-    ap.add_argument("--tuning", type=Path, default=None, help="tuning.json of examples/choose_defaults.py")
+    ap.add_argument("--tuning", type=Path, default=None, help="tune.json of examples/sweeps/choose_defaults.toml (hil sweep tune mode)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     demos = {}

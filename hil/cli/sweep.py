@@ -24,7 +24,10 @@ from hil.interruptions import resume_command, sigint_guard
 @click.pass_context
 def sweep(ctx: click.Context, spec: Path, out_dir: Path, address: str | None, num_cpus: int | None, resume: bool,
           quiet: bool) -> None:
-    """Run the points of a sweep SPEC (TOML: base settings and axes) on Ray; then compare them (docs/SWEEPS.md)."""
+    """Run the points of a sweep SPEC (TOML: base settings and axes) on Ray; then compare them (docs/SWEEPS.md).
+
+    With a [tune] table: choose among the axes' combinations on tuning seeds, then run the chosen one on
+    evaluation seeds (DIR/tune.json, DIR/tune.md)."""
     try:
         import ray  # noqa: F401
     except ImportError:
