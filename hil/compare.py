@@ -134,6 +134,13 @@ def board_settings(address: str | None) -> str:
     return head + ("?" + urlencode(sorted(params)) if params else "")
 
 
+def board_label(settings: str) -> str:
+    """:func:`board_settings` for people: options unquoted, a device file named by its file name only."""
+    head, _, query = settings.partition("?")
+    params = [(k, Path(v).name if k == "config" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return head + ("?" + "&".join(f"{k}={v}" for k, v in params) if params else "")
+
+
 def _settings(run: Run, method_only: bool) -> dict[str, Any]:
     drop = _PER_SEED | (METHOD_ONLY_SETTINGS if not method_only else {"method"})
     return {k: v for k, v in sorted(run.config.items()) if k not in drop}
@@ -228,7 +235,7 @@ def energy_ratios(runs: list[Run], numerators=("bp", "bp-pulses"), denominator: 
                     continue
                 a, b = get(r_num.summary), get(r_den.summary)
                 if a is not None and b is not None and a > 0 and b > 0:
-                    pairs.setdefault(k[0] + ("" if not k[1] else f" @ {k[1]}"), []).append(math.log(a / b))
+                    pairs.setdefault(k[0] + ("" if not k[1] else f" @ {board_label(k[1])}"), []).append(math.log(a / b))
             for task, logs in sorted(pairs.items()):
                 est = Estimate.of(logs)
                 lo = hi = math.nan
