@@ -38,7 +38,24 @@ class ByteMangler:
         return out
 
 
-class FaultyLink:
+class _WrappedLink:
+    """A link around another (``inner``): byte counts and closing are the inner link's."""
+
+    inner: object
+
+    @property
+    def bytes_tx(self) -> int:
+        return self.inner.bytes_tx
+
+    @property
+    def bytes_rx(self) -> int:
+        return self.inner.bytes_rx
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class FaultyLink(_WrappedLink):
     """Wraps a Link; mangles both directions and sometimes holds replies back (delay)."""
 
     def __init__(self, inner, seed: int, drop=0.002, corrupt=0.002, garbage=0.05, delay=0.1):
@@ -48,14 +65,6 @@ class FaultyLink:
         self.rng = np.random.default_rng(seed + 2)
         self.delay = delay
         self._held = b""
-
-    @property
-    def bytes_tx(self) -> int:
-        return self.inner.bytes_tx
-
-    @property
-    def bytes_rx(self) -> int:
-        return self.inner.bytes_rx
 
     def write(self, data: bytes) -> None:
         self.inner.write(self.tx(data))
@@ -68,11 +77,9 @@ class FaultyLink:
             return b""
         return data
 
-    def close(self) -> None:
-        self.inner.close()
 
 
-class DelayedLink:
+class DelayedLink(_WrappedLink):
     """A fixed link latency: what the far end answers becomes readable ``turnaround_s`` after the write
     that caused it (a USB-serial adapter adds about 1 ms per turnaround).
 
@@ -87,14 +94,6 @@ class DelayedLink:
         self._queue: deque[tuple[float, bytes]] = deque()
         self.waits = 0
         """Reads that had to wait for an answer still under way: the turnarounds the host sat through."""
-
-    @property
-    def bytes_tx(self) -> int:
-        return self.inner.bytes_tx
-
-    @property
-    def bytes_rx(self) -> int:
-        return self.inner.bytes_rx
 
     def write(self, data: bytes) -> None:
         self.inner.write(data)
@@ -119,5 +118,3 @@ class DelayedLink:
             out.append(self._queue.popleft()[1])
         return b"".join(out)
 
-    def close(self) -> None:
-        self.inner.close()

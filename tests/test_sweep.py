@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from hil.cli import cli
 from hil.sweep_spec import board_resource
+from tests.sweep_checks import assert_spec_refused
 from tests.waiting import HANG_GUARD_S, wait_until
 
 ray = pytest.importorskip("ray")
@@ -180,13 +181,7 @@ def test_bad_specs_end_with_one_line_and_nothing_written(tmp_path, case):
     text, says = BAD_SPECS[case]
     spec = tmp_path / "bad.toml"
     spec.write_text(text)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["sweep", str(spec), "--out", str(out)])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.output
-    assert "Traceback" not in result.output
-    assert not out.exists()
+    assert_spec_refused(spec, tmp_path / "out", says)
 
 
 def test_board_resource_names():
