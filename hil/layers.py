@@ -44,6 +44,23 @@ class UpdateStats:
     saturated_pairs: int = 0
 
 
+@dataclass(frozen=True)
+class LayerUpdate:
+    """One layer's share of a step's pulse batch: flat device indices, signed pulse counts and
+    last-pulse widths (seconds), what it wrote, and how many devices the layer holds (0: digital)."""
+
+    flat: np.ndarray
+    counts: np.ndarray
+    last_width_s: np.ndarray
+    stats: UpdateStats
+    devices_held: int
+
+    @classmethod
+    def digital(cls) -> "LayerUpdate":
+        """A layer in host memory: nothing to pulse."""
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), UpdateStats(), 0)
+
+
 class DigitalLinear:
     """Weights in host memory: the ``float`` reference."""
 
@@ -65,6 +82,11 @@ class DigitalLinear:
     def apply_delta(self, dw: np.ndarray) -> None:
         self.w += dw
 
+    def update(self, dw: np.ndarray, rng: np.random.Generator) -> LayerUpdate:
+        """The optimizer's change applied in host memory (``rng`` unused: the same call as an analog layer's)."""
+        self.apply_delta(dw)
+        return LayerUpdate.digital()
+
     def weights(self) -> np.ndarray:
         return self.w
 
@@ -76,12 +98,15 @@ class DigitalLinear:
 
 
 class AnalogLinear:
-    """A weight matrix stored as differential conductance pairs on a board tile."""
+    """A weight matrix stored as differential conductance pairs on a board tile; ``rule`` turns its
+    weight changes into pulses (:meth:`update`; one rule per layer: a stateful rule such as ``mixed``
+    keeps an accumulator shaped like its layer)."""
 
     analog = True
 
-    def __init__(self, board: Board, tile: Tile, cmap: ConductanceMap):
+    def __init__(self, board: Board, tile: Tile, cmap: ConductanceMap, rule: UpdateRule | None = None):
         self.board = board
+        self.rule = rule
         self.tile = tile
         self.cmap = cmap
         self.region = tile.region
@@ -240,6 +265,13 @@ class AnalogLinear:
         flat = self.tile.flat_index(i, col, self.board.info.cols)
         stats = UpdateStats(int(i.size), int(slots.sum()), int(saturated[dg != 0].sum()))
         return flat, counts.astype(np.int64), last_w, stats
+
+    def update(self, dw: np.ndarray, rng: np.random.Generator) -> LayerUpdate:
+        """The pulses realising ``dw`` under the layer's own rule (:meth:`plan_update`)."""
+        if self.rule is None:
+            raise ValueError("this layer has no update rule: construct it with rule=...")
+        flat, counts, last_w, stats = self.plan_update(dw, self.rule, rng)
+        return LayerUpdate(flat, counts, last_w, stats, self.g_est.size)
 
     def after_pulses(self, flat: np.ndarray) -> int:
         """On a board without VMM the host computes with measured weights: re-read the devices

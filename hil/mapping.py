@@ -112,3 +112,19 @@ class ConductanceMap:
     def weights(self, g: np.ndarray) -> np.ndarray:
         n = g.shape[1] // 2
         return (g[:, :n] - g[:, n:]) / self.g_per_weight_s
+
+
+def fit_hint(task: str, rows: int, cols: int) -> str:
+    """What to train on a ``rows`` x ``cols`` array instead: the widest one-hidden-layer network of the small
+    classification task that fits, or how large an array its smallest network needs."""
+    n_in, n_out = 16, 10  # digits-small: 4x4 pooled digits, ten classes
+    for hidden in (32, 16, 8, 4, 2):
+        try:
+            place_tiles([(n_in, hidden), (hidden, n_out)], rows, cols)
+        except DoesNotFitError:
+            continue
+        if task == "digits-small":
+            return f"--hidden {hidden} fits this {rows}x{cols} array"
+        return f"--task digits-small --hidden {hidden} fits this {rows}x{cols} array"
+    return (f"the smallest network here, --task digits-small --hidden 2, needs {n_in} rows x {2 * 2 + 2 * n_out} "
+            f"columns (e.g. hil emulator serve-bench --rows {n_in} --cols {2 * 2 + 2 * n_out})")

@@ -55,7 +55,8 @@ def task_metric(task: str) -> str:
 
 def check_tune(spec: SweepSpec, where: str) -> None:
     """What the tune model cannot check alone: the axes are candidates, the metric is the task's."""
-    from hil.train import METHODS, TrainConfig
+    from hil.train import TrainConfig
+    from hil.training.config import METHODS
 
     t = spec.tune
     for table in ("base", "grid", "zip"):

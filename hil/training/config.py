@@ -1,0 +1,86 @@
+"""What defines a training run: :class:`TrainConfig` (written to ``config.json``) and its checks on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hil.run_store import RunStore, without_version
+from hil.update_rules import RULES
+
+METHODS = tuple(RULES)  # one per update rule: float, bp, bp-pulses, eapu, mixed, manhattan, stochastic
+HOST_STEP_S = 0.05
+"""Default host time per training step on a virtual clock (docs/DESIGN.md, "Board time")."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (written to config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["digits", "digits-small", "denoise", "superres"] = "digits"
+    method: Literal[METHODS] = "eapu"  # type: ignore[valid-type]
+    board: str = "emu"
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [32])
+    activation: str = "relu"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float | None = Field(None, gt=0, description="default depends on the task")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    w_max: float | None = Field(None, gt=0, description="|W| that spans the usable conductance band; "
+                                                       "default 2 for digits, 1.5 for image tasks")
+    delta_g_th_k: float | None = Field(None, gt=0, description="EaPU threshold as a multiple of the calibrated "
+                                                               "ΔGth; default 3 for digits, 1 for image tasks")
+    max_pulses: int = Field(64, ge=1, le=255)
+    calibration: str | None = None
+    allow_foreign_calibration: bool = Field(False, description="accept a --calibration measured on another board")
+    checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints on snapshot-capable boards")
+    eval_batch: int = Field(256, ge=1)
+    host_step_s: float = Field(HOST_STEP_S, ge=0, description="the host's compute time per step, let pass on a "
+                                                              "virtual board clock (a real bench's clock runs by itself)")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "TrainConfig":
+        # digits: chosen on tuning seeds 100-104 (docs/DESIGN.md, "Training defaults"); image tasks: not
+        # re-tuned since the write error became persistent
+        digits = self.task.startswith("digits")
+        if self.lr is None:
+            self.lr = 0.03 if digits else 1.0
+        if self.w_max is None:
+            self.w_max = 2.0 if digits else 1.5
+        if self.delta_g_th_k is None:
+            self.delta_g_th_k = 3.0 if digits else 1.0
+        return self
+
+    @property
+    def loss(self) -> str:
+        return "cross_entropy" if self.task.startswith("digits") else "mse"
+
+    @property
+    def on_array(self) -> bool:
+        """Whether the weights live on a board (every method but the ``float`` reference)."""
+        return self.method != "float"
+
+
+def load_config_for_resume(out_dir: str | Path, board: str | None = None) -> TrainConfig:
+    """The configuration of the run in ``out_dir``; ``board``: reach its board at another address."""
+    path = Path(out_dir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"{out_dir} holds no run to resume (no config.json)")
+    cfg = TrainConfig(**without_version(json.loads(path.read_text())))
+    return cfg if board is None else cfg.model_copy(update={"board": board})
+
+
+def check_same_configuration(store: RunStore, cfg: TrainConfig) -> None:
+    """A resumed run must have the configuration it was started with (the board address may differ)."""
+    if not store.exists("config.json"):
+        raise ValueError(f"{store.root} holds no run to resume (no config.json)")
+    saved = TrainConfig(**without_version(store.read_json("config.json")))
+    if saved.model_dump(exclude={"board"}) != cfg.model_dump(exclude={"board"}):
+        raise ValueError(f"--resume: the run in {store.root} was made with another configuration: "
+                         f"{saved.model_dump()}")
