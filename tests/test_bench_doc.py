@@ -101,7 +101,7 @@ def test_a_newcomer_calibrates_and_trains_digits_small_on_the_emulated_bench(ses
     summary = json.loads((work / "run-eapu" / "summary.json").read_text())
     assert (summary["method"], summary["task"], summary["board"]) == ("eapu", "digits-small", f"visa:{GENEROUS}")
     assert summary["epochs"] == 2 and summary["pulses_total"] > 0
-    assert f"summary          run-eapu/summary.json" in output
+    assert "summary          run-eapu/summary.json" in output
     assert (work / "figures" / "comparison_digits-small.png").is_file()
     assert (work / "char" / "iv_sweep.h5").is_file() and (work / "char" / "read_all.png").is_file()
 

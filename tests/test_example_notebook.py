@@ -6,12 +6,13 @@ matplotlib's non-interactive backend and the notebook's output folder in tmp_pat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import matplotlib
 import pytest
+
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.slow  # a calibration and three short trainings on the emulator
 
@@ -19,10 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location("to_ipynb", ROOT / "examples" / "to_ipynb.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/to_ipynb.py")
 
 
 def test_the_committed_notebook_is_made_from_its_source():
