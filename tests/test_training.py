@@ -84,6 +84,14 @@ def test_same_seed_same_summary(tmp_path, calibration_file):
     _same_summary(a, b)
 
 
+def test_checkpoint_snapshots_are_not_training_traffic(tmp_path, calibration_file):
+    """A board snapshot at every step instead of every 30th: the same run, the same training wire bytes."""
+    rare = train(_cfg(calibration_file, epochs=1, checkpoint_every=30), tmp_path / "rare", progress=False)
+    often = train(_cfg(calibration_file, epochs=1, checkpoint_every=1), tmp_path / "often", progress=False)
+    assert rare["wire_bytes_total"] > 0
+    _same_summary(rare, often)  # wire_bytes_total included
+
+
 @pytest.mark.timing
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
 def test_serial_path_gives_the_same_summary(tmp_path, calibration_file, transport):
