@@ -171,7 +171,7 @@ def test_a_request_without_a_session_gets_a_clear_refusal():
 
 
 def _frames_strategy():
-    header = st.tuples(st.sampled_from([1, 2, 3, 3, 3, 9]), st.integers(0, 255), st.integers(0, 40),
+    header = st.tuples(st.sampled_from([1, 2, 3, 4, 5, 5, 5, 9]), st.integers(0, 255), st.integers(0, 40),
                        st.sampled_from([int(o) for o in Op] + [0x99]), st.integers(0, 3), st.integers(1, 4),
                        st.sampled_from([None, 1, 2, 0xFFFFFFFF]))
     return st.lists(st.tuples(header, st.binary(max_size=200)), min_size=100, max_size=100)
@@ -185,7 +185,7 @@ def test_fuzzed_frames_leave_the_firmware_serving_the_next_client(fuzz_endpoint,
     for (version, flags, seq, opcode, status, count, session), payload in batch:
         if flags & FLAG_CONTROL and payload[:1] in (b"\x01", b"\x02") and len(payload) >= 5:
             payload = encode_control(payload[0], np.frombuffer(payload[5:], np.uint8)[:40] > 127)
-        wire = encode_frame(Frame(version, flags & 0x0F, seq, opcode, status, seq % count, count, payload, session))
+        wire = encode_frame(Frame(version, flags & 0x1F, seq, opcode, status, seq % count, count, payload, session))
         endpoint.receive(wire)
         assert endpoint.reassembly_bytes <= MAX_MESSAGE_BYTES
     endpoint.receive(noise)
