@@ -103,3 +103,27 @@ def test_compare_cli_json_and_figures_never_overwritten(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
     assert subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True).returncode == 0
+
+
+def test_24_runs_of_4_tasks_and_6_methods_each_get_their_group_metric_and_figure(tmp_path):
+    """One run per task x method: 24 groups, each task's own metric, energy ratios only within a task,
+    one figure per task (the CLI's JSON output and files, as a user reads them)."""
+    tasks = ("digits", "digits-small", "denoise", "superres")
+    methods = ("float", "bp", "bp-pulses", "eapu", "mixed", "stochastic")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dirs = [str(_run(runs, f"{t}-{m}", task=t, method=m, metric=0.5 + 0.01 * i + 0.1 * j,
+                     energy=(j + 1) * 1e-6 * (2.0 if m == "bp" else 1.0)))
+            for j, t in enumerate(tasks) for i, m in enumerate(methods)]
+    out = subprocess.run([sys.executable, "-m", "hil.cli", "compare", *dirs, "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {(g["task"], g["method"]) for g in data["groups"]} == {(t, m) for t in tasks for m in methods}
+    for g in data["groups"]:
+        assert g["metric"] == ("test_accuracy" if g["task"].startswith("digits") else "test_ssim"), g
+        assert len(g["dirs"]) == 1 and g["dirs"][0].endswith(f"{g['task']}-{g['method']}")
+    totals = {r["task"]: r["ratio"] for r in data["ratios"]
+              if r["quantity"] == "total training energy" and r["numerator"] == "bp"}
+    assert totals == {f"{t} @ emu": pytest.approx(2.0) for t in tasks}  # bp vs eapu of the same task only
+    for t in tasks:
+        assert (runs / f"comparison_{t}.png").is_file(), t
