@@ -143,7 +143,9 @@ def init_ray(address: str | None, num_cpus: int | None, resources: dict[str, flo
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None,
+            # "local": always a new embedded instance, never a cluster another process on this machine
+            # happens to run (ray.init() without an address would join the latest one it finds)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None,
                      include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SweepError(f"cannot start Ray{' at ' + address if address else ''}: {_error_text(exc)}") from None
