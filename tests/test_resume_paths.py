@@ -27,6 +27,7 @@ import pytest
 from calibration.report import CalibrationReport
 from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import TcpServer, serve_in_thread
+from tests.run_checks import assert_same_run
 
 HIL = [sys.executable, "-m", "hil.cli"]
 ROWS, COLS, SEED = 16, 56, 5
@@ -128,7 +129,7 @@ def test_hil_train_interrupted_anywhere_resumes_to_the_same_result(tmp_path, tra
         assert not (out / "checkpoint.json").exists()  # the case that was a dead end
     code, _, err = finish(hil(*again))
     assert code == 0, err
-    assert summary(out) == train_reference
+    assert_same_run(summary(out), train_reference)
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["kind"] == "step"]
     assert steps == list(range(len(steps))) and len(steps) == train_reference["steps"]
@@ -247,7 +248,7 @@ def test_hil_demo_interrupted_resumes_every_part(tmp_path):
     assert code == 0, err
     assert report(out / "seed-0" / "calibration") == report(ref / "seed-0" / "calibration")
     for method in ("float", "bp", "eapu"):
-        assert summary(out / "seed-0" / method) == summary(ref / "seed-0" / method), method
+        assert_same_run(summary(out / "seed-0" / method), summary(ref / "seed-0" / method))
 
 
 # ---- board identity, not address ----------------------------------------------------------------------
@@ -300,7 +301,7 @@ def test_resume_over_another_port_of_the_same_board_and_not_over_another_board(t
         again.stop.set()
         again_thread.join(30)
     resumed = summary(out)
-    assert {k: v for k, v in resumed.items() if k != "board"} == {k: v for k, v in reference.items() if k != "board"}
+    assert_same_run(resumed, reference, ignore={"wall_s", "board"})
     addresses = json.loads((out / "board.json").read_text())["addresses"]
     assert len(addresses) == 2 and addresses[1] == f"serial:{again.url}"
 
