@@ -69,6 +69,7 @@ def _same_run_alone(point: dict, out: Path) -> dict:
 
 
 @pytest.mark.timing
+@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
 @pytest.mark.timeout(900)
 def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path):
     spec = tmp_path / "sweep.toml"
@@ -168,6 +169,7 @@ def two_node_cluster(bench):
 
 
 @pytest.mark.timing
+@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
 @pytest.mark.timeout(900)
 def test_bench_points_run_one_at_a_time_on_the_node_that_holds_the_bench(tmp_path, bench, two_node_cluster):
     from hil.sweep_engine import run_sweep

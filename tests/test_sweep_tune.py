@@ -62,6 +62,7 @@ def _paired_gaps(points: list[dict], lr: float, seeds: list[int]) -> list[float]
 
 
 @pytest.mark.timing
+@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
 @pytest.mark.timeout(1200)
 def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_choice(tmp_path, local_ray):
     from hil.sweep_engine import run_sweep
