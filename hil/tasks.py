@@ -24,6 +24,7 @@ Metrics: :func:`accuracy` and :func:`ssim` (structural similarity, Wang et al. 2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +168,63 @@ def gaussian_window(win_size: int = 7, sigma: float = 1.5) -> np.ndarray:
     return w / w.sum()
 
 
+def _as_image_batches(
+    a: np.ndarray, b: np.ndarray, image_shape: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64 ``(..., H, W)`` batches (flat ``(N, D)`` input reshaped)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim == 2:
+        d = a.shape[1]
+        if image_shape is None:
+            side = int(round(np.sqrt(d)))
+            if side * side != d:
+                raise ValueError(
+                    f"2-D input is read as flat images; {d} is not a square: pass image_shape "
+                    "(or a single image as img[None])"
+                )
+            image_shape = (side, side)
+        if int(np.prod(image_shape)) != d:
+            raise ValueError(f"image_shape {image_shape} does not hold {d} pixels")
+        a = a.reshape(a.shape[0], *image_shape)
+        b = b.reshape(b.shape[0], *image_shape)
+    elif a.ndim < 2:
+        raise ValueError("need a batch of images: (N, H, W) or flat (N, D)")
+    elif image_shape is not None and tuple(a.shape[-2:]) != tuple(image_shape):
+        raise ValueError(f"image_shape {image_shape} does not match input {a.shape}")
+    return a, b
+
+
+def _local_mean_filter(
+    ndim: int, hw: tuple[int, int], win_size: int, sigma: float, mode: str
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The Gaussian-weighted local mean of SSIM for border ``mode`` (see :func:`ssim`)."""
+    h, w = hw
+    view = np.lib.stride_tricks.sliding_window_view
+    if mode == "valid":
+        win = gaussian_window(win_size, sigma)
+
+        def filt(x: np.ndarray) -> np.ndarray:
+            return np.einsum("...ij,ij->...", view(x, (win_size, win_size), axis=(-2, -1)), win)
+
+        return filt
+    if mode == "reflect":
+        r = int(3.5 * sigma + 0.5)  # scipy.ndimage radius for skimage's truncate=3.5
+        win = gaussian_window(2 * r + 1, sigma)
+        crop = (win_size - 1) // 2
+        pad = [(0, 0)] * (ndim - 2) + [(r, r), (r, r)]
+
+        def filt(x: np.ndarray) -> np.ndarray:
+            xp = np.pad(x, pad, mode="symmetric")  # == scipy.ndimage mode="reflect"
+            y = np.einsum("...ij,ij->...", view(xp, (2 * r + 1, 2 * r + 1), axis=(-2, -1)), win)
+            return y[..., crop : h - crop, crop : w - crop]
+
+        return filt
+    raise ValueError("mode must be 'valid' or 'reflect'")
+
+
 def ssim(
     a: np.ndarray,
     b: np.ndarray,
@@ -209,54 +267,13 @@ def ssim(
     Returns the mean over positions and images (a float), or with
     ``reduce=False`` one SSIM per image (shape of the batch dimensions).
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    if a.ndim == 2:
-        d = a.shape[1]
-        if image_shape is None:
-            side = int(round(np.sqrt(d)))
-            if side * side != d:
-                raise ValueError(
-                    f"2-D input is read as flat images; {d} is not a square: pass image_shape "
-                    "(or a single image as img[None])"
-                )
-            image_shape = (side, side)
-        if int(np.prod(image_shape)) != d:
-            raise ValueError(f"image_shape {image_shape} does not hold {d} pixels")
-        a = a.reshape(a.shape[0], *image_shape)
-        b = b.reshape(b.shape[0], *image_shape)
-    elif a.ndim < 2:
-        raise ValueError("need a batch of images: (N, H, W) or flat (N, D)")
-    elif image_shape is not None and tuple(a.shape[-2:]) != tuple(image_shape):
-        raise ValueError(f"image_shape {image_shape} does not match input {a.shape}")
+    a, b = _as_image_batches(a, b, image_shape)
     h, w = a.shape[-2:]
     if win_size > min(h, w):
         raise ValueError(f"win_size {win_size} does not fit in {h}x{w} images")
     if not data_range > 0:
         raise ValueError("data_range must be > 0")
-
-    view = np.lib.stride_tricks.sliding_window_view
-    if mode == "valid":
-        win = gaussian_window(win_size, sigma)
-
-        def filt(x: np.ndarray) -> np.ndarray:
-            return np.einsum("...ij,ij->...", view(x, (win_size, win_size), axis=(-2, -1)), win)
-
-    elif mode == "reflect":
-        r = int(3.5 * sigma + 0.5)  # scipy.ndimage radius for skimage's truncate=3.5
-        win = gaussian_window(2 * r + 1, sigma)
-        crop = (win_size - 1) // 2
-        pad = [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)]
-
-        def filt(x: np.ndarray) -> np.ndarray:
-            xp = np.pad(x, pad, mode="symmetric")  # == scipy.ndimage mode="reflect"
-            y = np.einsum("...ij,ij->...", view(xp, (2 * r + 1, 2 * r + 1), axis=(-2, -1)), win)
-            return y[..., crop : h - crop, crop : w - crop]
-
-    else:
-        raise ValueError("mode must be 'valid' or 'reflect'")
+    filt = _local_mean_filter(a.ndim, (h, w), win_size, sigma, mode)
 
     mu_a, mu_b = filt(a), filt(b)
     var_a = filt(a * a) - mu_a * mu_a
