@@ -6,7 +6,7 @@ the machine's cores or ``num_cpus``; nothing to start by hand) and stops it at t
 a path every node sees, since each point's run folder is written by the node that runs it.
 
 Each calibration and each point is a Ray task with ``num_cpus=1``; a point on a physical board
-also needs one unit of the board's resource (:func:`hil.sweep_spec.board_resource`), which only the
+also needs one unit of the board's resource (:func:`hil.sweep_boards.board_resource`), which only the
 node holding the board has, once: that board's points run there, one at a time.  Emulator points
 are spread over the nodes.  Points stream back as they finish; a failed point is recorded with its
 error and the others go on.  ``DIR/sweep.json`` (the spec, the points, their states, where and

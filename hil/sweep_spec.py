@@ -46,12 +46,11 @@ the tuning seeds; the best one is then run on the evaluation seeds (:class:`Tune
 from __future__ import annotations
 
 import itertools
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from pydantic import (
     BaseModel,
@@ -68,6 +67,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hil.demo import board_for_seed, parse_seeds
+from hil.sweep_boards import (
+    board_key,
+    board_resource,
+    is_emulator,
+    safe_name,
+    with_query,
+)
 
 AXIS_PREFIXES = ("device.", "calibration.")
 BOARD_AXES = {"board", "preset"}
@@ -237,51 +243,6 @@ def point_name(values: dict) -> str:
     return safe_name(",".join(f"{k}={_label(v)}" for k, v in values.items()) or "base")
 
 
-def safe_name(text: str) -> str:
-    """``text`` with every run of characters other than letters, digits, ``. = + , -`` made one ``_``."""
-    return re.sub(r"[^A-Za-z0-9.=+,-]+", "_", text).strip("_") or "_"
-
-
-def is_emulator(address: str) -> bool:
-    return address == "emu" or address.startswith("emu?")
-
-
-def board_resource(address: str) -> str | None:
-    """The Ray resource a point on a physical board needs (None for an emulator).
-
-    Rule: ``board:`` + the address without its options (``?baud=...`` does not change the board), with
-    ``serial:socket://HOST:PORT`` written ``tcp_HOST_PORT``, ``serial:/dev/X`` written ``serial_dev_X``,
-    ``visa:PATH`` written ``visa_`` + the bench file's name without ``.toml``, and every character other
-    than letters, digits, ``.`` and ``-`` made ``_``.
-    """
-    if is_emulator(address):
-        return None
-    head = address.partition("?")[0]
-    if head.startswith("serial:socket://"):
-        body = "tcp_" + head[len("serial:socket://"):]
-    elif head.startswith("visa:"):
-        body = "visa_" + re.sub(r"\.toml$", "", Path(head[len("visa:"):]).name)
-    elif head.startswith("serial:"):
-        rest = head[len("serial:"):]
-        body = "serial_" + rest.replace("://", "_")
-    else:
-        body = head
-    return "board:" + (re.sub(r"[^A-Za-z0-9.-]+", "_", body).strip("_") or "_")
-
-
-def _with_query(address: str, **updates: str) -> str:
-    head, _, query = address.partition("?")
-    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in updates]
-    return head + "?" + urlencode(params + list(updates.items()))
-
-
-def _board_key(address: str) -> str:
-    """A folder name for a board: its address, a device file named by its file name only."""
-    head, _, query = address.partition("?")
-    params = [(k, Path(v).stem if k == "config" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-    return safe_name(head + "".join(f",{k}={v}" for k, v in params))
-
-
 def _check_axis(name: str, where: str, train_fields: set[str], device_fields: set[str], cal_fields: set[str]) -> None:
     if name.startswith("device."):
         if name[7:] not in device_fields:
@@ -380,11 +341,63 @@ def check_settings(spec: SweepSpec, where: str) -> None:
             _check_axis(name, f"{where} [{table}]", train_fields, device_fields, cal_fields)
 
 
+def _point_address(here: str, address: str, preset, device: dict, seed, out_dir: Path,
+                   devices: dict[str, str]) -> str:
+    """The board address of one point: preset, device file (recorded in ``devices``) and seed applied."""
+    from drivers.emulator_board import device_file_text
+
+    if is_emulator(address):
+        if preset is not None:
+            address = with_query(address, preset=str(preset))
+        if device:
+            query = dict(parse_qsl(address.partition("?")[2]))
+            try:
+                text = device_file_text(query.get("preset", "default"), query.get("config"), device)
+            except ValueError as exc:  # ValidationError is one
+                text = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+                raise SpecError(f"{here}: device parameters: {text}") from None
+            label = ",".join(f"{k}={_label(v)}" for k, v in sorted(device.items()))
+            path = out_dir / "devices" / f"{safe_name(label)}.toml"
+            devices[str(path)] = text
+            address = with_query(address, config=str(path))
+        if isinstance(seed, int):
+            address = board_for_seed(address, seed)
+    elif preset is not None or device:
+        raise SpecError(f"{here}: preset and device.* apply to emulated boards (emu...), not to {address}")
+    return address
+
+
+def _point_calibration(spec: SweepSpec, here: str, settings: dict, address: str, cal: dict, seed,
+                       out_dir: Path, calibrations: dict[str, dict]) -> str | None:
+    """Name of the shared calibration one point uses (recorded in ``calibrations``), or None.
+
+    Sets ``settings["calibration"]`` to that calibration's file when there is one.
+    """
+    from calibration.run import CalibrationParams
+    from hil.train import TrainConfig
+
+    try:
+        cal_params = CalibrationParams(**{**cal, "seed": seed if isinstance(seed, int) else 0})
+    except ValidationError as exc:
+        raise SpecError(f"{here}: calibration settings: {_one_line(exc)}") from None
+    method = settings.get("method", TrainConfig.model_fields["method"].default)
+    if method != "float" and spec.sweep.calibrate == "per-board":
+        key = board_key(address)
+        if cal:
+            key += "," + safe_name(",".join(f"{k}={_label(v)}" for k, v in sorted(cal.items())))
+        entry = calibrations.setdefault(key, {"board": address, "params": cal_params.model_dump(mode="json")})
+        entry["params"]["seed"] = min(entry["params"]["seed"], cal_params.seed)
+        settings["calibration"] = str(out_dir / "calibrations" / key / "calibration.json")
+        return key
+    if method != "float" and cal:
+        raise SpecError(f"{here}: calibration settings need [sweep] calibrate = \"per-board\" "
+                        "(a per-point run calibrates as hil train does, with the defaults)")
+    return None
+
+
 def expand_rows(spec: SweepSpec, rows: list[dict], out_dir: str | Path, where: str = "spec",
                 phase: str | None = None) -> tuple[list[Point], list[Calibration], dict]:
     """:func:`expand` for given axis values (one dict per point) on top of the spec's tables."""
-    from calibration.run import CalibrationParams
-    from drivers.emulator_board import device_file_text
     from hil.train import TrainConfig
 
     out_dir = Path(out_dir).resolve()
@@ -401,41 +414,9 @@ def expand_rows(spec: SweepSpec, rows: list[dict], out_dir: str | Path, where: s
         seed = settings.get("seed", 0)
         address = str(settings.pop("board", "emu"))
         preset = settings.pop("preset", None)
-        if is_emulator(address):
-            if preset is not None:
-                address = _with_query(address, preset=str(preset))
-            if device:
-                query = dict(parse_qsl(address.partition("?")[2]))
-                try:
-                    text = device_file_text(query.get("preset", "default"), query.get("config"), device)
-                except ValueError as exc:  # ValidationError is one
-                    text = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
-                    raise SpecError(f"{here}: device parameters: {text}") from None
-                label = ",".join(f"{k}={_label(v)}" for k, v in sorted(device.items()))
-                path = out_dir / "devices" / f"{safe_name(label)}.toml"
-                devices[str(path)] = text
-                address = _with_query(address, config=str(path))
-            if isinstance(seed, int):
-                address = board_for_seed(address, seed)
-        elif preset is not None or device:
-            raise SpecError(f"{here}: preset and device.* apply to emulated boards (emu...), not to {address}")
-        try:
-            cal_params = CalibrationParams(**{**cal, "seed": seed if isinstance(seed, int) else 0})
-        except ValidationError as exc:
-            raise SpecError(f"{here}: calibration settings: {_one_line(exc)}") from None
+        address = _point_address(here, address, preset, device, seed, out_dir, devices)
+        cal_name = _point_calibration(spec, here, settings, address, cal, seed, out_dir, calibrations)
         method = settings.get("method", TrainConfig.model_fields["method"].default)
-        cal_name = None
-        if method != "float" and spec.sweep.calibrate == "per-board":
-            key = _board_key(address)
-            if cal:
-                key += "," + safe_name(",".join(f"{k}={_label(v)}" for k, v in sorted(cal.items())))
-            cal_name = key
-            entry = calibrations.setdefault(key, {"board": address, "params": cal_params.model_dump(mode="json")})
-            entry["params"]["seed"] = min(entry["params"]["seed"], cal_params.seed)
-            settings["calibration"] = str(out_dir / "calibrations" / key / "calibration.json")
-        elif method != "float" and cal:
-            raise SpecError(f"{here}: calibration settings need [sweep] calibrate = \"per-board\" "
-                            "(a per-point run calibrates as hil train does, with the defaults)")
         try:
             cfg = TrainConfig(**settings, board=address)
         except ValidationError as exc:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from hil.cli import cli
-from hil.sweep_spec import board_resource
+from hil.sweep_boards import board_resource
 from tests.run_checks import assert_same_run
 from tests.sweep_checks import assert_spec_refused
 from tests.waiting import HANG_GUARD_S, wait_until
