@@ -338,21 +338,22 @@ def _execute(sweep: SweepFile, batches, needed: set[str], address, num_cpus, lim
             ray.shutdown()
 
 
-def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracker, limits, progress, echo) -> None:
-    import ray
-    from tqdm import tqdm
+def _task_options(resource: str | None) -> dict:
+    if resource:  # the node holding the board; one at a time
+        return {"num_cpus": 1, "resources": {resource: 1}, "max_retries": 0}
+    return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
 
-    def options(resource: str | None) -> dict:
-        if resource:  # the node holding the board; one at a time
-            return {"num_cpus": 1, "resources": {resource: 1}, "max_retries": 0}
-        return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
+
+def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> dict:
+    """Submit the calibrations, then the points (after their calibration); ``{ref: (kind, name)}``."""
+    import ray
 
     cal_task = ray.remote(calibration_task)
     pt_task = ray.remote(point_task)
     pending: dict = {}
     cal_refs = {}
     for c in todo_cals:
-        ref = cal_task.options(**options(c["resource"])).remote(
+        ref = cal_task.options(**_task_options(c["resource"])).remote(
             {"name": c["name"], "board": c["board"], "params": c["params"]}, c["dir"], limits, tracker)
         cal_refs[c["name"]] = ref
         pending[ref] = ("calibration", c["name"])
@@ -360,8 +361,41 @@ def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracke
         args = [_point_fields(p), p["dir"], limits, tracker]
         if p["calibration"] in cal_refs:
             args.append(cal_refs[p["calibration"]])  # a Ray dependency: runs once the calibration is done
-        ref = pt_task.options(**options(p["resource"])).remote(*args)
+        ref = pt_task.options(**_task_options(p["resource"])).remote(*args)
         pending[ref] = ("point", p["name"])
+    return pending
+
+
+def _mark_started(sweep: SweepFile, tracker) -> bool:
+    """Record the items the tracker saw start; whether any was."""
+    import ray
+
+    changed = False
+    for kind, name, node, host, t in ray.get(tracker.drain.remote()):
+        if sweep.items[(kind, name)]["state"] == "pending":
+            sweep.update(kind, name, state="running", node_id=node, host=host, started_s=t)
+            changed = True
+    return changed
+
+
+def _record_result(sweep: SweepFile, kind: str, name: str, ref) -> tuple[str, dict]:
+    """Record a finished task's result (or the failure of its worker); its state and record."""
+    import ray
+
+    try:
+        rec = ray.get(ref)
+    except Exception as exc:  # a worker or node died under the task
+        rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_s": time.time()}
+    state = "failed" if rec.get("error") else "done"
+    sweep.update(kind, name, state=state, **rec)
+    return state, rec
+
+
+def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracker, limits, progress, echo) -> None:
+    import ray
+    from tqdm import tqdm
+
+    pending = _submit_batch(todo, todo_cals, tracker, limits)
     sweep.save()
     bar = tqdm(total=len(todo), unit="point", desc="sweep", disable=None if progress else True,
                file=sys.stderr, dynamic_ncols=True)
@@ -369,19 +403,10 @@ def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracke
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            changed = False
-            for kind, name, node, host, t in ray.get(tracker.drain.remote()):
-                if sweep.items[(kind, name)]["state"] == "pending":
-                    sweep.update(kind, name, state="running", node_id=node, host=host, started_s=t)
-                    changed = True
+            changed = _mark_started(sweep, tracker)
             for ref in ready:
                 kind, name = pending.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except Exception as exc:  # a worker or node died under the task
-                    rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_s": time.time()}
-                state = "failed" if rec.get("error") else "done"
-                sweep.update(kind, name, state=state, **rec)
+                state, rec = _record_result(sweep, kind, name, ref)
                 changed = True
                 if kind == "point":
                     done += state == "done"

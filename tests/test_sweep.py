@@ -68,34 +68,25 @@ def _same_run_alone(point: dict, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.timing
-@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
-@pytest.mark.timeout(900)
-def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path):
-    spec = tmp_path / "sweep.toml"
-    spec.write_text(f'[base]\nboard = "{SMALL_BOARD}"\ntask = "digits-small"\nepochs = 2\n\n'
-                    '[grid]\nseed = [0, 1]\nmethod = ["float", "eapu"]\n')
-    out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "hil.cli", "sweep", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+def _steps_logged(run: Path) -> int:
+    try:
+        return sum('"kind": "step"' in line for line in (run / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_in_first_epoch(proc: subprocess.Popen, runs: Path) -> list[int]:
+    """Wait for an array run to checkpoint in its first epoch, then SIGKILL the sweep and every process
+    descended from it; the pids killed besides the driver."""
 
     def alive():
         if proc.poll() is not None:
             raise AssertionError(f"the sweep ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
 
-    runs = out / "runs"
-
-    def steps_logged(run: Path) -> int:
-        try:
-            return sum('"kind": "step"' in line for line in (run / "metrics.jsonl").read_text().splitlines())
-        except FileNotFoundError:
-            return 0
-
     def midway() -> bool:
         """An array run checkpointed in its first epoch (of two): far from its end, so the kill cannot land
         after it finished (whether other points finished by then is up to Ray's order)."""
-        return any(not (p.parent / "summary.json").exists() and 0 < steps_logged(p.parent) < 30
+        return any(not (p.parent / "summary.json").exists() and 0 < _steps_logged(p.parent) < 30
                    for p in runs.glob("*eapu*/checkpoint.json"))
 
     try:
@@ -108,9 +99,12 @@ def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(HANG_GUARD_S)
+    return tree
 
+
+def _wait_all_gone(pids: list[int]) -> None:
     def all_gone() -> bool:
-        for pid in [proc.pid, *tree]:
+        for pid in pids:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -120,6 +114,22 @@ def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path)
         return True
 
     wait_until(all_gone, "the killed sweep's processes exiting", poll_s=0.05)
+
+
+@pytest.mark.timing
+@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
+@pytest.mark.timeout(900)
+def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(f'[base]\nboard = "{SMALL_BOARD}"\ntask = "digits-small"\nepochs = 2\n\n'
+                    '[grid]\nseed = [0, 1]\nmethod = ["float", "eapu"]\n')
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "hil.cli", "sweep", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    runs = out / "runs"
+    tree = _kill_in_first_epoch(proc, runs)
+    _wait_all_gone([proc.pid, *tree])
     states = {p["name"]: p["state"] for p in _points(out)}
     assert "pending" in states.values() or "running" in states.values(), states
     interrupted = [p.parent.name for p in runs.glob("*/checkpoint.json") if not (p.parent / "summary.json").exists()]

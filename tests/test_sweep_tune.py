@@ -61,26 +61,9 @@ def _paired_gaps(points: list[dict], lr: float, seeds: list[int]) -> list[float]
     return [acc[("eapu", lr, s)] - acc[("float", lr, s)] for s in seeds]
 
 
-@pytest.mark.timing
-@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
-@pytest.mark.timeout(1200)
-def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_choice(tmp_path, local_ray):
-    from hil.sweep_engine import run_sweep
-    from hil.sweep_report import load_sweep, write_report
-    from hil.sweep_spec import load_spec
-    from hil.sweep_tune import choose
-
-    spec = tmp_path / "tune.toml"
-    spec.write_text(SPEC)
-    out = tmp_path / "sweep"
-    result = run_sweep(spec, out, progress=False)
-    assert not result.failed, result.failed
-    sweep = load_sweep(out)
-    text, _ = write_report(out, sweep)
-    tune = json.loads((out / "tune.json").read_text())
-    assert (out / "tune.md").read_text() == text
-
-    # phase 1: both candidates on the tuning seeds only, each with float at its lr (float depends on lr)
+def _check_tuning_phase(sweep: dict, tune: dict) -> list[dict]:
+    """Phase 1: both candidates on the tuning seeds only, the best chosen; the tuning points."""
+    # each candidate runs with float at its lr (float depends on lr)
     tuning = [p for p in sweep["points"] if p["phase"] == "tuning"]
     assert sorted((_run(p["dir"])[0]["method"], _run(p["dir"])[0]["lr"], _run(p["dir"])[0]["seed"])
                   for p in tuning) == sorted((m, lr, s) for m in ("eapu", "float") for lr in CANDIDATES
@@ -99,8 +82,12 @@ def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_
     assert all(means[chosen] >= m - 1e-12 for m in means.values()), (chosen, means)
     assert sweep["tune"]["chosen"] == tune["chosen"]
     assert tune["tuning_seeds"] == TUNING_SEEDS and tune["evaluation_seeds"] == EVALUATION_SEEDS
+    return tuning
 
-    # phase 2: the chosen candidate (and float) on the evaluation seeds, each its own board, nothing else
+
+def _check_evaluation_phase(out: Path, sweep: dict, tune: dict) -> list[dict]:
+    """Phase 2: the chosen candidate (and float) on the evaluation seeds, each its own board, nothing else;
+    the evaluation points."""
     evaluation = [p for p in sweep["points"] if p["phase"] == "evaluation"]
     chosen_lr = tune["chosen"]["values"]["lr"]
     assert len(evaluation) == 2 * len(EVALUATION_SEEDS)
@@ -120,8 +107,19 @@ def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_
     assert tune["evaluation"]["objective"]["mean"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-12)
     comparison = json.loads((out / "comparison.json").read_text())
     assert all(g["seeds"] == EVALUATION_SEEDS for g in comparison["groups"])  # no tuning seed in the table
+    return evaluation
 
-    # a resumed sweep keeps its recorded choice, even where the tuning runs would now choose otherwise
+
+def _check_resume_keeps_choice(spec: Path, out: Path, tune: dict, tuning: list[dict],
+                               evaluation: list[dict]) -> None:
+    """A resumed sweep keeps its recorded choice, even where the tuning runs would now choose otherwise."""
+    from hil.sweep_engine import run_sweep
+    from hil.sweep_report import load_sweep, write_report
+    from hil.sweep_spec import load_spec
+    from hil.sweep_tune import choose
+
+    chosen = tune["chosen"]["name"]
+    chosen_lr = tune["chosen"]["values"]["lr"]
     other = next(c for c in tune["candidates"] if c["name"] != chosen)
     for name in other["points"]:  # the other candidate's eapu runs now look perfect
         path = out / "runs" / name / "summary.json"
@@ -139,6 +137,28 @@ def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_
     assert all(p["state"] == "done" for p in resumed["points"])
     write_report(out, resumed)
     assert json.loads((out / "tune.json").read_text())["chosen"] == tune["chosen"]
+
+
+@pytest.mark.timing
+@pytest.mark.slow  # whole sweeps on Ray: in the test run, not in the loaded rerun of CI
+@pytest.mark.timeout(1200)
+def test_tune_chooses_on_tuning_seeds_reports_on_evaluation_seeds_and_keeps_its_choice(tmp_path, local_ray):
+    from hil.sweep_engine import run_sweep
+    from hil.sweep_report import load_sweep, write_report
+
+    spec = tmp_path / "tune.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    result = run_sweep(spec, out, progress=False)
+    assert not result.failed, result.failed
+    sweep = load_sweep(out)
+    text, _ = write_report(out, sweep)
+    tune = json.loads((out / "tune.json").read_text())
+    assert (out / "tune.md").read_text() == text
+
+    tuning = _check_tuning_phase(sweep, tune)
+    evaluation = _check_evaluation_phase(out, sweep, tune)
+    _check_resume_keeps_choice(spec, out, tune, tuning, evaluation)
 
 
 BAD_TUNE_SPECS = {
