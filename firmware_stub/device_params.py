@@ -126,13 +126,18 @@ def _fields_of(text: str, where: str) -> dict:
     return data.get("device", data)
 
 
+def preset_fields(name: str) -> dict:
+    """The fields a shipped preset sets (only those: the rest keep :class:`DeviceParams`' defaults)."""
+    if name not in preset_names():
+        raise ValueError(f"unknown device preset {name!r}; choose one of {', '.join(preset_names())}")
+    return _fields_of(resources.files("firmware_stub.presets").joinpath(f"{name}.toml").read_text(),
+                      f"device preset {name}")
+
+
 def load_device_params(path: str | Path | None = None, preset: str = "default") -> DeviceParams:
     """A preset's parameters, overridden field by field by a TOML file; a clear error names the
     preset, the file and the bad field."""
-    if preset not in preset_names():
-        raise ValueError(f"unknown device preset {preset!r}; choose one of {', '.join(preset_names())}")
-    data = _fields_of(resources.files("firmware_stub.presets").joinpath(f"{preset}.toml").read_text(),
-                      f"device preset {preset}")
+    data = preset_fields(preset)
     if path is not None:
         path = Path(path)
         try:
