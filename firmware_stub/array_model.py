@@ -201,6 +201,19 @@ def _as_selector(sorted_idx: np.ndarray) -> slice | np.ndarray:
     return sorted_idx
 
 
+@dataclass(frozen=True)
+class _PhaseArrays:
+    """Working arrays of one pulse phase, in phase order; ``stuck`` and ``n0`` only when wear applies,
+    ``inv_window`` None when the window is folded into ``coef`` (gamma == 1, no wear)."""
+
+    g: np.ndarray
+    g_max: np.ndarray
+    coef: np.ndarray
+    inv_window: np.ndarray | None
+    stuck: np.ndarray | None
+    n0: np.ndarray | None
+
+
 class MemristorArray:
     """The emulated array: fixed per-device factors, dynamic state, virtual clock."""
 
@@ -447,33 +460,49 @@ class MemristorArray:
         n_active = np.searchsorted(-n_abs, -np.arange(n_steps), side="left")  # devices with |count| > k
         gamma = p.gamma_set if polarity > 0 else p.gamma_reset
         wear = int(self.n_pulses[sel].max()) + n_steps > p.endurance_pulses
-        folded = not wear and gamma == 1.0  # alpha/window precomputed, no wear bounds
+        w = self._phase_arrays(sel, polarity, wear, folded=not wear and gamma == 1.0)
+        g_sums = self._pulse_steps(w, n_active, polarity, gamma, pulse_scale(p, amplitude_v, width_s), last_ratio)
+        if not isinstance(sel, slice):
+            self.g[sel] = w.g
+        self.n_pulses[sel] += n_abs
+        if wear:
+            self.stuck[sel] = w.stuck
+            self.refresh_derived()
+        return amplitude_v**2 * width_s / 2.0 * g_sums, int(n_abs.sum()), n_steps
+
+    def _phase_arrays(self, sel: slice | np.ndarray, polarity: int, wear: bool, folded: bool) -> _PhaseArrays:
+        """The working arrays of one phase on the devices ``sel`` (in phase order)."""
         g = self.g[sel]  # a view when sel is a slice: updated in place
-        g_max = self.g_max[sel]
-        if folded:
+        if folded:  # alpha/window precomputed, no wear bounds
             coef, inv_window = self._gain[polarity][sel], None
         else:  # a copy: wear zeroes the coefficient of devices that wear out
             coef, inv_window = np.array(self._alpha_mobile[polarity][sel]), self.inv_window[sel]
-        stuck = np.array(self.stuck[sel]) if wear else None
-        n0 = np.array(self.n_pulses[sel]) if wear else None
-        scale = pulse_scale(p, amplitude_v, width_s)
+        return _PhaseArrays(g=g, g_max=self.g_max[sel], coef=coef, inv_window=inv_window,
+                            stuck=np.array(self.stuck[sel]) if wear else None,
+                            n0=np.array(self.n_pulses[sel]) if wear else None)
+
+    def _pulse_steps(self, w: _PhaseArrays, n_active: np.ndarray, polarity: int, gamma: float, scale: float,
+                     last_ratio: np.ndarray | None) -> float:
+        """Apply pulse index k to the first ``n_active[k]`` devices, for every k; returns the sum over
+        pulses of (G_before + G_after) * (pulse width / profile width)."""
+        p = self.params
+        wear = w.stuck is not None
         noise = self._noise[_STREAM_PULSE]
-        step, factor = self._work_buffers(idx.size)
-        energy_half = amplitude_v**2 * width_s / 2.0
-        g_sums = 0.0  # sum over pulses of (G_before + G_after) * (pulse width / profile width)
+        step, factor = self._work_buffers(w.g.size)
+        g_sums = 0.0
         ends = n_active.tolist()[1:] + [0]  # devices still pulsed after index k
         for k, m in enumerate(n_active.tolist()):
-            gk, sk = g[:m], step[:m]
+            gk, sk = w.g[:m], step[:m]
             if wear:
-                hi, inv = self._worn_bounds(g_max[:m], n0[:m] + (k + 1), stuck[:m])
+                hi, inv = self._worn_bounds(w.g_max[:m], w.n0[:m] + (k + 1), w.stuck[:m])
                 np.minimum(gk, hi, out=gk)
             else:
-                hi, inv = g_max[:m], (None if folded else inv_window[:m])
+                hi, inv = w.g_max[:m], (None if w.inv_window is None else w.inv_window[:m])
             tail = None if last_ratio is None else slice(ends[k], m)  # devices on their last pulse
             g_sums += gk.sum() if tail is None else self._width_weighted_sum(gk, tail, last_ratio)
             anchor = hi if polarity > 0 else p.g_min_s
             self._soft_bound_factor(gk, anchor, inv, gamma, out=sk)
-            sk *= coef[:m]
+            sk *= w.coef[:m]
             sk *= noise.affine(m, scale, scale * p.sigma_c2c, out=factor[:m])
             if tail is not None:
                 sk[tail] *= last_ratio[tail]
@@ -481,14 +510,8 @@ class MemristorArray:
             np.clip(gk, p.g_min_s, hi, out=gk)
             g_sums += gk.sum() if tail is None else self._width_weighted_sum(gk, tail, last_ratio)
             if wear:
-                self._stick_worn(n0[:m] + (k + 1), stuck[:m], coef[:m])
-        if not isinstance(sel, slice):
-            self.g[sel] = g
-        self.n_pulses[sel] += n_abs
-        if wear:
-            self.stuck[sel] = stuck
-            self.refresh_derived()
-        return energy_half * g_sums, int(n_abs.sum()), n_steps
+                self._stick_worn(w.n0[:m] + (k + 1), w.stuck[:m], w.coef[:m])
+        return g_sums
 
     @staticmethod
     def _width_weighted_sum(g: np.ndarray, tail: slice, ratio: np.ndarray) -> float:
