@@ -47,7 +47,13 @@ from protocols.framing import (
     FrameDecoder,
 )
 from protocols.messages import Op, Status
-from protocols.session import CHUNK_BYTES, MAX_IN_FLIGHT, MAX_MESSAGE_BYTES, LegacyServerSession, SessionServer
+from protocols.session import (
+    CHUNK_BYTES,
+    MAX_IN_FLIGHT,
+    MAX_MESSAGE_BYTES,
+    LegacyServerSession,
+    SessionServer,
+)
 
 log = logging.getLogger(__name__)
 

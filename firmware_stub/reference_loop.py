@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from firmware_stub.array_model import (
-    MemristorArray,
+from firmware_stub.array_model import MemristorArray
+from firmware_stub.pulse_energy import (
     PulseOutcome,
     check_profile_polarity,
     pulse_scale,

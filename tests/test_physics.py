@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_stub.array_model import MemristorArray, NormalSource, _unit_normal_table
+from firmware_stub.array_model import MemristorArray
 from firmware_stub.device_params import DeviceParams
-from firmware_stub.reference_loop import apply_pulses_loop
+from firmware_stub.normal_source import NormalSource, _unit_normal_table
 from firmware_stub.program_verify import write_verify
+from firmware_stub.reference_loop import apply_pulses_loop
 
 SET = (1.6, 50e-9)
 RESET = (-1.8, 50e-9)
