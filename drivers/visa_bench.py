@@ -39,7 +39,7 @@ the instruments' own time):
 Limits: the board's hardware limits are what the bench file's ``[limits]`` states the
 bench (probe card, wiring, devices) tolerates -- the device-safe
 :data:`~drivers.limits.DEVICE_SAFE_LIMITS` for every field it does not state --
-tightened by the instruments' ratings (:data:`INSTRUMENT_LIMITS`); a user limits
+tightened by the instruments' ratings (:data:`drivers.visa_bench_setup.INSTRUMENT_LIMITS`); a user limits
 file can only tighten them further (:func:`~drivers.limits.effective_limits`).  The read
 voltage and compliance of the bench file are checked before any instrument is
 opened; profiles, pulse counts and read voltages before any command of an operation
@@ -81,77 +81,37 @@ from typing import Any, Iterator
 import numpy as np
 
 from drivers.bench_file import BenchFile, load_bench_file
-from drivers.board import (
-    Board,
-    BoardInfo,
-    BoardStatus,
-    Capabilities,
-    ProgramReport,
-    PulseBatch,
-    PulseReport,
-    Region,
-)
-from drivers.errors import (
-    BoardError,
-    BoardTimeout,
-    InstrumentError,
-    LimitViolation,
-    LinkError,
-)
+from drivers.board import Board, BoardInfo, BoardStatus, Capabilities, Region
+from drivers.errors import BoardError, BoardTimeout, InstrumentError, LimitViolation
 from drivers.instruments.keithley707b import Keithley707B
-from drivers.instruments.keithley2450 import I_RANGES, Keithley2450
-from drivers.instruments.keysight33500b import (
-    MAX_BURST,
-    MAX_OPEN_CIRCUIT_V,
-    MIN_WIDTH_S,
-    Keysight33500B,
-)
+from drivers.instruments.keithley2450 import Keithley2450
+from drivers.instruments.keysight33500b import Keysight33500B
 from drivers.instruments.scpi_property import VisaInstrument
 from drivers.limits import (
-    DEVICE_SAFE_LIMITS,
-    PulseProfile,
     SafetyLimits,
-    batch_slices,
     check_compliance,
     check_read_voltage,
     effective_limits,
-    max_pulses_per_event,
 )
-from protocols.write_verify import write_verify_loop
+from drivers.visa_bench_dc import BenchDcMixin
+from drivers.visa_bench_pulses import BenchPulsesMixin
+from drivers.visa_bench_setup import (
+    LINE_FREQUENCY_HZ,
+    bench_hardware_limits,
+    open_resource_manager,
+    pick_current_range,
+    quiet,
+    shutdown_instrument,
+)
 
 log = logging.getLogger(__name__)
 
-LINE_FREQUENCY_HZ = 50.0
-#: the 2450's integration range; a DC level (sweep step, forming) lasts one reading
-SMU_NPLC_RANGE = (0.01, 10.0)
+class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
+    """A Board made of bench instruments over pyvisa; see the module docstring.
 
-#: What the instruments themselves can do (2450: 1.05 A, 210 V; 33500B: +-10 V open circuit,
-#: 16 ns pulses -- 20 ns with the fastest 8.4 ns edges; 10^8 pulses per burst).
-INSTRUMENT_LIMITS = SafetyLimits(
-    max_set_v=MAX_OPEN_CIRCUIT_V, max_reset_v=MAX_OPEN_CIRCUIT_V, max_read_v=21.0, max_form_v=MAX_OPEN_CIRCUIT_V,
-    compliance_a=1.05,
-    min_pulse_width_s=20e-9, max_pulse_width_s=1.0, max_pulses_per_batch=10**9,
-    max_pulses_per_device=MAX_BURST,
-)
-
-
-def bench_hardware_limits(config: BenchFile, path: str | Path | None = None) -> SafetyLimits:
-    """The bench's hardware limits: the bench file's ``[limits]`` (device-safe defaults for the fields it
-    leaves out) tightened by the instruments' ratings.
-
-    A stated value beyond an instrument's rating is not used (logged at INFO: the instrument
-    cannot exceed its rating anyway); a stated pulse-width
-    window outside the generator's is a :class:`~drivers.errors.LimitConflict`.
+    Pulses and write-verify (:mod:`drivers.visa_bench_pulses`) and DC work through the SMU
+    (:mod:`drivers.visa_bench_dc`) are mixed in from their own modules.
     """
-    given = config.limits.model_dump(include=config.limits.model_fields_set) if config.limits else {}
-    stated = SafetyLimits(**{**DEVICE_SAFE_LIMITS.model_dump(), **given})
-    where = f"the bench file{f' {path}' if path else ''}'s [limits]"
-    return effective_limits(stated, INSTRUMENT_LIMITS, user_label=where, hardware_label="the instruments' ratings",
-                            explicit=frozenset(given), warn=logging.INFO).limits
-
-
-class VisaBenchBoard(Board):
-    """A Board made of bench instruments over pyvisa; see the module docstring."""
 
     def __init__(self, config: BenchFile, limits: SafetyLimits | None = None, *, resource_manager: Any = None,
                  path: str | Path | None = None):
@@ -183,7 +143,7 @@ class VisaBenchBoard(Board):
         self.matrix: Keithley707B | None = None
         try:
             if self._rm is None:
-                self._rm = _resource_manager(b.visa_library)
+                self._rm = open_resource_manager(b.visa_library)
             self._open_instruments()
             self._configure()
             self._info = self._build_info()
@@ -259,7 +219,7 @@ class VisaBenchBoard(Board):
     def _build_info(self) -> BoardInfo:
         c = self.config
         ids = [i.identity for i in (self.smu, self.generator, self.matrix)]
-        rng = _pick_current_range(c.smu.current_range_a)
+        rng = pick_current_range(c.smu.current_range_a)
         full_scale_a = self._full_scale_a = min(rng * 1.05, self._compliance_a)
         return BoardInfo(
             kind="visa",
@@ -335,15 +295,11 @@ class VisaBenchBoard(Board):
             if inst is None:
                 continue
             try:
-                _shutdown(inst)
+                shutdown_instrument(inst)
             except BaseException as exc:  # keep going: the other instruments must still be idled
                 log.error("could not put the %s in safe idle: %s", inst.label, exc)
 
-    # ---- Board hooks: profiles, reads ---------------------------------------------------------------------
-    def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
-        for p in (set_profile, reset_profile):
-            self._period(p.width_s)  # a profile the generator cannot make is refused now
-
+    # ---- Board hooks: reads ---------------------------------------------------------------------
     def _read_flat(self, flat: np.ndarray) -> np.ndarray:
         smu, matrix = self.smu, self.matrix
         w = self.config.wiring
@@ -378,8 +334,8 @@ class VisaBenchBoard(Board):
                 raise
             finally:
                 if hot:
-                    _quiet(lambda: smu.output_off(confirm=True))
-                _quiet(lambda: matrix.open_all(confirm=True))
+                    quiet(lambda: smu.output_off(confirm=True))
+                quiet(lambda: matrix.open_all(confirm=True))
         self._g_last[flat] = out
         return out
 
@@ -396,214 +352,6 @@ class VisaBenchBoard(Board):
 
     def _do_read_cells(self, flat_sorted: np.ndarray) -> np.ndarray:
         return self._read_flat(np.asarray(flat_sorted, dtype=np.int64))
-
-    # ---- pulses -----------------------------------------------------------------------------------------------
-    def _period(self, width_s: float) -> float:
-        pg = self.config.pulse_generator
-        period = pg.period_s if pg.period_s is not None else max(pg.min_period_s, 2.0 * width_s)
-        if width_s > period - MIN_WIDTH_S:
-            raise LimitViolation(f"a {width_s:g} s pulse does not fit the bench's {period:g} s pulse period "
-                                 "([pulse_generator] period_s)")
-        return period
-
-    def _g_estimate(self, flat: int) -> float:
-        g = self._g_last[flat]
-        if math.isfinite(g):
-            return max(float(g), 0.0)
-        known = self._g_last[np.isfinite(self._g_last)]
-        return float(np.mean(known)) if known.size else 0.0
-
-    @staticmethod
-    def _bursts(sel: np.ndarray, counts: np.ndarray, last_width_s: np.ndarray | None,
-                width_s: float) -> list[tuple[int, list[tuple[float, int]]]]:
-        """(position, [(width, pulses), ...]) per device of one phase, ordered to change the width rarely.
-
-        Full-width devices first, then devices with whole pulses and a partial one (a full burst, then
-        the partial pulse while still routed: one write event), then partial-only devices, each group
-        sorted by the partial width so that devices sharing a width share one generator setting.
-        """
-        mags = np.abs(counts[sel])
-        if last_width_s is None:
-            return [(int(k), [(width_s, int(n))]) for k, n in zip(sel.tolist(), mags.tolist())]
-        w = last_width_s[sel]
-        partial = w < width_s
-        group = np.where(~partial, 0, np.where(mags > 1, 1, 2))
-        order = np.lexsort((np.where(partial, w, 0.0), group))
-        out = []
-        for k in order.tolist():
-            n, pos = int(mags[k]), int(sel[k])
-            if not partial[k]:
-                out.append((pos, [(width_s, n)]))
-            else:
-                out.append((pos, ([(width_s, n - 1)] if n > 1 else []) + [(float(w[k]), 1)]))
-        return out
-
-    def _do_application_order(self, counts_sorted: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray:
-        """SET devices first, then RESET devices, each phase in :meth:`_bursts` order (as :meth:`_do_pulse`)."""
-        order: list[int] = []
-        for polarity, profile in ((+1, self._profiles[0]), (-1, self._profiles[1])):
-            sel = np.flatnonzero(counts_sorted > 0) if polarity > 0 else np.flatnonzero(counts_sorted < 0)
-            if sel.size:
-                order += [k for k, _ in self._bursts(sel, counts_sorted, last_width_s, profile.width_s)]
-        return np.asarray(order, dtype=np.int64)
-
-    def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
-                  last_width_s: np.ndarray | None = None) -> PulseReport:
-        gen, matrix = self.generator, self.matrix
-        w = self.config.wiring
-        for width in ([] if last_width_s is None else np.unique(last_width_s).tolist()):
-            self._period(width)  # every width must fit the bench's period before anything is sent
-        t_start = self._do_clock()
-        done = {"devices": 0, "set": 0, "reset": 0, "energy": 0.0}
-
-        def report(t_end: float) -> PulseReport:
-            return PulseReport(devices=done["devices"], set_pulses=done["set"], reset_pulses=done["reset"],
-                               energy_j=done["energy"], duration_s=max(0.0, t_end - t_start), clock_s=t_end)
-
-        phases = [(+1, self._profiles[0]), (-1, self._profiles[1])]
-        in_flight: tuple[int, int, int] | None = None
-        with self._operation("pulse batch"):
-            try:
-                for polarity, profile in phases:
-                    sel = np.flatnonzero(counts > 0) if polarity > 0 else np.flatnonzero(counts < 0)
-                    if sel.size == 0:
-                        continue
-                    level = abs(profile.amplitude_v)
-                    bursts = self._bursts(sel, counts, last_width_s, profile.width_s)
-                    gen.set_pulse(level, bursts[0][1][0][0], self._period(bursts[0][1][0][0]))
-                    gen.output_enabled = True
-                    try:
-                        for k, train in bursts:
-                            f = int(flat_sorted[k])
-                            n = abs(int(counts[k]))
-                            r, c = divmod(f, self._cols)
-                            in_flight = (r, c, polarity * n)
-                            matrix.route(self._channels(r, c, w.pulse_hi, w.pulse_lo, reverse=polarity < 0))
-                            for width, pulses in train:
-                                gen.set_pulse(level, width, self._period(width))  # writes only what changed
-                                gen.fire_burst(pulses)
-                                done["energy"] += level**2 * self._g_estimate(f) * width * pulses
-                            in_flight = None
-                            done["devices"] += 1
-                            done["set" if polarity > 0 else "reset"] += n
-                            self._pulses_per_device[f] += n
-                    finally:
-                        _quiet(lambda: gen.output_off(confirm=True))
-            except BoardError as exc:
-                exc.partial = report(_quiet(self._do_clock) or t_start)  # type: ignore[attr-defined]
-                exc.in_flight = in_flight  # type: ignore[attr-defined]
-                raise
-            finally:
-                self._book_pulses(done)
-                _quiet(lambda: matrix.open_all(confirm=True))
-        if tag:  # host memory: lost with the host process (capabilities.durable_pulse_tags is false)
-            self._last_tag = tag
-        return report(self._do_clock())
-
-    def _book_pulses(self, done: dict) -> None:
-        t = self._totals
-        t["pulses"] += done["set"] + done["reset"]
-        t["set"] += done["set"]
-        t["reset"] += done["reset"]
-        t["write_events"] += done["devices"]
-        t["write_energy"] += done["energy"]
-
-    # ---- DC through the SMU: I-V sweeps and forming ---------------------------------------------------------------
-    def check_dc_duration(self, seconds: float, what: str) -> None:
-        self._dwell_nplc(seconds, what)
-
-    @staticmethod
-    def _dwell_nplc(seconds: float, what: str) -> float:
-        """The SMU's integration (NPLC) that holds a level for ``seconds``; refused outside 0.01..10 PLC."""
-        nplc = seconds * LINE_FREQUENCY_HZ
-        lo, hi = SMU_NPLC_RANGE
-        if not lo * (1 - 1e-9) <= nplc <= hi * (1 + 1e-9):
-            raise LimitViolation(
-                f"the SMU holds each {what} level for one reading of {lo:g}..{hi:g} power-line cycles, "
-                f"{lo / LINE_FREQUENCY_HZ:g}..{hi / LINE_FREQUENCY_HZ:g} s at {LINE_FREQUENCY_HZ:g} Hz; "
-                f"{seconds:g} s is outside: choose a {what} time in that range")
-        return float(min(max(nplc, lo), hi))
-
-    def _smu_dc(self, flat: np.ndarray, volts: np.ndarray, nplc: float, compliance_a: float,
-                what: str) -> np.ndarray:
-        """Each device alone on the SMU: compliance set and read back with the output off, output on,
-        ``volts`` in turn (one reading each), output off before the matrix re-routes; currents (A)."""
-        smu, matrix = self.smu, self.matrix
-        w = self.config.wiring
-        dwell_s = nplc / LINE_FREQUENCY_HZ
-        out = np.full((flat.size, volts.size), np.nan)
-        with self._operation(what):
-            self._smu_armed = False
-            self._smu_dc_config = True  # until the read configuration is restored
-            try:
-                smu.configure_dc(compliance_a=compliance_a, max_level_v=float(np.max(np.abs(volts))), nplc=nplc)
-                for k, f in enumerate(flat.tolist()):
-                    r, c = divmod(f, self._cols)
-                    matrix.route(self._channels(r, c, w.smu_hi, w.smu_lo))
-                    smu.source_voltage = 0.0
-                    smu.output_enabled = True
-                    try:
-                        for j, v in enumerate(volts.tolist()):
-                            i = smu.read_at(v)
-                            out[k, j] = float(np.clip(i, -compliance_a, compliance_a))
-                            self._totals["read_energy"] += abs(v * out[k, j]) * dwell_s
-                    finally:
-                        smu.output_off(confirm=True)
-                        smu.source_voltage = 0.0
-                    if smu.error_count:
-                        smu.check_errors(f"during the {what} of cell ({r}, {c})")
-            except BoardError as exc:
-                exc.partial = out  # type: ignore[attr-defined]
-                raise
-            finally:
-                _quiet(lambda: smu.output_off(confirm=True))
-                _quiet(lambda: matrix.open_all(confirm=True))
-            self._restore_read()
-        return out
-
-    def _restore_read(self) -> None:
-        """Back to the bench file's read configuration (fixed range, NPLC, auto zero) after DC work."""
-        c = self.config
-        self.smu.current_autozero = True
-        self.smu.configure_read(voltage_v=self._v_read, current_range_a=c.smu.current_range_a,
-                                compliance_a=self._compliance_a, nplc=c.smu.nplc,
-                                off_mode=c.smu.output_off_mode, terminals=c.smu.terminals)
-        self._smu_armed = True
-        self._smu_dc_config = False
-
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
-        nplc = self._dwell_nplc(step_s, "sweep step")
-        return self._smu_dc(flat, volts, nplc, compliance_a, "I-V sweep")
-
-    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
-        """A forming level held by the SMU for ``width_s`` under compliance; a device counts as formed
-        when its current reaches the compliance (the filament's jump), and is then read back."""
-        nplc = self._dwell_nplc(width_s, "forming")
-        i = self._smu_dc(flat, np.array([voltage_v]), nplc, compliance_a, "forming")[:, 0]
-        formed = np.abs(i) >= compliance_a * (1 - 1e-3)
-        return formed, self._read_flat(flat)
-
-    # ---- write-verify on the host ------------------------------------------------------------------------------
-    def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
-        wv = self.config.write_verify
-        lim = self.limits
-        rows, cols = np.divmod(flat, self._cols)
-        energy0 = self._totals["write_energy"] + self._totals["read_energy"]
-        pulses = 0
-
-        def pulse(pos: np.ndarray, counts: np.ndarray) -> None:
-            # one round: every device in one batch if the batch limit allows, else in consecutive batches
-            nonlocal pulses
-            for part in batch_slices(np.abs(counts), lim.max_pulses_per_batch):
-                pulses += self.pulse(PulseBatch(rows[pos[part]], cols[pos[part]], counts[part])).pulses
-
-        out = write_verify_loop(
-            read=lambda pos: self.read_cells(rows[pos], cols[pos]), pulse=pulse, n_devices=flat.size,
-            targets_s=targets_s, tolerance_s=tolerance_s, max_iter=max_iter, nominal_step_s=wv.nominal_step_s,
-            max_pulses_per_round=int(min(wv.max_pulses_per_round, max_pulses_per_event(lim))),
-        )
-        energy = self._totals["write_energy"] + self._totals["read_energy"] - energy0
-        return ProgramReport(out.achieved_s, out.converged, out.iterations, int(pulses), float(energy))
 
     # ---- clock -----------------------------------------------------------------------------------------------------
     def _do_clock(self) -> float:
@@ -648,7 +396,7 @@ class VisaBenchBoard(Board):
             if inst is None:
                 continue
             try:
-                _shutdown(inst)
+                shutdown_instrument(inst)
             except BaseException as exc:  # Ctrl-C included: the other instruments must still be idled
                 log.error("safe idle of the %s failed: %s", inst.label, exc)
                 first = first or exc
@@ -666,38 +414,3 @@ class VisaBenchBoard(Board):
                 log.debug("closing the VISA resource manager: %s", exc)
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------------
-def _resource_manager(library: str) -> Any:
-    import pyvisa
-
-    try:
-        return pyvisa.ResourceManager(library)
-    except Exception as exc:
-        raise LinkError(f"cannot start the VISA library {library!r}: {exc}") from None
-
-
-def _pick_current_range(value: float) -> float:
-    for r in I_RANGES:
-        if value <= r * (1 + 1e-9):
-            return r
-    return I_RANGES[-1]
-
-
-def _shutdown(inst: VisaInstrument) -> None:
-    """Safe state of one instrument; after a link failure, reconnect once first."""
-    if inst.link_suspect:
-        try:
-            inst.reconnect()
-        except LinkError as exc:
-            log.error("%s: reconnecting failed: %s", inst.label, exc)
-            raise
-    inst.shutdown()
-
-
-def _quiet(fn) -> Any:
-    """Call ``fn`` in a cleanup path: failures are logged, not raised (the first error wins)."""
-    try:
-        return fn()
-    except Exception as exc:
-        log.warning("cleanup step %s failed: %s", getattr(fn, "__name__", fn), exc)
-        return None
