@@ -105,7 +105,7 @@ def _open_visa(address: str, limits: SafetyLimits | None) -> Board:
     path = address[len("visa:"):]
     if not path:
         raise AddressError("visa: needs a bench file, e.g. visa:bench.toml")
-    return VisaBenchBoard.from_file(path, limits)
+    return VisaBenchBoard.from_file(path, limits, address=address)
 
 
 OPENERS: dict[str, Callable[[str, SafetyLimits | None], Board]] = {

@@ -62,8 +62,7 @@ class FpgaBoard(Board):
 
     def __init__(self, link: Link, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
                  retries: int = 5, address: str = "", chunk_bytes: int = CHUNK_BYTES, window: int = DEFAULT_WINDOW):
-        super().__init__(limits)
-        self.address = address
+        super().__init__(limits, address=address)
         self._link = link
         self.chunk_bytes = chunk_bytes
         self.asked_window = window

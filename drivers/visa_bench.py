@@ -114,8 +114,8 @@ class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
     """
 
     def __init__(self, config: BenchFile, limits: SafetyLimits | None = None, *, resource_manager: Any = None,
-                 path: str | Path | None = None):
-        super().__init__(limits)
+                 path: str | Path | None = None, address: str | None = None):
+        super().__init__(limits, address=address if address is not None else (f"visa:{path}" if path else ""))
         self.config = config
         self.path = Path(path) if path else None
         self._hw_limits = bench_hardware_limits(config, path)

@@ -20,6 +20,13 @@ def test_info_describes_the_board(emu):
     assert emu.limits.max_pulses_per_device <= info.hardware_limits.max_pulses_per_device
 
 
+def test_every_board_reports_the_address_it_was_opened_with(emu, tcp_emulator):
+    assert emu.address == "emu?rows=32&cols=48&seed=3"
+    address = f"serial:{tcp_emulator.url}?timeout=30"
+    with open_board(address) as board:
+        assert board.address == address
+
+
 def test_read_region_and_cells_agree(emu):
     g = emu.read()
     assert g.shape == (32, 48)

@@ -70,6 +70,11 @@ def test_info_and_capabilities(served, board):
     assert params["rows"] == ROWS and params["seed"] == 5 and params["emulator_only"]
 
 
+def test_the_bench_reports_the_address_it_was_opened_with(served, board):
+    _, path = served
+    assert board.address == f"visa:{path}"
+
+
 def test_reads_match_the_array_truth(served, board):
     running, _ = served
     g = board.read()
