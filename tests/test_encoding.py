@@ -1,4 +1,8 @@
-"""Tests for protocols.encoding: round trips, fuzzing, byte budgets, speed."""
+"""Tests for protocols.encoding: round trips, fuzzing, byte budgets, speed.
+
+One file for one codec module: every message kind's tests sit next to each other, sharing the
+strategies and frame helpers at the top, so a change to the codec is checked in one place.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Statistical checks use fixed seeds and bounds of at least 5 standard errors of the
 estimate, so they cannot flake; deterministic checks switch the relevant noise off.
+
+One file for the one device model (docs/DESIGN.md "Emulated array"): each physical effect's
+checks share its fixtures and the reference loop, and read in the order of the model's description.
 """
 
 from __future__ import annotations
