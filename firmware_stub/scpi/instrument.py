@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 from firmware_stub.scpi.bench import EmulatedBench
+from firmware_stub.scpi.settings import Setting
 from protocols.scpi import (
     ScpiError,
     Unit,
@@ -272,13 +273,16 @@ class EmulatedInstrument:
 class ScpiInstrument(EmulatedInstrument):
     """An emulated SCPI instrument: a command tree of :func:`scpi` handlers."""
 
-    _table: ClassVar[list[tuple[tuple, str, bool, bool]]] = []
+    #: (nodes, handler method name or :class:`Setting`, query form, command form), in match order
+    _table: ClassVar[list[tuple[tuple, str | Setting, bool, bool]]] = []
+    #: the settable parameters whose handling is generated (:mod:`firmware_stub.scpi.settings`)
+    settings: ClassVar[tuple[Setting, ...]] = ()
     #: False makes the :EMULation subsystem undefined (-113), as on a real instrument (tests)
     vendor_commands: bool = True
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        table = []
+        table: list[tuple[tuple, str | Setting, bool, bool]] = []
         seen = set()
         for klass in cls.__mro__:
             for name, fn in vars(klass).items():
@@ -287,7 +291,13 @@ class ScpiInstrument(EmulatedInstrument):
                 for pattern, q, w in getattr(fn, "_scpi", ()):
                     table.append((compile_pattern(pattern), name, q, w))
             seen.update(vars(klass))
+        table += [(compile_pattern(s.pattern), s, True, True) for s in cls.settings]
         cls._table = table
+
+    @staticmethod
+    def format_number(value: float) -> str:
+        """A number in a query reply (the instrument's own format)."""
+        return fmt_float(value)
 
     def execute(self, line: str) -> str | None:
         responses: list[str] = []
@@ -321,17 +331,19 @@ class ScpiInstrument(EmulatedInstrument):
 
     def _dispatch(self, parts: list[str], unit: Unit) -> str | None:
         tokens = tokenize_header(parts)
-        for nodes, name, q_ok, w_ok in self._table:
+        for nodes, handler, q_ok, w_ok in self._table:
             suffixes = match_pattern(nodes, tokens)
             if suffixes is None:
                 continue
             if (unit.query and not q_ok) or (not unit.query and not w_ok):
                 raise ScpiError(-113, f"{':'.join(parts)}{'?' if unit.query else ''} has no "
                                       f"{'query' if unit.query else 'command'} form")
-            if name.startswith("_emul") and not self.vendor_commands:
+            if isinstance(handler, str) and handler.startswith("_emul") and not self.vendor_commands:
                 break
             call = Call(":".join(parts), unit.query, unit.params, suffixes)
-            return getattr(self, name)(call)
+            if isinstance(handler, Setting):
+                return handler.handle(self, call)
+            return getattr(self, handler)(call)
         raise ScpiError(-113, ":".join(parts) + ("?" if unit.query else ""))
 
     # ---- standard SCPI ------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_stub.scpi.instrument import Call, ScpiInstrument, fmt, scpi
+from firmware_stub.scpi.settings import BOOLEAN, CHOICE, INTEGER, NUMBER, Setting
 from protocols.scpi import SCPI_INF, ScpiError, unquote
 
 V_SOURCE_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
@@ -144,6 +145,48 @@ def _pick_range(ranges: tuple[float, ...], value: float) -> float:
             return r
     raise ScpiError(-222, f"{value:g} exceeds the largest range {ranges[-1]:g}")
 
+_SENSE_NODES = (("CURR", "CURRent"), ("VOLT", "VOLTage"), ("RES", "RESistance"))
+
+
+def _settings() -> tuple[Setting, ...]:
+    """The 2450's plain settings (no side effects), in the order their headers are matched."""
+    out = []
+    for func, long in (("VOLT", "VOLTage"), ("CURR", "CURRent")):
+        out.append(Setting(f"[:SOURce#]:{long}:RANGe:AUTO", "source_autorange", BOOLEAN, key=func, holder="_channel"))
+    out += [
+        Setting("[:SOURce#]:VOLTage:ILIMit[:LEVel]", "ilim", NUMBER, minimum=1e-9, maximum=1.05, default=1.05e-4,
+                label="current limit", unit="A", holder="_channel"),
+        Setting("[:SOURce#]:CURRent:VLIMit[:LEVel]", "vlim", NUMBER, minimum=0.02, maximum=210.0, default=21.0,
+                label="voltage limit", unit="V", holder="_channel"),
+    ]
+    for func, long in (("VOLT", "VOLTage"), ("CURR", "CURRent")):
+        out.append(Setting(f"[:SOURce#]:{long}:DELay:AUTO", "source_delay_auto", BOOLEAN, key=func))
+    for func, long in (("VOLT", "VOLTage"), ("CURR", "CURRent")):
+        out.append(Setting(f"[:SOURce#]:{long}:READ:BACK", "readback", BOOLEAN, key=func))
+    for func, long in _SENSE_NODES:
+        head = f"[:SENSe#]:{long}"
+        out += [
+            Setting(f"{head}:RANGe:AUTO", "sense_autorange", BOOLEAN, key=func, holder="_channel"),
+            Setting(f"{head}:NPLCycles", "nplc", NUMBER, key=func, minimum=0.01, maximum=10.0, default=1.0,
+                    label="NPLC", unit="PLC", holder="_channel"),
+            Setting(f"{head}:AZERo[:STATe]", "azero", BOOLEAN, key=func, holder="_channel"),
+            Setting(f"{head}:AVERage[:STATe]", "average_on", BOOLEAN, key=func, holder="_channel"),
+            Setting(f"{head}:AVERage:COUNt", "average_count", INTEGER, key=func, minimum=1, maximum=100,
+                    label="filter count", holder="_channel"),
+            Setting(f"{head}:AVERage:TCONtrol", "average_tcontrol", CHOICE, key=func,
+                    choices={"REPeat": "REP", "MOVing": "MOV"}, holder="_channel"),
+            Setting(f"{head}:RSENse", "rsense", BOOLEAN, key=func, holder="_channel"),
+        ]
+    out += [
+        Setting("[:SENSe#]:COUNt", "sense_count", INTEGER, minimum=1, maximum=300000, default=1,
+                label="measure count"),
+        Setting(":OUTPut#[:STATe]", "output", BOOLEAN, holder="_channel"),
+        Setting(":OUTPut#:VOLTage:SMODe", "off_mode", CHOICE, key="VOLT", choices=_SMODES, holder="_channel"),
+        Setting(":OUTPut#:CURRent:SMODe", "off_mode", CHOICE, key="CURR", choices=_SMODES, holder="_channel"),
+        Setting(":ROUTe:TERMinals", "terminals", CHOICE, choices={"FRONt": "FRON", "REAR": "REAR"}),
+    ]
+    return tuple(out)
+
 
 class Keithley2450(ScpiInstrument):
     kind = "smu"
@@ -151,6 +194,7 @@ class Keithley2450(ScpiInstrument):
     model = "MODEL 2450"
     firmware = "1.7.12b"
     error_queue_size = 32
+    settings = _settings()
 
     def reset(self) -> None:
         self.source_func = "VOLT"
@@ -173,7 +217,9 @@ class Keithley2450(ScpiInstrument):
         self.sense_autorange = {"CURR": True, "VOLT": True, "RES": True}
         self.nplc = {"CURR": 1.0, "VOLT": 1.0, "RES": 1.0}
         self.azero = {"CURR": True, "VOLT": True, "RES": True}
-        self.average = {"CURR": [False, 10, "REP"], "VOLT": [False, 10, "REP"], "RES": [False, 10, "REP"]}
+        self.average_on = {"CURR": False, "VOLT": False, "RES": False}
+        self.average_count = {"CURR": 10, "VOLT": 10, "RES": 10}
+        self.average_tcontrol = {"CURR": "REP", "VOLT": "REP", "RES": "REP"}
         self.rsense = {"CURR": False, "VOLT": False, "RES": False}
         self.output = False
         self.off_mode = {"VOLT": "NORM", "CURR": "NORM"}
@@ -188,6 +234,11 @@ class Keithley2450(ScpiInstrument):
                 return "SCPI"
             raise ScpiError(-221, "this emulated 2450 speaks the SCPI command set only")
         return super().common(unit)
+
+    def _channel(self, c: Call) -> "Keithley2450":
+        """The instrument itself, once the header's numeric suffix is checked (one source, one sense)."""
+        c.suffix(0)
+        return self
 
     # ---- safety hooks -----------------------------------------------------------------------------
     def outputs_off(self) -> None:
@@ -251,37 +302,9 @@ class Keithley2450(ScpiInstrument):
     def source_current_range(self, c: Call):
         return self._source_range(c, "CURR")
 
-    def _source_autorange(self, c: Call, func: str):
-        c.suffix(0)
-        if c.query:
-            return "1" if self.source_autorange[func] else "0"
-        self.source_autorange[func] = c.boolean(0)
-
-    @scpi("[:SOURce#]:VOLTage:RANGe:AUTO")
-    def source_voltage_autorange(self, c: Call):
-        return self._source_autorange(c, "VOLT")
-
-    @scpi("[:SOURce#]:CURRent:RANGe:AUTO")
-    def source_current_autorange(self, c: Call):
-        return self._source_autorange(c, "CURR")
-
-    @scpi("[:SOURce#]:VOLTage:ILIMit[:LEVel]")
-    def current_limit(self, c: Call):
-        c.suffix(0)
-        if c.query:
-            return fmt(self.ilim)
-        self.ilim = c.number(0, minimum=1e-9, maximum=1.05, default=1.05e-4, name="current limit")
-
     @scpi("[:SOURce#]:VOLTage:ILIMit[:LEVel]:TRIPped", write=False)
     def current_limit_tripped(self, c: Call):
         return "1" if (self.tripped and self.source_func == "VOLT") else "0"
-
-    @scpi("[:SOURce#]:CURRent:VLIMit[:LEVel]")
-    def voltage_limit(self, c: Call):
-        c.suffix(0)
-        if c.query:
-            return fmt(self.vlim)
-        self.vlim = c.number(0, minimum=0.02, maximum=210.0, default=21.0, name="voltage limit")
 
     @scpi("[:SOURce#]:CURRent:VLIMit[:LEVel]:TRIPped", write=False)
     def voltage_limit_tripped(self, c: Call):
@@ -300,32 +323,6 @@ class Keithley2450(ScpiInstrument):
     @scpi("[:SOURce#]:CURRent:DELay")
     def current_delay(self, c: Call):
         return self._delay(c, "CURR")
-
-    def _delay_auto(self, c: Call, func: str):
-        if c.query:
-            return "1" if self.source_delay_auto[func] else "0"
-        self.source_delay_auto[func] = c.boolean(0)
-
-    @scpi("[:SOURce#]:VOLTage:DELay:AUTO")
-    def voltage_delay_auto(self, c: Call):
-        return self._delay_auto(c, "VOLT")
-
-    @scpi("[:SOURce#]:CURRent:DELay:AUTO")
-    def current_delay_auto(self, c: Call):
-        return self._delay_auto(c, "CURR")
-
-    def _readback(self, c: Call, func: str):
-        if c.query:
-            return "1" if self.readback[func] else "0"
-        self.readback[func] = c.boolean(0)
-
-    @scpi("[:SOURce#]:VOLTage:READ:BACK")
-    def readback_voltage(self, c: Call):
-        return self._readback(c, "VOLT")
-
-    @scpi("[:SOURce#]:CURRent:READ:BACK")
-    def readback_current(self, c: Call):
-        return self._readback(c, "CURR")
 
     def _user_delay(self, c: Call, table: dict, func: str, node: int):
         n = c.suffix(node, (1, 2, 3, 4, 5))
@@ -370,47 +367,13 @@ class Keithley2450(ScpiInstrument):
             value = c.number(0, minimum=-ranges[-1] * 1.05, maximum=ranges[-1] * 1.05, name="measure range")
             self.sense_range[func] = _pick_range(ranges, min(abs(value), ranges[-1]))
             self.sense_autorange[func] = False
-        elif what == "auto":
-            if c.query:
-                return "1" if self.sense_autorange[func] else "0"
-            self.sense_autorange[func] = c.boolean(0)
-        elif what == "nplc":
-            if c.query:
-                return fmt(self.nplc[func])
-            self.nplc[func] = c.number(0, minimum=0.01, maximum=10.0, default=1.0, name="NPLC")
-        elif what == "azero":
-            if c.query:
-                return "1" if self.azero[func] else "0"
-            self.azero[func] = c.boolean(0)
-        elif what == "rsense":
-            if c.query:
-                return "1" if self.rsense[func] else "0"
-            self.rsense[func] = c.boolean(0)
-        elif what.startswith("user"):
-            return self._user_delay(c, self.sense_user_delay, func, 3)
-        elif what.startswith("aver"):
-            avg = self.average[func]
-            if what == "aver":
-                if c.query:
-                    return "1" if avg[0] else "0"
-                avg[0] = c.boolean(0)
-            elif what == "avercount":
-                if c.query:
-                    return str(avg[1])
-                avg[1] = int(c.number(0, minimum=1, maximum=100, name="filter count"))
-            else:
-                if c.query:
-                    return avg[2]
-                avg[2] = c.choice(0, {"REPeat": "REP", "MOVing": "MOV"})
-        return None
+            return None
+        return self._user_delay(c, self.sense_user_delay, func, 3)
 
     def _register_sense():  # noqa: N805 -- builds methods at class creation
         out = {}
         for func, long in (("CURR", "CURRent"), ("VOLT", "VOLTage"), ("RES", "RESistance")):
-            for what, tail in (("range", ":RANGe[:UPPer]"), ("auto", ":RANGe:AUTO"), ("nplc", ":NPLCycles"),
-                               ("azero", ":AZERo[:STATe]"), ("aver", ":AVERage[:STATe]"),
-                               ("avercount", ":AVERage:COUNt"), ("avertcon", ":AVERage:TCONtrol"),
-                               ("rsense", ":RSENse"), ("user", ":DELay:USER#")):
+            for what, tail in (("range", ":RANGe[:UPPer]"), ("user", ":DELay:USER#")):
                 def handler(self, c, _f=func, _w=what):
                     return self._sense(c, _f, _w)
                 handler.__name__ = f"sense_{func.lower()}_{what}"
@@ -421,46 +384,11 @@ class Keithley2450(ScpiInstrument):
     locals().update(_register_sense())
     del _register_sense
 
-    @scpi("[:SENSe#]:COUNt")
-    def sense_count_setting(self, c: Call):
-        if c.query:
-            return str(self.sense_count)
-        self.sense_count = int(c.number(0, minimum=1, maximum=300000, default=1, name="measure count"))
-
     @scpi("[:SENSe#]:AZERo:ONCE", query=False)
     def autozero_once(self, c: Call):
         self.bench.advance(self._integration_s())  # one reference and zero measurement
 
     # ---- output ------------------------------------------------------------------------------------------
-    @scpi(":OUTPut#[:STATe]")
-    def output_state(self, c: Call):
-        c.suffix(0)
-        if c.query:
-            return "1" if self.output else "0"
-        c.count(1)
-        self.output = c.boolean(0)
-
-    def _smode(self, c: Call, func: str):
-        c.suffix(0)
-        if c.query:
-            return self.off_mode[func]
-        c.count(1)
-        self.off_mode[func] = c.choice(0, _SMODES)
-
-    @scpi(":OUTPut#:VOLTage:SMODe")
-    def output_off_mode_voltage(self, c: Call):
-        return self._smode(c, "VOLT")
-
-    @scpi(":OUTPut#:CURRent:SMODe")
-    def output_off_mode_current(self, c: Call):
-        return self._smode(c, "CURR")
-
-    @scpi(":ROUTe:TERMinals")
-    def terminals_select(self, c: Call):
-        if c.query:
-            return self.terminals
-        self.terminals = c.choice(0, {"FRONt": "FRON", "REAR": "REAR"})
-
     # ---- measurement ------------------------------------------------------------------------------------
     def _integration_s(self) -> float:
         n = self.nplc[self.sense_func]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 from firmware_stub.scpi.instrument import Call, ScpiInstrument, scpi
+from firmware_stub.scpi.settings import BOOLEAN, CHOICE, NUMBER, Setting
 from protocols.scpi import SCPI_INF, STANDARD_ERRORS, ScpiError
 
 MIN_WIDTH_S = 16e-9
@@ -84,6 +85,42 @@ class _Channel:
         return MAX_OPEN_CIRCUIT_V / self.open_circuit_factor
 
 
+def _channel_setting(pattern: str, attr: str, kind: str, **kw) -> Setting:
+    return Setting(pattern, attr, kind, holder="_c", **kw)
+
+
+_POLARITIES = {"NORMal": "NORM", "INVerted": "INV"}
+
+#: the generator's plain settings (no side effects): per channel, but the sync output's state
+SETTINGS = (
+    _channel_setting("[:SOURce#]:FUNCtion:PULSe:TRANsition[:BOTH]", "pulse_edge", NUMBER, minimum=MIN_EDGE_S,
+                     maximum=1e-6, default=10e-9, label="edge time", unit="s"),
+    _channel_setting("[:SOURce#]:FUNCtion:PULSe:HOLD", "pulse_hold", CHOICE, choices={"WIDTh": "WIDT", "DCYCle": "DCYC"}),
+    _channel_setting("[:SOURce#]:FUNCtion:SQUare:DCYCle", "square_dcycle", NUMBER, minimum=0.01, maximum=99.99,
+                     label="duty cycle", unit="%"),
+    _channel_setting("[:SOURce#]:FUNCtion:RAMP:SYMMetry", "ramp_symmetry", NUMBER, minimum=0.0, maximum=100.0,
+                     label="symmetry", unit="%"),
+    _channel_setting("[:SOURce#]:PHASe[:ADJust]", "phase", NUMBER, minimum=-360.0, maximum=360.0, label="phase",
+                     unit="deg"),
+    _channel_setting(":OUTPut#:POLarity", "polarity", CHOICE, choices=_POLARITIES),
+    _channel_setting("[:SOURce#]:BURSt:STATe", "burst", BOOLEAN),
+    _channel_setting("[:SOURce#]:BURSt:MODE", "burst_mode", CHOICE, choices={"TRIGgered": "TRIG", "GATed": "GAT"}),
+    _channel_setting("[:SOURce#]:BURSt:INTernal:PERiod", "burst_period", NUMBER, minimum=1e-6, maximum=8000.0,
+                     default=10e-3, label="burst period", unit="s"),
+    _channel_setting("[:SOURce#]:BURSt:PHASe", "burst_phase", NUMBER, minimum=-360.0, maximum=360.0,
+                     label="burst phase", unit="deg"),
+    _channel_setting(":TRIGger#:SOURce", "trigger_source", CHOICE,
+                     choices={"IMMediate": "IMM", "EXTernal": "EXT", "TIMer": "TIM", "BUS": "BUS"}),
+    _channel_setting(":TRIGger#:DELay", "trigger_delay", NUMBER, minimum=0.0, maximum=1000.0, label="trigger delay",
+                     unit="s"),
+    _channel_setting(":TRIGger#:SLOPe", "trigger_slope", CHOICE, choices={"POSitive": "POS", "NEGative": "NEG"}),
+    _channel_setting(":TRIGger#:TIMer", "trigger_timer", NUMBER, minimum=1e-6, maximum=8000.0, default=1e-3,
+                     label="trigger timer", unit="s"),
+    _channel_setting("[:SOURce#]:BURSt:GATE:POLarity", "burst_gate_polarity", CHOICE, choices=_POLARITIES),
+    Setting(":OUTPut:SYNC[:STATe]", "sync_on", BOOLEAN),
+)
+
+
 class Keysight33500B(ScpiInstrument):
     kind = "pulse_generator"
     manufacturer = "Keysight Technologies"
@@ -91,6 +128,8 @@ class Keysight33500B(ScpiInstrument):
     firmware = "4.00-1.19-2.00-58-00"
     error_queue_size = 20
     signed_error_codes = True
+    settings = SETTINGS
+    format_number = staticmethod(num)
 
     def reset(self) -> None:
         self.ch = {n: _Channel() for n in CHANNELS}
@@ -160,20 +199,6 @@ class Keysight33500B(ScpiInstrument):
             raise ScpiError(-221, f"pulse width {w:g} s does not fit the {ch.pulse_period:g} s period")
         ch.pulse_width = w
 
-    @scpi("[:SOURce#]:FUNCtion:PULSe:TRANsition[:BOTH]")
-    def pulse_edges(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.pulse_edge)
-        ch.pulse_edge = c.number(0, minimum=MIN_EDGE_S, maximum=1e-6, default=10e-9, name="edge time")
-
-    @scpi("[:SOURce#]:FUNCtion:PULSe:HOLD")
-    def pulse_hold(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return ch.pulse_hold
-        ch.pulse_hold = c.choice(0, {"WIDTh": "WIDT", "DCYCle": "DCYC"})
-
     @scpi("[:SOURce#]:FUNCtion:PULSe:DCYCle")
     def pulse_duty(self, c: Call):
         ch = self._c(c)
@@ -182,26 +207,8 @@ class Keysight33500B(ScpiInstrument):
         d = c.number(0, minimum=0.01, maximum=99.99, name="duty cycle")
         ch.pulse_width = ch.pulse_period * d / 100.0
 
-    @scpi("[:SOURce#]:FUNCtion:SQUare:DCYCle")
-    def square_duty(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.square_dcycle)
-        ch.square_dcycle = c.number(0, minimum=0.01, maximum=99.99, name="duty cycle")
 
-    @scpi("[:SOURce#]:FUNCtion:RAMP:SYMMetry")
-    def ramp_symmetry(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.ramp_symmetry)
-        ch.ramp_symmetry = c.number(0, minimum=0.0, maximum=100.0, name="symmetry")
 
-    @scpi("[:SOURce#]:PHASe[:ADJust]")
-    def phase(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.phase)
-        ch.phase = c.number(0, minimum=-360.0, maximum=360.0, name="phase")
 
     # ---- levels --------------------------------------------------------------------------------------
     def _set_levels(self, ch: _Channel, high: float, low: float) -> None:
@@ -314,27 +321,8 @@ class Keysight33500B(ScpiInstrument):
             raise ScpiError(-221, "present levels do not fit the new load setting")
         ch.load = load
 
-    @scpi(":OUTPut#:POLarity")
-    def output_polarity(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return ch.polarity
-        ch.polarity = c.choice(0, {"NORMal": "NORM", "INVerted": "INV"})
 
     # ---- burst and trigger ---------------------------------------------------------------------------------
-    @scpi("[:SOURce#]:BURSt:STATe")
-    def burst_state(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return "1" if ch.burst else "0"
-        ch.burst = c.boolean(0)
-
-    @scpi("[:SOURce#]:BURSt:MODE")
-    def burst_mode(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return ch.burst_mode
-        ch.burst_mode = c.choice(0, {"TRIGgered": "TRIG", "GATed": "GAT"})
 
     @scpi("[:SOURce#]:BURSt:NCYCles")
     def burst_ncycles(self, c: Call):
@@ -346,34 +334,6 @@ class Keysight33500B(ScpiInstrument):
             raise ScpiError(-222, f"burst count {n:g} is not an integer")
         ch.burst_ncycles = n if math.isinf(n) else int(n)
 
-    @scpi("[:SOURce#]:BURSt:INTernal:PERiod")
-    def burst_period(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.burst_period)
-        ch.burst_period = c.number(0, minimum=1e-6, maximum=8000.0, default=10e-3, name="burst period")
-
-    @scpi("[:SOURce#]:BURSt:PHASe")
-    def burst_phase(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.burst_phase)
-        ch.burst_phase = c.number(0, minimum=-360.0, maximum=360.0, name="burst phase")
-
-    @scpi(":TRIGger#:SOURce")
-    def trigger_source(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return ch.trigger_source
-        ch.trigger_source = c.choice(0, {"IMMediate": "IMM", "EXTernal": "EXT", "TIMer": "TIM", "BUS": "BUS"})
-
-    @scpi(":TRIGger#:DELay")
-    def trigger_delay(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.trigger_delay)
-        ch.trigger_delay = c.number(0, minimum=0.0, maximum=1000.0, name="trigger delay")
-
     @scpi(":TRIGger#:COUNt")
     def trigger_count(self, c: Call):
         ch = self._c(c)
@@ -383,20 +343,6 @@ class Keysight33500B(ScpiInstrument):
         if not math.isinf(n) and n != int(n):
             raise ScpiError(-222, f"trigger count {n:g} is not an integer")
         ch.trigger_count = n if math.isinf(n) else int(n)
-
-    @scpi(":TRIGger#:SLOPe")
-    def trigger_slope(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return ch.trigger_slope
-        ch.trigger_slope = c.choice(0, {"POSitive": "POS", "NEGative": "NEG"})
-
-    @scpi(":TRIGger#:TIMer")
-    def trigger_timer(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return num(ch.trigger_timer)
-        ch.trigger_timer = c.number(0, minimum=1e-6, maximum=8000.0, default=1e-3, name="trigger timer")
 
     @scpi("[:SOURce#]:FREQuency:MODE")
     def frequency_mode(self, c: Call):
@@ -408,22 +354,9 @@ class Keysight33500B(ScpiInstrument):
             self.bench.warn("33500B emulator: frequency lists and sweeps are not modelled (fixed frequency)")
         ch.frequency_mode = "CW" if mode == "FIX" else mode  # FIXed is an alias of CW
 
-    @scpi("[:SOURce#]:BURSt:GATE:POLarity")
-    def burst_gate_polarity(self, c: Call):
-        ch = self._c(c)
-        if c.query:
-            return ch.burst_gate_polarity
-        ch.burst_gate_polarity = c.choice(0, {"NORMal": "NORM", "INVerted": "INV"})
-
     @scpi("[:SOURce#]:PHASe:SYNChronize", query=False)
     def phase_sync(self, c: Call):
         return None  # restarts both channels in phase; the emulated waveforms have no running phase
-
-    @scpi(":OUTPut:SYNC[:STATe]")
-    def sync_state(self, c: Call):
-        if c.query:
-            return "1" if self.sync_on else "0"
-        self.sync_on = c.boolean(0)
 
     @scpi(":OUTPut:SYNC:SOURce")
     def sync_source_select(self, c: Call):
