@@ -23,14 +23,18 @@ noise floor (zero).  The output-off state (``NORMal``, ``HIMPedance``, ``ZERO``,
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import re
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from firmware_stub.scpi.instrument import Call, ScpiInstrument, fmt, scpi
+from firmware_stub.scpi.keithley2450_buffers import ReadingBufferCommands
+from firmware_stub.scpi.reading_buffer import (
+    DEFAULT_BUFFER_POINTS,
+    DEFAULT_BUFFERS,
+    MAX_BUFFER_POINTS,
+    ReadingBuffer,
+)
 from firmware_stub.scpi.settings import BOOLEAN, CHOICE, INTEGER, NUMBER, Setting
 from protocols.scpi import SCPI_INF, ScpiError, unquote
 
@@ -45,98 +49,6 @@ _FUNCS = {"VOLTage": "VOLT", "CURRent": "CURR"}
 _SENSE_FUNCS = {"CURRent": "CURR", "VOLTage": "VOLT", "RESistance": "RES", "CURRent:DC": "CURR",
                 "VOLTage:DC": "VOLT"}
 _SMODES = {"HIMPedance": "HIMP", "NORMal": "NORM", "ZERO": "ZERO", "GUARd": "GUAR"}
-
-
-DEFAULT_BUFFERS = ("defbuffer1", "defbuffer2")
-DEFAULT_BUFFER_POINTS = 100_000
-MAX_BUFFER_POINTS = 6_875_000
-#: the date and time the emulated instrument reports for board-clock zero (its time stamps)
-CLOCK_EPOCH = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
-#: reading-buffer elements (short form, long form) of ``:TRACe:DATA?`` and ``:FETCh?``
-BUFFER_ELEMENTS = (("DATE", "DATE"), ("FORM", "FORMatted"), ("FRAC", "FRACtional"), ("READ", "READing"),
-                   ("REL", "RELative"), ("SEC", "SEConds"), ("SOUR", "SOURce"), ("SOURFORM", "SOURFORMatted"),
-                   ("SOURSTAT", "SOURSTATus"), ("SOURUNIT", "SOURUNIT"), ("STAT", "STATus"), ("TIME", "TIME"),
-                   ("TST", "TSTamp"), ("UNIT", "UNIT"))
-_UNITS = {"CURR": "Amp DC", "VOLT": "Volt DC", "RES": "Ohm"}
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One entry of a reading buffer."""
-
-    value: float
-    source: float
-    clock_s: float
-    sense_func: str
-    source_func: str
-    status: int
-    output_on: bool
-
-
-@dataclass
-class ReadingBuffer:
-    """A 2450 reading buffer: fill-continuous (when full, the oldest reading is overwritten)."""
-
-    capacity: int
-    entries: list[Reading] = field(default_factory=list)
-    stats_from: int = 0
-
-    def add(self, r: Reading) -> None:
-        self.entries.append(r)
-        if len(self.entries) > self.capacity:
-            drop = len(self.entries) - self.capacity
-            del self.entries[:drop]
-            self.stats_from = max(0, self.stats_from - drop)
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.stats_from = 0
-
-    def resize(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.clear()  # resizing a buffer clears it, as on the instrument
-
-    def clear_statistics(self) -> None:
-        self.stats_from = len(self.entries)
-
-    def statistics_values(self) -> np.ndarray:
-        return np.array([r.value for r in self.entries[self.stats_from:]], dtype=float)
-
-    def format(self, r: Reading, elements: list[str], buf: "ReadingBuffer") -> str:
-        t0 = buf.entries[0].clock_s if buf.entries else r.clock_s
-        when = CLOCK_EPOCH + _dt.timedelta(seconds=r.clock_s)
-        source_unit = _UNITS[r.source_func]
-        out = []
-        for e in elements:
-            if e == "READ":
-                out.append(fmt(r.value))
-            elif e == "SOUR":
-                out.append(fmt(r.source))
-            elif e == "REL":
-                out.append(fmt(r.clock_s - t0))
-            elif e == "SEC":
-                out.append(str(int(when.timestamp())))
-            elif e == "FRAC":
-                out.append(fmt(r.clock_s % 1.0))
-            elif e == "DATE":
-                out.append(when.strftime("%m/%d/%Y"))
-            elif e == "TIME":
-                out.append(when.strftime("%H:%M:%S"))
-            elif e == "TST":
-                out.append(when.strftime("%m/%d/%Y %H:%M:%S.") + f"{when.microsecond * 1000:09d}")
-            elif e == "UNIT":
-                out.append(_UNITS[r.sense_func])
-            elif e == "SOURUNIT":
-                out.append(source_unit)
-            elif e == "STAT":
-                out.append(str(r.status))
-            elif e == "SOURSTAT":
-                out.append(str(r.status | (32 if r.output_on else 0)))  # bit 5: output on
-            elif e == "FORM":
-                out.append(f"{r.value:+.6g} {_UNITS[r.sense_func].split()[0]}")
-            else:  # SOURFORM
-                out.append(f"{r.source:+.6g} {source_unit.split()[0]}")
-        return ",".join(out)
 
 
 def _pick_range(ranges: tuple[float, ...], value: float) -> float:
@@ -188,7 +100,7 @@ def _settings() -> tuple[Setting, ...]:
     return tuple(out)
 
 
-class Keithley2450(ScpiInstrument):
+class Keithley2450(ReadingBufferCommands, ScpiInstrument):
     kind = "smu"
     manufacturer = "KEITHLEY INSTRUMENTS"
     model = "MODEL 2450"
@@ -425,171 +337,6 @@ class Keithley2450(ScpiInstrument):
         self.last_reading = value
         self.last_source_reading = voltage if self.source_func == "VOLT" else current
         return value
-
-    # ---- readings into buffers --------------------------------------------------------------------------------
-    def _buffer(self, c: Call, i: int) -> tuple[str, "ReadingBuffer"]:
-        """The reading buffer named by parameter ``i`` (``defbuffer1`` when absent)."""
-        name = unquote(c.params[i]) if len(c.params) > i else "defbuffer1"
-        if name not in self.buffers:
-            raise ScpiError(-224, f"reading buffer {name!r} not found")
-        return name, self.buffers[name]
-
-    def _take(self, buffer: "ReadingBuffer", n: int | None = None) -> None:
-        """``n`` readings (default ``:SENS:COUN``) of the sense function into ``buffer``."""
-        for _ in range(self.sense_count if n is None else n):
-            value = self.measure()
-            source = self.last_source_reading if self.readback[self.source_func] else \
-                self.level[self.source_func]
-            status = 8 if self.tripped else 0  # bit 3: the source limit was reached
-            buffer.add(Reading(value, source, self.bench.clock_s, self.sense_func, self.source_func, status,
-                               self.output))
-
-    def _elements(self, c: Call, first: int) -> list[str]:
-        names = [e.strip().upper() for e in c.params[first:]] or ["READ"]
-        out = []
-        for e in names:
-            for short, long in BUFFER_ELEMENTS:
-                if e in (short, long.upper()):
-                    out.append(short)
-                    break
-            else:
-                raise ScpiError(-224, f"buffer element {e}")
-        return out
-
-    def _reading_reply(self, c: Call) -> str:
-        """``:READ?`` / ``:MEASure?``: ``["buffer"[, elements...]]``, the last of the readings just taken."""
-        _, buf = self._buffer(c, 0)
-        self._take(buf)
-        return buf.format(buf.entries[-1], self._elements(c, 1), buf)
-
-    @scpi(":READ", write=False)
-    def read(self, c: Call):
-        return self._reading_reply(c)
-
-    @scpi(":FETCh", write=False)
-    def fetch(self, c: Call):
-        _, buf = self._buffer(c, 0)
-        if not buf.entries:
-            raise ScpiError(-230, "the reading buffer is empty")
-        return buf.format(buf.entries[-1], self._elements(c, 1), buf)
-
-    @scpi(":MEASure", write=False)
-    def measure_active(self, c: Call):
-        return self._reading_reply(c)
-
-    def _measure_function(self, c: Call, func: str):
-        self.sense_func = func
-        return self._reading_reply(c)
-
-    @scpi(":MEASure:CURRent[:DC]", write=False)
-    def measure_current(self, c: Call):
-        return self._measure_function(c, "CURR")
-
-    @scpi(":MEASure:VOLTage[:DC]", write=False)
-    def measure_voltage(self, c: Call):
-        return self._measure_function(c, "VOLT")
-
-    @scpi(":MEASure:RESistance", write=False)
-    def measure_resistance(self, c: Call):
-        return self._measure_function(c, "RES")
-
-    # ---- the TRACe subsystem (reading buffers) ----------------------------------------------------------------------
-    @scpi(":TRACe:MAKE", query=False)
-    def trace_make(self, c: Call):
-        c.count(2, 3)
-        name = unquote(c.params[0])
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,30}", name) or name in self.buffers:
-            raise ScpiError(-224, f"cannot create reading buffer {name!r} (bad or existing name)")
-        size = int(c.number(1, nmax=3, minimum=1, maximum=MAX_BUFFER_POINTS, name="buffer size"))
-        if len(c.params) == 3:
-            c.choice(2, {"STANdard": "STAN", "COMPact": "COMP", "FULL": "FULL", "WRITable": "WRIT",
-                         "FULLWRITable": "FULLWRIT"}, nmax=3)
-        self.buffers[name] = ReadingBuffer(size)
-
-    @scpi(":TRACe:DELete", query=False)
-    def trace_delete(self, c: Call):
-        c.count(1)
-        name, _ = self._buffer(c, 0)
-        if name in DEFAULT_BUFFERS:
-            raise ScpiError(-224, f"the default buffer {name} cannot be deleted")
-        del self.buffers[name]
-
-    @scpi(":TRACe:CLEar", query=False)
-    def trace_clear(self, c: Call):
-        c.count(0, 1)
-        self._buffer(c, 0)[1].clear()
-
-    @scpi(":TRACe:POINts")
-    def trace_points(self, c: Call):
-        if c.query:
-            c.count(0, 1)
-            return str(self._buffer(c, 0)[1].capacity)
-        c.count(1, 2)
-        size = int(c.number(0, nmax=2, minimum=1, maximum=MAX_BUFFER_POINTS, name="buffer size"))
-        self._buffer(c, 1)[1].resize(size)
-
-    @scpi(":TRACe:ACTual", write=False)
-    def trace_actual(self, c: Call):
-        c.count(0, 1)
-        return str(len(self._buffer(c, 0)[1].entries))
-
-    @scpi(":TRACe:ACTual:STARt", write=False)
-    def trace_actual_start(self, c: Call):
-        c.count(0, 1)
-        return "1" if self._buffer(c, 0)[1].entries else "0"
-
-    @scpi(":TRACe:ACTual:END", write=False)
-    def trace_actual_end(self, c: Call):
-        c.count(0, 1)
-        return str(len(self._buffer(c, 0)[1].entries))
-
-    @scpi(":TRACe:TRIGger", query=False)
-    def trace_trigger(self, c: Call):
-        c.count(0, 1)
-        self._take(self._buffer(c, 0)[1])
-
-    @scpi(":TRACe:DATA", write=False)
-    def trace_data(self, c: Call):
-        if len(c.params) < 2:
-            raise ScpiError(-109, ":TRACe:DATA? needs <startIndex>, <endIndex>")
-        _, buf = self._buffer(c, 2)
-        n = len(buf.entries)
-        start = int(c.number(0, nmax=len(c.params), minimum=1, maximum=max(n, 1), name="start index"))
-        end = int(c.number(1, nmax=len(c.params), minimum=start, maximum=max(n, 1), name="end index"))
-        if n == 0:
-            raise ScpiError(-222, "the reading buffer is empty")
-        elements = self._elements(c, 3)
-        return ",".join(buf.format(r, elements, buf) for r in buf.entries[start - 1:end])
-
-    def _statistic(self, c: Call, fn) -> str:
-        c.count(0, 1)
-        values = self._buffer(c, 0)[1].statistics_values()
-        return fmt(float(fn(values))) if values.size else fmt(math.nan)
-
-    @scpi(":TRACe:STATistics:AVERage", write=False)
-    def trace_stat_average(self, c: Call):
-        return self._statistic(c, np.mean)
-
-    @scpi(":TRACe:STATistics:MAXimum", write=False)
-    def trace_stat_maximum(self, c: Call):
-        return self._statistic(c, np.max)
-
-    @scpi(":TRACe:STATistics:MINimum", write=False)
-    def trace_stat_minimum(self, c: Call):
-        return self._statistic(c, np.min)
-
-    @scpi(":TRACe:STATistics:PK2Pk", write=False)
-    def trace_stat_pk2pk(self, c: Call):
-        return self._statistic(c, np.ptp)
-
-    @scpi(":TRACe:STATistics:STDDev", write=False)
-    def trace_stat_stddev(self, c: Call):
-        return self._statistic(c, lambda v: np.std(v, ddof=1) if v.size > 1 else 0.0)
-
-    @scpi(":TRACe:STATistics:CLEar", query=False)
-    def trace_stat_clear(self, c: Call):
-        c.count(0, 1)
-        self._buffer(c, 0)[1].clear_statistics()
 
     # ---- linear sweeps ---------------------------------------------------------------------------------------------
     def _sweep_setup(self, c: Call, func: str, by_step: bool):
