@@ -26,6 +26,10 @@ or ``nil``.  Errors: ``-285`` TSP syntax error, ``-286`` TSP runtime error, ``-2
 for a channel that does not exist.  Every change of relay state takes the relay
 settling time on the virtual clock; the routing is the bench's, shared with the SMU
 and generator emulators.
+
+One module (about 450 lines) on purpose: the TSP statement parser, its namespaces
+(``channel``, ``errorqueue``, ``localnode``, ``slot``) and the channel-list rules are one
+interpreter whose parts only make sense together; none is used elsewhere.
 """
 
 from __future__ import annotations
