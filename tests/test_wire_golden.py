@@ -19,7 +19,13 @@ import numpy as np
 from firmware_stub.firmware import make_emulator
 from protocols import encoding as enc
 from protocols import messages as m
-from protocols.framing import FLAG_AFTER_PREVIOUS, FLAG_CONTROL, Frame, FrameDecoder, encode_frame
+from protocols.framing import (
+    FLAG_AFTER_PREVIOUS,
+    FLAG_CONTROL,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+)
 from protocols.messages import Op, Status
 from protocols.session import (
     HAVE,
