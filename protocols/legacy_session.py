@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocols.control import MAX_MESSAGE_BYTES, LinkHealth, Message, NothingPending, encode_hello
+from protocols.control import (
+    MAX_MESSAGE_BYTES,
+    LinkHealth,
+    Message,
+    NothingPending,
+    encode_hello,
+)
 from protocols.framing import (
     FLAG_RESPONSE,
     FLAG_RETRANSMIT,
