@@ -95,7 +95,7 @@ class FpgaBoard(Board):
                 self._session = (ClientSession(chunk_bytes=self.chunk_bytes, version=version, window=self.asked_window)
                                  if version >= SESSION_VERSION else LegacyClientSession(version=version))
             try:
-                hello = m.decode_json(self._transact(Op.HELLO, self._session.hello_payload()), "HELLO reply")
+                hello = m.HelloReply.decode(self._transact(Op.HELLO, self._session.hello_payload())).fields
                 self._session.grant(int(hello.get("max_in_flight", 1)))  # boards before version 5: one at a time
                 return hello
             except ProtocolError as exc:
@@ -154,6 +154,29 @@ class FpgaBoard(Board):
 
     def _transact(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0) -> bytes:
         return self._finish(self._submit(opcode, payload, extra_s))
+
+    @property
+    def _layout(self) -> m.Layout:
+        """The payload layout this board is spoken to in (converter widths known after HELLO)."""
+        info = getattr(self, "_info", None)
+        if info is None:
+            return m.Layout(self.protocol_version)
+        return m.Layout.for_converters(self.protocol_version, info.dac_bits, info.adc_bits)
+
+    def _send(self, request, extra_s: float = 0.0, then: Callable[[Any], Any] | None = None) -> "_InFlight":
+        """Submit a request dataclass; the handle's result is its reply dataclass (through ``then``, if given)."""
+        layout = self._layout
+
+        def decode(payload: bytes) -> Any:
+            reply = m.decode_reply(request, payload, layout)
+            return then(reply) if then else reply
+
+        return self._submit(request.OP, request.encode(layout), extra_s, decode)
+
+    def _call(self, request, extra_s: float = 0.0) -> Any:
+        """Send a request dataclass and wait for its reply dataclass (through :meth:`_transact`)."""
+        layout = self._layout
+        return m.decode_reply(request, self._transact(request.OP, request.encode(layout), extra_s), layout)
 
     def _settle_oldest(self) -> None:
         """Wait until the oldest request in flight is answered, polling for every request in flight after
@@ -244,13 +267,9 @@ class FpgaBoard(Board):
     def _check_status(self, opcode: Op, reply) -> bytes:
         if reply.status == Status.OK:
             return reply.payload
-        try:
-            text = m.decode_json(reply.payload, "error").get("error", "")
-        except m.PayloadError:
-            text = reply.payload[:200].decode(errors="replace")
+        text = m.ErrorReply.decode(reply.payload).text
         cls = _STATUS_ERRORS.get(reply.status, InstrumentError)
-        name = Status(reply.status).name if reply.status in Status._value2member_map_ else str(reply.status)
-        msg = f"board refused {opcode.name}: {text} ({name})"
+        msg = f"board refused {opcode.name}: {text} ({m.status_name(reply.status)})"
         if cls is InstrumentError:
             raise InstrumentError(msg, code=reply.status)
         raise cls(msg)
@@ -269,22 +288,21 @@ class FpgaBoard(Board):
         return self._info
 
     def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
-        self._transact(Op.SET_PROFILES, m.encode_profiles(set_profile.amplitude_v, set_profile.width_s,
-                                                          reset_profile.amplitude_v, reset_profile.width_s))
+        self._call(m.SetProfilesRequest(set_profile.amplitude_v, set_profile.width_s,
+                                        reset_profile.amplitude_v, reset_profile.width_s))
         self._profiles_on_board = True
 
     def _codes_to_g(self, codes: np.ndarray) -> np.ndarray:
         return codes.astype(np.float64) * self._info.g_lsb_s
 
     def _do_read_region(self, region: Region) -> np.ndarray:
-        payload = self._transact(Op.READ_REGION, m.encode_region(region.row0, region.col0, region.rows, region.cols),
-                                 extra_s=region.size * 2e-6)
-        codes = m.decode_codes_u16(payload, region.size, "READ_REGION reply")
-        return self._codes_to_g(codes).reshape(region.rows, region.cols)
+        reply = self._call(m.ReadRegionRequest(region.row0, region.col0, region.rows, region.cols),
+                           extra_s=region.size * 2e-6)
+        return self._codes_to_g(reply.codes).reshape(region.rows, region.cols)
 
     def _do_read_cells(self, flat_sorted: np.ndarray) -> np.ndarray:
-        payload = self._transact(Op.READ_CELLS, m.encode_cells(flat_sorted), extra_s=flat_sorted.size * 2e-6)
-        return self._codes_to_g(m.decode_codes_u16(payload, flat_sorted.size, "READ_CELLS reply"))
+        reply = self._call(m.ReadCellsRequest(flat_sorted), extra_s=flat_sorted.size * 2e-6)
+        return self._codes_to_g(reply.codes)
 
     def _do_vmm(self, region: Region, v: np.ndarray, transpose: bool, i_full_scale_a: float) -> np.ndarray:
         info = self._info
@@ -298,9 +316,7 @@ class FpgaBoard(Board):
         if not packed:
             codes = codes.astype(np.int8)
         req = m.VmmRequest(region.row0, region.col0, region.rows, region.cols, transpose, codes, i_full_scale_a)
-        payload = self._transact(Op.VMM, m.encode_vmm_request(req, info.dac_bits if packed else None),
-                                 extra_s=v.shape[0] * 1e-5)
-        out = m.decode_vmm_result(payload, v.shape[0], req.n_out, info.adc_bits if packed else None)
+        out = self._call(req, extra_s=v.shape[0] * 1e-5).codes
         return out.astype(np.float64) * (i_full_scale_a / adc_max)
 
     def _width_ticks(self, counts: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray | None:
@@ -330,9 +346,8 @@ class FpgaBoard(Board):
                         last_width_s: np.ndarray | None = None) -> "_InFlight":
         ticks = self._width_ticks(counts, last_width_s)
         self._sync_profiles()
-        return self._submit(Op.PULSE, m.encode_pulse_request(flat_sorted, counts, tag, ticks,
-                                                             version=self.protocol_version),
-                            extra_s=float(np.abs(counts).sum()) * 1e-6, decode=_pulse_report)
+        return self._send(m.PulseRequest(flat_sorted, counts, tag, ticks),
+                          extra_s=float(np.abs(counts).sum()) * 1e-6, then=_pulse_report)
 
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
         """Write-verify on the board.  Each round is one pulse batch of up to ``per_round`` pulses per device,
@@ -348,40 +363,35 @@ class FpgaBoard(Board):
             n = flat_sorted[sel].size
             per_round = max(1, min(32, lim.max_pulses_per_device, lim.max_pulses_per_batch // n))
             codes = enc.quantize(targets_sorted[sel], self._info.g_lsb_s, 16, signed=False)
-            payload = self._transact(Op.PROGRAM, m.encode_program_request(flat_sorted[sel], codes, tolerance_s,
-                                                                           max_iter, per_round),
-                                     extra_s=n * max_iter * 1e-5)
-            parts.append(m.decode_program_result(payload, n))
-        got = np.concatenate([p[0] for p in parts])
-        conv = np.concatenate([p[1] for p in parts])
-        iters = np.concatenate([p[2] for p in parts])
-        pulses = int(sum(p[3] for p in parts))
-        energy = float(sum(p[4] for p in parts))
+            parts.append(self._call(m.ProgramRequest(flat_sorted[sel], codes, tolerance_s, max_iter, per_round),
+                                    extra_s=n * max_iter * 1e-5))
+        got = np.concatenate([p.achieved_codes for p in parts])
+        conv = np.concatenate([p.converged for p in parts])
+        iters = np.concatenate([p.iterations for p in parts])
+        pulses = int(sum(p.pulses for p in parts))
+        energy = float(sum(p.energy_j for p in parts))
         inv = np.empty_like(order)
         inv[order] = np.arange(order.size)
         return ProgramReport(self._codes_to_g(got)[inv], conv[inv], iters[inv], pulses, energy)
 
     def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
-        payload = self._transact(Op.FORM, m.encode_form_request(flat, voltage_v, width_s, compliance_a))
-        formed, codes = m.decode_form_result(payload, flat.size)
-        return formed, self._codes_to_g(codes)
+        reply = self._call(m.FormRequest(flat, voltage_v, width_s, compliance_a))
+        return reply.formed, self._codes_to_g(reply.g_codes)
 
     def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
         virtual = self._info.capabilities.virtual_clock
-        payload = self._transact(Op.IV_SWEEP, m.encode_iv_request(flat, volts, step_s, compliance_a),
-                                 extra_s=0.0 if virtual else volts.size * step_s * 1.5)
-        return m.decode_iv_result(payload, flat.size, volts.size)
+        return self._call(m.IvSweepRequest(flat, volts, step_s, compliance_a),
+                          extra_s=0.0 if virtual else volts.size * step_s * 1.5).currents_a
 
     def _do_clock(self) -> float:
-        return m.decode_f64(self._transact(Op.CLOCK), "CLOCK reply")
+        return self._call(m.ClockRequest()).clock_s
 
     def _do_wait(self, seconds: float) -> float:
         virtual = self._info.capabilities.virtual_clock
-        return m.decode_f64(self._transact(Op.WAIT, m.encode_f64(seconds), extra_s=0.0 if virtual else seconds),
-                            "WAIT reply")
+        return self._call(m.WaitRequest(seconds), extra_s=0.0 if virtual else seconds).clock_s
 
     def _do_status(self, with_digest: bool = False) -> BoardStatus:
-        data = m.decode_json(self._transact(Op.STATUS, b"\x01" if with_digest else b""), "STATUS reply")
+        data = self._call(m.StatusRequest(with_digest)).fields
         return BoardStatus(**{k: v for k, v in data.items() if k in BoardStatus.model_fields})
 
     def status(self, with_digest: bool = False) -> BoardStatus:
@@ -389,24 +399,23 @@ class FpgaBoard(Board):
         return self._do_status(with_digest)
 
     def _do_true_parameters(self) -> dict[str, Any]:
-        return m.decode_json(self._transact(Op.TRUE_PARAMS), "TRUE_PARAMS reply")
+        return self._call(m.TrueParamsRequest()).fields
 
     def _do_snapshot(self) -> bytes:
-        return self._transact(Op.SNAPSHOT, extra_s=5.0)
+        return self._transact(Op.SNAPSHOT, extra_s=5.0)  # opaque to the host: kept and returned as bytes
 
     def _do_restore(self, blob: bytes) -> None:
-        self._transact(Op.RESTORE, blob, extra_s=5.0)
+        self._transact(Op.RESTORE, blob, extra_s=5.0)  # the board checks the image (SnapshotImage)
         self._profiles_on_board = False  # the snapshot carried the board's profiles; resend ours
 
     def _do_safe_idle(self) -> None:
-        self._transact(Op.SAFE_IDLE)
+        self._call(m.SafeIdleRequest())
 
     def _do_close(self) -> None:
         self._link.close()
 
 
-def _pulse_report(payload: bytes) -> PulseReport:
-    r = m.decode_pulse_result(payload)
+def _pulse_report(r: m.PulseResult) -> PulseReport:
     return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,
                        energy_j=r.energy_j, duration_s=r.duration_s, clock_s=r.clock_s)
 

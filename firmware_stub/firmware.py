@@ -39,7 +39,6 @@ from protocols.framing import (
     CRC,
     HEADER,
     MAX_PAYLOAD,
-    PACKED_CODES_VERSION,
     PIPELINE_VERSION,
     PROTOCOL_VERSION,
     SESSION,
@@ -124,7 +123,6 @@ class Firmware:
         self.idle = True
         self.last_pulse_tag = 0
         self.timing_resolution_s = TIMING_RESOLUTION_S
-        self._version = PROTOCOL_VERSION  # of the request being handled
         self.supported_versions: tuple[int, ...] = SUPPORTED_VERSIONS  # narrowed to act as an older firmware
         self._handlers = {
             Op.HELLO: self._hello,
@@ -150,19 +148,19 @@ class Firmware:
         """One request of protocol ``version`` (the frame's) -> (status, reply payload)."""
         handler = self._handlers.get(opcode)  # type: ignore[call-overload]
         if version not in self.supported_versions:
-            return Status.VERSION_MISMATCH, m.encode_json({"error": f"protocol version {version} is not supported"})
-        self._version = version
+            return Status.VERSION_MISMATCH, m.ErrorReply(f"protocol version {version} is not supported").encode()
         if handler is None:
-            return Status.UNKNOWN_OPCODE, m.encode_json({"error": f"unknown opcode 0x{opcode:02x}"})
+            return Status.UNKNOWN_OPCODE, m.ErrorReply(f"unknown opcode 0x{opcode:02x}").encode()
+        layout = m.Layout.for_converters(version, self.params.dac_bits, self.params.adc_bits)
         try:
-            return Status.OK, handler(payload)
+            return Status.OK, handler(m.REQUESTS[opcode].decode(payload, layout)).encode(layout)
         except Refused as exc:
-            return exc.status, m.encode_json({"error": str(exc)})
+            return exc.status, m.ErrorReply(str(exc)).encode()
         except (m.PayloadError, ValueError) as exc:
-            return Status.BAD_REQUEST, m.encode_json({"error": str(exc)})
+            return Status.BAD_REQUEST, m.ErrorReply(str(exc)).encode()
         except Exception as exc:  # the firmware must answer, whatever went wrong
             log.exception("firmware fault on opcode 0x%02x", opcode)
-            return Status.INTERNAL, m.encode_json({"error": f"internal firmware error: {exc!r}"})
+            return Status.INTERNAL, m.ErrorReply(f"internal firmware error: {exc!r}").encode()
 
     # ---- identity and status ------------------------------------------------------------
     def info(self) -> dict:
@@ -197,37 +195,33 @@ class Firmware:
             "max_message_bytes": MAX_MESSAGE_BYTES,
         }
 
-    def _hello(self, payload: bytes) -> bytes:
+    def _hello(self, req: m.HelloRequest) -> m.HelloReply:
         info = self.info()
         if max(self.supported_versions) >= PIPELINE_VERSION:
             info["max_in_flight"] = MAX_IN_FLIGHT  # the session layer grants min(this, the host's ask)
-        return m.encode_json(info)
+        return m.HelloReply(info)
 
     def status(self, with_digest: bool = False) -> dict:
         return {**self.array.totals(with_digest), "idle": self.idle, "last_pulse_tag": self.last_pulse_tag}
 
-    def _status(self, payload: bytes) -> bytes:
-        return m.encode_json(self.status(with_digest=payload[:1] == b"\x01"))
+    def _status(self, req: m.StatusRequest) -> m.StatusReply:
+        return m.StatusReply(self.status(with_digest=req.with_digest))
 
-    def _true_params(self, payload: bytes) -> bytes:
-        return m.encode_json(self.array.true_parameters())
+    def _true_params(self, req: m.TrueParamsRequest) -> m.TrueParamsReply:
+        return m.TrueParamsReply(self.array.true_parameters())
 
-    def _snapshot(self, payload: bytes) -> bytes:
-        meta = m.encode_json({"last_pulse_tag": self.last_pulse_tag, "profiles": self.profiles})
-        return len(meta).to_bytes(4, "little") + meta + self.array.snapshot()
+    def _snapshot(self, req: m.SnapshotRequest) -> m.SnapshotImage:
+        return m.SnapshotImage({"last_pulse_tag": self.last_pulse_tag, "profiles": self.profiles},
+                               self.array.snapshot())
 
-    def _restore(self, payload: bytes) -> bytes:
-        if len(payload) < 4 or len(payload) < 4 + int.from_bytes(payload[:4], "little"):
-            raise Refused(Status.BAD_REQUEST, "RESTORE: truncated snapshot")
-        n = int.from_bytes(payload[:4], "little")
-        meta = m.decode_json(payload[4:4 + n], "RESTORE")
+    def _restore(self, req: m.SnapshotImage) -> m.EmptyReply:
         try:
-            self.array.restore(payload[4 + n:])
+            self.array.restore(req.state)
         except ValueError as exc:
             raise Refused(Status.BAD_REQUEST, f"RESTORE: {exc}") from None
-        self.last_pulse_tag = int(meta["last_pulse_tag"])
-        self.profiles = tuple(tuple(p) for p in meta["profiles"])
-        return b""
+        self.last_pulse_tag = int(req.meta["last_pulse_tag"])
+        self.profiles = tuple(tuple(p) for p in req.meta["profiles"])
+        return m.EmptyReply()
 
     # ---- writes --------------------------------------------------------------------
     def _check_profile_limits(self, v: float, w: float, polarity: int) -> None:
@@ -240,12 +234,12 @@ class Firmware:
             raise Refused(Status.LIMIT_VIOLATION, f"pulse width {w:.3g} s outside "
                                                   f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
 
-    def _set_profiles(self, payload: bytes) -> bytes:
-        sv, sw, rv, rw = m.decode_profiles(payload)
+    def _set_profiles(self, req: m.SetProfilesRequest) -> m.EmptyReply:
+        sv, sw, rv, rw = req.set_v, req.set_width_s, req.reset_v, req.reset_width_s
         self._check_profile_limits(sv, sw, +1)
         self._check_profile_limits(rv, rw, -1)
         self.profiles = ((sv, sw), (rv, rw))
-        return b""
+        return m.EmptyReply()
 
     def _check_cells(self, flat: np.ndarray) -> None:
         if flat.size and (flat[0] < 0 or flat[-1] >= self.array.rows * self.array.cols):
@@ -267,8 +261,8 @@ class Firmware:
             raise Refused(Status.LIMIT_VIOLATION, "a last-pulse width exceeds its profile's width")
         return w
 
-    def _pulse(self, payload: bytes) -> bytes:
-        flat, counts, tag, ticks = m.decode_pulse_request(payload, self._version)
+    def _pulse(self, req: m.PulseRequest) -> m.PulseResult:
+        flat, counts, tag, ticks = req.flat_idx, req.counts, req.tag, req.last_width_ticks
         self._check_cells(flat)
         if counts.size:
             mags = np.abs(counts)
@@ -287,11 +281,12 @@ class Firmware:
         if tag:
             self.last_pulse_tag = tag
         self.idle = True
-        return m.encode_pulse_result(m.PulseResult(int(flat.size), int(out.set_pulses), int(out.reset_pulses),
-                                                   float(out.energy_j), float(out.duration_s), self.array.clock_s))
+        return m.PulseResult(int(flat.size), int(out.set_pulses), int(out.reset_pulses), float(out.energy_j),
+                             float(out.duration_s), self.array.clock_s)
 
-    def _program(self, payload: bytes) -> bytes:
-        flat, target_codes, tol, max_iter, per_round = m.decode_program_request(payload)
+    def _program(self, req: m.ProgramRequest) -> m.ProgramReply:
+        flat, target_codes, tol = req.flat_idx, req.target_codes, req.tolerance_s
+        max_iter, per_round = req.max_iter, req.max_pulses_per_round
         self._check_cells(flat)
         if not (np.isfinite(tol) and tol > 0) or not 1 <= max_iter <= 1000 or per_round < 1:
             raise Refused(Status.BAD_REQUEST, "PROGRAM: tolerance must be > 0, max_iter in 1..1000 and "
@@ -308,7 +303,7 @@ class Firmware:
         )
         self.array.account_conversions(self.array.counters.cells_read_total - cells_before)  # verify reads
         self.idle = True
-        return m.encode_program_result(self._g_codes(achieved), conv, iters, pulses, energy)
+        return m.ProgramReply(self._g_codes(achieved), conv, iters, pulses, energy)
 
     def _check_compliance(self, icc: float) -> None:
         if not (np.isfinite(icc) and 0 < icc <= self.limits.compliance_a):
@@ -320,18 +315,18 @@ class Firmware:
             raise Refused(Status.LIMIT_VIOLATION, f"duration {w:.3g} s outside "
                                                   f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
 
-    def _form(self, payload: bytes) -> bytes:
-        flat, v, w, icc = m.decode_form_request(payload)
+    def _form(self, req: m.FormRequest) -> m.FormReply:
+        flat, v, w, icc = req.flat_idx, req.voltage_v, req.width_s, req.compliance_a
         self._check_cells(flat)
         if not (np.isfinite(v) and 0 < v <= self.limits.max_form_v):
             raise Refused(Status.LIMIT_VIOLATION, f"forming voltage {v:.3f} V outside (0, {self.limits.max_form_v}] V")
         self._check_width(w)
         self._check_compliance(icc)
         formed = self.array.form(flat, v, w, icc)
-        return m.encode_form_result(formed, self._read_codes(self.array.read_g(flat)))
+        return m.FormReply(formed, self._read_codes(self.array.read_g(flat)))
 
-    def _iv_sweep(self, payload: bytes) -> bytes:
-        flat, volts, step, icc = m.decode_iv_request(payload)
+    def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepReply:
+        flat, volts, step, icc = req.flat_idx, req.voltages_v, req.step_s, req.compliance_a
         self._check_cells(flat)
         lim = self.limits
         if volts.size and (not np.all(np.isfinite(volts)) or volts.max() > max(lim.max_set_v, lim.max_form_v)
@@ -342,7 +337,7 @@ class Firmware:
         self.idle = False
         cur = self.array.iv_sweep(flat, volts, step, icc)
         self.idle = True
-        return enc.encode_f64(cur.reshape(-1))
+        return m.IvSweepReply(cur)
 
     # ---- reads ---------------------------------------------------------------------
     def _g_codes(self, g: np.ndarray) -> np.ndarray:
@@ -358,23 +353,16 @@ class Firmware:
             raise Refused(Status.BAD_REQUEST, f"region ({r0},{c0}) size {nr}x{nc} outside the "
                                               f"{self.array.rows}x{self.array.cols} array")
 
-    def _read_region(self, payload: bytes) -> bytes:
-        r0, c0, nr, nc = m.decode_region(payload)
-        if len(payload) != 16:
-            raise Refused(Status.BAD_REQUEST, "READ_REGION: payload must be 16 bytes")
+    def _read_region(self, req: m.ReadRegionRequest) -> m.CodesReply:
+        r0, c0, nr, nc = req.row0, req.col0, req.rows, req.cols
         self._region(r0, c0, nr, nc)
-        return m.encode_codes_u16(self._read_codes(self.array.read_region(r0, c0, nr, nc).reshape(-1)))
+        return m.CodesReply(self._read_codes(self.array.read_region(r0, c0, nr, nc).reshape(-1)))
 
-    def _read_cells(self, payload: bytes) -> bytes:
-        flat, off = m.decode_cells(payload)
-        if off != len(payload):
-            raise Refused(Status.BAD_REQUEST, "READ_CELLS: trailing bytes")
-        self._check_cells(flat)
-        return m.encode_codes_u16(self._read_codes(self.array.read_g(flat)))
+    def _read_cells(self, req: m.ReadCellsRequest) -> m.CodesReply:
+        self._check_cells(req.flat_idx)
+        return m.CodesReply(self._read_codes(self.array.read_g(req.flat_idx)))
 
-    def _vmm(self, payload: bytes) -> bytes:
-        packed = self._version >= PACKED_CODES_VERSION
-        r = m.decode_vmm_request(payload, self.params.dac_bits if packed else None)
+    def _vmm(self, r: m.VmmRequest) -> m.VmmReply:
         self._region(r.row0, r.col0, r.rows, r.cols)
         lo, hi = self.adc_range_a
         if not lo <= r.i_full_scale_a <= hi:
@@ -385,22 +373,22 @@ class Firmware:
         i = self.array.vmm(r.row0, r.col0, r.rows, r.cols, v, r.transpose)
         self.array.account_conversions(i.size, dac=r.dac_codes.size)
         codes = enc.quantize(i, r.i_full_scale_a / self.adc_max_code, self.params.adc_bits, signed=True)
-        return m.encode_vmm_result(codes, self.params.adc_bits if packed else None)
+        return m.VmmReply(codes)
 
     # ---- time and idle ----------------------------------------------------------------
-    def _clock(self, payload: bytes) -> bytes:
-        return m.encode_f64(self.array.clock_s)
+    def _clock(self, req: m.ClockRequest) -> m.ClockReply:
+        return m.ClockReply(self.array.clock_s)
 
-    def _wait(self, payload: bytes) -> bytes:
-        t = m.decode_f64(payload, "WAIT")
+    def _wait(self, req: m.WaitRequest) -> m.ClockReply:
+        t = req.seconds
         if not (np.isfinite(t) and 0 <= t <= 1e9):
             raise Refused(Status.BAD_REQUEST, "WAIT: seconds must be in [0, 1e9]")
         self.array.advance(t)
-        return m.encode_f64(self.array.clock_s)
+        return m.ClockReply(self.array.clock_s)
 
-    def _safe_idle(self, payload: bytes) -> bytes:
+    def _safe_idle(self, req: m.SafeIdleRequest) -> m.EmptyReply:
         self.idle = True
-        return b""
+        return m.EmptyReply()
 
 
 def message_wire_bytes(payload_bytes: int, max_payload: int = MAX_PAYLOAD, session: bool = False) -> int:

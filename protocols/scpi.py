@@ -183,7 +183,7 @@ def parse_unit(text: str) -> Unit | None:
     text = text.strip()
     if not text:
         return None
-    m = re.match(r"^(:?\*?[A-Za-z0-9_:]+)(\?)?(?:\s+(.*))?$", text, re.S)
+    m = re.match(r"^(:?\*?[A-Za-z0-9_:]+)(\?)?(?:\s+(.*))?$", text, re.DOTALL)
     if not m:
         raise ScpiError(-102, f"cannot parse {text[:40]!r}")
     header, query, rest = m.group(1), bool(m.group(2)), m.group(3)
