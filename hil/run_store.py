@@ -15,7 +15,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,8 +38,10 @@ def without_version(obj: dict) -> dict:
 
 
 class RunStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, on_log: Callable[[dict], None] | None = None):
+        """``on_log``: called with each record :meth:`log` writes, once it is written and flushed."""
         self.root = Path(root)
+        self.on_log = on_log
         self._metrics = None
 
     def create(self) -> None:
@@ -74,6 +76,8 @@ class RunStore:
     def log(self, record: dict) -> None:
         self._metrics.write(json.dumps(record, default=_json_default) + "\n")
         self._metrics.flush()
+        if self.on_log is not None:
+            self.on_log(record)
 
     def read_metrics(self) -> list[dict]:
         path = self.root / "metrics.jsonl"
