@@ -10,8 +10,8 @@ One figure can follow several runs (one line per method) as they train one after
 
 It redraws at most once every ``every_steps`` step records (a count, not a clock: the same records give
 the same redraws on any machine).  In a Jupyter kernel with the inline backend the figure is one output
-updated in place (an IPython display handle); elsewhere (a script, a GUI backend, Agg in tests) the
-canvas is redrawn and its events flushed.  IPython is imported only when it is already loaded.
+updated in place (an IPython display handle); elsewhere (a script, a GUI backend or ipympl, Agg in
+tests) the canvas is redrawn and its events flushed.  IPython is imported only when it is already loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ METRIC_AXES = {"test_accuracy": ("test accuracy (%)", 100.0), "test_ssim": ("tes
 
 
 def _inline_kernel() -> bool:
-    """True in a Jupyter kernel whose figures are static images (inline backend): those need a display handle."""
+    """True in a Jupyter kernel whose figures are static images (the inline backend, or Agg): those are shown
+    through a display handle; a kernel with an interactive backend (ipympl, Qt) redraws its canvas itself."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
@@ -37,7 +38,8 @@ def _inline_kernel() -> bool:
         return False
     import matplotlib
 
-    return "inline" in matplotlib.get_backend()
+    backend = matplotlib.get_backend().lower()
+    return "inline" in backend or backend == "agg"
 
 
 class LiveCurves:

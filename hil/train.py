@@ -34,8 +34,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -47,7 +47,11 @@ from hil.optim import make_optimizer
 from hil.run_store import RunStore
 from hil.tasks import load_task
 from hil.training.checkpointer import Checkpointer
-from hil.training.config import TrainConfig, check_same_configuration, load_config_for_resume
+from hil.training.config import (
+    TrainConfig,
+    check_same_configuration,
+    load_config_for_resume,
+)
 from hil.training.faults import FAULT_ENV, FAULT_EXIT_CODE, FaultHook
 from hil.training.plan import StepPlan, StepPlanner
 from hil.training.report import evaluate, summarize

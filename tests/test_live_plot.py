@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # short trainings: digital and on a 64 x 64 emula
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = "emu?rows=64&cols=64&seed=3"
-FLOAT = dict(task="digits-small", method="float", epochs=2, seed=2, checkpoint_every=5)
+FLOAT = {"task": "digits-small", "method": "float", "epochs": 2, "seed": 2, "checkpoint_every": 5}
 STEPS_PER_EPOCH = 45
 
 
@@ -190,8 +190,12 @@ def test_live_curves_refuse_a_throttle_below_one_step():
 
 KERNEL_CELL = """
 import json
+import matplotlib
 import matplotlib.pyplot as plt
+from calibration.run import calibrate  # the walkthrough's imports: the stack's plots must keep the kernel's backend
 from hil.live_plot import LiveCurves
+from hil.plots import plot_comparison
+print("backend", matplotlib.get_backend())
 
 fig, (ax_loss, ax_acc) = plt.subplots(1, 2)
 curves = LiveCurves(ax_loss, ax_acc, task="digits-small", every_steps=10)
@@ -204,7 +208,8 @@ print("redraws", curves.redraws)
 
 @pytest.mark.timing
 def test_in_a_jupyter_kernel_the_figure_is_one_output_updated_in_place(float_run):
-    """A real IPython kernel (inline backend) over ZMQ: one display_data, then only updates of it."""
+    """A real IPython kernel (inline backend, kept when the stack's plot modules are imported) over ZMQ: one
+    display_data, then only updates of it (no second copy of the figure at the cell's end)."""
     from jupyter_client.manager import start_new_kernel
 
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's own default: inline
@@ -219,6 +224,7 @@ def test_in_a_jupyter_kernel_the_figure_is_one_output_updated_in_place(float_run
         km.shutdown_kernel(now=True)
     assert reply["content"]["status"] == "ok", reply["content"]
     text = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+    assert "matplotlib_inline" in text.split("backend")[1].split()[0], text
     redraws = int(text.split("redraws")[1])
     assert redraws == 2 * STEPS_PER_EPOCH // 10 + 1
     shown = [m for m in messages if m["msg_type"] in ("display_data", "update_display_data")]
