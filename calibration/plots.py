@@ -6,15 +6,25 @@ returns its path.  Conductances are shown in microsiemens.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 
-from calibration.common import Raw
+def use_file_backend() -> None:
+    """Agg (PNG files, no display needed) unless the process or its environment chose a backend already:
+    importing the stack's plots must not take a notebook's inline backend away (ipykernel sets MPLBACKEND)."""
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+
+
+use_file_backend()
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from calibration.common import Raw  # noqa: E402
 
 US = 1e6
 

@@ -23,7 +23,9 @@ import numpy as np
 from calibration.run import CalibrationParams, calibrate
 from drivers.address import open_board
 from hil import compare as cmp
+from hil.live_plot import LiveCurves
 from hil.plots import plot_comparison
+from hil.run_store import RunStore
 from hil.train import TrainConfig, train
 
 BOARD = "emu?rows=64&cols=64&seed=0"  # an emulated array; its seed draws its devices
@@ -67,38 +69,30 @@ plt.show()
 # %% [markdown]
 # ## 2. Train
 #
-# One run per method, each in its own folder with `config.json`, `metrics.jsonl`,
-# checkpoints, `summary.json` and plots. A finished run is not trained again.
+# One run per method, each in its own folder with `config.json`, `metrics.jsonl` (one JSON
+# object per step and per epoch), checkpoints, `summary.json` and plots. `train`'s
+# `on_record` hook hands every record it logs to `LiveCurves`, which draws the learning curves
+# while the runs train: the training loss per step and the test accuracy after each epoch, one
+# line per method, redrawn every 10 steps. A finished run is not trained again: its curves
+# are read back from its `metrics.jsonl`.
 
 # %%
+fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+curves = LiveCurves(ax_loss, ax_acc, task="digits-small", every_steps=10)
 summaries = {}
 for method in METHODS:
     run_dir = OUT / method
     if (run_dir / "summary.json").is_file():
+        for record in RunStore(run_dir).read_metrics():
+            curves(record, method=method)
         summaries[method] = json.loads((run_dir / "summary.json").read_text())
-        continue
-    cfg = TrainConfig(task="digits-small", method=method, board=BOARD, epochs=EPOCHS, seed=0,
-                      calibration=None if method == "float" else str(CALIBRATION))
-    summaries[method] = train(cfg, run_dir, progress=False)
+    else:
+        cfg = TrainConfig(task="digits-small", method=method, board=BOARD, epochs=EPOCHS, seed=0,
+                          calibration=None if method == "float" else str(CALIBRATION))
+        summaries[method] = train(cfg, run_dir, progress=False, on_record=curves.follow(method))
+    curves.draw()  # the run's last points, whatever the throttle
     print(f"{method:5s} test accuracy {100 * summaries[method]['test_accuracy']:.1f} %, "
           f"{summaries[method]['pulses_total']} pulses")
-
-# %% [markdown]
-# The learning curves, read back from each run's `metrics.jsonl` (one JSON object per step
-# and per epoch):
-
-# %%
-fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
-for method in METHODS:
-    records = [json.loads(line) for line in (OUT / method / "metrics.jsonl").read_text().splitlines() if line]
-    steps = [r for r in records if r["kind"] == "step"]
-    epochs = [r for r in records if r["kind"] == "epoch"]
-    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.7, label=method)
-    ax_acc.plot([r["epoch"] + 1 for r in epochs], [100 * r["test_accuracy"] for r in epochs], "o-", label=method)
-ax_loss.set(xlabel="step", ylabel="training loss", title="learning curves, digits-small")
-ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy after each epoch")
-ax_acc.legend()
-plt.show()
 
 # %% [markdown]
 # ## 3. Compare

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+from calibration.plots import use_file_backend
 
-matplotlib.use("Agg")
+use_file_backend()
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

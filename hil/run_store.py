@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ def without_version(obj: dict) -> dict:
 
 
 class RunStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, on_log: Callable[[dict], None] | None = None):
+        """``on_log``: called with each record :meth:`log` writes, once it is written and flushed."""
         self.root = Path(root)
+        self.on_log = on_log
         self._metrics = None
 
     def create(self) -> None:
@@ -74,6 +77,8 @@ class RunStore:
     def log(self, record: dict) -> None:
         self._metrics.write(json.dumps(record, default=_json_default) + "\n")
         self._metrics.flush()
+        if self.on_log is not None:
+            self.on_log(record)
 
     def read_metrics(self) -> list[dict]:
         path = self.root / "metrics.jsonl"

@@ -21,6 +21,10 @@ for the run is itself resumed).  A run is tied to its board's identity, not to
 the address: resuming through another port that reaches the same board works,
 another board is refused (:mod:`hil.training.board_setup`).
 
+An observer (``on_record``) sees every record the run logs to ``metrics.jsonl`` (live plots,
+:mod:`hil.live_plot`): each step's records are handed to it after the step, outside its timing.  An
+exception it raises ends the run as any error does, after the records are logged; the run resumes.
+
 This module runs the parts in order; each part is a module of :mod:`hil.training`.
 """
 
@@ -30,6 +34,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +47,11 @@ from hil.optim import make_optimizer
 from hil.run_store import RunStore
 from hil.tasks import load_task
 from hil.training.checkpointer import Checkpointer
-from hil.training.config import TrainConfig, check_same_configuration, load_config_for_resume
+from hil.training.config import (
+    TrainConfig,
+    check_same_configuration,
+    load_config_for_resume,
+)
 from hil.training.faults import FAULT_ENV, FAULT_EXIT_CODE, FaultHook
 from hil.training.plan import StepPlan, StepPlanner
 from hil.training.report import evaluate, summarize
@@ -63,13 +72,17 @@ class Trainer:
     """One run in ``out_dir``: on ``board`` for an array method (``float``: no board, weights in host memory)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, board: Board | None = None, progress: bool = True,
-                 assume_applied: bool | None = None):
+                 assume_applied: bool | None = None, on_record: Callable[[dict], None] | None = None):
         """``assume_applied``: on resume, take the user's word on whether the pending batch was applied
-        instead of deciding it from a read-back (only for boards without durable pulse tags)."""
+        instead of deciding it from a read-back (only for boards without durable pulse tags).
+        ``on_record``: called with (a copy of) every record this process logs to ``metrics.jsonl``, in order
+        (a resumed run: only the records it logs itself)."""
         if cfg.on_array and board is None:
             raise ValueError("an array method needs a board")
         self.cfg = cfg
-        self.store = RunStore(out_dir)
+        self.on_record = on_record
+        self._unseen: list[dict] = []  # logged, not yet handed to on_record
+        self.store = RunStore(out_dir, on_log=None if on_record is None else self._unseen.append)
         self.progress = progress
         self.task = load_task(cfg.task, cfg.seed)
         self.totals = Totals()
@@ -106,10 +119,12 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = self._progress(start)
         try:
+            self._hand_over()
             for step in range(start, self.total_steps):
                 t0 = time.perf_counter()
                 plan = self._step(step)
                 self.totals.wall_s += time.perf_counter() - t0
+                self._hand_over()
                 self._show(bar, plan)
                 if self._stop and step < self.total_steps - 1:
                     self.target.settle()
@@ -187,6 +202,12 @@ class Trainer:
         self.store.log(rec)
         self._last_eval = rec
 
+    def _hand_over(self) -> None:
+        """Give ``on_record`` the records logged since the last call: between steps, never between a step's
+        pulses and its records (an exception it raises then leaves the run as a crash after the step would)."""
+        while self._unseen:
+            self.on_record(dict(self._unseen.pop(0)))
+
     def _on_sigint(self, *_: object) -> None:
         if self._stop:  # a second Ctrl-C: stop now (the checkpoint of the last step still holds)
             raise KeyboardInterrupt
@@ -210,9 +231,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None,
-          assume_applied: bool | None = None) -> dict:
-    """Run (or resume) a training run; opens and safely closes the board.  ``assume_applied``: see :class:`Trainer`."""
+          assume_applied: bool | None = None, on_record: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) a training run; opens and safely closes the board.  ``assume_applied``, ``on_record``:
+    see :class:`Trainer`."""
     if not cfg.on_array:
-        return Trainer(cfg, out_dir, None, progress).run(resume)
+        return Trainer(cfg, out_dir, None, progress, on_record=on_record).run(resume)
     with open_board(cfg.board, limits) as board:
-        return Trainer(cfg, out_dir, board, progress, assume_applied).run(resume)
+        return Trainer(cfg, out_dir, board, progress, assume_applied, on_record).run(resume)
