@@ -296,3 +296,20 @@ def weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     dof = max(x.size - 2, 1)
     s2 = float(np.sum(w * res**2)) / dof
     return float(a), float(b), cov_unscaled * s2
+
+
+def nonneg_wls(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares with every coefficient >= 0 (active set: drop negative ones, refit)."""
+    free = np.ones(design.shape[1], bool)
+    coef = np.zeros(design.shape[1])
+    sw = np.sqrt(w)
+    for _ in range(design.shape[1]):
+        sol, *_ = np.linalg.lstsq(design[:, free] * sw[:, None], y * sw, rcond=None)
+        coef[:] = 0.0
+        coef[free] = sol
+        if np.all(coef[free] >= 0):
+            break
+        free &= coef > 0
+        if not free.any():
+            break
+    return np.maximum(coef, 0.0)

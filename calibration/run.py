@@ -48,8 +48,8 @@ from calibration.common import Raw, Stopwatch, now_iso
 from calibration.report import CalibrationReport
 from calibration.report_builder import build_report
 from calibration.stages import BY_NAME, REGISTRY, STAGES, Earlier, Stage
-from calibration.stuck import STAGE as STUCK
 from calibration.storage import RawStore, board_identity
+from calibration.stuck import STAGE as STUCK
 from drivers.board import Board
 from drivers.limits import PulseProfile, check_event_pulses, check_profile
 

@@ -33,13 +33,22 @@ from calibration.common import Measured, ProcedureParams, Progress, Raw
 from calibration.drift import STAGE as DRIFT
 from calibration.drift import DriftParams, DriftResult, measure_drift
 from calibration.pulse_response import STAGE as PR
-from calibration.pulse_response import PulseResponseParams, PulseResponseResult, event_pulses, measure_pulse_response
+from calibration.pulse_response import (
+    PulseResponseParams,
+    PulseResponseResult,
+    event_pulses,
+    measure_pulse_response,
+)
 from calibration.read_noise import STAGE as RN
 from calibration.read_noise import ReadNoiseParams, ReadNoiseResult, measure_read_noise
 from calibration.stuck import STAGE as STUCK
 from calibration.stuck import StuckParams, StuckResult, map_stuck
 from calibration.write_noise import STAGE as WN
-from calibration.write_noise import WriteNoiseParams, WriteNoiseResult, measure_write_noise
+from calibration.write_noise import (
+    WriteNoiseParams,
+    WriteNoiseResult,
+    measure_write_noise,
+)
 from drivers.board import Board
 
 
