@@ -23,8 +23,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.board import Board, PulseBatch
-from drivers.limits import batch_slices, check_event_pulses, check_profile, max_pulses_per_event
+from drivers.board import Board, PulseBatch, Region
+from drivers.limits import (
+    batch_slices,
+    check_event_pulses,
+    check_profile,
+    max_pulses_per_event,
+)
 
 Progress = Callable[[float], None] | None
 """Progress callback: called with the number of work units just finished."""
@@ -147,6 +152,28 @@ def split_flat(board: Board, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cols = board.info.cols
     flat = np.asarray(flat, dtype=np.int64)
     return flat // cols, flat % cols
+
+
+# ---- regions (characterization) ----------------------------------------------------
+Rect = tuple[int, int, int, int]
+
+
+def region_flat(board: Board, region: Rect | None) -> np.ndarray:
+    """Flat indices of the devices of ``region`` (row0, col0, rows, cols), the whole array when None."""
+    info = board.info
+    r = Region(*region) if region is not None else Region(0, 0, info.rows, info.cols)
+    r.check_within(info.rows, info.cols)
+    rr, cc = np.meshgrid(np.arange(r.row0, r.row0 + r.rows), np.arange(r.col0, r.col0 + r.cols), indexing="ij")
+    return (rr * info.cols + cc).ravel()
+
+
+def region_or_sample(board: Board, region: Rect | None, n_devices: int | None, seed: int, name: str) -> np.ndarray:
+    """The devices of ``region`` if given, else ``n_devices`` drawn for the routine ``name`` (all when None)."""
+    if region is not None:
+        return region_flat(board, region)
+    if n_devices is None:
+        return region_flat(board, None)
+    return choose_devices(board, n_devices, stage_rng(seed, name), what=f"the {name} sample")
 
 
 # ---- reads ----------------------------------------------------------------------------

@@ -94,6 +94,29 @@ def _init_params(n: np.ndarray, y: np.ndarray, sign: float) -> np.ndarray:
     return np.stack([bound, np.log(v0), np.log(1.0 / n_e)], axis=1)
 
 
+def _project(th: np.ndarray, rows: np.ndarray, sign: float, bound_limit: np.ndarray | None) -> np.ndarray:
+    """Hold the bound (column 0) at its limit (see :func:`_lm`); a lower bound also stays >= 0."""
+    if bound_limit is not None:
+        lim = bound_limit[rows]
+        # a lower bound also stays >= 0: no device conducts negatively
+        th[:, 0] = np.clip(th[:, 0], 0.0, lim) if sign > 0 else np.maximum(th[:, 0], lim)
+    return th
+
+
+def _decay_model(th: np.ndarray, rows: np.ndarray, n: np.ndarray, mask: np.ndarray, sign: float,
+                 gamma: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and Jacobian (in bound, ln v0, ln c) of the devices ``rows`` at parameters ``th``."""
+    g = gamma if np.ndim(gamma) == 0 else np.asarray(gamma, float)[rows][:, None]
+    v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], g, n[None, :])
+    pred = th[:, 0][:, None] + sign * v
+    jac = np.empty(v.shape[:2] + (3,))
+    jac[:, :, 0] = 1.0
+    jac[:, :, 1] = sign * dv0
+    jac[:, :, 2] = sign * dc
+    jac *= mask[rows][:, :, None]
+    return pred, jac
+
+
 def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: float, theta: np.ndarray,
         max_iter: int = 60, bound_limit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised Levenberg-Marquardt over the devices still improving; returns (theta, sse).
@@ -103,24 +126,12 @@ def _lm(n: np.ndarray, y: np.ndarray, mask: np.ndarray, sign: float, gamma: floa
     """
 
     def project(th, rows):
-        if bound_limit is not None:
-            lim = bound_limit[rows]
-            # a lower bound also stays >= 0: no device conducts negatively
-            th[:, 0] = np.clip(th[:, 0], 0.0, lim) if sign > 0 else np.maximum(th[:, 0], lim)
-        return th
-
-    theta = project(theta, np.arange(theta.shape[0]))
+        return _project(th, rows, sign, bound_limit)
 
     def model(th, rows):
-        g = gamma if np.ndim(gamma) == 0 else np.asarray(gamma, float)[rows][:, None]
-        v, dv0, dc = decay(np.exp(th[:, 1])[:, None], np.exp(th[:, 2])[:, None], g, n[None, :])
-        pred = th[:, 0][:, None] + sign * v
-        jac = np.empty(v.shape[:2] + (3,))
-        jac[:, :, 0] = 1.0
-        jac[:, :, 1] = sign * dv0
-        jac[:, :, 2] = sign * dc
-        jac *= mask[rows][:, :, None]
-        return pred, jac
+        return _decay_model(th, rows, n, mask, sign, gamma)
+
+    theta = project(theta, np.arange(theta.shape[0]))
 
     theta = theta.copy()
     yz = np.where(mask, y, 0.0)
@@ -207,10 +218,6 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
     if fixed_gamma is not None:
         return (fit_decay(n, y_s, sign, fixed_gamma, bound_limit_s=bound_limit_s)[0] if fixed_gamma != 1.0
                 else base)
-    # devices with a wild gamma=1 fit (outliers) do not steer the shared gamma
-    keep = np.flatnonzero(base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98)))
-    if keep.size > search_devices:
-        keep = keep[np.linspace(0, keep.size - 1, search_devices).round().astype(int)]
     y_all = np.asarray(y_s)
     lim_all = None if bound_limit_s is None else np.asarray(bound_limit_s, float)
 
@@ -219,11 +226,9 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
         th0[:, 2] += (1.0 - g) * th0[:, 1]  # same initial slope c v0**gamma under the new gamma
         return th0
 
-    # golden-section searches of the shared gamma, in lockstep: the searched devices as a whole (group 0)
-    # and, for its standard error, ``gamma_groups`` disjoint groups of them (batch means: the residuals of
-    # a curve are correlated -- persistent write errors random-walk -- so the profile's curvature would
-    # not do); every step is one fit of all their rows, each row with its group's trial gamma
-    groups = [keep] + ([g for g in np.array_split(keep, gamma_groups) if g.size >= 4] if gamma_groups >= 2 else [])
+    # golden-section searches of the shared gamma, in lockstep (see _search_groups); every step is one fit
+    # of all their rows, each row with its group's trial gamma
+    groups = _search_groups(base, search_devices, gamma_groups)
     rows = np.concatenate(groups)
     gid = np.repeat(np.arange(len(groups)), [g.size for g in groups])
     y_r = y_all[rows]
@@ -238,6 +243,31 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
                 + 1e12 * np.bincount(gid, (~f.ok).astype(float), len(groups)))
 
     n_g = len(groups)
+    g_best, f_best = _golden_gamma(totals, n_g, gamma_range, tol)
+    # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
+    g_best = np.where(totals(np.ones(n_g)) <= f_best * (1 + 1e-4), 1.0, g_best)
+    best = float(g_best[0])
+    sigma = float(g_best[1:].std(ddof=1) / np.sqrt(n_g - 1)) if n_g >= 3 else float("nan")
+    fit = base if best == 1.0 else fit_decay(n, y_s, sign, best, start(best, slice(None)),
+                                             bound_limit_s=bound_limit_s)[0]
+    fit.gamma_sigma = sigma
+    return fit
+
+
+def _search_groups(base: DecayFit, search_devices: int, gamma_groups: int) -> list[np.ndarray]:
+    """Rows searched for the shared gamma: the searched devices as a whole (group 0) and, for its standard
+    error, ``gamma_groups`` disjoint groups of them (batch means: the residuals of a curve are correlated --
+    persistent write errors random-walk -- so the profile's curvature would not do)."""
+    # devices with a wild gamma=1 fit (outliers) do not steer the shared gamma
+    keep = np.flatnonzero(base.ok & (base.sse <= np.nanpercentile(np.where(base.ok, base.sse, np.nan), 98)))
+    if keep.size > search_devices:
+        keep = keep[np.linspace(0, keep.size - 1, search_devices).round().astype(int)]
+    return [keep] + ([g for g in np.array_split(keep, gamma_groups) if g.size >= 4] if gamma_groups >= 2 else [])
+
+
+def _golden_gamma(totals, n_g: int, gamma_range: tuple[float, float], tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Golden-section searches in ln gamma of ``n_g`` groups in lockstep (``totals``: the groups' errors at
+    their trial gammas); returns each group's best gamma and error."""
     a, b = np.full(n_g, np.log(gamma_range[0])), np.full(n_g, np.log(gamma_range[1]))
     phi = (np.sqrt(5.0) - 1.0) / 2.0
     x1, x2 = b - phi * (b - a), a + phi * (b - a)
@@ -249,16 +279,7 @@ def fit_decay_profile(n: np.ndarray, y_s: np.ndarray, sign: float, gamma_range: 
         f_new = totals(np.exp(x_new))
         x1, x2, f1, f2 = (np.where(left, x_new, x2), np.where(left, x1, x_new),
                           np.where(left, f_new, f2), np.where(left, f1, f_new))
-    g_best = np.exp(np.where(f1 <= f2, x1, x2))
-    f_best = np.minimum(f1, f2)
-    # keep gamma = 1 when it is as good as the optimum (within a hair): no spurious curvature
-    g_best = np.where(totals(np.ones(n_g)) <= f_best * (1 + 1e-4), 1.0, g_best)
-    best = float(g_best[0])
-    sigma = float(g_best[1:].std(ddof=1) / np.sqrt(n_g - 1)) if n_g >= 3 else float("nan")
-    fit = base if best == 1.0 else fit_decay(n, y_s, sign, best, start(best, slice(None)),
-                                             bound_limit_s=bound_limit_s)[0]
-    fit.gamma_sigma = sigma
-    return fit
+    return np.exp(np.where(f1 <= f2, x1, x2)), np.minimum(f1, f2)
 
 
 def discrete_alpha(c: np.ndarray, gamma: float, window_s: np.ndarray, x_ref: float = 0.5) -> np.ndarray:
@@ -296,3 +317,20 @@ def weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     dof = max(x.size - 2, 1)
     s2 = float(np.sum(w * res**2)) / dof
     return float(a), float(b), cov_unscaled * s2
+
+
+def nonneg_wls(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares with every coefficient >= 0 (active set: drop negative ones, refit)."""
+    free = np.ones(design.shape[1], bool)
+    coef = np.zeros(design.shape[1])
+    sw = np.sqrt(w)
+    for _ in range(design.shape[1]):
+        sol, *_ = np.linalg.lstsq(design[:, free] * sw[:, None], y * sw, rcond=None)
+        coef[:] = 0.0
+        coef[free] = sol
+        if np.all(coef[free] >= 0):
+            break
+        free &= coef > 0
+        if not free.any():
+            break
+    return np.maximum(coef, 0.0)

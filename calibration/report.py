@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from drivers.limits import validation_summary
 
@@ -73,8 +73,12 @@ class CalibrationReport(BaseModel):
     board: dict = Field(default_factory=dict, description="identity of the board measured")
     profiles: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="pulse profiles calibrated: set/reset amplitude_v, width_s")
-    delta_g_th_s: float = Field(description="EaPU noise threshold: SNR=1 change times k, siemens")
-    delta_g_th_k: float = 1.0
+    delta_g_th_s: float = Field(description="EaPU noise threshold: the SNR=1 change times "
+                                            "delta_g_th_snr1_multiple, siemens")
+    delta_g_th_snr1_multiple: float = Field(
+        1.0, validation_alias=AliasChoices("delta_g_th_snr1_multiple", "delta_g_th_k"),
+        description="ΔGth as a multiple of the SNR=1 change (calibration's factor; read from delta_g_th_k in older "
+                    "files; not training's delta_g_th_k, a multiple of this ΔGth)")
     delta_g_th_pulses: int = Field(description="pulses of one EaPU quantum at mid-window (larger of the polarities)")
     delta_g_th_pulses_by_polarity: dict[str, int] = Field(default_factory=dict)
     delta_g_th_by_polarity: dict[str, dict[str, float]] = Field(default_factory=dict)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,12 @@ class RawStore:
         self.path = Path(path)
 
     # ---- file level -----------------------------------------------------------------
-    def start(self, identity: dict, info: dict, params: dict, resume: bool, extra: dict | None = None) -> list[str]:
-        """Create the file, or (``resume``) check it matches; returns the completed stages."""
+    def start(self, identity: dict, info: dict, params: dict, resume: bool, extra: dict | None = None,
+              upgrade_params: Callable[[dict], dict] | None = None) -> list[str]:
+        """Create the file, or (``resume``) check it matches; returns the completed stages.
+
+        ``upgrade_params`` brings parameters stored by an older version to today's names before they are
+        compared with ``params``."""
         if self.path.exists():
             if not resume:
                 raise AlreadyMeasured(
@@ -109,6 +114,8 @@ class RawStore:
                 log.warning("%s is unreadable (%s); moved aside to %s, calibrating from the start",
                             self.path, exc, aside)
                 return self._create(identity, info, params, extra)
+            if upgrade_params is not None:
+                old_params = upgrade_params(old_params)
             if old_id != identity:
                 raise ResumeRefused(
                     f"cannot resume: {self.path} was measured on another board, {describe_identity(old_id)}; this "

@@ -1,10 +1,10 @@
 """ΔGth, the EaPU noise threshold, from the measured write noise and pulse response.
 
 EAPU.md: ``ΔGth`` is the smallest change whose mean equals its noise (SNR = 1),
-times a user factor ``k`` (default 1); the drift spread at a stated write-to-use
-delay may be added in quadrature.  With the mean step ``mu`` per pulse at
-mid-window (per polarity) and one write event of ``n`` pulses changing the stored
-state with spread
+times a user factor ``snr1_multiple`` (default 1; ``CalibrationParams.delta_g_th_snr1_multiple``,
+EAPU.md's ``k``); the drift spread at a stated write-to-use delay may be added in
+quadrature.  With the mean step ``mu`` per pulse at mid-window (per polarity) and one
+write event of ``n`` pulses changing the stored state with spread
 
     sigma(n)^2 = sigma_w^2 + n sigma_c2c^2 (+ sigma_relax(delay)^2),   sigma_c2c = sigma_rel * mu
 
@@ -16,7 +16,7 @@ root ``n*`` of ``mu n = sigma(n)``:
 
     n* = (sigma_c2c^2 + sqrt(sigma_c2c^4 + 4 mu^2 (sigma_w^2 + sigma_relax^2))) / (2 mu^2)
 
-and ``ΔGth = k mu n*``.  The headline value is the larger of the two polarities
+and ``ΔGth = snr1_multiple * mu n*``.  The headline value is the larger of the two polarities
 (a quantum must be reliable whichever way it goes); one quantum is
 :func:`quantum_pulses` ``= max(1, round(ΔGth / mu))`` pulses of a polarity, so its
 mean change is within half a step of ``ΔGth`` -- the same rounding the EaPU rule
@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 class ThresholdResult(BaseModel):
     delta_g_th_s: float
     delta_g_th_sigma_s: float
-    k: float
+    snr1_multiple: float
     drift_delay_s: float | None
     drift_sigma_s: float = Field(description="relaxation spread at the delay, added in quadrature (0 without a delay)")
     by_polarity: dict[str, dict[str, float]] = Field(description="snr1_pulses, delta_g_th_s, step, c2c per polarity")
@@ -70,12 +70,13 @@ def snr1_pulses(mu: np.ndarray | float, s: np.ndarray | float, sigma_c2c: np.nda
 def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[str, float], write_noise_s: float,
                       c2c_rel: float, boot_s: np.ndarray | None = None, boot_c2c_rel: np.ndarray | None = None,
                       relax_sigma0_s: float = 0.0, boot_relax_sigma0_s: np.ndarray | None = None,
-                      k: float = 1.0, drift_delay_s: float | None = None, drift_sigma1_s: float = 0.0,
+                      snr1_multiple: float = 1.0, drift_delay_s: float | None = None, drift_sigma1_s: float = 0.0,
                       drift_sigma1_sigma_s: float = 0.0, drift_t0_s: float = 1.0,
                       rng: np.random.Generator | None = None) -> ThresholdResult:
     """ΔGth and the quantum in pulses; see the module docstring."""
+    k = snr1_multiple
     if not k > 0:
-        raise ValueError(f"the threshold factor k must be positive, got {k}")
+        raise ValueError(f"the threshold's multiple of the SNR=1 change must be positive, got {k}")
     if drift_delay_s is not None and drift_delay_s < 0:
         raise ValueError(f"the drift delay must be >= 0 s, got {drift_delay_s}")
     delayed = drift_delay_s is not None
@@ -104,5 +105,5 @@ def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[st
     worst = np.maximum(dist["set"], dist["reset"])
     quanta = {p: int(quantum_pulses(dg, v["step_mid_s"])) for p, v in by_pol.items()}
     return ThresholdResult(delta_g_th_s=dg, delta_g_th_sigma_s=float(worst.std(ddof=1)) if worst.size > 1 else 0.0,
-                           k=k, drift_delay_s=drift_delay_s, drift_sigma_s=drift_sigma, by_polarity=by_pol,
+                           snr1_multiple=k, drift_delay_s=drift_delay_s, drift_sigma_s=drift_sigma, by_polarity=by_pol,
                            quantum_pulses=max(quanta.values()), quantum_pulses_by_polarity=quanta)

@@ -174,7 +174,7 @@ def test_delta_g_threshold_is_the_snr1_point():
     assert th.delta_g_th_s == max(v["delta_g_th_s"] for v in th.by_polarity.values())
     assert th.quantum_pulses_by_polarity["set"] == max(1, round(th.delta_g_th_s / mu))
     assert th.quantum_pulses == max(th.quantum_pulses_by_polarity.values())
-    assert delta_g_threshold(**base, k=1.5).delta_g_th_s == pytest.approx(1.5 * th.delta_g_th_s)
+    assert delta_g_threshold(**base, snr1_multiple=1.5).delta_g_th_s == pytest.approx(1.5 * th.delta_g_th_s)
     drifted = delta_g_threshold(**base, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
     assert drifted.delta_g_th_s > th.delta_g_th_s
     assert drifted.drift_sigma_s == pytest.approx(0.04e-6 * math.log1p(3600.0))
@@ -184,5 +184,5 @@ def test_delta_g_threshold_is_the_snr1_point():
     assert at_zero.drift_sigma_s == pytest.approx(0.4e-6)
     relaxed = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
     assert relaxed.drift_sigma_s == pytest.approx(0.4e-6 + 0.04e-6 * math.log1p(3600.0))
-    with pytest.raises(ValueError, match="k must be positive"):
-        delta_g_threshold(**base, k=0)
+    with pytest.raises(ValueError, match="multiple of the SNR=1 change must be positive"):
+        delta_g_threshold(**base, snr1_multiple=0)

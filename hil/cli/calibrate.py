@@ -24,12 +24,6 @@ from hil.cli.app import cli, fail, open_for
 log = logging.getLogger("hil.calibration")
 
 
-
-
-
-
-
-
 def _profiles(set_amplitude, set_width, reset_amplitude, reset_width):
     """Optional SET / RESET profiles from the command-line options (None: the board's current)."""
     from drivers.limits import DEFAULT_RESET, DEFAULT_SET
@@ -67,8 +61,9 @@ def _us(x: float) -> str:
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="Devices per sampled stage (default: read noise 1024, pulse response 1024, write noise 2048, "
                    "drift 2048).")
-@click.option("--k", "k", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="ΔGth = k x the SNR=1 change.")
+@click.option("--snr1-multiple", "--k", "snr1_multiple", default=1.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="ΔGth as a multiple of the SNR=1 change (--k: the former name).")
 @click.option("--drift-delay", type=click.FloatRange(min=0), default=None,
               help="Write-to-use delay (s) whose drift spread is added to the noise in quadrature.")
 @click.option("--drift-duration", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -80,27 +75,46 @@ def _us(x: float) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's headline figures as JSON.")
 @click.pass_context
-def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sample: int | None, k: float,
-                  drift_delay: float | None, drift_duration: float | None, resume: bool, set_amplitude, set_width,
-                  reset_amplitude, reset_width, no_plots: bool, no_progress: bool, as_json: bool) -> None:
+def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sample: int | None,
+                  snr1_multiple: float, drift_delay: float | None, drift_duration: float | None, resume: bool,
+                  set_amplitude, set_width, reset_amplitude, reset_width, no_plots: bool, no_progress: bool,
+                  as_json: bool) -> None:
     """Calibrate a board: read noise, stuck map, pulse response, write noise -> ΔGth, drift, spreads."""
+    params = _calibration_params(seed=seed, sample=sample, snr1_multiple=snr1_multiple, drift_delay=drift_delay,
+                                 drift_duration=drift_duration, no_plots=no_plots,
+                                 profile_options=(set_amplitude, set_width, reset_amplitude, reset_width))
+    report = _run_calibration(ctx, address, out_dir, params, resume=resume, progress=not no_progress)
+    if as_json:
+        click.echo(json.dumps(_headline(report, out_dir), indent=2))
+    else:
+        _print_summary(report, out_dir)
+
+
+def _calibration_params(*, seed: int, sample: int | None, snr1_multiple: float, drift_delay: float | None,
+                        drift_duration: float | None, no_plots: bool, profile_options: tuple):
+    """The CalibrationParams of the options; a one-line error for values the model refuses."""
     from pydantic import ValidationError
 
-    from calibration.run import H5_NAME, JSON_NAME, CalibrationParams, calibrate
+    from calibration.run import CalibrationParams
 
     try:
-        set_p, reset_p = _profiles(set_amplitude, set_width, reset_amplitude, reset_width)
+        set_p, reset_p = _profiles(*profile_options)
         extra = {}
         if drift_duration is not None:
-            from calibration.run import CalibrationParams as _P
-
-            extra["drift"] = _P.model_fields["drift"].default.model_copy(update={"t_max_s": drift_duration})
-        params = CalibrationParams(seed=seed, sample=sample, k=k, drift_delay_s=drift_delay, set_profile=set_p,
-                                   reset_profile=reset_p, plots=not no_plots, **extra)
+            extra["drift"] = CalibrationParams.model_fields["drift"].default.model_copy(
+                update={"t_max_s": drift_duration})
+        return CalibrationParams(seed=seed, sample=sample, delta_g_th_snr1_multiple=snr1_multiple,
+                                 drift_delay_s=drift_delay, set_profile=set_p, reset_profile=reset_p,
+                                 plots=not no_plots, **extra)
     except ValidationError as exc:
         fail(f"invalid option: {validation_summary(exc)}")
     except ValueError as exc:
         fail(f"invalid option: {exc}")
+
+
+def _run_calibration(ctx: click.Context, address: str, out_dir: Path, params, *, resume: bool, progress: bool):
+    """Calibrate; Ctrl-C (exit 130) and the errors a user can fix end with one line saying how to go on."""
+    from calibration.run import H5_NAME, calibrate
     from calibration.storage import AlreadyMeasured, ResumeRefused
     from hil.interruptions import resume_command, sigint_guard
 
@@ -108,21 +122,27 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
     try:
         with sigint_guard():
             with open_for(ctx, address) as board:
-                report = calibrate(board, out_dir, params, resume=resume, progress=not no_progress)
+                return calibrate(board, out_dir, params, resume=resume, progress=progress)
     except KeyboardInterrupt:
         saved = f"the finished stages are kept in {kept}" if kept.exists() else "no stage had finished"
         click.echo(f"interrupted: {saved}; resume with: {resume_command(ctx)}", err=True)
         sys.exit(130)
     except AlreadyMeasured:
         fail(f"{kept} already holds measurements: continue that calibration with: {resume_command(ctx)} "
-              "(or choose another --out)")
+             "(or choose another --out)")
     except ResumeRefused as exc:
         fail(str(exc))
     except (BoardError, ValueError, OSError) as exc:
         message = f"cannot write {out_dir}: {exc}" if isinstance(exc, OSError) else str(exc)
         suffix = f"; the finished stages are kept in {kept}; resume with: {resume_command(ctx)}" if kept.exists() else ""
         fail(f"{message}{suffix}")
-    head = {
+
+
+def _headline(report, out_dir: Path) -> dict:
+    """The report's headline figures (``--json``)."""
+    from calibration.run import JSON_NAME
+
+    return {
         "calibration": str(out_dir / JSON_NAME),
         "delta_g_th_s": report.delta_g_th_s,
         "delta_g_th_pulses": report.delta_g_th_pulses,
@@ -135,11 +155,13 @@ def calibrate_cmd(ctx: click.Context, address: str, out_dir: Path, seed: int, sa
         "d2d_cv": report.d2d_cv,
         "wall_s": report.run.get("wall_duration_s"),
     }
-    if as_json:
-        click.echo(json.dumps(head, indent=2))
-        return
+
+
+def _print_summary(report, out_dir: Path) -> None:
+    from calibration.run import JSON_NAME
+
     click.echo(f"calibration  {out_dir / JSON_NAME}")
-    click.echo(f"ΔGth         {_us(report.delta_g_th_s)} (k={report.delta_g_th_k:g}), "
+    click.echo(f"ΔGth         {_us(report.delta_g_th_s)} ({report.delta_g_th_snr1_multiple:g} x the SNR=1 change), "
                f"{report.delta_g_th_pulses} pulses per quantum")
     click.echo(f"write noise  s = {_us(report.write_noise_sigma_s)} per event, "
                f"c2c = {_us(report.c2c_sigma_s)} per pulse at mid-window")
