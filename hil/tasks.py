@@ -24,8 +24,11 @@ Metrics: :func:`accuracy` and :func:`ssim` (structural similarity, Wang et al. 2
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +83,26 @@ def _pool2(images: np.ndarray) -> np.ndarray:
     return images.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
 
 
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 8x8 digit images (grey levels 0-16) and their labels, as ``load_digits()`` gives them.
+
+    Read straight from scikit-learn's packaged data file (the same file and parser ``load_digits``
+    uses) when it is there: importing scikit-learn costs seconds of CPU in every process that trains,
+    and every ``hil`` command that trains is one.  Through ``load_digits`` otherwise.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, mode="rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 def load_task(
     name: str,
     seed: int = 0,
@@ -91,8 +114,6 @@ def load_task(
 
     ``noise_sigma`` (on the [0, 1] scale) applies to ``denoise`` only.
     """
-    from sklearn.datasets import load_digits  # local: keep `import hil.tasks` light
-
     key = str(name).strip().lower()
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
@@ -101,9 +122,9 @@ def load_task(
     if not noise_sigma >= 0:
         raise ValueError("noise_sigma must be >= 0")
 
-    digits = load_digits()
-    images = digits.images.astype(np.float64) / 16.0  # (1797, 8, 8) in [0, 1]
-    labels = digits.target.astype(np.int64)
+    raw_images, raw_labels = _digits()
+    images = raw_images.astype(np.float64) / 16.0  # (1797, 8, 8) in [0, 1]
+    labels = raw_labels.astype(np.int64)
     flat = images.reshape(len(images), -1)
     split_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
     tr, te = _stratified_split(labels, test_fraction, np.random.default_rng(split_ss))

@@ -312,3 +312,16 @@ def test_init_weights():
         nn.init_weights((3, 2), rng, "lecun")
     with pytest.raises(ValueError, match="relu"):
         nn.get_activation("gelu")
+
+
+def test_digits_read_without_scikit_learn_equal_load_digits():
+    """The lean reader of scikit-learn's data file gives exactly what ``load_digits()`` gives."""
+    from sklearn.datasets import load_digits
+
+    from hil.tasks import _digits
+
+    images, labels = _digits()
+    reference = load_digits()
+    assert images.dtype == reference.images.dtype and labels.dtype == reference.target.dtype
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/RESULTS.md from scratch: `hil demo` on the evaluation seeds for each device preset,
-# then the renderer.  The evaluation seeds (0-9) are disjoint from the tuning seeds (100-104) on which
+# then the renderer, then the sweeps section (examples/sweeps/regenerate.sh: the ΔGth-factor and
+# write-noise sweeps; PRESETS=1 adds the per-preset sweeps, CHOOSE_DEFAULTS=1 the tuning), so this one
+# command regenerates the whole document.  The evaluation seeds (0-9) are disjoint from the tuning seeds (100-104) on which
 # the training defaults were chosen (examples/sweeps/choose_defaults.toml; its record examples/results/tune.json,
 # or the earlier examples/results/tuning.json until that exists).
 # Finished parts are kept (demo --resume), so an interrupted regeneration continues where it stopped.
@@ -14,3 +16,4 @@ tuning=examples/results/tune.json
 [ -f "$tuning" ] || tuning=examples/results/tuning.json
 python examples/results/render_results.py --demo "default=$runs/default" --demo "noisy2x=$runs/noisy2x" \
     --tuning "$tuning" --out docs/RESULTS.md
+bash examples/sweeps/regenerate.sh
