@@ -9,6 +9,12 @@ voltage-bearing request against the effective :class:`SafetyLimits` *before* the
 subclass's ``_do_*`` hook runs, so no implementation can send an unchecked request.
 A board is a context manager; leaving the ``with`` block by any path (return,
 exception, Ctrl-C) puts the hardware in a safe idle state and closes the link.
+
+One index convention: above this contract a device is ``(row, col)``, zero-based, given
+as two integer arrays (``read_cells``, ``program``, ``form``, ``iv_sweep``, ``PulseBatch``)
+or as a ``Region``; below it (the ``_do_*`` hooks, the wire) a device is its row-major
+flat index ``row * info.cols + col``, computed here once, sorted and unique where the
+hook's name says ``flat_sorted``.
 """
 
 from __future__ import annotations
