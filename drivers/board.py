@@ -15,6 +15,9 @@ as two integer arrays (``read_cells``, ``program``, ``form``, ``iv_sweep``, ``Pu
 or as a ``Region``; below it (the ``_do_*`` hooks, the wire) a device is its row-major
 flat index ``row * info.cols + col``, computed here once, sorted and unique where the
 hook's name says ``flat_sorted``.
+
+One module of about 460 lines on purpose: the contract is one class of template methods (its
+records are in :mod:`drivers.board_types`), read top to bottom as the list of what a board does.
 """
 
 from __future__ import annotations

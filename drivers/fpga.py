@@ -19,6 +19,9 @@ flight at once; :meth:`FpgaBoard._submit` sends without waiting and returns a ha
 synchronous ``_transact`` is submit-then-wait, and :meth:`Board.pulse_async` uses it so that
 a training step's pulse batch overlaps the next forward VMM.  Replies are matched by
 sequence number; a request that fails gives up every one in flight after it.
+
+One module of about 460 lines on purpose: every ``_do_*`` hook is a few lines over the one
+link, session and window state, which would otherwise be passed between modules.
 """
 
 from __future__ import annotations

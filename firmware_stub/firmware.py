@@ -19,6 +19,9 @@ board time.  Housekeeping (HELLO, STATUS, CLOCK, SET_PROFILES, SAFE_IDLE) and th
 emulator-only commands (SNAPSHOT, RESTORE, TRUE_PARAMS) cost no board time, and neither
 do replayed replies to retransmitted requests nor line noise: so the clock is the same
 whether or not a run was checkpointed, interrupted and resumed, and under link faults.
+
+One module of about 470 lines on purpose: the opcode handlers and the endpoint that books
+their board time stay side by side, so the clock rule is read next to what it times.
 """
 
 from __future__ import annotations

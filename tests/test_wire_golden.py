@@ -119,10 +119,8 @@ def _every_request(wire: _Wire, client, version: int) -> None:
     _call(wire, client, Op.VMM, m.encode_vmm_request(m.VmmRequest(2, 0, 3, 2, True, codes[:, :2], 1e-4), dac_bits))
 
 
-def _conversation() -> tuple[bytes, bytes]:
-    up, down = bytearray(), bytearray()
-
-    # ---- version 5: every opcode, refusals, chunking, losses, pipelining -----------------------------
+def _v5_every_opcode() -> tuple[_Wire, ClientSession]:
+    """Version 5: every opcode once, then the refusals (unknown opcode, limits, bad payloads)."""
     wire = _Wire()
     client = ClientSession(session_id=0x5EED0005, chunk_bytes=64, first_seq=1, window=4)
     _every_request(wire, client, 5)
@@ -144,6 +142,11 @@ def _conversation() -> tuple[bytes, bytes]:
     _call(wire, client, Op.SET_PROFILES, b"\x00" * 7)  # short payload: BAD_REQUEST
     _call(wire, client, Op.READ_REGION, m.encode_region(6, 6, 4, 4))  # outside the array
     _call(wire, client, Op.VMM, b"\x00" * 5)
+    return wire, client
+
+
+def _v5_losses_and_pipelining(wire: _Wire, client: ClientSession) -> None:
+    """Lost request and reply chunks, then four requests in flight delivered newest first."""
     # lost request chunks (the board's HAVE names them) and lost reply chunks (the host polls)
     payload = m.encode_pulse_request(np.arange(0, 64, 2), (np.arange(32) % 5 + 1) * (-1) ** np.arange(32), tag=77)
     _call(wire, client, Op.PULSE, payload, drop_request=lambda i: i in (0, 2))
@@ -157,6 +160,10 @@ def _conversation() -> tuple[bytes, bytes]:
     client.feed(back)
     replies = [client.take_reply(s) for s in seqs]
     assert all(r is not None and r.status == Status.OK for r in replies)
+
+
+def _v5_replays_and_stray_frames(wire: _Wire, client: ClientSession) -> None:
+    """Replays, stale and reused sequence numbers, foreign sessions, garbage controls, an oversize request."""
     # replays, stale and reused sequence numbers, a chunk of an executed request, garbage controls
     wire.send(client.request(Op.CLOCK, b""))  # its reply is lost
     seq = client.seq
@@ -185,10 +192,10 @@ def _conversation() -> tuple[bytes, bytes]:
     wire.endpoint.sessions.max_message_bytes = 600
     big = client.request(Op.RESTORE, bytes(range(256)) * 4)
     _settle(wire, client, client.seq, wire.send(big))
-    up += wire.up
-    down += wire.down
 
-    # ---- versions 4 and 3: sessions, packed and byte-wide converter codes ----------------------------
+
+def _older_versions(up: bytearray, down: bytearray) -> None:
+    """Versions 4 and 3 (sessions, packed and byte-wide codes), then 2 and 1 (no sessions, whole resends)."""
     for version, sid in ((4, 0x5EED0004), (3, 0x5EED0003)):
         wire = _Wire(versions=(1, 2, 3, 4) if version == 4 else (1, 2, 3))
         refused = ClientSession(session_id=sid ^ 0xFF, version=version + 1, window=4)
@@ -197,8 +204,6 @@ def _conversation() -> tuple[bytes, bytes]:
         _every_request(wire, client, version)
         up += wire.up
         down += wire.down
-
-    # ---- versions 2 and 1: no sessions, whole-message resends ----------------------------------------
     for version in (2, 1):
         wire = _Wire(versions=(1, 2) if version == 2 else (1,))
         if version == 2:
@@ -212,12 +217,25 @@ def _conversation() -> tuple[bytes, bytes]:
         up += wire.up
         down += wire.down
 
-    # ---- a second host while the board is busy -----------------------------------------------------
+
+def _second_host(up: bytearray, down: bytearray) -> None:
+    """A second host while the board is busy: BUSY at once."""
     busy = BusyResponder("another host is connected")
     second = ClientSession(session_id=0x5EED0010, chunk_bytes=64)
     request = second.request(Op.HELLO, second.hello_payload())
     up += request
     down += busy.receive_data(request)
+
+
+def _conversation() -> tuple[bytes, bytes]:
+    up, down = bytearray(), bytearray()
+    wire, client = _v5_every_opcode()
+    _v5_losses_and_pipelining(wire, client)
+    _v5_replays_and_stray_frames(wire, client)
+    up += wire.up
+    down += wire.down
+    _older_versions(up, down)
+    _second_host(up, down)
     return bytes(up), bytes(down)
 
 
