@@ -19,3 +19,15 @@ def assert_same_run(a: dict, b: dict, ignore: frozenset[str] | set[str] = frozen
     assert ("wire_bytes_total" in a) == ("wire_bytes_total" in b)
     if "wire_bytes_total" in a:
         assert a["wire_bytes_total"] == pytest.approx(b["wire_bytes_total"], rel=WIRE_BYTES_REL)
+
+
+def calibration_of(tmp_path_factory, address: str, **params) -> str:
+    """Calibrate the board at ``address`` (``CalibrationParams(**params)``) into a new temporary folder;
+    the path of its ``calibration.json``, for module-scoped fixtures of the tests that train."""
+    from calibration.run import CalibrationParams, calibrate
+    from drivers import open_board
+
+    out = tmp_path_factory.mktemp("cal")
+    with open_board(address) as board:
+        calibrate(board, out, CalibrationParams(**params), progress=False)
+    return str(out / "calibration.json")

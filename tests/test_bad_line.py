@@ -16,6 +16,7 @@ from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import TcpServer, serve_in_thread
 from hil.train import TrainConfig, train
 from tests.faults import FaultyTcpProxy
+from tests.run_checks import calibration_of
 
 ROWS, COLS, SEED = 128, 128, 0  # the default emulated board: digits' 64-32-10 network fits it
 NOT_COMPARED = {"wall_s", "wire_bytes_total", "board"}
@@ -23,14 +24,9 @@ NOT_COMPARED = {"wall_s", "wire_bytes_total", "board"}
 
 @pytest.fixture(scope="module")
 def calibration_file(tmp_path_factory) -> str:
-    from calibration.run import CalibrationParams, calibrate
-
-    out = tmp_path_factory.mktemp("cal")
     # reduced samples: the link is under test here, not the calibration's precision
-    params = CalibrationParams(seed=SEED, plots=False, sample=256)
-    with open_board(f"emu?rows={ROWS}&cols={COLS}&seed={SEED}") as board:
-        calibrate(board, out, params, progress=False)
-    return str(out / "calibration.json")
+    return calibration_of(tmp_path_factory, f"emu?rows={ROWS}&cols={COLS}&seed={SEED}", seed=SEED, plots=False,
+                          sample=256)
 
 
 def _served():

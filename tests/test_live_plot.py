@@ -17,7 +17,7 @@ import pytest
 
 from hil.live_plot import LiveCurves
 from hil.train import Interrupted, TrainConfig, train
-from tests.run_checks import assert_same_run
+from tests.run_checks import assert_same_run, calibration_of
 from tests.waiting import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow  # short trainings: digital and on a 64 x 64 emulated array
@@ -51,13 +51,7 @@ def float_run(tmp_path_factory) -> tuple[Path, list[dict], dict]:
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory) -> str:
-    from calibration.run import CalibrationParams, calibrate
-    from drivers import open_board
-
-    out = tmp_path_factory.mktemp("cal")
-    with open_board(BOARD) as board:
-        calibrate(board, out, CalibrationParams(seed=3), progress=False)
-    return str(out / "calibration.json")
+    return calibration_of(tmp_path_factory, BOARD, seed=3)
 
 
 @pytest.fixture(scope="module")

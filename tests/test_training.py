@@ -16,7 +16,7 @@ from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import PtyServer, serve_in_thread
 from hil.mapping import DoesNotFitError, place_tiles
 from hil.train import TrainConfig, train
-from tests.run_checks import assert_same_run
+from tests.run_checks import assert_same_run, calibration_of
 from tests.waiting import HANG_GUARD_S, RequestGate, wait_until
 
 BOARD = "emu?rows=64&cols=96&seed=4"
@@ -29,13 +29,7 @@ NOT_DETERMINISTIC = {"wall_s", "board"}
 
 @pytest.fixture(scope="module")
 def calibration_file(tmp_path_factory) -> str:
-    from calibration.run import CalibrationParams, calibrate
-    from drivers import open_board
-
-    out = tmp_path_factory.mktemp("cal")
-    with open_board(BOARD) as board:
-        calibrate(board, out, CalibrationParams(seed=4), progress=False)
-    return str(out / "calibration.json")
+    return calibration_of(tmp_path_factory, BOARD, seed=4)
 
 
 def _cfg(cal: str, **kw) -> TrainConfig:
