@@ -46,7 +46,7 @@ class DeviceParams(BaseModel):
     sigma_c2c: float = Field(1.0, ge=0, description="relative cycle-to-cycle spread of every pulse's step")
 
     # write noise and relaxation
-    sigma_w_s: float = Field(1e-6, ge=0, description="write offset redrawn at every write event")
+    sigma_w_s: float = Field(1e-6, ge=0, description="write error of each write event, added to the stored state (persistent: later writes start from it)")
     relax_mu_s: float = Field(0.09e-6, ge=0, description="mean relaxation: -mu*ln(1+t/t0)")
     relax_sigma0_s: float = Field(0.4e-6, ge=0, description="relaxation spread at t=0")
     relax_sigma1_s: float = Field(0.04e-6, ge=0, description="relaxation spread growth per ln(1+t/t0)")

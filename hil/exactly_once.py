@@ -17,7 +17,7 @@ Gaussian models:
 * applied: ``d ~ N(mu, v_read + v_c2c + 2 sigma_w^2 + (d2d_cv mu)^2)``, ``mu`` the
   expected change of its pulses (the calibrated soft-bounds step, pulse by pulse,
   partial last pulse scaled by its width), with the cycle-to-cycle spread of every
-  pulse, the write offset redrawn by the write event and the device-to-device spread
+  pulse, the write error of the write event and the device-to-device spread
   of the step; mixed with the stuck fraction of ``N(0, v_read)`` (a stuck device does
   not move when pulsed).
 

@@ -39,6 +39,20 @@ def name_groups(groups: list[cmp.Group], points: list[dict]) -> dict[int, dict]:
     return shared_by_group
 
 
+# device parameters in siemens (the stem rule of docs/DESIGN.md, "Units and indices in names"): drawn in µS
+CONDUCTANCE_STEMS = ("device.g_", "device.alpha_", "device.sigma_w", "device.relax_mu", "device.relax_sigma",
+                     "g_", "alpha_", "sigma_w", "relax_mu", "relax_sigma")
+
+
+def axis_scale(axis: str) -> tuple[str, float]:
+    """The x-axis label of a swept ``axis`` with its unit, and the factor from the axis value to it."""
+    if axis.endswith("_s") and axis.startswith(CONDUCTANCE_STEMS):
+        return f"{axis} (µS)", 1e6
+    if axis.endswith("_s"):
+        return f"{axis} (s)", 1.0
+    return axis, 1.0
+
+
 def _numeric(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -64,6 +78,7 @@ def plot_axes(groups: list[cmp.Group], shared: dict[int, dict], out_dir: Path) -
                 series.setdefault(rest, []).append((shared[id(g)][axis], g))
             metric = next((g.metric for g in tg if g.metric), None)
             scale = 100.0 if metric == "test_accuracy" else 1.0
+            x_label, x_scale = axis_scale(axis)
             fig, panels = plt.subplots(1, 2, figsize=(10, 4))
             for label, members in sorted(series.items()):
                 members.sort(key=lambda m: m[0])
@@ -72,12 +87,15 @@ def plot_axes(groups: list[cmp.Group], shared: dict[int, dict], out_dir: Path) -
                     pts = [(x, g.figures.get(fig_name)) for x, g in members if g.figures.get(fig_name) is not None]
                     if not pts:
                         continue
-                    ax.errorbar([x for x, _ in pts], [e.mean * sc for _, e in pts],
+                    ax.errorbar([x * x_scale for x, _ in pts], [e.mean * sc for _, e in pts],
                                 yerr=[0.0 if math.isnan(e.ci95) else e.ci95 * sc for _, e in pts],
                                 marker="o", capsize=3, label=label)
             mname = {"test_accuracy": "test accuracy (%)", "test_ssim": "test SSIM"}.get(metric, "metric")
-            panels[0].set(xlabel=axis, ylabel=mname, title=mname)
-            panels[1].set(xlabel=axis, ylabel="writes per weight per step (%)", title="writes per weight per step")
+            panels[0].set(xlabel=x_label, ylabel=mname, title=mname)
+            panels[1].set(xlabel=x_label, ylabel="writes per weight per step (%)", title="writes per weight per step")
+            writes = [y for line in panels[1].lines for y in line.get_ydata() if y > 0]
+            if writes and max(writes) > 30 * min(writes):  # methods decades apart (bp vs eapu): log scale
+                panels[1].set_yscale("log")
             for ax in panels:
                 if ax.lines:
                     ax.legend(fontsize=8)

@@ -234,3 +234,12 @@ def test_board_resource_names():
     assert board_resource("serial:/dev/ttyUSB0?baud=3000000") == "board:serial_dev_ttyUSB0"
     assert board_resource("visa:/lab/benches/probe-2.toml") == "board:visa_probe-2"
     assert board_resource("emu?seed=3") is None
+
+
+def test_swept_device_parameters_are_drawn_with_their_units():
+    from hil.sweep_report import axis_scale
+
+    assert axis_scale("device.sigma_w_s") == ("device.sigma_w_s (µS)", 1e6)
+    assert axis_scale("device.g_max_s") == ("device.g_max_s (µS)", 1e6)
+    assert axis_scale("device.relax_t0_s") == ("device.relax_t0_s (s)", 1.0)
+    assert axis_scale("delta_g_th_k") == ("delta_g_th_k", 1.0)
