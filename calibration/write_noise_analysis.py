@@ -34,14 +34,16 @@ The analysis therefore
   ``(pol + beta)^2`` instead of 1, which the fit accounts for exactly.  (A
   data-only instrumental-variable slope is biased here: with a handful of events
   per device, demeaning couples each instrument read to a neighbouring change.);
-* regresses the corrected variances on ``Q = n mu_0^2 (1-kappa)^(2(n-1))``, the
-  cycle-to-cycle variance per unit ``sigma_rel^2`` of an event of n pulses that
-  starts where one pulse steps ``mu_0``: the soft bound pulls back part of each
-  earlier pulse's deviation within the event (~``(n-1) kappa`` of the variance at
-  n pulses).  ``mu_0`` is the device's own step at its pre-event state: the
-  population model scaled by a per-device factor estimated from all the device's
-  events of that polarity (inverse-variance weighted, so the large-n events pin it
-  down; the bias of its square is removed).  Pooled over devices per
+* regresses the corrected variances on ``Q``, the cycle-to-cycle variance per unit
+  ``sigma_rel^2`` of an event of n pulses from its pre-event state:
+  ``sum_k mu_k^2 prod_{j>k} (1 - kappa_j)^2`` along the event's mean path (pulse k
+  steps ``mu_k``; the soft bound pulls back part of each earlier pulse's deviation
+  within the event), ``n mu_0^2 (1-kappa)^(2(n-1))`` for a linear bound
+  (:func:`_c2c_path_factor`).  The steps are the device's own: the population model
+  scaled by a per-device factor, and that factor's square is estimated from the
+  device's *later* events only (:func:`_c2c_designs`: the all-event factor's error is
+  correlated with the pre-event states, which biased ``Q`` low and ``sigma_rel``
+  high).  Pooled over devices per
   (n, polarity): ``V = sigma_w^2 + sigma_r0^2 K + sigma_rel^2 Q`` with
   ``K = 1 + (pol + beta)^2``.  Normalising by each device's own step puts devices,
   states and both polarities on one line, so the device-to-device spread of the step
@@ -233,6 +235,7 @@ def _cell(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, n: int, pol: in
         kappa0, mu_model = np.zeros(d.shape[1]), np.ones(d.shape[1])
         kappa0_e, mu_e = np.zeros(d.shape), np.ones(d.shape)
     return {"n": n, "pol": pol, "j": d.shape[0], "t": t, "d": d, "pre": pre, "pre_mean": pre_mean,
+            "fit": fit_p if model is not None else None, "bounds": bounds_s,
             "kappa0": kappa0, "mu_model": mu_model, "kappa0_e": kappa0_e, "mu_e": mu_e, "m": d.mean(axis=0),
             "raw": d.var(axis=0, ddof=1)}
 
@@ -249,6 +252,7 @@ def _step_factors(cells: list[dict], n_dev_all: int, with_model: bool) -> tuple[
     for _ in range(3):
         for c in cells:
             own = np.clip(np.nan_to_num(rho[c["pol"]], nan=1.0), 0.05, 5.0)
+            c["own"] = own
             c["kappa"] = np.clip(c["kappa0"] * own, 0.0, 0.5)
             kappa_e = np.clip(c["kappa0_e"] * own, 0.0, 0.5)
             c["kappa_e"] = kappa_e
@@ -284,13 +288,109 @@ def _residuals(cells: list[dict], rho: dict, rho_var: dict, per_read_var: np.nda
         coef = (pol + beta) ** 2  # weight of the pre-event read's offset and read noise in ``res``
         rv_after = per_read_var[t + 1].mean(axis=0) / r
         rv_before = per_read_var[t].mean(axis=0) / r
-        # cycle-to-cycle variance per unit sigma_rel^2: n mu_0^2 (1-kappa)^(2(n-1)), mu_0 = rho_i mu_model
-        c.update(res=res, v=res.var(axis=0, ddof=1), rv=rv_after + coef * rv_before, k=1.0 + coef, beta=beta,
-                 q=n * ((1.0 - c["kappa_e"]) ** (2 * (n - 1)) * c["mu_e"] ** 2).mean(axis=0)
-                 * (rho[pol] ** 2 - rho_var[pol]))
+        c.update(res=res, v=res.var(axis=0, ddof=1), rv=rv_after + coef * rv_before, k=1.0 + coef, beta=beta)
         for j, tt in enumerate(t.tolist()):
             beta_of[tt] = (c, j)
+    for pol in (+1, -1):
+        _c2c_designs([c for c in cells if c["pol"] == pol], rho[pol], rho_var[pol])
     return beta_of
+
+
+def _c2c_designs(cells: list[dict], rho: np.ndarray, rho_var: np.ndarray) -> None:
+    """``q`` of every cell of one polarity: the mean over its events of the cycle-to-cycle variance per unit
+    ``sigma_rel^2``, ``rho_i^2 x`` :func:`_c2c_path_factor` at the pre-event state.
+
+    Why ``rho_i^2`` does not come from the device's all-event step factor ``rho`` (whose square, less its
+    variance ``rho_var``, is unbiased by itself): that factor's error is the weighted mean of the device's
+    cycle-to-cycle and write deviations, and each deviation stays in the state.  A device whose SET events
+    happened to overshoot has a high factor *and* later pre-event states nearer its upper bound, where
+    the SET step -- hence the cycle-to-cycle variance -- is smaller, so ``rho^2 mu(G_t)^2`` averages low
+    although each factor is unbiased.  On the emulator's own states (true model, 128x128) that made
+    ``q`` 1-3.5 % low at n = 8-16 and ``sigma_rel`` high: +1.5 % at sigma_c2c = 2, +1 % at 1.4 and
+    sigma_w = 0.2 uS (where its bootstrap error is 0.3 %: the truth outside 2 sigma in most such sets),
+    ~+2 % with sigma_w ~ 2.8 uS.
+
+    So each event's ``rho_i^2`` is the mean over pairs of distinct *later* events (same polarity) of
+    ``u_1 u_2``, ``u`` = the change over the model's mean change from that event's own pre-event state
+    (one weight per cell: its inverse variance).  Each later ``u`` is ``rho_i`` plus a deviation drawn
+    after everything before it, with zero mean given it (a martingale difference), so
+    ``E[u_1 u_2 | G_t] = rho_i^2`` exactly: no variance to subtract, and no correlation with the state
+    ``G_t`` whose step the event's ``q`` uses.  The soft bound's slope along the path scales with the
+    device's step too; that factor comes from the *earlier* events, independent of the later ones (its
+    own correlation with ``G_t`` enters only through the slope, a second-order effect: ~-0.2 % on
+    ``sigma_rel`` in the same checks).  An event with fewer than two later (no earlier) events of its
+    polarity uses the all-event factor, ``rho^2 - rho_var`` (``rho``).  The bootstrap over devices
+    resamples these designs with their devices, so their extra noise is in the reported error.
+    """
+    if not cells:
+        return
+    with_model = cells[0]["fit"] is not None
+    order = np.argsort(np.concatenate([c["t"] for c in cells]), kind="stable")
+    n_dev = rho.size
+    u, b = [], []
+    for c in cells:
+        kappa_e = c["kappa_e"]
+        s1 = np.where(kappa_e > 1e-12, (1.0 - (1.0 - kappa_e) ** c["n"]) / np.maximum(kappa_e, 1e-12),
+                      float(c["n"]))
+        s = c["mu_e"] * s1  # the model's mean change of each event per unit rho_i
+        # one weight per cell, not per event: a weight that followed the event's state would follow the
+        # earlier deviations that are in the same sums, and bias them
+        w = float(np.nanmean(s)) ** 2 / max(float(np.nanmean(c["v"])), 1e-30)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u.append(c["d"] / s)
+        b.append(np.full(s.shape, w))
+    u, b = (np.concatenate(a, axis=0)[order] for a in (u, b))
+    ok = np.isfinite(u) & np.isfinite(b)
+    u, b = np.where(ok, u, 0.0), np.where(ok, b, 0.0)
+    zero = np.zeros((1, n_dev))
+    before = [np.concatenate([zero, np.cumsum(a, axis=0)[:-1]]) for a in (b * u, b)]
+    # over the later events: sum b u, sum b, sum (b u)^2, sum b^2; the weighted mean over pairs of distinct
+    # later events of u_1 u_2 is ((sum b u)^2 - sum (b u)^2) / ((sum b)^2 - sum b^2)
+    after = [np.concatenate([np.cumsum(a[::-1], axis=0)[::-1][1:], zero]) for a in (b * u, b, (b * u) ** 2, b**2)]
+    pairs = after[1] ** 2 - after[3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho_past = np.where(before[1] > 0, before[0] / before[1], rho)
+        amplitude = np.where(pairs > 1e-9 * after[1] ** 2, (after[0] ** 2 - after[2]) / pairs, rho**2 - rho_var)
+    own = np.clip(np.nan_to_num(rho_past, nan=1.0), 0.05, 5.0)
+    row_of = np.empty(order.size, dtype=np.int64)
+    row_of[order] = np.arange(order.size)  # time-ordered row of each cell event (cells concatenated)
+    start = 0
+    for c in cells:
+        rows = row_of[start:start + c["j"]]
+        start += c["j"]
+        shape = (_c2c_path_factor(c["fit"], c["pol"], c["pre"], c["bounds"], own[rows], c["n"]) if with_model
+                 else np.full(c["d"].shape, float(c["n"])))
+        c["q"] = (shape * amplitude[rows]).mean(axis=0)
+
+
+def _c2c_path_factor(fit: SoftBoundsFit, polarity: int, pre: np.ndarray, bounds_s, own: np.ndarray,
+                     n: int) -> np.ndarray:
+    """Cycle-to-cycle variance of an event of ``n`` pulses per unit ``(sigma_rel rho_i)^2``, (events, devices).
+
+    Pulse k steps ``mu_k = mu(G_k)`` (the model along the event's mean path from the pre-event state
+    ``pre``, the device stepping ``own`` x the model) with spread ``sigma_rel mu_k``; each later pulse j
+    pulls a deviation back by ``1 - kappa_j`` (the soft bound's slope at ``G_j``), so the end state's
+    variance is ``sigma_rel^2 sum_k mu_k^2 prod_{j>k} (1 - kappa_j)^2``.  With a linear bound (gamma = 1)
+    that is ``n mu_0^2 (1-kappa)^(2(n-1))``; with gamma != 1 the step and the slope change along the
+    path, and that constant-kappa form underestimates the variance at n = 16 by 0.7-1.4 % (gamma
+    1.5-1.75, mid-window, against the exact recursion), which made sigma_rel ~0.4 % high: small next
+    to the bootstrap error where the write error dominates, not where the cycle-to-cycle noise does
+    (sigma_w 0.2 uS, sigma_c2c 1.4: a bootstrap error of ~0.35 %).  (Linearised about the mean path:
+    the deviations' own effect on later steps, ~sigma_rel^2 kappa^2 n / 2, is ~0.3 % at n = 16 and
+    sigma_rel 1.4.)
+    """
+    g = np.array(pre, dtype=float)
+    mus, kappas = [], []
+    for _ in range(n):
+        kappa, mu = _device_model(fit, polarity, g, bounds_s)
+        mus.append(mu)
+        kappas.append(np.clip(kappa * own, 0.0, 0.5))
+        g = g + polarity * own * mu
+    total, attenuation = np.zeros_like(g), np.ones_like(g)
+    for mu, kappa in zip(reversed(mus), reversed(kappas)):
+        total += mu**2 * attenuation
+        attenuation *= (1.0 - kappa) ** 2
+    return total
 
 
 @dataclass(frozen=True)
