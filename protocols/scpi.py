@@ -253,7 +253,7 @@ def parse_bool(text: str) -> bool:
         return False
     try:
         return round(float(t)) != 0
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "INF" and "NAN" are floats but not booleans
         raise ScpiError(-224, f"boolean expected (ON|OFF|1|0), got {text!r}") from None
 
 

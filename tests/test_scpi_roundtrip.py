@@ -70,3 +70,13 @@ def test_compound_sense_function_short_and_long_forms():
     assert smu.process(":SENS:FUNC?") == '"CURR:DC"'
     smu.process(':SENS:FUNC "CURR:AC"')
     assert smu.process(":SYST:ERR?").startswith("-224")
+
+
+@pytest.mark.parametrize("value", ["INF", "-INF", "NAN", "maybe"])
+def test_a_boolean_setting_refuses_what_is_not_a_boolean(value):
+    """Numbers that are not finite are parameter errors (-224), not a crash of the emulator."""
+    from protocols.scpi import ScpiError, parse_bool
+
+    with pytest.raises(ScpiError) as err:
+        parse_bool(value)
+    assert err.value.code == -224
