@@ -22,11 +22,13 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 from scipy import stats as _st
 
+from hil.tasks import METRIC_AXES
+
 # training settings that are the seed's or the method's own, not the group's
 _PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task", "software_version"}
 # settings the digital reference ignores (it has no array): a float run pairs with array runs that differ in them
 METHOD_ONLY_SETTINGS = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_s", "checkpoint_every"}
-METRICS = ("test_accuracy", "test_ssim")
+METRICS = tuple(METRIC_AXES)
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ def _task_table(tg: list[Group], ratios: list[Ratio]) -> tuple[list[str], list[l
     task = tg[0].task
     metric = next((g.metric for g in tg if g.metric), None)
     scale, unit, fmt = _metric_scale(metric)
-    mname = {"test_accuracy": "test accuracy (%)", "test_ssim": "test SSIM"}.get(metric, "metric")
+    mname = METRIC_AXES.get(metric, ("metric",))[0]
     head = ["group", "seeds", mname, f"gap to float{' (points)' if unit else ''}", "writes/weight/step",
             "writes/device/step", "total energy (J)", "write energy (J)", "board time (s)"]
     rows = []

@@ -23,8 +23,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-METRIC_AXES = {"test_accuracy": ("test accuracy (%)", 100.0), "test_ssim": ("test SSIM (1 = identical)", 1.0)}
-"""The test metric each task kind's epoch records carry: its axis label (with unit) and the scale to it."""
+from hil.tasks import METRIC_AXES
 
 
 def _inline_kernel() -> bool:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hil.run_store import RunStore  # noqa: E402
+from hil.tasks import METRIC_AXES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ def plot_run(run_dir: str | Path, model=None, analog_layers=()) -> list[Path]:
         ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.6)
         ax[0].set(xlabel="step", ylabel="training loss", title="learning curve")
         if key:
-            scale = 100.0 if key == "test_accuracy" else 1.0
+            label, scale = METRIC_AXES[key]
             ax[1].plot([r["epoch"] + 1 for r in epochs], [scale * r[key] for r in epochs], "o-")
-            ax[1].set(xlabel="epoch", ylabel="test accuracy (%)" if key == "test_accuracy" else "test SSIM",
+            ax[1].set(xlabel="epoch", ylabel=label,
                       title="test metric after each epoch")
         fig.suptitle(name)
         _save(fig, root / "learning_curves.png")
@@ -111,8 +112,7 @@ def plot_comparison(groups, out_dir: str | Path, overwrite: bool = False) -> lis
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
         for ax, (name, title, scale, log) in zip(axes, panels):
             if name == "metric":
-                title = {"test_accuracy": "test accuracy (%)", "test_ssim": "test SSIM"}.get(metric, metric)
-                scale = 100.0 if metric == "test_accuracy" else 1.0
+                title, scale = METRIC_AXES.get(metric, (metric, 1.0))
             # the digital reference drives no array: no write or energy bar for it (not a bar at zero)
             est = [g.figures.get(name) if name == "metric" or g.method != "float" else None for g in tg]
             xs = [k for k, e in enumerate(est) if e is not None]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
 from hil import compare as cmp
+from hil.tasks import METRIC_AXES
 
 PER_SEED_AXES = {"seed"}
 
@@ -77,7 +78,7 @@ def plot_axes(groups: list[cmp.Group], shared: dict[int, dict], out_dir: Path) -
                                                 if k not in (axis, "method")])
                 series.setdefault(rest, []).append((shared[id(g)][axis], g))
             metric = next((g.metric for g in tg if g.metric), None)
-            scale = 100.0 if metric == "test_accuracy" else 1.0
+            scale = METRIC_AXES.get(metric, ("", 1.0))[1]
             x_label, x_scale = axis_scale(axis)
             fig, panels = plt.subplots(1, 2, figsize=(10, 4))
             for label, members in sorted(series.items()):
@@ -90,7 +91,7 @@ def plot_axes(groups: list[cmp.Group], shared: dict[int, dict], out_dir: Path) -
                     ax.errorbar([x * x_scale for x, _ in pts], [e.mean * sc for _, e in pts],
                                 yerr=[0.0 if math.isnan(e.ci95) else e.ci95 * sc for _, e in pts],
                                 marker="o", capsize=3, label=label)
-            mname = {"test_accuracy": "test accuracy (%)", "test_ssim": "test SSIM"}.get(metric, "metric")
+            mname = METRIC_AXES.get(metric, ("metric",))[0]
             panels[0].set(xlabel=x_label, ylabel=mname, title=mname)
             panels[1].set(xlabel=x_label, ylabel="writes per weight per step (%)", title="writes per weight per step")
             writes = [y for line in panels[1].lines for y in line.get_ydata() if y > 0]

@@ -36,6 +36,8 @@ import numpy as np
 __all__ = ["Task", "TASKS", "load_task", "accuracy", "ssim", "gaussian_window"]
 
 TASKS = ("digits", "digits-small", "denoise", "superres")
+METRIC_AXES = {"test_accuracy": ("test accuracy (%)", 100.0), "test_ssim": ("test SSIM", 1.0)}
+"""The test metric of each task kind: its label (with unit) in tables and plots, and the scale to that unit."""
 
 
 @dataclass(frozen=True)
