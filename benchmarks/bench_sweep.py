@@ -3,11 +3,18 @@
     python benchmarks/bench_sweep.py [--cores 2] [--seeds 4] [--epochs 2]
 
 The sweep is ``float`` and ``eapu`` on ``digits-small`` over ``--seeds`` seeds, each on its own
-emulated board (``emu?rows=32&cols=96&seed=S``), calibrated per board.  It runs once with
-``hil sweep``'s engine on an embedded local Ray of ``--cores`` CPUs, once with one CPU (the same
-points one after another, through the same engine); the Ray start-up is timed separately and
-not counted.  Printed: points per minute of both and their ratio, named
-``sweep throughput ratio (N cores / 1 core)``.
+emulated board (``emu?rows=32&cols=96&seed=S``), calibrated per board.  The same points (and
+calibrations) run three times, each into a fresh folder:
+
+* ``hil sweep``'s engine on an embedded local Ray of ``--cores`` CPUs;
+* the same engine on a Ray of one CPU (one after another; Ray's own processes then have the
+  other cores to themselves, which flatters this baseline);
+* a plain loop in this process, no Ray at all (``ensure_calibration`` then ``ensure_run``, the
+  functions the sweep's tasks call): what a user gets running the points one after another.
+
+Ray's start-up is timed separately and not counted.  Printed: points per minute of each and the
+two ratios ``sweep throughput ratio (N cores / plain loop)`` (the figure issue 13 asks for) and
+``(N cores / Ray on 1 core)``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,26 @@ def _timed_sweep(spec: Path, out: Path, cores: int) -> tuple[float, float, int]:
     return t1 - t0, t2 - t1, len(result.done)
 
 
+def _timed_loop(spec: Path, out: Path) -> tuple[float, int]:
+    """The same calibrations and points one after another in this process, without Ray."""
+    from hil.demo import ensure_calibration, ensure_run
+    from hil.sweep_spec import expand, load_spec
+    from hil.train import TrainConfig
+
+    from calibration.run import CalibrationParams
+
+    sweep_spec, _ = load_spec(spec)
+    points, cals, devices = expand(sweep_spec, out, where=str(spec))
+    assert not devices, "the benchmark's boards need no device files"
+    t0 = time.perf_counter()
+    for cal in cals:
+        ensure_calibration(cal.board, out / "calibrations" / cal.name, CalibrationParams(**cal.params),
+                           progress=False)
+    for point in points:
+        ensure_run(TrainConfig(**point.config), out / "runs" / point.name, progress=False)
+    return time.perf_counter() - t0, len(points)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=2)
@@ -55,13 +82,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         spec = _spec(tmp, args.seeds, args.epochs)
-        rows = {}
+        rate = {}
         for cores in (args.cores, 1):
             start, run, n = _timed_sweep(spec, tmp / f"cores-{cores}", cores)
-            rows[cores] = (n / run * 60.0, run, start)
-            print(f"{cores} core{'s' if cores > 1 else ' '}: {n} points in {run:.1f} s "
-                  f"({rows[cores][0]:.2f} points/min; Ray start-up {start:.1f} s, not counted)")
-        print(f"sweep throughput ratio ({args.cores} cores / 1 core): {rows[args.cores][0] / rows[1][0]:.2f}x")
+            rate[cores] = n / run * 60.0
+            print(f"Ray, {cores} CPU{'s' if cores > 1 else ' '}: {n} points in {run:.1f} s "
+                  f"({rate[cores]:.2f} points/min; Ray start-up {start:.1f} s, not counted)")
+        run, n = _timed_loop(spec, tmp / "loop")
+        rate["loop"] = n / run * 60.0
+        print(f"plain loop:  {n} points in {run:.1f} s ({rate['loop']:.2f} points/min)")
+        print(f"sweep throughput ratio ({args.cores} cores / plain loop): {rate[args.cores] / rate['loop']:.2f}x")
+        print(f"sweep throughput ratio ({args.cores} cores / Ray on 1 core): {rate[args.cores] / rate[1]:.2f}x")
 
 
 if __name__ == "__main__":

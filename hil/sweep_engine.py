@@ -344,6 +344,14 @@ def _task_options(resource: str | None) -> dict:
     return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
 
 
+def _expected_cost(point: dict) -> tuple:
+    """A point's rough cost, to submit the long ones first: Ray starts ready tasks in submission order,
+    and a long point started last leaves the other cores idle at the end (longest first keeps a
+    sweep's tail short).  Writing to the array is what makes a run long; then epochs."""
+    config = point["config"]  # a whole TrainConfig; sorting is stable, so equals keep the spec's order
+    return (config["method"] != "float", config["epochs"])
+
+
 def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> dict:
     """Submit the calibrations, then the points (after their calibration); ``{ref: (kind, name)}``."""
     import ray
@@ -357,7 +365,7 @@ def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> d
             {"name": c["name"], "board": c["board"], "params": c["params"]}, c["dir"], limits, tracker)
         cal_refs[c["name"]] = ref
         pending[ref] = ("calibration", c["name"])
-    for p in todo:
+    for p in sorted(todo, key=_expected_cost, reverse=True):
         args = [_point_fields(p), p["dir"], limits, tracker]
         if p["calibration"] in cal_refs:
             args.append(cal_refs[p["calibration"]])  # a Ray dependency: runs once the calibration is done

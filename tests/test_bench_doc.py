@@ -117,6 +117,7 @@ def test_the_quoted_resume_command_is_what_hil_prints(session, monkeypatch):
     (line,) = [b for b in blocks("text") if "resume with:" in b]
     quoted = line.strip().split("resume with: ", 1)[1]
     monkeypatch.chdir(work)  # click checks that --calibration exists
-    ctx = cli.make_context("hil", args[1:])
-    name, command, rest = cli.resolve_command(ctx, [*ctx.protected_args, *ctx.args])
-    assert quoted == resume_command(command.make_context(name, rest, parent=ctx))
+    at = next(i for i, arg in enumerate(args) if arg in cli.commands)  # the group's options come before it
+    ctx = cli.make_context("hil", args[1:at + 1])
+    name = args[at]
+    assert quoted == resume_command(cli.commands[name].make_context(name, args[at + 1:], parent=ctx))

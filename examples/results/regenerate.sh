@@ -3,8 +3,7 @@
 # then the renderer, then the sweeps section (examples/sweeps/regenerate.sh: the ΔGth-factor and
 # write-noise sweeps; PRESETS=1 adds the per-preset sweeps, CHOOSE_DEFAULTS=1 the tuning), so this one
 # command regenerates the whole document.  The evaluation seeds (0-9) are disjoint from the tuning seeds (100-104) on which
-# the training defaults were chosen (examples/sweeps/choose_defaults.toml; its record examples/results/tune.json,
-# or the earlier examples/results/tuning.json until that exists).
+# the training defaults were chosen (examples/sweeps/choose_defaults.toml; its record examples/results/tune.json).
 # Finished parts are kept (demo --resume), so an interrupted regeneration continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,8 +11,6 @@ runs=${RESULTS_RUNS:-results-runs}
 seeds=${SEEDS:-0-9}
 hil demo --board emu --seeds "$seeds" --out "$runs/default" --quiet --resume
 hil demo --board "emu?preset=noisy2x" --seeds "$seeds" --out "$runs/noisy2x" --quiet --resume
-tuning=examples/results/tune.json
-[ -f "$tuning" ] || tuning=examples/results/tuning.json
 python examples/results/render_results.py --demo "default=$runs/default" --demo "noisy2x=$runs/noisy2x" \
-    --tuning "$tuning" --out docs/RESULTS.md
+    --tuning examples/results/tune.json --out docs/RESULTS.md
 bash examples/sweeps/regenerate.sh

@@ -86,7 +86,7 @@ def render(demos: dict[str, Path], tuning: Path | None, out_doc: Path) -> str:
     ]
     if tuning is not None and tuning.is_file():
         t = json.loads(tuning.read_text())
-        seeds = t.get("tuning_seeds", t.get("seeds"))  # tune.json of hil sweep, or the earlier tuning.json
+        seeds = t["tuning_seeds"]
         lines += [f"Training defaults were chosen on tuning seeds {seeds} (examples/sweeps/choose_defaults.toml,",
                   f"{tuning.as_posix()}); the seeds below are disjoint from them.", ""]
     for name, root in demos.items():
