@@ -344,20 +344,45 @@ def _task_options(resource: str | None) -> dict:
     return {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 0}
 
 
-def _expected_cost(point: dict) -> tuple:
-    """A point's rough cost, to submit the long ones first: Ray starts ready tasks in submission order,
-    and a long point started last leaves the other cores idle at the end (longest first keeps a
-    sweep's tail short).  Writing to the array is what makes a run long; then epochs."""
-    config = point["config"]  # a whole TrainConfig; sorting is stable, so equals keep the spec's order
-    return (config["method"] != "float", config["epochs"])
+def _submission_order(todo: list[dict], todo_cals: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The points to submit at once (long ones first) and the ones to hold back until every calibration
+    of the batch has finished.
+
+    Ray starts ready tasks roughly in submission order, so a long task started last leaves the other
+    cores idle at the end.  Writing to the array is what makes a point long: the points that need a
+    calibration (and the calibrations) go first; the points that need none (``float``) are ready at
+    once and would take the cores while the calibrations finish, so they are held back (while the
+    tasks that can run fill the cluster's CPUs, :func:`_run_batch`) and fill the end.
+    """
+    def cost(point: dict) -> tuple:  # a whole TrainConfig; sorting is stable: equals keep the spec's order
+        return (point["config"]["method"] != "float", point["config"]["epochs"])
+
+    ordered = sorted(todo, key=cost, reverse=True)
+    if not todo_cals:
+        return ordered, []
+    return ([p for p in ordered if p["calibration"] is not None or p["resource"]],
+            [p for p in ordered if p["calibration"] is None and not p["resource"]])
 
 
-def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> dict:
-    """Submit the calibrations, then the points (after their calibration); ``{ref: (kind, name)}``."""
+def _submit_points(points: list[dict], cal_refs: dict, tracker, limits, pending: dict) -> None:
+    """Submit ``points`` (each after its calibration, as a Ray dependency) into ``pending``."""
+    import ray
+
+    pt_task = ray.remote(point_task)
+    for p in points:
+        args = [_point_fields(p), p["dir"], limits, tracker]
+        if p["calibration"] in cal_refs:
+            args.append(cal_refs[p["calibration"]])  # a Ray dependency: runs once the calibration is done
+        ref = pt_task.options(**_task_options(p["resource"])).remote(*args)
+        pending[ref] = ("point", p["name"])
+
+
+def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> tuple[dict, list[dict]]:
+    """Submit the calibrations, then the points that go first (:func:`_submission_order`);
+    ``{ref: (kind, name)}`` and the points held back."""
     import ray
 
     cal_task = ray.remote(calibration_task)
-    pt_task = ray.remote(point_task)
     pending: dict = {}
     cal_refs = {}
     for c in todo_cals:
@@ -365,13 +390,9 @@ def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> d
             {"name": c["name"], "board": c["board"], "params": c["params"]}, c["dir"], limits, tracker)
         cal_refs[c["name"]] = ref
         pending[ref] = ("calibration", c["name"])
-    for p in sorted(todo, key=_expected_cost, reverse=True):
-        args = [_point_fields(p), p["dir"], limits, tracker]
-        if p["calibration"] in cal_refs:
-            args.append(cal_refs[p["calibration"]])  # a Ray dependency: runs once the calibration is done
-        ref = pt_task.options(**_task_options(p["resource"])).remote(*args)
-        pending[ref] = ("point", p["name"])
-    return pending
+    first, held = _submission_order(todo, todo_cals)
+    _submit_points(first, cal_refs, tracker, limits, pending)
+    return pending, held
 
 
 def _mark_started(sweep: SweepFile, tracker) -> bool:
@@ -399,17 +420,28 @@ def _record_result(sweep: SweepFile, kind: str, name: str, ref) -> tuple[str, di
     return state, rec
 
 
+def _runnable(sweep: SweepFile, pending: dict) -> int:
+    """How many pending tasks could run now: the calibrations, and the points whose calibration is done."""
+    cals = {name for kind, name in pending.values() if kind == "calibration"}
+    return sum(kind == "calibration" or sweep.items[(kind, name)]["calibration"] not in cals
+               for kind, name in pending.values())
+
+
 def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracker, limits, progress, echo) -> None:
     import ray
     from tqdm import tqdm
 
-    pending = _submit_batch(todo, todo_cals, tracker, limits)
+    pending, held = _submit_batch(todo, todo_cals, tracker, limits)
+    cpus = ray.cluster_resources().get("CPU", 1)
     sweep.save()
     bar = tqdm(total=len(todo), unit="point", desc="sweep", disable=None if progress else True,
                file=sys.stderr, dynamic_ncols=True)
     done = failed = 0
     try:
-        while pending:
+        while pending or held:
+            if held and _runnable(sweep, pending) < cpus:
+                _submit_points(held, {}, tracker, limits, pending)
+                held = []
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             changed = _mark_started(sweep, tracker)
             for ref in ready:

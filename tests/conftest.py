@@ -1,6 +1,7 @@
 """Shared fixtures: emulated boards in-process, on a real pseudo-terminal and on a real TCP socket.
 
-Also the suite-wide Hypothesis profile: nothing measured in wall time.
+Also the suite-wide Hypothesis profile (nothing measured in wall time) and one BLAS thread per
+process (hil.blas_threads), as the ``hil`` command line has.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from hypothesis import HealthCheck, settings
 from drivers.address import open_board
 from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import PtyServer, TcpServer, serve_in_thread
+from hil.blas_threads import limit_blas_threads
 from tests.waiting import HANG_GUARD_S
+
+limit_blas_threads()  # the suite's workers, and the processes they start, run side by side
 
 # Nothing measured in wall time: on a busy machine one example can take far longer than Hypothesis's
 # 200 ms deadline (the test then fails as "flaky"), and slow data generation trips the too_slow health

@@ -10,6 +10,7 @@ import sys
 import click
 
 from hil.cli import bench, calibrate, compare, demo, emulator, info, sweep, train  # noqa: F401  (registration)
+from hil.blas_threads import limit_blas_threads
 from hil.cli.app import cli
 
 __all__ = ["cli", "main"]
@@ -17,6 +18,11 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """The ``hil`` entry point: click's usage errors too end in one ``error:`` line (status 2)."""
+    try:
+        limit_blas_threads()
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     try:
         code = cli.main(prog_name="hil", standalone_mode=False)
     except click.UsageError as exc:
