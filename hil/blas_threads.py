@@ -3,11 +3,11 @@
 A crossbar of 128 x 128 devices is about the size at which a multi-threaded BLAS starts its
 threads, and processes of this stack run side by side: a training run beside an emulator server,
 a sweep's workers, the test suite's workers.  With the BLAS library's default (one thread per
-core) each process's threads spin waiting for cores the others hold.  On the 2-core development
-machine, ``benchmarks/bench_blas_threads.py`` printed: two loops of 128 x 128 products at once took
-11.2x as long with the default threads as with one; a digits training run (one epoch, eapu) 1.07x
-alone and 1.06x with two at once, since its products are mostly smaller.  One thread loses
-nothing at these sizes.
+core) each process's threads spin waiting for cores the others hold.
+``benchmarks/bench_blas_threads.py`` prints what that costs: on the 2-core development machine,
+two loops of 128 x 128 products side by side took about ten times as long with the default
+threads as with one, while a digits training run, whose products are mostly smaller, changed by
+a few per cent.  One thread loses nothing at these sizes.
 
 :func:`limit_blas_threads` is called by the ``hil`` command line and the test suite.  Code that
 imports the stack as a library (a notebook, a script) keeps its own thread settings; call it there
