@@ -8,7 +8,7 @@ against the board's effective limits before its first operation.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from calibration.common import (
     Measured,
@@ -38,7 +38,8 @@ class IvSweepParams(ProcedureParams):
     v_set_max_v: float = Field(1.5, gt=0, description="top of the positive (SET) branch")
     v_reset_min_v: float = Field(-1.8, lt=0, description="bottom of the negative (RESET) branch")
     step_v: float = Field(0.05, gt=0, description="voltage step of the staircase")
-    step_s: float = Field(1e-3, gt=0, description="time per voltage step")
+    dwell_s: float = Field(1e-3, gt=0, description="time per voltage step",
+                           validation_alias=AliasChoices("dwell_s", "step_s"))  # step_s: files before the rename
     compliance_a: float = Field(100e-6, gt=0, description="current compliance of the whole sweep")
     cycles: int = Field(1, ge=1, description="full sweeps per device")
 
@@ -66,8 +67,8 @@ def preflight_iv_sweep(board: Board, params: IvSweepParams) -> None:
         raise BoardError(f"this board ({board.info.kind}) cannot run I-V sweeps")
     lim = board.limits
     check_sweep_voltages(_staircase(params), lim)
-    check_duration(params.step_s, lim, "sweep step duration (--step-s)")
-    board.check_dc_duration(params.step_s, "sweep step (--step-s)")
+    check_duration(params.dwell_s, lim, "sweep step duration (--dwell)")
+    board.check_dc_duration(params.dwell_s, "sweep step (--dwell)")
     check_compliance(params.compliance_a, lim)
 
 
@@ -84,7 +85,7 @@ def iv_sweep(board: Board, params: IvSweepParams = IvSweepParams(), progress: Pr
     volts = _staircase(params)
     curves = []
     for c in range(params.cycles):
-        curves.append(board.iv_sweep(rows, cols, volts, params.step_s, params.compliance_a))
+        curves.append(board.iv_sweep(rows, cols, volts, params.dwell_s, params.compliance_a))
         if progress:
             progress(1)
     i = np.stack(curves)  # (cycles, devices, steps)

@@ -309,7 +309,7 @@ class Board(abc.ABC):
         formed, g = self._do_form(uniq, float(voltage_v), float(width_s), float(compliance_a))
         return FormReport(formed[inverse], g[inverse])
 
-    def iv_sweep(self, rows: np.ndarray, cols: np.ndarray, voltages_v: np.ndarray, step_s: float,
+    def iv_sweep(self, rows: np.ndarray, cols: np.ndarray, voltages_v: np.ndarray, dwell_s: float,
                  compliance_a: float) -> np.ndarray:
         """A DC voltage staircase on each listed device; currents (A), shape (devices, steps)."""
         if not self.info.capabilities.iv_sweep:
@@ -317,12 +317,12 @@ class Board(abc.ABC):
         rows, cols = self._check_cells(rows, cols)
         lim = self.limits
         volts = check_sweep_voltages(np.asarray(voltages_v, dtype=float).reshape(-1), lim)
-        step_s = check_duration(step_s, lim, "sweep step duration")
-        self.check_dc_duration(step_s, "sweep step")
+        dwell_s = check_duration(dwell_s, lim, "sweep step duration")
+        self.check_dc_duration(dwell_s, "sweep step")
         compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
-        return self._do_iv_sweep(uniq, volts, float(step_s), float(compliance_a))[inverse]
+        return self._do_iv_sweep(uniq, volts, float(dwell_s), float(compliance_a))[inverse]
 
     def check_dc_duration(self, seconds: float, what: str) -> None:
         """Raise unless this board can hold one DC level (a forming pulse, a sweep step) for ``seconds``.
@@ -334,7 +334,7 @@ class Board(abc.ABC):
     def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
         raise BoardError("forming is not implemented by this board")
 
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_s: float, compliance_a: float) -> np.ndarray:
         raise BoardError("I-V sweeps are not implemented by this board")
 
     def clock(self) -> float:

@@ -381,10 +381,10 @@ class FpgaBoard(Board):
         reply = self._call(m.FormRequest(flat, voltage_v, width_s, compliance_a))
         return reply.formed, self._codes_to_g(reply.g_codes)
 
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_s: float, compliance_a: float) -> np.ndarray:
         virtual = self._info.capabilities.virtual_clock
-        return self._call(m.IvSweepRequest(flat, volts, step_s, compliance_a),
-                          extra_s=0.0 if virtual else volts.size * step_s * 1.5).currents_a
+        return self._call(m.IvSweepRequest(flat, volts, dwell_s, compliance_a),
+                          extra_s=0.0 if virtual else volts.size * dwell_s * 1.5).currents_a
 
     def _do_clock(self) -> float:
         return self._call(m.ClockRequest()).clock_s

@@ -28,7 +28,7 @@ the instruments' own time):
 * **I-V sweep and forming** go through the SMU, one device at a time: with the output
   off, the SMU is set to a voltage source at 0 V on the range of the largest level, the
   requested compliance as its current limit (read back and compared), current auto
-  range, auto zero off and an integration of ``step_s`` (or the forming width) -- so
+  range, auto zero off and an integration of ``dwell_s`` (or the forming width) -- so
   each level lasts one reading, 200 us .. 200 ms at 50 Hz, anything else is refused
   before a byte is sent; then the matrix routes the device, the output turns on, each
   level is set and read, and the output turns off before the next route.  A formed

@@ -78,8 +78,8 @@ class BenchDcMixin:
         self._smu_armed = True
         self._smu_dc_config = False
 
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, step_s: float, compliance_a: float) -> np.ndarray:
-        nplc = self._dwell_nplc(step_s, "sweep step")
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_s: float, compliance_a: float) -> np.ndarray:
+        nplc = self._dwell_nplc(dwell_s, "sweep step")
         return self._smu_dc(flat, volts, nplc, compliance_a, "I-V sweep")
 
     def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):

@@ -48,11 +48,11 @@ class ArrayDcMixin:
         self.refresh_derived()
         return newly
 
-    def iv_sweep(self, flat_idx, voltages_v, step_s: float, compliance_a: float) -> np.ndarray:
+    def iv_sweep(self, flat_idx, voltages_v, dwell_s: float, compliance_a: float) -> np.ndarray:
         """DC staircase on each device: returns currents (n_devices, n_steps), amps.
 
-        Each step holds its voltage for ``step_s``.  A step beyond a switching threshold
-        counts as ``n = pulse_scale(V, step_s)`` nominal pulses, applied in the
+        Each step holds its voltage for ``dwell_s``.  A step beyond a switching threshold
+        counts as ``n = pulse_scale(V, dwell_s)`` nominal pulses, applied in the
         continuous limit of the soft-bounds law (``1-x -> (1-x)*exp(-n*alpha/window)``
         for SET, ``x -> x*exp(-n*alpha/window)`` for RESET) -- a DC step is many small
         pulses, not one huge one.  The compliance caps a SET at ``compliance / V``; an
@@ -66,8 +66,8 @@ class ArrayDcMixin:
         out = np.empty((idx.size, volts.size))
         for k, v in enumerate(volts):
             if v > 0 and self.unformed[idx].any():
-                self.form(idx[self.unformed[idx]], float(v), step_s, compliance_a)
-            n_equiv = pulse_scale(p, float(v), step_s) if v != 0 else 0.0
+                self.form(idx[self.unformed[idx]], float(v), dwell_s, compliance_a)
+            n_equiv = pulse_scale(p, float(v), dwell_s) if v != 0 else 0.0
             movable = idx[~self._frozen()[idx]]
             if n_equiv > 0 and movable.size:
                 lo, hi = p.g_min_s, self.g_max[movable]
@@ -85,10 +85,10 @@ class ArrayDcMixin:
                 self.counters.write_events_total += int(movable.size)
             g_eff = self._effective_g(*self._state_at(idx))
             out[:, k] = np.clip(self._read_noisy(g_eff) * v, -compliance_a, compliance_a)
-            energy = float(np.abs(out[:, k]).sum() * abs(v) * step_s)
+            energy = float(np.abs(out[:, k]).sum() * abs(v) * dwell_s)
             if n_equiv > 0:
                 self._book_write_energy(energy)
             else:
                 self.counters.read_energy_j += energy
-            self.clock_s += p.t_command_s + step_s
+            self.clock_s += p.t_command_s + dwell_s
         return out

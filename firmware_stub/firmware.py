@@ -329,7 +329,7 @@ class Firmware:
         return m.FormReply(formed, self._read_codes(self.array.read_g(flat)))
 
     def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepReply:
-        flat, volts, step, icc = req.flat_idx, req.voltages_v, req.step_s, req.compliance_a
+        flat, volts, step, icc = req.flat_idx, req.voltages_v, req.dwell_s, req.compliance_a
         self._check_cells(flat)
         lim = self.limits
         if volts.size and (not np.all(np.isfinite(volts)) or volts.max() > max(lim.max_set_v, lim.max_form_v)

@@ -258,13 +258,13 @@ def decode_form_result(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
     return r.formed, r.g_codes
 
 
-def encode_iv_request(flat_sorted: np.ndarray, voltages_v: np.ndarray, step_s: float, compliance_a: float) -> bytes:
-    return IvSweepRequest(flat_sorted, voltages_v, step_s, compliance_a).encode()
+def encode_iv_request(flat_sorted: np.ndarray, voltages_v: np.ndarray, dwell_s: float, compliance_a: float) -> bytes:
+    return IvSweepRequest(flat_sorted, voltages_v, dwell_s, compliance_a).encode()
 
 
 def decode_iv_request(data: bytes) -> tuple[np.ndarray, np.ndarray, float, float]:
     r = IvSweepRequest.decode(data)
-    return r.flat_idx, r.voltages_v, r.step_s, r.compliance_a
+    return r.flat_idx, r.voltages_v, r.dwell_s, r.compliance_a
 
 
 def decode_iv_result(data: bytes, n_cells: int, n_v: int) -> np.ndarray:

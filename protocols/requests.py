@@ -328,16 +328,16 @@ class FormRequest:
 
 @dataclass(frozen=True)
 class IvSweepRequest:
-    """``f64 step (s) | f64 compliance (A) | u32 n_v | n_v f64 voltages (V) | cells``."""
+    """``f64 dwell per step (s) | f64 compliance (A) | u32 n_v | n_v f64 voltages (V) | cells``."""
 
     OP: ClassVar[Op] = Op.IV_SWEEP
     flat_idx: np.ndarray
     voltages_v: np.ndarray
-    step_s: float
+    dwell_s: float
     compliance_a: float
 
     def encode(self, layout: Layout = _DEFAULT) -> bytes:
-        return (_IV.pack(self.step_s, self.compliance_a, self.voltages_v.size) + enc.encode_f64(self.voltages_v)
+        return (_IV.pack(self.dwell_s, self.compliance_a, self.voltages_v.size) + enc.encode_f64(self.voltages_v)
                 + encode_cells(self.flat_idx))
 
     @classmethod

@@ -385,18 +385,18 @@ def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
 @click.option("--v-max", default=1.5, show_default=True, type=float, help="Top of the SET branch (V).")
 @click.option("--v-min", default=-1.8, show_default=True, type=float, help="Bottom of the RESET branch (V).")
 @click.option("--step", "step_v", default=0.05, show_default=True, type=float, help="Voltage step (V).")
-@click.option("--dwell", "step_s", default=1e-3, show_default=True, type=float, help="Time per step (s).")
+@click.option("--dwell", "dwell_s", default=1e-3, show_default=True, type=float, help="Time per step (s).")
 @click.option("--compliance", default=100e-6, show_default=True, type=float, help="Current compliance (A).")
 @click.option("--cycles", default=1, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
 def iv_sweep_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
-                 devices, v_max, v_min, step_v, step_s, compliance, cycles):
+                 devices, v_max, v_min, step_v, dwell_s, compliance, cycles):
     """Bipolar DC I-V sweeps under current compliance."""
     from calibration.characterize import IvSweepParams
 
     _run_char(ctx, "iv-sweep", address, out_dir,
               lambda b: IvSweepParams(seed=seed, region=_region(region), n_devices=devices, v_set_max_v=v_max,
-                                      v_reset_min_v=v_min, step_v=step_v, step_s=step_s,
+                                      v_reset_min_v=v_min, step_v=step_v, dwell_s=dwell_s,
                                       compliance_a=compliance, cycles=cycles),
               (set_amplitude, set_width, reset_amplitude, reset_width))
 
