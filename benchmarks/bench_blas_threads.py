@@ -2,9 +2,9 @@
 
     python benchmarks/bench_blas_threads.py [--runs 2] [--task digits] [--epochs 1] [--workload train|matmul]
 
-The ``train`` workload (the default) is ``hil train``'s code path (``train()`` called from Python, so without the command
-line's thread limit) in a fresh process: ``eapu`` on ``--task`` on the default
-emulated board (calibrated at the start, as ``hil train`` without ``--calibration`` does).  It runs
+The ``train`` workload (the default) is ``hil train``'s code path in a fresh process (``train()``
+called from Python, so without the command line's thread limit): ``eapu`` on ``--task`` on the
+default emulated board (calibrated at the start, as ``hil train`` without ``--calibration`` does).  It runs
 with the BLAS library's default thread count and with one thread (``OMP_NUM_THREADS=1``, what
 :func:`hil.blas_threads.limit_blas_threads` sets), first alone, then ``--runs`` at once (a run beside
 an emulator server, a sweep's workers, the test suite's workers).  Printed: the wall time of each
@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "HIL_BLAS_THREADS")
+sys.path.insert(0, str(ROOT))
+
+from hil.blas_threads import THREAD_ENV  # noqa: E402
 MATMUL = """
 import numpy as np
 a = np.random.default_rng(0).random((128, 128))
@@ -41,18 +43,18 @@ train(TrainConfig(task=sys.argv[2], method="eapu", epochs=int(sys.argv[3]), seed
 
 
 def _timed(n: int, one_thread: bool, task: str, epochs: int, workload: str) -> float:
-    """Wall time of ``n`` training processes started together."""
-    env = {k: v for k, v in os.environ.items() if k not in BLAS_ENV}
+    """Wall time of ``n`` processes of ``workload`` started together."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV and k != "HIL_BLAS_THREADS"}
     env["PYTHONPATH"] = str(ROOT)
     if one_thread:  # what the hil command line sets for itself and its children
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env.update({name: "1" for name in THREAD_ENV})
+    code = RUN if workload == "train" else MATMUL
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        code = RUN if workload == "train" else MATMUL
         procs = [subprocess.Popen([sys.executable, "-c", code, str(Path(tmp) / f"run{i}"), task, str(epochs)], env=env)
                  for i in range(n)]
         if any(p.wait() for p in procs):
-            raise SystemExit("a training run failed")
+            raise SystemExit(f"a {workload} process failed")
         return time.perf_counter() - t0
 
 

@@ -329,16 +329,16 @@ class Firmware:
         return m.FormReply(formed, self._read_codes(self.array.read_g(flat)))
 
     def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepReply:
-        flat, volts, step, icc = req.flat_idx, req.voltages_v, req.dwell_s, req.compliance_a
+        flat, volts, dwell, icc = req.flat_idx, req.voltages_v, req.dwell_s, req.compliance_a
         self._check_cells(flat)
         lim = self.limits
         if volts.size and (not np.all(np.isfinite(volts)) or volts.max() > max(lim.max_set_v, lim.max_form_v)
                            or volts.min() < -lim.max_reset_v):
             raise Refused(Status.LIMIT_VIOLATION, "sweep voltage beyond the hardware limits")
-        self._check_width(step)
+        self._check_width(dwell)
         self._check_compliance(icc)
         self.idle = False
-        cur = self.array.iv_sweep(flat, volts, step, icc)
+        cur = self.array.iv_sweep(flat, volts, dwell, icc)
         self.idle = True
         return m.IvSweepReply(cur)
 

@@ -345,14 +345,13 @@ def _task_options(resource: str | None) -> dict:
 
 
 def _submission_order(todo: list[dict], todo_cals: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The points to submit at once (long ones first) and the ones to hold back until every calibration
-    of the batch has finished.
+    """The points to submit at once (long ones first) and the ones to hold back until fewer tasks can
+    run than there are CPUs (:func:`_run_batch`); nothing is held in a batch without calibrations.
 
     Ray starts ready tasks roughly in submission order, so a long task started last leaves the other
     cores idle at the end.  Writing to the array is what makes a point long: the points that need a
     calibration (and the calibrations) go first; the points that need none (``float``) are ready at
-    once and would take the cores while the calibrations finish, so they are held back (while the
-    tasks that can run fill the cluster's CPUs, :func:`_run_batch`) and fill the end.
+    once and would take the cores while the calibrations finish, so they are held back and fill the end.
     """
     def cost(point: dict) -> tuple:  # a whole TrainConfig; sorting is stable: equals keep the spec's order
         return (point["config"]["method"] != "float", point["config"]["epochs"])
@@ -421,10 +420,19 @@ def _record_result(sweep: SweepFile, kind: str, name: str, ref) -> tuple[str, di
 
 
 def _runnable(sweep: SweepFile, pending: dict) -> int:
-    """How many pending tasks could run now: the calibrations, and the points whose calibration is done."""
+    """How many pending tasks could run now: the calibrations, and the points whose calibration is done;
+    the tasks on one physical board count once (they run there one at a time)."""
     cals = {name for kind, name in pending.values() if kind == "calibration"}
-    return sum(kind == "calibration" or sweep.items[(kind, name)]["calibration"] not in cals
-               for kind, name in pending.values())
+    boards, free = set(), 0
+    for kind, name in pending.values():
+        item = sweep.items[(kind, name)]
+        if kind == "point" and item["calibration"] in cals:
+            continue
+        if item["resource"]:
+            boards.add(item["resource"])
+        else:
+            free += 1
+    return free + len(boards)
 
 
 def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracker, limits, progress, echo) -> None:
