@@ -19,11 +19,24 @@ estimate). ``lr`` is a plain attribute: schedules may change it between steps.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Optimizer", "SGD", "Adam", "make_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "make_optimizer", "scheduled_lr"]
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``total_steps``: ``constant``, or ``cosine`` annealing
+    ``lr * (1 + cos(pi * step / total_steps)) / 2`` (``lr`` at the first step, towards 0 at the last).
+
+    A function of the step alone, so a resumed run takes the same rates."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}: use 'constant' or 'cosine'")
 
 
 class Optimizer:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hil import nn
-from hil.optim import SGD, Adam, make_optimizer
+from hil.optim import SGD, Adam, make_optimizer, scheduled_lr
 from hil.tasks import TASKS, accuracy, load_task, ssim
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
@@ -97,6 +97,21 @@ def test_optimizer_validation_and_factory():
     assert isinstance(make_optimizer("ADAM", lr=1e-3), Adam)
     with pytest.raises(ValueError, match="adam, sgd"):
         make_optimizer("rmsprop", lr=1)
+
+
+@given(lr=st.floats(1e-4, 1.0), total=st.integers(1, 10_000), data=st.data())
+def test_cosine_schedule_starts_at_lr_decreases_and_ends_near_zero(lr, total, data):
+    step = data.draw(st.integers(0, total - 1))
+    rates = [scheduled_lr(lr, "cosine", s, total) for s in (0, step, min(step + 1, total - 1), total - 1)]
+    assert rates[0] == pytest.approx(lr)
+    assert 0 < rates[3] <= rates[2] <= rates[1] <= lr
+    assert rates[3] <= lr * (1 - np.cos(np.pi / total)) / 2 + 1e-15  # one step short of 0
+    assert scheduled_lr(lr, "constant", step, total) == lr
+
+
+def test_unknown_schedule_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="'constant' or 'cosine'"):
+        scheduled_lr(0.1, "linear", 0, 10)
 
 
 def test_step_does_not_modify_inputs():

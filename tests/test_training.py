@@ -53,6 +53,18 @@ def test_float_run_writes_the_run_directory(tmp_path):
     assert sum(json.loads(x)["kind"] == "step" for x in lines) == 90
 
 
+def test_a_cosine_schedule_anneals_the_writes_and_is_recorded(tmp_path, calibration_file):
+    const = train(_cfg(calibration_file), tmp_path / "constant", progress=False)
+    cosine = train(_cfg(calibration_file, lr_schedule="cosine"), tmp_path / "cosine", progress=False)
+    assert json.loads((tmp_path / "cosine" / "config.json").read_text())["lr_schedule"] == "cosine"
+    steps = [json.loads(x) for x in (tmp_path / "cosine" / "metrics.jsonl").read_text().splitlines()]
+    writes = [r["write_fraction"] for r in steps if r["kind"] == "step"]
+    half = len(writes) // 2
+    # eapu writes in proportion to the update: the annealed second half writes less than the first
+    assert np.mean(writes[half:]) < np.mean(writes[:half])
+    assert cosine["write_fraction_mean"] < const["write_fraction_mean"]
+
+
 def test_eapu_run_on_the_array(tmp_path, calibration_file):
     s = train(_cfg(calibration_file), tmp_path, progress=False)
     assert SUMMARY_KEYS <= set(s)

@@ -13,7 +13,7 @@ from hil.interruptions import resume_command, sigint_guard
 from hil.update_rules import RULES
 
 TRAIN_OPTIONS = ("task", "method", "epochs", "seed", "calibration", "batch_size", "lr", "hidden",
-                 "optimizer", "k", "allow_foreign_calibration")
+                 "optimizer", "k", "lr_schedule", "allow_foreign_calibration")
 
 
 @cli.command()
@@ -35,6 +35,8 @@ TRAIN_OPTIONS = ("task", "method", "epochs", "seed", "calibration", "batch_size"
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--hidden", default=None, help="Hidden layer sizes, e.g. 32 or 64,32.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None)
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help="The learning rate over the run (default: the task's).")
 @click.option("--k", type=click.FloatRange(min=0, min_open=True), default=None, help="EaPU threshold factor k.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (or start it again if it "
                                              "stopped before its first checkpoint).")
@@ -45,7 +47,7 @@ TRAIN_OPTIONS = ("task", "method", "epochs", "seed", "calibration", "batch_size"
 @click.option("--json", "as_json", is_flag=True, help="Print the whole summary as JSON instead of the table.")
 @click.pass_context
 def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, allow_foreign_calibration,
-          batch_size, lr, hidden, optimizer, k, resume, assume_applied, quiet, as_json) -> None:
+          batch_size, lr, hidden, optimizer, k, lr_schedule, resume, assume_applied, quiet, as_json) -> None:
     """Train a network on the array (or digitally, --method float); writes the run directory."""
     from pydantic import ValidationError
 
@@ -61,7 +63,7 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
         fail(f"--hidden expects layer sizes of at least 1, like 32 or 64,32; got {hidden!r}")
     values = {"board": address, "task": task, "method": method, "epochs": epochs, "seed": seed,
               "calibration": calibration, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-              "delta_g_th_k": k, "hidden": sizes, "allow_foreign_calibration": allow_foreign_calibration or None}
+              "delta_g_th_k": k, "lr_schedule": lr_schedule, "hidden": sizes, "allow_foreign_calibration": allow_foreign_calibration or None}
     typed = {n for n in (*TRAIN_OPTIONS, "address")
              if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
     started = (out_dir / "config.json").exists()

@@ -32,10 +32,13 @@ class TrainConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float | None = Field(None, gt=0, description="default depends on the task")
     momentum: float = Field(0.9, ge=0, lt=1)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="the learning rate over the run: constant, or cosine annealing from lr at the first "
+                                "step to 0 after the last (hil.optim.scheduled_lr)")
     w_max: float | None = Field(None, gt=0, description="|W| that spans the usable conductance band; "
-                                                       "default 2 for digits, 1.5 for image tasks")
+                                                       "default 1 for digits, 1.5 for image tasks")
     delta_g_th_k: float | None = Field(None, gt=0, description="EaPU threshold as a multiple of the calibrated "
-                                                               "ΔGth; default 3 for digits, 1 for image tasks")
+                                                               "ΔGth; default 4.5 for digits, 1 for image tasks")
     max_pulses: int = Field(64, ge=1, le=255)
     calibration: str | None = None
     allow_foreign_calibration: bool = Field(False, description="accept a --calibration measured on another board")
@@ -52,9 +55,9 @@ class TrainConfig(BaseModel):
         if self.lr is None:
             self.lr = 0.03 if digits else 1.0
         if self.w_max is None:
-            self.w_max = 2.0 if digits else 1.5
+            self.w_max = 1.0 if digits else 1.5
         if self.delta_g_th_k is None:
-            self.delta_g_th_k = 3.0 if digits else 1.0
+            self.delta_g_th_k = 4.5 if digits else 1.0
         return self
 
     @property

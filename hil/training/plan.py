@@ -17,7 +17,7 @@ import numpy as np
 from drivers.board import PulseBatch
 from hil.model import MLP
 from hil.nn import mse, softmax_cross_entropy
-from hil.optim import Optimizer
+from hil.optim import Optimizer, scheduled_lr
 from hil.tasks import Task
 from hil.training.config import TrainConfig
 
@@ -115,6 +115,8 @@ class StepPlanner:
         out, cache = self.model.forward(x)
         loss, d_out = self._loss(out, y)
         gw, gb = self.model.backward(cache, d_out)
+        self.optimizer.lr = scheduled_lr(self.cfg.lr, self.cfg.lr_schedule, step,
+                                         self.steps_per_epoch * self.cfg.epochs)
         deltas = self.optimizer.step(gw + gb)
         n = len(self.model.layers)
         dws, dbs = deltas[:n], deltas[n:]
