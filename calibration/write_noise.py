@@ -19,7 +19,8 @@ absolute cycle-to-cycle spread ``sigma_c2c = sigma_rel * mu_mid``, so that one w
 event of ``n`` pulses at mid-window changes the stored state with
 ``sigma(n)^2 = sigma_w^2 + n sigma_c2c^2``.  The classic pooled ``var(n)`` per
 polarity (corrected, absolute) is kept for plots together with its own straight-line
-fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resample).
+fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resample), widened
+by the moment fit's Birge ratio where it is above 1 (``fit_birge_ratio`` in the result).
 """
 
 from __future__ import annotations
