@@ -11,7 +11,9 @@ What a change contains, the corrections and the moment fit are
 The per-device step factors ``rho_i`` (mean change over many events, relative to
 the model: a linear, unbiased statistic) are also returned: the calibration uses
 their mean to fix the scale of the pulse-response model, and their spread for the
-device-to-device CV.
+device-to-device CV.  They are relative to each device's own window where the
+pulse-response stage fitted it, and are also given on the population window for every
+sampled device (``step_scale_<pol>_pop``), so that the mean can use the whole sample.
 
 Reported: ``sigma_w`` (``write_noise_sigma_s``), ``sigma_r0`` (``relax_sigma0_s``),
 ``sigma_rel`` and, with the mean step at mid-window from the pulse response, the

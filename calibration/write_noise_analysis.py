@@ -203,7 +203,27 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
         programmed_fraction=0.0, read_noise_rel_used=float(read_noise_rel),
         sample=SampleInfo(n_devices=n_dev_all, selection=""),
     )
-    return result, _arrays(cells, rho, rho_var, usable, fit, bounds_s, model is not None)
+    arrays = _arrays(cells, rho, rho_var, usable, fit, bounds_s, model is not None)
+    return result, arrays | _population_window_factors(y, n_arr, pol_arr, params, model, bounds_s, rho, usable)
+
+
+def _population_window_factors(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, params: WriteNoiseParams,
+                               model: dict[str, SoftBoundsFit] | None, bounds_s, rho: dict,
+                               usable: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+    """Every sampled device's step factor on the *population* window (``step_scale_<pol>_pop``).
+
+    The own-window factor is known only for the devices whose window the pulse-response stage
+    fitted; the population-window one for every sampled device, measured from the same changes, so
+    the two are closely correlated and the report combines them over the two samples (a regression
+    estimator, :func:`calibration.report_builder.step_scale`).
+    """
+    pop = rho
+    if model is not None and bounds_s is not None:
+        cells = [_cell(y, n_arr, pol_arr, n, pol, model, None) for n in params.pulse_counts for pol in (+1, -1)]
+        pop, _ = _step_factors(cells, y.shape[1], True)
+    unit = "1 (x population model)" if model is not None else "S per pulse"
+    return {f"step_scale_{name}_pop": (np.where(usable, pop[pol], np.nan), unit)
+            for name, pol in (("set", +1), ("reset", -1))}
 
 
 def _per_read_variance(y: np.ndarray, r: int, read_noise_rel: float, q_var: float,
