@@ -11,7 +11,9 @@ What a change contains, the corrections and the moment fit are
 The per-device step factors ``rho_i`` (mean change over many events, relative to
 the model: a linear, unbiased statistic) are also returned: the calibration uses
 their mean to fix the scale of the pulse-response model, and their spread for the
-device-to-device CV.
+device-to-device CV.  They are relative to each device's own window where the
+pulse-response stage fitted it, and are also given on the population window for every
+sampled device (``step_scale_<pol>_pop``), so that the mean can use the whole sample.
 
 Reported: ``sigma_w`` (``write_noise_sigma_s``), ``sigma_r0`` (``relax_sigma0_s``),
 ``sigma_rel`` and, with the mean step at mid-window from the pulse response, the
@@ -19,7 +21,8 @@ absolute cycle-to-cycle spread ``sigma_c2c = sigma_rel * mu_mid``, so that one w
 event of ``n`` pulses at mid-window changes the stored state with
 ``sigma(n)^2 = sigma_w^2 + n sigma_c2c^2``.  The classic pooled ``var(n)`` per
 polarity (corrected, absolute) is kept for plots together with its own straight-line
-fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resample).
+fit.  Uncertainties: bootstrap over devices (the whole fit redone on each resample), widened
+by the moment fit's Birge ratio where it is above 1 (``fit_birge_ratio`` in the result).
 """
 
 from __future__ import annotations

@@ -16,12 +16,17 @@ step per pulse at mid-window (10 %) and the stuck fraction (0.5 percentage point
 all sets, the true value lies within the reported 2 sigma for at least 90 % of them, for
 each of these quantities.
 
-Known failures, pinned as strict xfails with their numbers (``TOLERANCE_FAILS``,
-``COVERAGE_FAILS``): sigma_w at 0.2 uS next to a large cycle-to-cycle spread (a
-statistical floor on a 48x48 array), the 2-sigma coverage of the relative
-cycle-to-cycle spread (88 %) and of the SET step (84 %).  The derandomized draws come
-in clusters that share a seed (and so one realization of the array's noise), so one
-unlucky realization fails several sets at once.
+Known failure, pinned as a strict xfail with its numbers (``TOLERANCE_FAILS``): sigma_w
+at 0.2 uS next to a large cycle-to-cycle spread or read noise (a statistical floor on a
+48x48 array).  Coverage of the reported 2 sigma: the relative cycle-to-cycle spread 92 %
+(88 % before its errors were widened by the moment fit's Birge ratio), the SET step 96 %
+(84 % before the mean step factor used the whole write-noise sample and the step's error
+carried the gamma fitted through a clipped bound): the 2 sets outside are one seed whose
+sampled devices' own mean step is +4.7-5.0 % off the array's, a 2.1-2.2 sigma draw that the
+reported error describes.  The derandomized draws come in clusters that share a seed (and
+so one realization of the array's noise and one device sample), so one unlucky
+realization fails several sets at once; which mutations of the last cluster are drawn
+changes with the code under test (the last 5 of the 50 did between commits).
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ def _judged(name: str, truth: dict) -> bool:
     return not (name == "drift_mu" and truth["relax_mu_s"] < 0.03e-6)
 
 
-@pytest.mark.timeout(3600)  # a hang guard: 50 calibrations take ~3 min of CPU, much longer on a loaded machine
+@pytest.mark.timeout(3600)  # a hang guard: 50 calibrations take ~1.5-2 min of CPU, longer on a loaded machine
 @settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,
           phases=(Phase.explicit, Phase.generate))  # no shrinking: each example is a calibration
 @given(values=devices, seed=st.integers(0, 2**16))
@@ -112,22 +117,14 @@ def _known(name: str, failing: dict[str, str]):
 
 
 TOLERANCE_FAILS = {
-    "sigma_w": "statistical floor: sigma_w = 0.2 uS next to sigma_c2c = 1.4 (x 0.36-0.5 uS steps), sigma_r0 = 0.4 "
-               "uS and read noise: 2 of 50 sets at -18 % and +25 % (their reported sigma 22 % and 10 %) even with the "
-               "sample extended (up to 6x, as far as the 48x48 array allows)",
+    "sigma_w": "statistical floor: sigma_w = 0.2 uS next to a large cycle-to-cycle spread (1.4 x 0.36-0.5 uS "
+               "steps) or read noise (2.3 %, ~1.2 uS a read) and sigma_r0 = 0.4 uS, where sigma_w^2 is a few % of "
+               "a single pulse's change variance: 3 of 50 sets at -18 %, +25 % and -22 % (their reported sigma "
+               "29 %, 10 % and 18 %) with the sample extended as far as the 48x48 array allows; a full-covariance "
+               "GLS of the moment rows does no better (-23 %, +23 % in the first two), and a 10 % tolerance would "
+               "need ~6-50x the events",
 }
-COVERAGE_FAILS = {
-    "c2c_rel": "truth within 2 sigma in 88 % of 50 sets (72 % before the path-exact, decoupled design of "
-               "write_noise_analysis): +11-12 % at 2.7-3.2 sigma in 3 sets of two seeds' realizations where sigma_w "
-               "dominates (sigma_w 1.1-2.8 uS, c2c 0.4-0.8; 10 fresh seeds of two of them: mean +1 %, all within "
-               "2 sigma), -4 % and -10 % (2.7, 4.3 sigma) with sigma_d2d 0.4 and c2c 1.6-1.95 (10 fresh seeds: "
-               "-1.2 % and -1.6 %, 100 % and 90 % within 2 sigma), +6 % at 2.1 sigma",
-    "step_set": "truth within 2 sigma in 84 % of 50 sets: +5-6 % in 3 sets of one seed whose sampled devices' "
-                "own mean step is +5 % (sigma_d2d 0.44: a 2.4-sigma draw, in the reported error); +10 % at gamma_set "
-                "1.9, sigma_w 2.8 uS (the pulse-response model's gamma fitted 0.15 low, 6x its reported error; bounds "
-                "seen through a clipped persistent write error); -1.2 % at 2.3 sigma in 3 sets of one seed at "
-                "sigma_w 0.2 uS, c2c 1.4 (g_min fitted 0.18 uS high, 4.6x its reported error)",
-}
+COVERAGE_FAILS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [_known(n, TOLERANCE_FAILS) for n in QUANTITIES] + ["stuck"])
