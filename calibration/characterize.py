@@ -177,10 +177,10 @@ class RetentionParams(ProcedureParams):
                                          description="programmed levels (siemens)")
     tolerance_s: float = Field(1.5e-6, gt=0)
     max_iter: int = Field(40, ge=1, le=1000)
-    t_max_s: float = Field(1e4, gt=0, description="last read after programming (board clock)")
+    t_max_sec: float = Field(1e4, gt=0, description="last read after programming (board clock)")
     n_times: int = Field(9, ge=2)
     n_reads: int = Field(4, ge=1)
-    t0_s: float = Field(1.0, gt=0)
+    t0_sec: float = Field(1.0, gt=0)
 
 
 def retention(board: Board, params: RetentionParams | None = None, progress: Progress = None) -> Measured:
@@ -194,9 +194,9 @@ def retention(board: Board, params: RetentionParams | None = None, progress: Pro
     targets = np.asarray(params.targets_s)[level_idx]
     rows, cols = split_flat(board, flat)
     prog = board.program(rows, cols, targets, params.tolerance_s, params.max_iter)
-    actual, reads, _ = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads, progress)
+    actual, reads, _ = read_at_log_times(board, flat, params.t_max_sec, params.n_times, params.n_reads, progress)
     dp = DriftParams(n_devices=max(8, flat.size), levels=tuple(float(x) for x in params.targets_s),
-                     n_reads=params.n_reads, t0_s=params.t0_s, t_max_s=params.t_max_s, n_times=params.n_times)
+                     n_reads=params.n_reads, t0_sec=params.t0_sec, t_max_sec=params.t_max_sec, n_times=params.n_times)
     result = analyse_drift(actual, reads, level_idx, prog.converged, dp, 0.0, quantisation_var(board), targets)
     result.sample = SampleInfo.from_counts(np.zeros(flat.size, dtype=np.int64),
                                            f"write-verify used {prog.pulses} pulses in all")

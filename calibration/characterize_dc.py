@@ -38,8 +38,8 @@ class IvSweepParams(ProcedureParams):
     v_set_max_v: float = Field(1.5, gt=0, description="top of the positive (SET) branch")
     v_reset_min_v: float = Field(-1.8, lt=0, description="bottom of the negative (RESET) branch")
     step_v: float = Field(0.05, gt=0, description="voltage step of the staircase")
-    dwell_s: float = Field(1e-3, gt=0, description="time per voltage step",
-                           validation_alias=AliasChoices("dwell_s", "step_s"))  # step_s: files before the rename
+    dwell_sec: float = Field(1e-3, gt=0, description="time per voltage step",
+                             validation_alias=AliasChoices("dwell_sec", "step_s"))  # step_s: files before the I-V rename
     compliance_a: float = Field(100e-6, gt=0, description="current compliance of the whole sweep")
     cycles: int = Field(1, ge=1, description="full sweeps per device")
 
@@ -67,8 +67,8 @@ def preflight_iv_sweep(board: Board, params: IvSweepParams) -> None:
         raise BoardError(f"this board ({board.info.kind}) cannot run I-V sweeps")
     lim = board.limits
     check_sweep_voltages(_staircase(params), lim)
-    check_duration(params.dwell_s, lim, "sweep step duration (--dwell)")
-    board.check_dc_duration(params.dwell_s, "sweep step (--dwell)")
+    check_duration(params.dwell_sec, lim, "sweep step duration (--dwell)")
+    board.check_dc_duration(params.dwell_sec, "sweep step (--dwell)")
     check_compliance(params.compliance_a, lim)
 
 
@@ -85,7 +85,7 @@ def iv_sweep(board: Board, params: IvSweepParams = IvSweepParams(), progress: Pr
     volts = _staircase(params)
     curves = []
     for c in range(params.cycles):
-        curves.append(board.iv_sweep(rows, cols, volts, params.dwell_s, params.compliance_a))
+        curves.append(board.iv_sweep(rows, cols, volts, params.dwell_sec, params.compliance_a))
         if progress:
             progress(1)
     i = np.stack(curves)  # (cycles, devices, steps)
@@ -128,7 +128,7 @@ class FormingParams(ProcedureParams):
     v_start_v: float = Field(2.0, gt=0)
     v_stop_v: float = Field(3.4, gt=0)
     v_step_v: float = Field(0.1, gt=0)
-    width_s: float = Field(1e-6, gt=0)
+    width_sec: float = Field(1e-6, gt=0)
     compliance_a: float = Field(100e-6, gt=0)
     formed_above_s: float = Field(5e-6, gt=0, description="a device reading above this conductance is formed")
 
@@ -162,8 +162,8 @@ def preflight_forming(board: Board, params: FormingParams) -> None:
         raise LimitViolation(f"the forming staircase ends at {top:.3f} V, above the effective limit max_form_v = "
                              f"{lim.max_form_v:.3f} V; lower --v-stop to at most {lim.max_form_v:.3f} V")
     check_form_voltage(top, lim)
-    check_duration(params.width_s, lim, "forming pulse width (--width)")
-    board.check_dc_duration(params.width_s, "forming pulse (--width)")
+    check_duration(params.width_sec, lim, "forming pulse width (--width)")
+    board.check_dc_duration(params.width_sec, "forming pulse (--width)")
     check_compliance(params.compliance_a, lim)
 
 
@@ -185,7 +185,7 @@ def forming(board: Board, params: FormingParams = FormingParams(), progress: Pro
         todo = ~formed
         if not todo.any():
             break
-        board.form(rows[todo], cols[todo], float(v), params.width_s, params.compliance_a)
+        board.form(rows[todo], cols[todo], float(v), params.width_sec, params.compliance_a)
         g = board.read_cells(rows[todo], cols[todo])
         now = g > params.formed_above_s
         idx = np.flatnonzero(todo)[now]

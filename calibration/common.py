@@ -30,12 +30,13 @@ from drivers.limits import (
     check_profile,
     max_pulses_per_event,
 )
+from protocols.unit_names import AcceptsOldSecondNames
 
 Progress = Callable[[float], None] | None
 """Progress callback: called with the number of work units just finished."""
 
 
-class ProcedureParams(BaseModel):
+class ProcedureParams(AcceptsOldSecondNames):
     """Base of every procedure's parameter model: validated, immutable, no unknown keys."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,14 +94,14 @@ class Measured(NamedTuple):
     raw: Raw
 
 
-class Stamp(BaseModel):
+class Stamp(AcceptsOldSecondNames):
     """Board-clock and wall-clock time stamps of a stage."""
 
-    board_clock_start_s: float
-    board_clock_end_s: float
+    board_clock_start_sec: float
+    board_clock_end_sec: float
     wall_start: str
     wall_end: str
-    wall_duration_s: float
+    wall_duration_sec: float
 
 
 class Stopwatch:
@@ -113,9 +114,9 @@ class Stopwatch:
         self.mono0 = time.monotonic()
 
     def stamp(self) -> Stamp:
-        return Stamp(board_clock_start_s=self.clock0, board_clock_end_s=self.board.clock(),
+        return Stamp(board_clock_start_sec=self.clock0, board_clock_end_sec=self.board.clock(),
                      wall_start=_iso(self.wall0), wall_end=_iso(time.time()),
-                     wall_duration_s=time.monotonic() - self.mono0)
+                     wall_duration_sec=time.monotonic() - self.mono0)
 
 
 def _iso(t: float) -> str:

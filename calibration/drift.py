@@ -2,7 +2,7 @@
 
 A sample of responsive devices is split over several target levels (fractions of
 the window), programmed with the board's write-verify (``board.program``) and read
-``n_reads`` times right after (t ~ 0) and at log-spaced times up to ``t_max_s``
+``n_reads`` times right after (t ~ 0) and at log-spaced times up to ``t_max_sec``
 (``board.wait`` between; the emulator's clock is virtual, so hours take no wall
 time -- on a real board they take hours).
 
@@ -48,6 +48,7 @@ from calibration.common import (
     stage_rng,
 )
 from drivers.board import Board
+from protocols.unit_names import AcceptsOldSecondNames
 
 STAGE = "drift"
 
@@ -56,10 +57,10 @@ class DriftParams(ProcedureParams):
     n_devices: int = Field(2048, ge=8, description="devices in the sample, split over the levels")
     levels: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1,
                                       description="target levels as fractions of the window")
-    t_max_s: float = Field(1e4, gt=0, description="last read, seconds after programming (board clock)")
-    n_times: int = Field(9, ge=2, description="log-spaced read times from 1 s to t_max_s (plus t ~ 0)")
+    t_max_sec: float = Field(1e4, gt=0, description="last read, seconds after programming (board clock)")
+    n_times: int = Field(9, ge=2, description="log-spaced read times from 1 s to t_max_sec (plus t ~ 0)")
     n_reads: int = Field(16, ge=1, description="reads averaged at each time")
-    t0_s: float = Field(1.0, gt=0, description="time constant of the log law")
+    t0_sec: float = Field(1.0, gt=0, description="time constant of the log law")
     program_tolerance_rel: float = Field(0.02, gt=0, description="write-verify tolerance, fraction of the window")
     program_max_iter: int = Field(40, ge=1, le=1000)
     release_pulses: int = Field(1, ge=0, description="pulses of one unverified write event after programming "
@@ -75,14 +76,14 @@ class DriftLevel(BaseModel):
     sigma1_s: float
 
 
-class DriftResult(BaseModel):
+class DriftResult(AcceptsOldSecondNames):
     model: str = "log"
     mu_s: float = Field(description="mean shift per unit ln(1+t/t0) (positive = conductance decreases)")
     mu_sigma_s: float
     sigma1_s: float = Field(description="growth of the spread per unit ln(1+t/t0)")
     sigma1_sigma_s: float
-    t0_s: float
-    times_s: list[float]
+    t0_sec: float
+    times_sec: list[float]
     mean_shift_s: list[float] = Field(description="mean change from t~0 over all fitted devices, per time")
     spread_s: list[float] = Field(description="spread of the change, read noise removed, per time")
     per_level: list[DriftLevel]
@@ -104,16 +105,16 @@ def position_in_batch(flat: np.ndarray) -> np.ndarray:
     return (rank + 0.5) / max(flat.size, 1)
 
 
-def read_at_log_times(board: Board, flat: np.ndarray, t_max_s: float, n_times: int, n_reads: int,
+def read_at_log_times(board: Board, flat: np.ndarray, t_max_sec: float, n_times: int, n_reads: int,
                       progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read ``flat`` now and at ``n_times`` log-spaced times up to ``t_max_s`` on the board clock.
+    """Read ``flat`` now and at ``n_times`` log-spaced times up to ``t_max_sec`` on the board clock.
 
     Returns (times actually read relative to the start, s; reads of shape
     (n_times + 1, devices); the board-clock time of each device's averaged read,
     same shape, interpolated by its position in the read sweeps).
     """
     t_start = board.clock()
-    times = np.concatenate([[0.0], np.logspace(0.0, np.log10(t_max_s), n_times)])
+    times = np.concatenate([[0.0], np.logspace(0.0, np.log10(t_max_sec), n_times)])
     reads = np.empty((times.size, flat.size))
     actual = np.empty(times.size)
     device_times = np.empty((times.size, flat.size))
@@ -150,7 +151,7 @@ def measure_drift(board: Board, params: DriftParams | None = None, *, g_min_s: f
         before = board.clock()
         pulse_devices(board, flat, sign * params.release_pulses)
         written = before + (board.clock() - before) * position_in_batch(flat)
-    actual, reads, device_times = read_at_log_times(board, flat, params.t_max_s, params.n_times, params.n_reads,
+    actual, reads, device_times = read_at_log_times(board, flat, params.t_max_sec, params.n_times, params.n_reads,
                                                     progress)
     since_write = np.maximum(device_times - written[None, :], 0.0)  # each device's own age at each read
     result = analyse_drift(since_write, reads, level_idx, prog.converged, params, read_noise_rel,
@@ -175,7 +176,7 @@ def analyse_drift(times: np.ndarray, reads: np.ndarray, level_idx: np.ndarray, c
                   params: DriftParams, read_noise_rel: float, q_var: float, targets: np.ndarray) -> DriftResult:
     """``times``: one age per read time (T+1,), or each device's own age (T+1, N)."""
     times = np.asarray(times, dtype=float)
-    lt = np.log1p(times / params.t0_s)
+    lt = np.log1p(times / params.t0_sec)
     if lt.ndim == 1:
         lt = np.broadcast_to(lt[:, None], reads.shape)
     xc = lt - lt.mean(axis=0)
@@ -210,8 +211,8 @@ def analyse_drift(times: np.ndarray, reads: np.ndarray, level_idx: np.ndarray, c
         per_level.append(DriftLevel(level=lv, target_s=float(targets[level_idx == k][0]) if np.any(level_idx == k)
                                     else float("nan"), n_devices=int(sel.sum()), mu_s=m, mu_sigma_s=m_se, sigma1_s=s))
     spread = np.sqrt(np.maximum(change[:, ok].var(axis=1, ddof=1) - rv[:, ok].mean(axis=1), 0.0))
-    return DriftResult(mu_s=mu, mu_sigma_s=mu_se, sigma1_s=s1, sigma1_sigma_s=s1_se, t0_s=params.t0_s,
-                       times_s=(times if times.ndim == 1 else times.mean(axis=1)).tolist(), mean_shift_s=[0.0] + change[:, ok].mean(axis=1).tolist(),
+    return DriftResult(mu_s=mu, mu_sigma_s=mu_se, sigma1_s=s1, sigma1_sigma_s=s1_se, t0_sec=params.t0_sec,
+                       times_sec=(times if times.ndim == 1 else times.mean(axis=1)).tolist(), mean_shift_s=[0.0] + change[:, ok].mean(axis=1).tolist(),
                        spread_s=[0.0] + spread.tolist(), per_level=per_level,
                        converged_fraction=float(np.mean(converged)),
                        sample=SampleInfo(n_devices=int(reads.shape[1]), selection=""))

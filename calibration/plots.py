@@ -136,7 +136,7 @@ def plot_drift(result, raw: Raw, path: Path) -> Path:
     ok = np.asarray(raw["converged"], bool)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     tt = np.maximum(t, 1e-3)
-    lt = np.log1p(t / result.t0_s)
+    lt = np.log1p(t / result.t0_sec)
     for k, level in enumerate(result.per_level):
         sel = ok & (lv == k)
         if not sel.any():

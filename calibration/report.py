@@ -27,7 +27,7 @@ Conventions:
   ``alpha_s * (1-x)**gamma`` (SET) or ``alpha_s * x**gamma`` (RESET),
   ``x = (G - g_min_s)/(g_max_s - g_min_s)``; ``pulse_step_mean_s[pol]`` is its value at
   x = 0.5.
-* ``drift`` follows ``-mu_s ln(1+t/t0_s)`` (mean) and ``sigma1_s ln(1+t/t0_s)`` (spread
+* ``drift`` follows ``-mu_s ln(1+t/t0_sec)`` (mean) and ``sigma1_s ln(1+t/t0_sec)`` (spread
   of the change since t ~ 0); ``sigma0_s`` is the spread at t ~ 0, measured by the
   write-noise stage.
 * ``run`` holds what legitimately differs between two runs of the same calibration
@@ -43,16 +43,17 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from drivers.limits import validation_summary
+from protocols.unit_names import AcceptsOldSecondNames
 
 
-class DriftModel(BaseModel):
-    """Post-write relaxation: mean shift ``-mu_s*ln(1+t/t0_s)``, spread ``sigma0_s + sigma1_s*ln(1+t/t0_s)``."""
+class DriftModel(AcceptsOldSecondNames):
+    """Post-write relaxation: mean shift ``-mu_s*ln(1+t/t0_sec)``, spread ``sigma0_s + sigma1_s*ln(1+t/t0_sec)``."""
 
     model: str = "log"
     mu_s: float
     sigma0_s: float | None = Field(None, description="spread at t ~ 0, redrawn at each write event (write-noise stage)")
     sigma1_s: float
-    t0_s: float = 1.0
+    t0_sec: float = 1.0
     per_level: list[dict] = Field(default_factory=list, description="fits for each programmed level")
 
 
@@ -65,14 +66,14 @@ class SoftBoundsFit(BaseModel):
     g_max_s: float
 
 
-class CalibrationReport(BaseModel):
+class CalibrationReport(AcceptsOldSecondNames):
     model_config = ConfigDict(extra="allow")
 
     schema_version: int = 2
     software_version: str | None = Field(None, description="version of memristor-hil that measured this calibration")
     board: dict = Field(default_factory=dict, description="identity of the board measured")
     profiles: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="pulse profiles calibrated: set/reset amplitude_v, width_s")
+        default_factory=dict, description="pulse profiles calibrated: set/reset amplitude_v, width_sec")
     delta_g_th_s: float = Field(description="EaPU noise threshold: the SNR=1 change times "
                                             "delta_g_th_snr1_multiple, siemens")
     delta_g_th_snr1_multiple: float = Field(
@@ -92,7 +93,7 @@ class CalibrationReport(BaseModel):
                     "where too few devices reached a conductance bin)")
     read_noise_rel: float
     drift: DriftModel
-    drift_delay_s: float | None = Field(
+    drift_delay_sec: float | None = Field(
         None, description="write-to-use delay whose drift spread was added to delta_g_th_s")
     stuck_fraction: float
     stuck: dict = Field(default_factory=dict, description="stuck counts (map in the HDF5 file)")

@@ -85,9 +85,9 @@ def build_report(params, identity: dict, set_p: PulseProfile, reset_p: PulseProf
         delta_g_th_by_polarity=th.by_polarity,
         c2c_sigma_s=c2c_s, pulse_step_mean_s=step.step_s, pulse_response=step.fits,
         pulse_step_curve=_scaled_curves(pr, step.scale),
-        drift=DriftModel(mu_s=dr.mu_s, sigma0_s=wn.relax_sigma0_s, sigma1_s=dr.sigma1_s, t0_s=dr.t0_s,
+        drift=DriftModel(mu_s=dr.mu_s, sigma0_s=wn.relax_sigma0_s, sigma1_s=dr.sigma1_s, t0_sec=dr.t0_sec,
                          per_level=[lv.model_dump() for lv in dr.per_level]),
-        drift_delay_s=params.drift_delay_s,
+        drift_delay_sec=params.drift_delay_sec,
         d2d_cv=dd.step_cv["set"], d2d=dd.model_dump(),
         uncertainty=own.uncertainty | derived_unc, sample=_samples(results),
         stages={name: results[name].model_dump(mode="json") for name in STAGES} | {
@@ -174,8 +174,8 @@ def _threshold(params, step: MidWindowStep, wn: WriteNoiseResult, dr: DriftResul
         c2c_rel=wn.c2c_sigma_rel, boot_s=np.asarray(wraw["boot_sigma_w_s"]),
         boot_c2c_rel=np.asarray(wraw["boot_c2c_rel"]), relax_sigma0_s=wn.relax_sigma0_s,
         boot_relax_sigma0_s=np.asarray(wraw["boot_relax_sigma0_s"]), snr1_multiple=params.delta_g_th_snr1_multiple,
-        drift_delay_s=params.drift_delay_s, drift_sigma1_s=dr.sigma1_s, drift_sigma1_sigma_s=dr.sigma1_sigma_s,
-        drift_t0_s=dr.t0_s, rng=rng)
+        drift_delay_sec=params.drift_delay_sec, drift_sigma1_s=dr.sigma1_s, drift_sigma1_sigma_s=dr.sigma1_sigma_s,
+        drift_t0_sec=dr.t0_sec, rng=rng)
 
 
 def _device_to_device(praw: Raw, wraw: Raw, rng: np.random.Generator) -> d2d_mod.D2dResult:

@@ -52,6 +52,7 @@ from calibration.storage import RawStore, board_identity
 from calibration.stuck import STAGE as STUCK
 from drivers.board import Board
 from drivers.limits import PulseProfile, check_event_pulses, check_profile
+from protocols.unit_names import AcceptsOldSecondNames, upgrade_old_names
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ H5_NAME = "calibration.h5"
 REPORT_UNITS = 40  # progress units of the report and plots
 
 
-class RunParams(BaseModel):
+class RunParams(AcceptsOldSecondNames):
     """The run-wide part of :class:`CalibrationParams` (the per-stage parameters come from the registry)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,7 +75,7 @@ class RunParams(BaseModel):
         1.0, gt=0, validation_alias=AliasChoices("delta_g_th_snr1_multiple", "k"),
         description="ΔGth as a multiple of the SNR=1 change (the change of one write event whose mean equals its "
                     "noise); read from ``k`` in older parameter files")
-    drift_delay_s: float | None = Field(None, ge=0, description="write-to-use delay whose drift spread is added "
+    drift_delay_sec: float | None = Field(None, ge=0, description="write-to-use delay whose drift spread is added "
                                                                "to the noise in quadrature")
     set_profile: PulseProfile | None = Field(None, description="SET pulse to calibrate (default: the board's current)")
     reset_profile: PulseProfile | None = None
@@ -105,6 +106,7 @@ class RunParams(BaseModel):
     @staticmethod
     def upgrade_fingerprint(old: dict) -> dict:
         """A fingerprint stored by an older version, in today's field names."""
+        old = upgrade_old_names(old)  # fingerprints from before seconds were _sec: drift_delay_sec, drift.t_max_sec, set_profile.width_sec ...
         if "k" in old and "delta_g_th_snr1_multiple" not in old:
             old = {("delta_g_th_snr1_multiple" if k == "k" else k): v for k, v in old.items()}
         return old
@@ -207,8 +209,8 @@ def calibrate(board: Board, out_dir: str | Path, params: CalibrationParams | Non
     report.instrument_settings = settings
     report.run = {"address": getattr(board, "address", ""), "wall_start": time.strftime(
         "%Y-%m-%dT%H:%M:%S", time.localtime(wall0)), "wall_end": now_iso(),
-        "wall_duration_s": time.monotonic() - mono0, "board_clock_start_s": clock0,
-        "board_clock_end_s": board.clock(), "resumed_stages": [s for s in STAGES if s in done],
+        "wall_duration_sec": time.monotonic() - mono0, "board_clock_start_sec": clock0,
+        "board_clock_end_sec": board.clock(), "resumed_stages": [s for s in STAGES if s in done],
         "stages": run.stamps, "files": files}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / JSON_NAME, report.model_dump_json(indent=2).encode())
@@ -278,7 +280,7 @@ def _complete_stage(run: _Run, stage: Stage, units: float) -> None:
     run.store.write_stage(name, measured.result, measured.raw, p, stamp, board_snapshot=snapshot)
     run.results[name], run.raws[name] = measured.result, measured.raw
     run.stamps[name] = stamp.model_dump()
-    log.info("stage %s done in %.1f s", name, stamp.wall_duration_s)
+    log.info("stage %s done in %.1f s", name, stamp.wall_duration_sec)
 
 
 def _check_datasets(stage: Stage, raw: Raw) -> None:

@@ -33,14 +33,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from protocols.unit_names import AcceptsOldSecondNames
 
 
-class ThresholdResult(BaseModel):
+class ThresholdResult(AcceptsOldSecondNames):
     delta_g_th_s: float
     delta_g_th_sigma_s: float
     snr1_multiple: float
-    drift_delay_s: float | None
+    drift_delay_sec: float | None
     drift_sigma_s: float = Field(description="relaxation spread at the delay, added in quadrature (0 without a delay)")
     by_polarity: dict[str, dict[str, float]] = Field(description="snr1_pulses, delta_g_th_s, step, c2c per polarity")
     quantum_pulses: int = Field(description="pulses of one quantum at mid-window, the larger of the two polarities")
@@ -70,17 +72,17 @@ def snr1_pulses(mu: np.ndarray | float, s: np.ndarray | float, sigma_c2c: np.nda
 def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[str, float], write_noise_s: float,
                       c2c_rel: float, boot_s: np.ndarray | None = None, boot_c2c_rel: np.ndarray | None = None,
                       relax_sigma0_s: float = 0.0, boot_relax_sigma0_s: np.ndarray | None = None,
-                      snr1_multiple: float = 1.0, drift_delay_s: float | None = None, drift_sigma1_s: float = 0.0,
-                      drift_sigma1_sigma_s: float = 0.0, drift_t0_s: float = 1.0,
+                      snr1_multiple: float = 1.0, drift_delay_sec: float | None = None, drift_sigma1_s: float = 0.0,
+                      drift_sigma1_sigma_s: float = 0.0, drift_t0_sec: float = 1.0,
                       rng: np.random.Generator | None = None) -> ThresholdResult:
     """ΔGth and the quantum in pulses; see the module docstring."""
     k = snr1_multiple
     if not k > 0:
         raise ValueError(f"the threshold's multiple of the SNR=1 change must be positive, got {k}")
-    if drift_delay_s is not None and drift_delay_s < 0:
-        raise ValueError(f"the drift delay must be >= 0 s, got {drift_delay_s}")
-    delayed = drift_delay_s is not None
-    lt = math.log1p(drift_delay_s / drift_t0_s) if drift_delay_s else 0.0
+    if drift_delay_sec is not None and drift_delay_sec < 0:
+        raise ValueError(f"the drift delay must be >= 0 s, got {drift_delay_sec}")
+    delayed = drift_delay_sec is not None
+    lt = math.log1p(drift_delay_sec / drift_t0_sec) if drift_delay_sec else 0.0
     drift_sigma = (relax_sigma0_s + drift_sigma1_s * lt) if delayed else 0.0
     rng = rng or np.random.default_rng(0)
     if boot_s is None or boot_c2c_rel is None or len(boot_s) < 2:
@@ -105,5 +107,5 @@ def delta_g_threshold(*, step_mid_s: dict[str, float], step_mid_sigma_s: dict[st
     worst = np.maximum(dist["set"], dist["reset"])
     quanta = {p: int(quantum_pulses(dg, v["step_mid_s"])) for p, v in by_pol.items()}
     return ThresholdResult(delta_g_th_s=dg, delta_g_th_sigma_s=float(worst.std(ddof=1)) if worst.size > 1 else 0.0,
-                           snr1_multiple=k, drift_delay_s=drift_delay_s, drift_sigma_s=drift_sigma, by_polarity=by_pol,
+                           snr1_multiple=k, drift_delay_sec=drift_delay_sec, drift_sigma_s=drift_sigma, by_polarity=by_pol,
                            quantum_pulses=max(quanta.values()), quantum_pulses_by_polarity=quanta)

@@ -75,7 +75,7 @@ def _open_emu(address: str, limits: SafetyLimits | None) -> Board:
         raise AddressError(f"{address!r}: rows and cols must be >= 1 and rows*cols at most 4096*4096")
     return open_emulator_board(
         address, rows, cols, seed=_number(params, "seed", int, 0, address), preset=params.get("preset", "default"),
-        config=params.get("config"), limits=limits, timeout_s=_number(params, "timeout", float, 2.0, address),
+        config=params.get("config"), limits=limits, timeout_sec=_number(params, "timeout", float, 2.0, address),
         retries=_number(params, "retries", int, 5, address), window=_window(params, address))
 
 
@@ -90,12 +90,12 @@ def _open_serial(address: str, limits: SafetyLimits | None) -> Board:
     passthrough = {k: v for k, v in params.items() if k not in SERIAL_KEYS}
     url = target + ("?" + urlencode(passthrough) if passthrough else "")
     baud = _number(params, "baud", int, 3_000_000, address)
-    timeout_s = _number(params, "timeout", float, 2.0, address)
+    timeout_sec = _number(params, "timeout", float, 2.0, address)
     retries = _number(params, "retries", int, 5, address)
     chunk = _number(params, "chunk", int, CHUNK_BYTES, address)
     if not MIN_CHUNK_BYTES <= chunk <= MAX_PAYLOAD:
         raise AddressError(f"{address!r}: chunk must be {MIN_CHUNK_BYTES}..{MAX_PAYLOAD} bytes, not {chunk}")
-    return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_s=timeout_s, retries=retries, address=address,
+    return FpgaBoard(SerialLink(url, baudrate=baud), limits, timeout_sec=timeout_sec, retries=retries, address=address,
                      chunk_bytes=chunk, window=_window(params, address))
 
 

@@ -7,7 +7,7 @@ Example (``hil emulator serve-bench`` writes one like it for the emulated bench)
     rows = 8                      # array word lines
     cols = 8                      # array bit lines
     visa_library = "@py"          # pyvisa backend ("@py" pyvisa-py, "" the system VISA, "@sim" ...)
-    timeout_s = 2.0               # per instrument exchange
+    timeout_sec = 2.0             # per instrument exchange
     emulated = false              # true: the instruments are the firmware_stub emulators
     virtual_clock = false         # true (emulated benches only): clock()/wait() use the emulators' clock
 
@@ -24,9 +24,9 @@ Example (``hil emulator serve-bench`` writes one like it for the emulated bench)
     [pulse_generator]             # Keysight 33500B series
     resource = "TCPIP::192.168.1.21::5025::SOCKET"
     channel = 1
-    # period_s = 1e-6             # pulse period in a burst; default max(min_period_s, 2 x width)
-    min_period_s = 1e-6
-    edge_time_s = 8.4e-9
+    # period_sec = 1e-6           # pulse period in a burst; default max(min_period_sec, 2 x width)
+    min_period_sec = 1e-6
+    edge_time_sec = 8.4e-9
 
     [switch_matrix]               # Keithley 707B
     resource = "TCPIP::192.168.1.22::5025::SOCKET"
@@ -50,8 +50,8 @@ Example (``hil emulator serve-bench`` writes one like it for the emulated bench)
     max_read_v = 0.5              # largest |read voltage|
     max_form_v = 4.0
     compliance_a = 1e-3
-    min_pulse_width_s = 1e-8
-    max_pulse_width_s = 1e-3
+    min_pulse_width_sec = 1e-8
+    max_pulse_width_sec = 1e-3
     max_pulses_per_batch = 64000000
     max_pulses_per_device = 255
 
@@ -75,10 +75,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.errors import AddressError
 from drivers.limits import SafetyLimits
+from protocols.unit_names import AcceptsOldSecondNames
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,7 +94,7 @@ class BenchFileError(AddressError):
     """The bench file is missing, not TOML, or describes an impossible bench."""
 
 
-class _Section(BaseModel):
+class _Section(AcceptsOldSecondNames):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -102,7 +103,7 @@ class BenchSection(_Section):
     rows: int = Field(ge=1, le=64, description="array word lines")
     cols: int = Field(ge=1, le=64, description="array bit lines")
     visa_library: str = Field("@py", description="pyvisa backend: '@py', '' (system VISA), '@sim' ...")
-    timeout_s: float = Field(2.0, gt=0, le=600, description="per instrument exchange")
+    timeout_sec: float = Field(2.0, gt=0, le=600, description="per instrument exchange")
     emulated: bool = Field(False, description="the instruments are the firmware_stub emulators")
     virtual_clock: bool = Field(False, description="clock()/wait() use the emulators' virtual clock")
 
@@ -133,10 +134,10 @@ class PulseGeneratorSection(_Section):
 
     resource: str = Field(min_length=1, description="VISA resource, e.g. TCPIP::192.168.1.21::5025::SOCKET")
     channel: Literal[1, 2] = Field(1, description="output channel wired to the matrix")
-    period_s: float | None = Field(None, gt=0, le=1e3, description="pulse period in a burst; unset: "
-                                                                   "max(min_period_s, 2 x width)")
-    min_period_s: float = Field(1e-6, gt=0, le=1e3, description="shortest pulse period the bench allows")
-    edge_time_s: float = Field(8.4e-9, ge=8.4e-9, le=1e-6, description="rise and fall time of a pulse")
+    period_sec: float | None = Field(None, gt=0, le=1e3, description="pulse period in a burst; unset: "
+                                                                   "max(min_period_sec, 2 x width)")
+    min_period_sec: float = Field(1e-6, gt=0, le=1e3, description="shortest pulse period the bench allows")
+    edge_time_sec: float = Field(8.4e-9, ge=8.4e-9, le=1e-6, description="rise and fall time of a pulse")
 
 
 class SwitchMatrixSection(_Section):

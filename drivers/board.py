@@ -201,8 +201,8 @@ class Board(abc.ABC):
         return self._do_pulse_async(*checked)
 
     def _empty_pulse_report(self) -> PulseReport:
-        return PulseReport(devices=0, set_pulses=0, reset_pulses=0, energy_j=0.0, duration_s=0.0,
-                           clock_s=self.clock())
+        return PulseReport(devices=0, set_pulses=0, reset_pulses=0, energy_j=0.0, duration_sec=0.0,
+                           clock_sec=self.clock())
 
     def _checked_pulse(self, batch: PulseBatch, tag: int) -> tuple | None:
         """The ``_do_pulse`` arguments of a batch checked against the limits; None for an empty batch."""
@@ -227,9 +227,9 @@ class Board(abc.ABC):
         return flat[order], counts[order], tag, None if widths is None else widths[order]
 
     def _do_pulse_async(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int,
-                        last_width_s: np.ndarray | None = None) -> Pending[PulseReport]:
+                        last_width_sec: np.ndarray | None = None) -> Pending[PulseReport]:
         """A pipelining board overrides this; by default the batch is applied before returning."""
-        return Pending(self._do_pulse(flat_sorted, counts, tag, last_width_s))
+        return Pending(self._do_pulse(flat_sorted, counts, tag, last_width_sec))
 
     def application_order(self, batch: PulseBatch) -> np.ndarray:
         """Positions (into ``batch``) of its devices in the order :meth:`pulse` applies them.
@@ -245,18 +245,18 @@ class Board(abc.ABC):
         by_flat = np.argsort(flat, kind="stable")
         return by_flat[self._do_application_order(counts[by_flat], None if widths is None else widths[by_flat])]
 
-    def _do_application_order(self, counts_sorted: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray:
+    def _do_application_order(self, counts_sorted: np.ndarray, last_width_sec: np.ndarray | None) -> np.ndarray:
         """The order of a checked batch sorted by flat index (positions into it); default: as sorted."""
         return np.arange(counts_sorted.size)
 
     def _check_last_widths(self, batch: PulseBatch, counts: np.ndarray) -> np.ndarray | None:
         """The batch's last-pulse widths (s), checked against the limits and the profiles; None if all full."""
-        if batch.last_pulse_width_s is None:
+        if batch.last_pulse_width_sec is None:
             return None
-        widths = np.asarray(batch.last_pulse_width_s, dtype=float).reshape(-1)
+        widths = np.asarray(batch.last_pulse_width_sec, dtype=float).reshape(-1)
         if widths.shape != counts.shape:
-            raise BoardError("pulse batch last_pulse_width_s must have one entry per device")
-        profile_w = np.where(counts > 0, self._profiles[0].width_s, self._profiles[1].width_s)
+            raise BoardError("pulse batch last_pulse_width_sec must have one entry per device")
+        profile_w = np.where(counts > 0, self._profiles[0].width_sec, self._profiles[1].width_sec)
         check_pulse_widths(widths, profile_w, self.limits)
         if np.all(widths >= profile_w):
             return None
@@ -293,7 +293,7 @@ class Board(abc.ABC):
             return ProgramReport(z, z.astype(bool), z.astype(int), 0, 0.0)
         return self._do_program(flat, targets_s, float(tolerance_s), int(max_iter))
 
-    def form(self, rows: np.ndarray, cols: np.ndarray, voltage_v: float, width_s: float,
+    def form(self, rows: np.ndarray, cols: np.ndarray, voltage_v: float, width_sec: float,
              compliance_a: float) -> "FormReport":
         """A forming pulse on each listed device under current compliance."""
         if not self.info.capabilities.forming:
@@ -301,15 +301,15 @@ class Board(abc.ABC):
         rows, cols = self._check_cells(rows, cols)
         lim = self.limits
         voltage_v = check_form_voltage(voltage_v, lim)
-        width_s = check_duration(width_s, lim, "forming pulse width")
-        self.check_dc_duration(width_s, "forming")
+        width_sec = check_duration(width_sec, lim, "forming pulse width")
+        self.check_dc_duration(width_sec, "forming")
         compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
-        formed, g = self._do_form(uniq, float(voltage_v), float(width_s), float(compliance_a))
+        formed, g = self._do_form(uniq, float(voltage_v), float(width_sec), float(compliance_a))
         return FormReport(formed[inverse], g[inverse])
 
-    def iv_sweep(self, rows: np.ndarray, cols: np.ndarray, voltages_v: np.ndarray, dwell_s: float,
+    def iv_sweep(self, rows: np.ndarray, cols: np.ndarray, voltages_v: np.ndarray, dwell_sec: float,
                  compliance_a: float) -> np.ndarray:
         """A DC voltage staircase on each listed device; currents (A), shape (devices, steps)."""
         if not self.info.capabilities.iv_sweep:
@@ -317,12 +317,12 @@ class Board(abc.ABC):
         rows, cols = self._check_cells(rows, cols)
         lim = self.limits
         volts = check_sweep_voltages(np.asarray(voltages_v, dtype=float).reshape(-1), lim)
-        dwell_s = check_duration(dwell_s, lim, "sweep step duration")
-        self.check_dc_duration(dwell_s, "sweep step")
+        dwell_sec = check_duration(dwell_sec, lim, "sweep step duration")
+        self.check_dc_duration(dwell_sec, "sweep step")
         compliance_a = check_compliance(compliance_a, lim)
         flat = rows * self.info.cols + cols
         uniq, inverse = np.unique(flat, return_inverse=True)
-        return self._do_iv_sweep(uniq, volts, float(dwell_s), float(compliance_a))[inverse]
+        return self._do_iv_sweep(uniq, volts, float(dwell_sec), float(compliance_a))[inverse]
 
     def check_dc_duration(self, seconds: float, what: str) -> None:
         """Raise unless this board can hold one DC level (a forming pulse, a sweep step) for ``seconds``.
@@ -331,10 +331,10 @@ class Board(abc.ABC):
         instrument with a limited integration time (the VISA bench's SMU) override it.
         """
 
-    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
+    def _do_form(self, flat: np.ndarray, voltage_v: float, width_sec: float, compliance_a: float):
         raise BoardError("forming is not implemented by this board")
 
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_s: float, compliance_a: float) -> np.ndarray:
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_sec: float, compliance_a: float) -> np.ndarray:
         raise BoardError("I-V sweeps are not implemented by this board")
 
     def clock(self) -> float:
@@ -357,7 +357,7 @@ class Board(abc.ABC):
         info = self.info
         return {"kind": info.kind, "name": info.name, "serial_number": info.serial_number,
                 "firmware_version": info.firmware_version, "emulated": info.emulated,
-                "read_voltage_v": info.read_voltage_v, "timing_resolution_s": info.timing_resolution_s,
+                "read_voltage_v": info.read_voltage_v, "timing_resolution_sec": info.timing_resolution_sec,
                 "hardware_limits": info.hardware_limits.model_dump(), "limits": self.limits.model_dump(),
                 "profiles": {"set": self._profiles[0].model_dump(), "reset": self._profiles[1].model_dump()},
                 "instruments": self._instrument_settings()}
@@ -438,8 +438,8 @@ class Board(abc.ABC):
 
     @abc.abstractmethod
     def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int,
-                  last_width_s: np.ndarray | None = None) -> PulseReport:
-        """Apply a checked batch.  ``last_width_s``: width (s) of each device's last pulse, or None (all full)."""
+                  last_width_sec: np.ndarray | None = None) -> PulseReport:
+        """Apply a checked batch.  ``last_width_sec``: width (s) of each device's last pulse, or None (all full)."""
 
     @abc.abstractmethod
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport: ...

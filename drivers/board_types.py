@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.errors import BoardError
 from drivers.limits import SafetyLimits
+from protocols.unit_names import AcceptsOldSecondNames
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ class Capabilities(BaseModel):
                            "a read-back whether a batch was applied (hil.exactly_once)")
 
 
-class BoardInfo(BaseModel):
+class BoardInfo(AcceptsOldSecondNames):
     """Identity, geometry, capabilities, hardware limits and converter resolution of a board."""
 
     model_config = ConfigDict(frozen=True)
@@ -59,7 +60,7 @@ class BoardInfo(BaseModel):
     adc_full_scale_a: tuple[float, float] = Field(
         (1e-6, 1e-2), description="range of selectable VMM ADC full-scale currents, amps"
     )
-    timing_resolution_s: float = 1e-9
+    timing_resolution_sec: float = 1e-9
     emulated: bool = False
     device_preset: str | None = Field(None, description="emulator only: the device preset the array was built from")
     device_config: str | None = Field(None, description="emulator only: the file that overrode the preset's fields")
@@ -72,8 +73,8 @@ class PulseReport(BaseModel):
     set_pulses: int
     reset_pulses: int
     energy_j: float = Field(description="write energy of the batch, joules")
-    duration_s: float = Field(description="board-clock time the batch took, seconds")
-    clock_s: float = Field(description="board clock after the batch, seconds")
+    duration_sec: float = Field(description="board-clock time the batch took, seconds")
+    clock_sec: float = Field(description="board clock after the batch, seconds")
 
     @property
     def pulses(self) -> int:
@@ -89,7 +90,7 @@ class BoardStatus(BaseModel):
     A board that cannot split an energy reports 0 for the part it does not know.
     """
 
-    clock_s: float
+    clock_sec: float
     pulses_total: int
     set_pulses_total: int
     reset_pulses_total: int
@@ -140,18 +141,18 @@ class PulseBatch:
     (each with the board's current profile for the polarity).  Devices appear once;
     one batch is one write event for every device it names.
 
-    ``last_pulse_width_s`` (optional, seconds, one entry per device): the width of
+    ``last_pulse_width_sec`` (optional, seconds, one entry per device): the width of
     each device's LAST pulse -- a width-modulated partial pulse, whose mean step
     scales with its width -- at most its polarity's profile width (equal to it: a full
     pulse).  ``None``: every pulse has the profile's width.  The board checks every
-    width against the effective limits (``min_pulse_width_s``..``max_pulse_width_s``)
-    and makes it on its timing grid (``BoardInfo.timing_resolution_s``, nearest point).
+    width against the effective limits (``min_pulse_width_sec``..``max_pulse_width_sec``)
+    and makes it on its timing grid (``BoardInfo.timing_resolution_sec``, nearest point).
     """
 
     rows: np.ndarray
     cols: np.ndarray
     counts: np.ndarray
-    last_pulse_width_s: np.ndarray | None = None
+    last_pulse_width_sec: np.ndarray | None = None
 
     @classmethod
     def from_dense(cls, counts: np.ndarray, row0: int = 0, col0: int = 0) -> "PulseBatch":

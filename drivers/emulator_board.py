@@ -14,7 +14,7 @@ from protocols.session import DEFAULT_WINDOW
 
 
 def open_emulator_board(address: str, rows: int, cols: int, *, seed: int = 0, preset: str = "default",
-                        config: str | None = None, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
+                        config: str | None = None, limits: SafetyLimits | None = None, timeout_sec: float = 2.0,
                         retries: int = 5, window: int = DEFAULT_WINDOW) -> FpgaBoard:
     """A fresh emulated ``rows`` x ``cols`` array built from device ``preset`` (fields overridden by the
     TOML file ``config``), seeded with ``seed``; ``address`` is only recorded as the board's address."""
@@ -26,7 +26,7 @@ def open_emulator_board(address: str, rows: int, cols: int, *, seed: int = 0, pr
     except ValueError as exc:
         raise AddressError(f"{address!r}: {exc}") from None
     endpoint = make_emulator(rows, cols, seed, params, preset=preset, config=config)
-    return FpgaBoard(InProcessLink(endpoint), limits, timeout_s=timeout_s, retries=retries, address=address,
+    return FpgaBoard(InProcessLink(endpoint), limits, timeout_sec=timeout_sec, retries=retries, address=address,
                      window=window)
 
 

@@ -63,7 +63,7 @@ class FpgaBoard(Board):
     MAX_ROUNDS_PER_RETRY = 8
     """Hard cap: a request gives up after (retries + 1) * this many poll rounds, progress or not."""
 
-    def __init__(self, link: Link, limits: SafetyLimits | None = None, timeout_s: float = 2.0,
+    def __init__(self, link: Link, limits: SafetyLimits | None = None, timeout_sec: float = 2.0,
                  retries: int = 5, address: str = "", chunk_bytes: int = CHUNK_BYTES, window: int = DEFAULT_WINDOW):
         super().__init__(limits, address=address)
         self._link = link
@@ -74,7 +74,7 @@ class FpgaBoard(Board):
         """Requests sent whose reply has not been taken, oldest first."""
         self._failed: list[_InFlight] = []
         """Requests that failed since the last waiting call, so a failure nobody waited for is raised there."""
-        self.timeout_s = timeout_s
+        self.timeout_sec = timeout_sec
         self.retries = retries
         self.retransmissions = 0
         try:
@@ -125,7 +125,7 @@ class FpgaBoard(Board):
             self._do_set_profiles(*self._profiles)
 
     # ---- transport ------------------------------------------------------------------------
-    def _submit(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0,
+    def _submit(self, opcode: Op, payload: bytes = b"", extra_sec: float = 0.0,
                 decode: Callable[[bytes], Any] | None = None) -> "_InFlight":
         """Send a request without waiting for its reply (after waiting for the oldest ones while the
         window is full); ``decode`` turns its reply payload into the handle's result."""
@@ -134,7 +134,7 @@ class FpgaBoard(Board):
             self._settle_oldest()
         health0, rx0 = session.health(), self._link.bytes_rx
         wire = session.request(opcode, payload)
-        handle = _InFlight(self, session.seq, opcode, extra_s, decode, health0, rx0)
+        handle = _InFlight(self, session.seq, opcode, extra_sec, decode, health0, rx0)
         self._inflight[handle.seq] = handle
         try:
             self._link.write(wire)
@@ -155,8 +155,8 @@ class FpgaBoard(Board):
             failed[0].result()
         return handle.result()
 
-    def _transact(self, opcode: Op, payload: bytes = b"", extra_s: float = 0.0) -> bytes:
-        return self._finish(self._submit(opcode, payload, extra_s))
+    def _transact(self, opcode: Op, payload: bytes = b"", extra_sec: float = 0.0) -> bytes:
+        return self._finish(self._submit(opcode, payload, extra_sec))
 
     @property
     def _layout(self) -> m.Layout:
@@ -166,7 +166,7 @@ class FpgaBoard(Board):
             return m.Layout(self.protocol_version)
         return m.Layout.for_converters(self.protocol_version, info.dac_bits, info.adc_bits)
 
-    def _send(self, request, extra_s: float = 0.0, then: Callable[[Any], Any] | None = None) -> "_InFlight":
+    def _send(self, request, extra_sec: float = 0.0, then: Callable[[Any], Any] | None = None) -> "_InFlight":
         """Submit a request dataclass; the handle's result is its reply dataclass (through ``then``, if given)."""
         layout = self._layout
 
@@ -174,40 +174,40 @@ class FpgaBoard(Board):
             reply = m.decode_reply(request, payload, layout)
             return then(reply) if then else reply
 
-        return self._submit(request.OP, request.encode(layout), extra_s, decode)
+        return self._submit(request.OP, request.encode(layout), extra_sec, decode)
 
-    def _call(self, request, extra_s: float = 0.0) -> Any:
+    def _call(self, request, extra_sec: float = 0.0) -> Any:
         """Send a request dataclass and wait for its reply dataclass (through :meth:`_transact`)."""
         layout = self._layout
-        return m.decode_reply(request, self._transact(request.OP, request.encode(layout), extra_s), layout)
+        return m.decode_reply(request, self._transact(request.OP, request.encode(layout), extra_sec), layout)
 
     def _settle_oldest(self) -> None:
         """Wait until the oldest request in flight is answered, polling for every request in flight after
         silence; when it fails, give up every request in flight (their outcome is unknown)."""
         handle = next(iter(self._inflight.values()))
         session = self._session
-        base_s = self.timeout_s + handle.extra_s
-        wait_s, idle, rounds = base_s, 0, 0
+        base_sec = self.timeout_sec + handle.extra_sec
+        wait_sec, idle, rounds = base_sec, 0, 0
         while not handle.done:
             progress = session.progress
-            self._read_replies(wait_s, handle)
+            self._read_replies(wait_sec, handle)
             if handle.done:
                 return
             if session.reply_started_for(handle.seq):
-                base_s = self.timeout_s  # the board has executed it: no more time for the operation itself
+                base_sec = self.timeout_sec  # the board has executed it: no more time for the operation itself
             if session.progress != progress:
-                idle, wait_s = 0, base_s
+                idle, wait_sec = 0, base_sec
             else:
                 idle += 1
                 # before the reply starts the board may still be busy: back off so polls do not pile up
-                wait_s = base_s if session.reply_started_for(handle.seq) else min(2 * wait_s, 4 * base_s)
+                wait_sec = base_sec if session.reply_started_for(handle.seq) else min(2 * wait_sec, 4 * base_sec)
             rounds += 1
             if idle > self.retries or rounds >= (self.retries + 1) * self.MAX_ROUNDS_PER_RETRY:
                 self._give_up(handle, BoardTimeout(self._timeout_message(handle, rounds, idle)))
                 return
             self.retransmissions += 1
             log.info("no complete reply to %s (seq %d) after %.2g s; poll %d (%d without progress, %d in flight)",
-                     handle.opcode.name, handle.seq, wait_s, rounds, idle, session.in_flight)
+                     handle.opcode.name, handle.seq, wait_sec, rounds, idle, session.in_flight)
             self._link.write(session.poll_all())
 
     def _give_up(self, handle: "_InFlight", error: BoardError) -> None:
@@ -227,13 +227,13 @@ class FpgaBoard(Board):
         why = "without progress" if idle > self.retries else "(the cap of rounds per request)"
         return (f"the board at {self.address or 'the link'} did not answer {handle.opcode.name} (seq {handle.seq}, "
                 f"{s.pending_chunks} request chunk(s)) completely after {rounds} polls {why}, waiting "
-                f"{self.timeout_s:.2g} s and longer: {seen.describe(bytes_rx)}")
+                f"{self.timeout_sec:.2g} s and longer: {seen.describe(bytes_rx)}")
 
-    def _read_replies(self, timeout_s: float, handle: "_InFlight") -> None:
-        """Read until ``handle`` is answered or the line has been silent (no progress) for ``timeout_s``;
+    def _read_replies(self, timeout_sec: float, handle: "_InFlight") -> None:
+        """Read until ``handle`` is answered or the line has been silent (no progress) for ``timeout_sec``;
         replies to other requests in flight are taken on the way."""
         session = self._session
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + timeout_sec
         progress = session.progress
         while True:
             remaining = deadline - time.monotonic()
@@ -251,7 +251,7 @@ class FpgaBoard(Board):
                 self._link.write(out)
             if session.progress != progress:  # chunks are coming in or being acknowledged: keep waiting
                 progress = session.progress
-                deadline = time.monotonic() + timeout_s
+                deadline = time.monotonic() + timeout_sec
 
     def _collect(self) -> None:
         """Resolve every request in flight whose reply is complete."""
@@ -291,8 +291,8 @@ class FpgaBoard(Board):
         return self._info
 
     def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
-        self._call(m.SetProfilesRequest(set_profile.amplitude_v, set_profile.width_s,
-                                        reset_profile.amplitude_v, reset_profile.width_s))
+        self._call(m.SetProfilesRequest(set_profile.amplitude_v, set_profile.width_sec,
+                                        reset_profile.amplitude_v, reset_profile.width_sec))
         self._profiles_on_board = True
 
     def _codes_to_g(self, codes: np.ndarray) -> np.ndarray:
@@ -300,11 +300,11 @@ class FpgaBoard(Board):
 
     def _do_read_region(self, region: Region) -> np.ndarray:
         reply = self._call(m.ReadRegionRequest(region.row0, region.col0, region.rows, region.cols),
-                           extra_s=region.size * 2e-6)
+                           extra_sec=region.size * 2e-6)
         return self._codes_to_g(reply.codes).reshape(region.rows, region.cols)
 
     def _do_read_cells(self, flat_sorted: np.ndarray) -> np.ndarray:
-        reply = self._call(m.ReadCellsRequest(flat_sorted), extra_s=flat_sorted.size * 2e-6)
+        reply = self._call(m.ReadCellsRequest(flat_sorted), extra_sec=flat_sorted.size * 2e-6)
         return self._codes_to_g(reply.codes)
 
     def _do_vmm(self, region: Region, v: np.ndarray, transpose: bool, i_full_scale_a: float) -> np.ndarray:
@@ -319,38 +319,38 @@ class FpgaBoard(Board):
         if not packed:
             codes = codes.astype(np.int8)
         req = m.VmmRequest(region.row0, region.col0, region.rows, region.cols, transpose, codes, i_full_scale_a)
-        out = self._call(req, extra_s=v.shape[0] * 1e-5).codes
+        out = self._call(req, extra_sec=v.shape[0] * 1e-5).codes
         return out.astype(np.float64) * (i_full_scale_a / adc_max)
 
-    def _width_ticks(self, counts: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray | None:
+    def _width_ticks(self, counts: np.ndarray, last_width_sec: np.ndarray | None) -> np.ndarray | None:
         """Last-pulse widths in timing ticks (0 = full profile width), or None when all are full."""
-        if last_width_s is None:
+        if last_width_sec is None:
             return None
-        res = self._info.timing_resolution_s
-        profile_w = np.where(counts > 0, self._profiles[0].width_s, self._profiles[1].width_s)
-        ticks = np.rint(last_width_s / res).astype(np.int64)
+        res = self._info.timing_resolution_sec
+        profile_w = np.where(counts > 0, self._profiles[0].width_sec, self._profiles[1].width_sec)
+        ticks = np.rint(last_width_sec / res).astype(np.int64)
         ticks[ticks >= np.rint(profile_w / res)] = 0  # a full-width last pulse is an ordinary pulse
         if not ticks.any():
             return None
         made = ticks[ticks > 0] * res
-        if made.min() < self.limits.min_pulse_width_s * (1 - 1e-9):
+        if made.min() < self.limits.min_pulse_width_sec * (1 - 1e-9):
             raise LimitViolation(f"a {made.min():.3g} s pulse (a width on this board's {res:.3g} s timing grid) is "
-                                 f"shorter than min_pulse_width_s = {self.limits.min_pulse_width_s:.3g} s")
+                                 f"shorter than min_pulse_width_sec = {self.limits.min_pulse_width_sec:.3g} s")
         if self.protocol_version < 2:
             raise BoardError("this board speaks protocol version 1, which has no pulse widths: it cannot make "
                              "partial pulses (use --method bp-pulses, or update its firmware)")
         return ticks
 
     def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
-                  last_width_s: np.ndarray | None = None) -> PulseReport:
-        return self._finish(self._do_pulse_async(flat_sorted, counts, tag, last_width_s))
+                  last_width_sec: np.ndarray | None = None) -> PulseReport:
+        return self._finish(self._do_pulse_async(flat_sorted, counts, tag, last_width_sec))
 
     def _do_pulse_async(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
-                        last_width_s: np.ndarray | None = None) -> "_InFlight":
-        ticks = self._width_ticks(counts, last_width_s)
+                        last_width_sec: np.ndarray | None = None) -> "_InFlight":
+        ticks = self._width_ticks(counts, last_width_sec)
         self._sync_profiles()
         return self._send(m.PulseRequest(flat_sorted, counts, tag, ticks),
-                          extra_s=float(np.abs(counts).sum()) * 1e-6, then=_pulse_report)
+                          extra_sec=float(np.abs(counts).sum()) * 1e-6, then=_pulse_report)
 
     def _do_program(self, flat: np.ndarray, targets_s: np.ndarray, tolerance_s: float, max_iter: int) -> ProgramReport:
         """Write-verify on the board.  Each round is one pulse batch of up to ``per_round`` pulses per device,
@@ -367,7 +367,7 @@ class FpgaBoard(Board):
             per_round = max(1, min(32, lim.max_pulses_per_device, lim.max_pulses_per_batch // n))
             codes = enc.quantize(targets_sorted[sel], self._info.g_lsb_s, 16, signed=False)
             parts.append(self._call(m.ProgramRequest(flat_sorted[sel], codes, tolerance_s, max_iter, per_round),
-                                    extra_s=n * max_iter * 1e-5))
+                                    extra_sec=n * max_iter * 1e-5))
         got = np.concatenate([p.achieved_codes for p in parts])
         conv = np.concatenate([p.converged for p in parts])
         iters = np.concatenate([p.iterations for p in parts])
@@ -377,21 +377,21 @@ class FpgaBoard(Board):
         inv[order] = np.arange(order.size)
         return ProgramReport(self._codes_to_g(got)[inv], conv[inv], iters[inv], pulses, energy)
 
-    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
-        reply = self._call(m.FormRequest(flat, voltage_v, width_s, compliance_a))
+    def _do_form(self, flat: np.ndarray, voltage_v: float, width_sec: float, compliance_a: float):
+        reply = self._call(m.FormRequest(flat, voltage_v, width_sec, compliance_a))
         return reply.formed, self._codes_to_g(reply.g_codes)
 
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_s: float, compliance_a: float) -> np.ndarray:
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_sec: float, compliance_a: float) -> np.ndarray:
         virtual = self._info.capabilities.virtual_clock
-        return self._call(m.IvSweepRequest(flat, volts, dwell_s, compliance_a),
-                          extra_s=0.0 if virtual else volts.size * dwell_s * 1.5).currents_a
+        return self._call(m.IvSweepRequest(flat, volts, dwell_sec, compliance_a),
+                          extra_sec=0.0 if virtual else volts.size * dwell_sec * 1.5).currents_a
 
     def _do_clock(self) -> float:
-        return self._call(m.ClockRequest()).clock_s
+        return self._call(m.ClockRequest()).clock_sec
 
     def _do_wait(self, seconds: float) -> float:
         virtual = self._info.capabilities.virtual_clock
-        return self._call(m.WaitRequest(seconds), extra_s=0.0 if virtual else seconds).clock_s
+        return self._call(m.WaitRequest(seconds), extra_sec=0.0 if virtual else seconds).clock_sec
 
     def _do_status(self, with_digest: bool = False) -> BoardStatus:
         data = self._call(m.StatusRequest(with_digest)).fields
@@ -405,10 +405,10 @@ class FpgaBoard(Board):
         return self._call(m.TrueParamsRequest()).fields
 
     def _do_snapshot(self) -> bytes:
-        return self._transact(Op.SNAPSHOT, extra_s=5.0)  # opaque to the host: kept and returned as bytes
+        return self._transact(Op.SNAPSHOT, extra_sec=5.0)  # opaque to the host: kept and returned as bytes
 
     def _do_restore(self, blob: bytes) -> None:
-        self._transact(Op.RESTORE, blob, extra_s=5.0)  # the board checks the image (SnapshotImage)
+        self._transact(Op.RESTORE, blob, extra_sec=5.0)  # the board checks the image (SnapshotImage)
         self._profiles_on_board = False  # the snapshot carried the board's profiles; resend ours
 
     def _do_safe_idle(self) -> None:
@@ -420,16 +420,16 @@ class FpgaBoard(Board):
 
 def _pulse_report(r: m.PulseResult) -> PulseReport:
     return PulseReport(devices=r.devices, set_pulses=r.set_pulses, reset_pulses=r.reset_pulses,
-                       energy_j=r.energy_j, duration_s=r.duration_s, clock_s=r.clock_s)
+                       energy_j=r.energy_j, duration_sec=r.duration_sec, clock_sec=r.clock_sec)
 
 
 class _InFlight(Pending):
     """A request sent to an :class:`FpgaBoard` whose reply may not have arrived: ``result()`` waits for it."""
 
-    def __init__(self, board: FpgaBoard, seq: int, opcode: Op, extra_s: float,
+    def __init__(self, board: FpgaBoard, seq: int, opcode: Op, extra_sec: float,
                  decode: Callable[[bytes], Any] | None, health0, rx0: int):
         super().__init__()
-        self.board, self.seq, self.opcode, self.extra_s, self.decode = board, seq, opcode, extra_s, decode
+        self.board, self.seq, self.opcode, self.extra_sec, self.decode = board, seq, opcode, extra_sec, decode
         self.health0, self.rx0 = health0, rx0
         self._done = False
         self.observed = False
@@ -460,7 +460,7 @@ def _board_info(hello: dict) -> BoardInfo:
             hardware_limits=SafetyLimits(**lim), read_voltage_v=hello["read_voltage_v"],
             g_lsb_s=hello["g_lsb_s"], g_full_scale_s=hello["g_full_scale_s"], dac_bits=hello["dac_bits"],
             dac_full_scale_v=hello["dac_full_scale_v"], adc_bits=hello["adc_bits"],
-            adc_full_scale_a=tuple(hello["adc_full_scale_a"]), timing_resolution_s=hello["timing_resolution_s"],
+            adc_full_scale_a=tuple(hello["adc_full_scale_a"]), timing_resolution_sec=hello["timing_resolution_sec"],
             emulated=hello.get("emulated", False),
             device_preset=hello.get("device_preset"), device_config=hello.get("device_config"),
         )

@@ -22,9 +22,10 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from drivers.errors import LimitConflict, LimitViolation
+from protocols.unit_names import AcceptsOldSecondNames
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,20 @@ def clamp(value, lo: float, hi: float):
     return float(out) if out.ndim == 0 else out
 
 
-class PulseProfile(BaseModel):
+class PulseProfile(AcceptsOldSecondNames):
     """One rectangular write pulse: signed amplitude (V) and width (s)."""
 
     model_config = ConfigDict(frozen=True)
 
     amplitude_v: float = Field(description="signed pulse amplitude at the device, volts")
-    width_s: float = Field(gt=0, description="pulse width, seconds")
+    width_sec: float = Field(gt=0, description="pulse width, seconds")
 
 
-DEFAULT_SET = PulseProfile(amplitude_v=1.6, width_s=50e-9)
-DEFAULT_RESET = PulseProfile(amplitude_v=-1.8, width_s=50e-9)
+DEFAULT_SET = PulseProfile(amplitude_v=1.6, width_sec=50e-9)
+DEFAULT_RESET = PulseProfile(amplitude_v=-1.8, width_sec=50e-9)
 
 
-class SafetyLimits(BaseModel):
+class SafetyLimits(AcceptsOldSecondNames):
     """Limits every voltage-bearing request is checked against (SI units)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -73,19 +74,19 @@ class SafetyLimits(BaseModel):
     max_read_v: float = Field(0.3, gt=0, description="largest |V| for reads and VMM inputs")
     max_form_v: float = Field(3.5, gt=0, description="largest forming (and positive sweep) voltage")
     compliance_a: float = Field(1e-3, gt=0, description="current compliance for reads and sweeps")
-    min_pulse_width_s: float = Field(
+    min_pulse_width_sec: float = Field(
         1e-12, gt=0, description="shortest pulse; a short pulse puts less energy into a device, not more, so "
         "the default leaves the floor to the hardware (its own minimum); raise it for a generator whose "
         "short pulses ring or overshoot")
-    max_pulse_width_s: float = Field(1e-3, gt=0, description="longest pulse")
+    max_pulse_width_sec: float = Field(1e-3, gt=0, description="longest pulse")
     max_pulses_per_batch: int = Field(8_000_000, gt=0, description="pulses in one batch, all devices")
     max_pulses_per_device: int = Field(255, gt=0, description="pulses one device may get in one batch")
 
     @model_validator(mode="after")
     def _widths_ordered(self) -> "SafetyLimits":
-        if self.min_pulse_width_s > self.max_pulse_width_s:
+        if self.min_pulse_width_sec > self.max_pulse_width_sec:
             raise ValueError(
-                f"min_pulse_width_s ({self.min_pulse_width_s:g}) exceeds max_pulse_width_s ({self.max_pulse_width_s:g})"
+                f"min_pulse_width_sec ({self.min_pulse_width_sec:g}) exceeds max_pulse_width_sec ({self.max_pulse_width_sec:g})"
             )
         return self
 
@@ -99,14 +100,14 @@ class SafetyLimits(BaseModel):
 
 
 #: Fields where the larger value is the stricter one (all others: the smaller).
-_LARGER_IS_TIGHTER = frozenset({"min_pulse_width_s"})
+_LARGER_IS_TIGHTER = frozenset({"min_pulse_width_sec"})
 
 #: Device-safe hardware limits of the array and its FPGA controller (the emulated board's own:
 #: ``firmware_stub.firmware.HardwareLimits`` holds the same numbers).  A VISA bench whose bench file
 #: has no ``[limits]`` section gets these, not the instruments' ratings.
 DEVICE_SAFE_LIMITS = SafetyLimits(
     max_set_v=3.0, max_reset_v=3.0, max_read_v=0.5, max_form_v=4.0, compliance_a=1e-3,
-    min_pulse_width_s=100e-12, max_pulse_width_s=1e-3, max_pulses_per_batch=64_000_000, max_pulses_per_device=255,
+    min_pulse_width_sec=100e-12, max_pulse_width_sec=1e-3, max_pulses_per_batch=64_000_000, max_pulses_per_device=255,
 )
 
 
@@ -140,14 +141,14 @@ def effective_limits(user: SafetyLimits, hardware: SafetyLimits, *, user_label: 
     """
     u, h = user.model_dump(), hardware.model_dump()
     explicit = user.model_fields_set if explicit is None else explicit
-    lo = max(u["min_pulse_width_s"], h["min_pulse_width_s"])
-    hi = min(u["max_pulse_width_s"], h["max_pulse_width_s"])
+    lo = max(u["min_pulse_width_sec"], h["min_pulse_width_sec"])
+    hi = min(u["max_pulse_width_sec"], h["max_pulse_width_sec"])
     if lo > hi:
         raise LimitConflict(
-            f"{user_label} allow pulse widths [{u['min_pulse_width_s']:.3g}, {u['max_pulse_width_s']:.3g}] s but "
-            f"{hardware_label} allow [{h['min_pulse_width_s']:.3g}, {h['max_pulse_width_s']:.3g}] s: the windows "
-            f"do not overlap; set min_pulse_width_s and max_pulse_width_s in {user_label} within "
-            f"[{h['min_pulse_width_s']:.3g}, {h['max_pulse_width_s']:.3g}] s"
+            f"{user_label} allow pulse widths [{u['min_pulse_width_sec']:.3g}, {u['max_pulse_width_sec']:.3g}] s but "
+            f"{hardware_label} allow [{h['min_pulse_width_sec']:.3g}, {h['max_pulse_width_sec']:.3g}] s: the windows "
+            f"do not overlap; set min_pulse_width_sec and max_pulse_width_sec in {user_label} within "
+            f"[{h['min_pulse_width_sec']:.3g}, {h['max_pulse_width_sec']:.3g}] s"
         )
     out, sources, refused = {}, {}, {}
     for name, uv in u.items():
@@ -170,7 +171,7 @@ def check_profile(profile: PulseProfile, polarity: int, limits: SafetyLimits) ->
 
     Returns the profile to send: clamped onto the limits (it differs only by float rounding).
     """
-    v, w = profile.amplitude_v, profile.width_s
+    v, w = profile.amplitude_v, profile.width_sec
     if polarity > 0:
         if not v > 0 or exceeds(v, limits.max_set_v):
             raise LimitViolation(
@@ -186,20 +187,20 @@ def check_profile(profile: PulseProfile, polarity: int, limits: SafetyLimits) ->
             )
         v = clamp(v, -limits.max_reset_v, 0.0)
     check_duration(w, limits, "pulse width")
-    w = clamp(w, limits.min_pulse_width_s, limits.max_pulse_width_s)
-    if (v, w) == (profile.amplitude_v, profile.width_s):
+    w = clamp(w, limits.min_pulse_width_sec, limits.max_pulse_width_sec)
+    if (v, w) == (profile.amplitude_v, profile.width_sec):
         return profile
-    return PulseProfile(amplitude_v=v, width_s=w)
+    return PulseProfile(amplitude_v=v, width_sec=w)
 
 
 def check_duration(seconds: float, limits: SafetyLimits, what: str = "duration") -> float:
     """Raise unless ``seconds`` lies in the pulse-width window; returns it clamped into the window."""
-    if falls_below(seconds, limits.min_pulse_width_s) or exceeds(seconds, limits.max_pulse_width_s):
+    if falls_below(seconds, limits.min_pulse_width_sec) or exceeds(seconds, limits.max_pulse_width_sec):
         raise LimitViolation(
-            f"{what} {seconds:.3g} s is outside [{limits.min_pulse_width_s:.3g}, {limits.max_pulse_width_s:.3g}] s "
-            "(min_pulse_width_s, max_pulse_width_s)"
+            f"{what} {seconds:.3g} s is outside [{limits.min_pulse_width_sec:.3g}, {limits.max_pulse_width_sec:.3g}] s "
+            "(min_pulse_width_sec, max_pulse_width_sec)"
         )
-    return clamp(seconds, limits.min_pulse_width_s, limits.max_pulse_width_s)
+    return clamp(seconds, limits.min_pulse_width_sec, limits.max_pulse_width_sec)
 
 
 def check_compliance(compliance_a: float, limits: SafetyLimits) -> float:
@@ -277,25 +278,25 @@ def check_pulse_counts(counts: np.ndarray, limits: SafetyLimits) -> None:
         )
 
 
-def check_pulse_widths(widths_s: np.ndarray, profile_width_s: np.ndarray | float, limits: SafetyLimits) -> None:
+def check_pulse_widths(widths_sec: np.ndarray, profile_width_sec: np.ndarray | float, limits: SafetyLimits) -> None:
     """Raise unless every (partial) pulse width is within the limits and at most its profile's width.
 
     A relative tolerance of 1e-9 absorbs float rounding of widths planned on the limit.
     """
-    w = np.asarray(widths_s, dtype=float)
+    w = np.asarray(widths_sec, dtype=float)
     if w.size == 0:
         return
     if not np.all(np.isfinite(w)):
         raise LimitViolation("pulse widths contain NaN or infinity")
     tol = 1 + 1e-9
     lo, hi = float(w.min()), float(w.max())
-    if lo * tol < limits.min_pulse_width_s or hi > limits.max_pulse_width_s * tol:
+    if lo * tol < limits.min_pulse_width_sec or hi > limits.max_pulse_width_sec * tol:
         raise LimitViolation(
-            f"pulse widths from {lo:.3g} s to {hi:.3g} s leave [{limits.min_pulse_width_s:.3g}, "
-            f"{limits.max_pulse_width_s:.3g}] s (min_pulse_width_s, max_pulse_width_s); plan partial pulses "
+            f"pulse widths from {lo:.3g} s to {hi:.3g} s leave [{limits.min_pulse_width_sec:.3g}, "
+            f"{limits.max_pulse_width_sec:.3g}] s (min_pulse_width_sec, max_pulse_width_sec); plan partial pulses "
             "on the board's width grid (hil.layers.width_grid) or change the limits"
         )
-    over = w > np.asarray(profile_width_s, dtype=float) * tol
+    over = w > np.asarray(profile_width_sec, dtype=float) * tol
     if np.any(over):
         k = int(np.argmax(over))
         raise LimitViolation(

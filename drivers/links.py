@@ -23,8 +23,8 @@ class Link(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def read(self, timeout_s: float) -> bytes:
-        """Bytes that arrived within ``timeout_s`` (``b""`` if none)."""
+    def read(self, timeout_sec: float) -> bytes:
+        """Bytes that arrived within ``timeout_sec`` (``b""`` if none)."""
         ...
 
     def close(self) -> None: ...
@@ -46,14 +46,14 @@ def _check_socket_url(url: str) -> None:
 class SerialLink:
     """A pyserial port: ``/dev/ttyUSB0``, ``/dev/pts/3``, ``socket://host:port``, ``loop://`` ..."""
 
-    def __init__(self, url: str, baudrate: int = 3_000_000, open_timeout_s: float = 2.0):
+    def __init__(self, url: str, baudrate: int = 3_000_000, open_timeout_sec: float = 2.0):
         if url.startswith("socket://"):
             _check_socket_url(url)
         try:
             self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05, write_timeout=10.0,
                                                do_not_open=True)
             if url.startswith("socket://"):
-                self._open_with_retry(url, open_timeout_s)
+                self._open_with_retry(url, open_timeout_sec)
             else:
                 self._port.open()
         except (serial.SerialException, ValueError, OSError) as exc:
@@ -67,8 +67,8 @@ class SerialLink:
         self.bytes_tx = 0
         self.bytes_rx = 0
 
-    def _open_with_retry(self, url: str, open_timeout_s: float) -> None:
-        deadline = time.monotonic() + open_timeout_s
+    def _open_with_retry(self, url: str, open_timeout_sec: float) -> None:
+        deadline = time.monotonic() + open_timeout_sec
         while True:
             try:
                 self._port.open()
@@ -89,8 +89,8 @@ class SerialLink:
 
     _DRAIN_CAP = 1 << 20  # bytes one read() call gathers at most, so a streaming peer cannot hold it
 
-    def read(self, timeout_s: float) -> bytes:
-        """Block up to ``timeout_s`` for the first byte, then take everything already there in bulk.
+    def read(self, timeout_sec: float) -> bytes:
+        """Block up to ``timeout_sec`` for the first byte, then take everything already there in bulk.
 
         pyserial's ``in_waiting`` is exact on real ports but only 0 or 1 on ``socket://``, so the
         drain reads with a zero timeout and a large size instead: one system call per burst, not
@@ -98,7 +98,7 @@ class SerialLink:
         """
         port = self._port
         try:
-            port.timeout = max(timeout_s, 0.0)
+            port.timeout = max(timeout_sec, 0.0)
             data = port.read(1)
             if data:
                 port.timeout = 0
@@ -142,10 +142,10 @@ class InProcessLink:
         self.bytes_tx += len(data)
         self._rx += self.endpoint.receive(bytes(data))
 
-    def read(self, timeout_s: float) -> bytes:
+    def read(self, timeout_sec: float) -> bytes:
         if not self._rx:
             # the endpoint answers synchronously, so nothing more can come: behave like an idle line
-            time.sleep(min(timeout_s, 0.01))
+            time.sleep(min(timeout_sec, 0.01))
             return b""
         data = bytes(self._rx)
         self._rx.clear()

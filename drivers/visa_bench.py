@@ -18,7 +18,7 @@ the instruments' own time):
   device sees a negative pulse), and ``*TRG`` fires a burst of ``|count|`` pulses;
   ``*OPC?`` waits for it and the error queue is read.  Output off after each phase,
   all crosspoints open after each operation.  A device with a partial last pulse
-  (``PulseBatch.last_pulse_width_s``) gets, while routed, its full-width burst and then
+  (``PulseBatch.last_pulse_width_sec``) gets, while routed, its full-width burst and then
   one pulse at its own width; devices are grouped by width so the generator's width is
   rewritten only when it changes.  The generator's 20 ns minimum makes partial pulses
   shorter than that impossible here (the ``bp`` rule rounds them, unbiased, to 0 or
@@ -28,7 +28,7 @@ the instruments' own time):
 * **I-V sweep and forming** go through the SMU, one device at a time: with the output
   off, the SMU is set to a voltage source at 0 V on the range of the largest level, the
   requested compliance as its current limit (read back and compared), current auto
-  range, auto zero off and an integration of ``dwell_s`` (or the forming width) -- so
+  range, auto zero off and an integration of ``dwell_sec`` (or the forming width) -- so
   each level lasts one reading, 200 us .. 200 ms at 50 Hz, anything else is refused
   before a byte is sent; then the matrix routes the device, the output turns on, each
   level is set and read, and the output turns off before the next route.  A formed
@@ -169,10 +169,10 @@ class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
         return min(compliance, 1.05)
 
     def _open_instruments(self) -> None:
-        c, t = self.config, self.config.bench.timeout_s
-        self.matrix = Keithley707B.open(self._rm, c.switch_matrix.resource, timeout_s=t)
-        self.smu = Keithley2450.open(self._rm, c.smu.resource, timeout_s=t)
-        self.generator = Keysight33500B.open(self._rm, c.pulse_generator.resource, timeout_s=t,
+        c, t = self.config, self.config.bench.timeout_sec
+        self.matrix = Keithley707B.open(self._rm, c.switch_matrix.resource, timeout_sec=t)
+        self.smu = Keithley2450.open(self._rm, c.smu.resource, timeout_sec=t)
+        self.generator = Keysight33500B.open(self._rm, c.pulse_generator.resource, timeout_sec=t,
                                              channel=c.pulse_generator.channel)
 
     def _configure(self) -> None:
@@ -184,7 +184,7 @@ class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
             inst.clear_status()
             inst.reset()
         self.generator.configure_pulser(limit_high_v=max(self.limits.max_set_v, self.limits.max_reset_v),
-                                        edge_time_s=c.pulse_generator.edge_time_s)
+                                        edge_time_sec=c.pulse_generator.edge_time_sec)
         self.smu.configure_read(voltage_v=self._v_read, current_range_a=c.smu.current_range_a,
                                 compliance_a=self._compliance_a, nplc=c.smu.nplc,
                                 off_mode=c.smu.output_off_mode, terminals=c.smu.terminals)
@@ -236,7 +236,7 @@ class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
             read_voltage_v=self._v_read,
             g_lsb_s=rng * 1e-6 / self._v_read,
             g_full_scale_s=full_scale_a / self._v_read,
-            timing_resolution_s=1e-10,
+            timing_resolution_sec=1e-10,
             emulated=c.bench.emulated,
         )
 
@@ -375,7 +375,7 @@ class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
         if with_digest and self.config.bench.emulated:
             digest = json.loads(self.smu.query(":EMUL:STAT? DIG")).get("state_digest")
         return BoardStatus(
-            clock_s=self._do_clock(), pulses_total=t["pulses"], set_pulses_total=t["set"],
+            clock_sec=self._do_clock(), pulses_total=t["pulses"], set_pulses_total=t["set"],
             reset_pulses_total=t["reset"], write_events_total=t["write_events"], write_energy_j=t["write_energy"],
             write_device_energy_j=t["write_energy"], read_energy_j=t["read_energy"], adc_energy_j=0.0, cells_read_total=t["cells_read"], vmm_calls_total=0,
             max_pulses_per_device=int(self._pulses_per_device.max(initial=0)), state_digest=digest,

@@ -37,7 +37,7 @@ class BenchDcMixin:
         ``volts`` in turn (one reading each), output off before the matrix re-routes; currents (A)."""
         smu, matrix = self.smu, self.matrix
         w = self.config.wiring
-        dwell_s = nplc / LINE_FREQUENCY_HZ
+        dwell_sec = nplc / LINE_FREQUENCY_HZ
         out = np.full((flat.size, volts.size), np.nan)
         with self._operation(what):
             self._smu_armed = False
@@ -53,7 +53,7 @@ class BenchDcMixin:
                         for j, v in enumerate(volts.tolist()):
                             i = smu.read_at(v)
                             out[k, j] = float(np.clip(i, -compliance_a, compliance_a))
-                            self._totals["read_energy"] += abs(v * out[k, j]) * dwell_s
+                            self._totals["read_energy"] += abs(v * out[k, j]) * dwell_sec
                     finally:
                         smu.output_off(confirm=True)
                         smu.source_voltage = 0.0
@@ -78,14 +78,14 @@ class BenchDcMixin:
         self._smu_armed = True
         self._smu_dc_config = False
 
-    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_s: float, compliance_a: float) -> np.ndarray:
-        nplc = self._dwell_nplc(dwell_s, "sweep step")
+    def _do_iv_sweep(self, flat: np.ndarray, volts: np.ndarray, dwell_sec: float, compliance_a: float) -> np.ndarray:
+        nplc = self._dwell_nplc(dwell_sec, "sweep step")
         return self._smu_dc(flat, volts, nplc, compliance_a, "I-V sweep")
 
-    def _do_form(self, flat: np.ndarray, voltage_v: float, width_s: float, compliance_a: float):
-        """A forming level held by the SMU for ``width_s`` under compliance; a device counts as formed
+    def _do_form(self, flat: np.ndarray, voltage_v: float, width_sec: float, compliance_a: float):
+        """A forming level held by the SMU for ``width_sec`` under compliance; a device counts as formed
         when its current reaches the compliance (the filament's jump), and is then read back."""
-        nplc = self._dwell_nplc(width_s, "forming")
+        nplc = self._dwell_nplc(width_sec, "forming")
         i = self._smu_dc(flat, np.array([voltage_v]), nplc, compliance_a, "forming")[:, 0]
         formed = np.abs(i) >= compliance_a * (1 - 1e-3)
         return formed, self._read_flat(flat)

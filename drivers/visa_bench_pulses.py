@@ -13,7 +13,7 @@ import numpy as np
 
 from drivers.board import ProgramReport, PulseBatch, PulseReport
 from drivers.errors import BoardError, LimitViolation
-from drivers.instruments.keysight33500b import MIN_WIDTH_S
+from drivers.instruments.keysight33500b import MIN_WIDTH_SEC
 from drivers.limits import PulseProfile, batch_slices, max_pulses_per_event
 from drivers.visa_bench_setup import quiet
 from protocols.write_verify import write_verify_loop
@@ -24,14 +24,14 @@ class BenchPulsesMixin:
 
     def _do_set_profiles(self, set_profile: PulseProfile, reset_profile: PulseProfile) -> None:
         for p in (set_profile, reset_profile):
-            self._period(p.width_s)  # a profile the generator cannot make is refused now
+            self._period(p.width_sec)  # a profile the generator cannot make is refused now
 
-    def _period(self, width_s: float) -> float:
+    def _period(self, width_sec: float) -> float:
         pg = self.config.pulse_generator
-        period = pg.period_s if pg.period_s is not None else max(pg.min_period_s, 2.0 * width_s)
-        if width_s > period - MIN_WIDTH_S:
-            raise LimitViolation(f"a {width_s:g} s pulse does not fit the bench's {period:g} s pulse period "
-                                 "([pulse_generator] period_s)")
+        period = pg.period_sec if pg.period_sec is not None else max(pg.min_period_sec, 2.0 * width_sec)
+        if width_sec > period - MIN_WIDTH_SEC:
+            raise LimitViolation(f"a {width_sec:g} s pulse does not fit the bench's {period:g} s pulse period "
+                                 "([pulse_generator] period_sec)")
         return period
 
     def _g_estimate(self, flat: int) -> float:
@@ -42,8 +42,8 @@ class BenchPulsesMixin:
         return float(np.mean(known)) if known.size else 0.0
 
     @staticmethod
-    def _bursts(sel: np.ndarray, counts: np.ndarray, last_width_s: np.ndarray | None,
-                width_s: float) -> list[tuple[int, list[tuple[float, int]]]]:
+    def _bursts(sel: np.ndarray, counts: np.ndarray, last_width_sec: np.ndarray | None,
+                width_sec: float) -> list[tuple[int, list[tuple[float, int]]]]:
         """(position, [(width, pulses), ...]) per device of one phase, ordered to change the width rarely.
 
         Full-width devices first, then devices with whole pulses and a partial one (a full burst, then
@@ -51,42 +51,42 @@ class BenchPulsesMixin:
         sorted by the partial width so that devices sharing a width share one generator setting.
         """
         mags = np.abs(counts[sel])
-        if last_width_s is None:
-            return [(int(k), [(width_s, int(n))]) for k, n in zip(sel.tolist(), mags.tolist())]
-        w = last_width_s[sel]
-        partial = w < width_s
+        if last_width_sec is None:
+            return [(int(k), [(width_sec, int(n))]) for k, n in zip(sel.tolist(), mags.tolist())]
+        w = last_width_sec[sel]
+        partial = w < width_sec
         group = np.where(~partial, 0, np.where(mags > 1, 1, 2))
         order = np.lexsort((np.where(partial, w, 0.0), group))
         out = []
         for k in order.tolist():
             n, pos = int(mags[k]), int(sel[k])
             if not partial[k]:
-                out.append((pos, [(width_s, n)]))
+                out.append((pos, [(width_sec, n)]))
             else:
-                out.append((pos, ([(width_s, n - 1)] if n > 1 else []) + [(float(w[k]), 1)]))
+                out.append((pos, ([(width_sec, n - 1)] if n > 1 else []) + [(float(w[k]), 1)]))
         return out
 
-    def _do_application_order(self, counts_sorted: np.ndarray, last_width_s: np.ndarray | None) -> np.ndarray:
+    def _do_application_order(self, counts_sorted: np.ndarray, last_width_sec: np.ndarray | None) -> np.ndarray:
         """SET devices first, then RESET devices, each phase in :meth:`_bursts` order (as :meth:`_do_pulse`)."""
         order: list[int] = []
         for polarity, profile in ((+1, self._profiles[0]), (-1, self._profiles[1])):
             sel = np.flatnonzero(counts_sorted > 0) if polarity > 0 else np.flatnonzero(counts_sorted < 0)
             if sel.size:
-                order += [k for k, _ in self._bursts(sel, counts_sorted, last_width_s, profile.width_s)]
+                order += [k for k, _ in self._bursts(sel, counts_sorted, last_width_sec, profile.width_sec)]
         return np.asarray(order, dtype=np.int64)
 
     def _do_pulse(self, flat_sorted: np.ndarray, counts: np.ndarray, tag: int = 0,
-                  last_width_s: np.ndarray | None = None) -> PulseReport:
+                  last_width_sec: np.ndarray | None = None) -> PulseReport:
         gen, matrix = self.generator, self.matrix
         w = self.config.wiring
-        for width in ([] if last_width_s is None else np.unique(last_width_s).tolist()):
+        for width in ([] if last_width_sec is None else np.unique(last_width_sec).tolist()):
             self._period(width)  # every width must fit the bench's period before anything is sent
         t_start = self._do_clock()
         done = {"devices": 0, "set": 0, "reset": 0, "energy": 0.0}
 
         def report(t_end: float) -> PulseReport:
             return PulseReport(devices=done["devices"], set_pulses=done["set"], reset_pulses=done["reset"],
-                               energy_j=done["energy"], duration_s=max(0.0, t_end - t_start), clock_s=t_end)
+                               energy_j=done["energy"], duration_sec=max(0.0, t_end - t_start), clock_sec=t_end)
 
         phases = [(+1, self._profiles[0]), (-1, self._profiles[1])]
         in_flight: tuple[int, int, int] | None = None
@@ -97,7 +97,7 @@ class BenchPulsesMixin:
                     if sel.size == 0:
                         continue
                     level = abs(profile.amplitude_v)
-                    bursts = self._bursts(sel, counts, last_width_s, profile.width_s)
+                    bursts = self._bursts(sel, counts, last_width_sec, profile.width_sec)
                     gen.set_pulse(level, bursts[0][1][0][0], self._period(bursts[0][1][0][0]))
                     gen.output_enabled = True
                     try:

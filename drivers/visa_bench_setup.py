@@ -26,7 +26,7 @@ SMU_NPLC_RANGE = (0.01, 10.0)
 INSTRUMENT_LIMITS = SafetyLimits(
     max_set_v=MAX_OPEN_CIRCUIT_V, max_reset_v=MAX_OPEN_CIRCUIT_V, max_read_v=21.0, max_form_v=MAX_OPEN_CIRCUIT_V,
     compliance_a=1.05,
-    min_pulse_width_s=20e-9, max_pulse_width_s=1.0, max_pulses_per_batch=10**9,
+    min_pulse_width_sec=20e-9, max_pulse_width_sec=1.0, max_pulses_per_batch=10**9,
     max_pulses_per_device=MAX_BURST,
 )
 

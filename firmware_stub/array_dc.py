@@ -15,7 +15,7 @@ from firmware_stub.pulse_energy import pulse_scale, write_periphery_energy_j
 class ArrayDcMixin:
     """Forming and DC current-voltage sweeps of a :class:`MemristorArray` (whose state they change)."""
 
-    def form(self, flat_idx, voltage_v: float, width_s: float, compliance_a: float) -> np.ndarray:
+    def form(self, flat_idx, voltage_v: float, width_sec: float, compliance_a: float) -> np.ndarray:
         """A forming pulse on each device; returns the mask of devices formed by it.
 
         An unformed device whose forming voltage is reached forms: its filament grows
@@ -39,20 +39,20 @@ class ArrayDcMixin:
         self._redraw_write_event(touched)
         self.n_pulses[idx] += 1
         current = np.minimum(np.maximum(g_before, g_after) * voltage_v, compliance_a)
-        self._book_write_energy(float(voltage_v * width_s * current.sum()),
+        self._book_write_energy(float(voltage_v * width_sec * current.sum()),
                                 write_periphery_energy_j(p, idx.size, [(voltage_v, idx.size)]))
         self.counters.pulses_total += int(idx.size)
         self.counters.set_pulses_total += int(idx.size)
         self.counters.write_events_total += int(touched.size)
-        self.clock_s += p.t_command_s + width_s
+        self.clock_sec += p.t_command_sec + width_sec
         self.refresh_derived()
         return newly
 
-    def iv_sweep(self, flat_idx, voltages_v, dwell_s: float, compliance_a: float) -> np.ndarray:
+    def iv_sweep(self, flat_idx, voltages_v, dwell_sec: float, compliance_a: float) -> np.ndarray:
         """DC staircase on each device: returns currents (n_devices, n_steps), amps.
 
-        Each step holds its voltage for ``dwell_s``.  A step beyond a switching threshold
-        counts as ``n = pulse_scale(V, dwell_s)`` nominal pulses, applied in the
+        Each step holds its voltage for ``dwell_sec``.  A step beyond a switching threshold
+        counts as ``n = pulse_scale(V, dwell_sec)`` nominal pulses, applied in the
         continuous limit of the soft-bounds law (``1-x -> (1-x)*exp(-n*alpha/window)``
         for SET, ``x -> x*exp(-n*alpha/window)`` for RESET) -- a DC step is many small
         pulses, not one huge one.  The compliance caps a SET at ``compliance / V``; an
@@ -66,8 +66,8 @@ class ArrayDcMixin:
         out = np.empty((idx.size, volts.size))
         for k, v in enumerate(volts):
             if v > 0 and self.unformed[idx].any():
-                self.form(idx[self.unformed[idx]], float(v), dwell_s, compliance_a)
-            n_equiv = pulse_scale(p, float(v), dwell_s) if v != 0 else 0.0
+                self.form(idx[self.unformed[idx]], float(v), dwell_sec, compliance_a)
+            n_equiv = pulse_scale(p, float(v), dwell_sec) if v != 0 else 0.0
             movable = idx[~self._frozen()[idx]]
             if n_equiv > 0 and movable.size:
                 lo, hi = p.g_min_s, self.g_max[movable]
@@ -85,10 +85,10 @@ class ArrayDcMixin:
                 self.counters.write_events_total += int(movable.size)
             g_eff = self._effective_g(*self._state_at(idx))
             out[:, k] = np.clip(self._read_noisy(g_eff) * v, -compliance_a, compliance_a)
-            energy = float(np.abs(out[:, k]).sum() * abs(v) * dwell_s)
+            energy = float(np.abs(out[:, k]).sum() * abs(v) * dwell_sec)
             if n_equiv > 0:
                 self._book_write_energy(energy)
             else:
                 self.counters.read_energy_j += energy
-            self.clock_s += p.t_command_s + dwell_s
+            self.clock_sec += p.t_command_sec + dwell_sec
         return out

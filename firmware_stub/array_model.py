@@ -121,7 +121,7 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         self.xi_r = self._noise[STREAM_WRITE].affine(self.n_devices)
         self.t_w = np.zeros(self.n_devices)
         self.n_pulses = np.zeros(self.n_devices, dtype=np.int64)
-        self.clock_s = 0.0
+        self.clock_sec = 0.0
         self.counters = ArrayCounters()
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -166,11 +166,11 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         self._gain = {k: a * self.inv_window for k, a in self._alpha_mobile.items()}
 
     # ---- clock and counters ----------------------------------------------------------
-    def advance(self, dt_s: float) -> None:
+    def advance(self, dt_sec: float) -> None:
         """Move the virtual clock forward (a wait on the board)."""
-        if not dt_s >= 0:
-            raise ValueError(f"cannot advance the clock by {dt_s} s")
-        self.clock_s += float(dt_s)
+        if not dt_sec >= 0:
+            raise ValueError(f"cannot advance the clock by {dt_sec} s")
+        self.clock_sec += float(dt_sec)
 
     def reset_counters(self) -> None:
         self.counters = ArrayCounters()
@@ -198,13 +198,13 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
                 raise ValueError("pulse counts must be non-zero")
         return idx, counts
 
-    def _phase_duration_s(self, n_steps: int, width_s: float) -> float:
+    def _phase_duration_sec(self, n_steps: int, width_sec: float) -> float:
         """Command latency plus one pulse slot per pulse index (0 if the phase is empty)."""
         if n_steps <= 0:
             return 0.0
-        return self.params.t_command_s + n_steps * (width_s + self.params.t_pulse_gap_s)
+        return self.params.t_command_sec + n_steps * (width_sec + self.params.t_pulse_gap_sec)
 
-    def _last_slot_trim_s(self, n_abs: np.ndarray, last_ratio: np.ndarray | None, width_s: float) -> float:
+    def _last_slot_trim_sec(self, n_abs: np.ndarray, last_ratio: np.ndarray | None, width_sec: float) -> float:
         """How much shorter than a full pulse a phase's last pulse slot is.
 
         Every slot but the last holds a full pulse of the device with the most pulses; the
@@ -213,24 +213,24 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         if last_ratio is None or n_abs.size == 0:
             return 0.0
         top = n_abs == n_abs.max()
-        return (1.0 - float(last_ratio[top].max())) * width_s
+        return (1.0 - float(last_ratio[top].max())) * width_sec
 
-    def write_batch_duration_s(self, counts: np.ndarray, set_width_s: float, reset_width_s: float,
-                               last_width_s: np.ndarray | None = None) -> float:
+    def write_batch_duration_sec(self, counts: np.ndarray, set_width_sec: float, reset_width_sec: float,
+                                 last_width_sec: np.ndarray | None = None) -> float:
         """Duration of a pulse batch: SET phase then RESET phase, each if present (partial last pulses shorter)."""
         total = 0.0
-        for polarity, width_s in ((+1, set_width_s), (-1, reset_width_s)):
+        for polarity, width_sec in ((+1, set_width_sec), (-1, reset_width_sec)):
             part = counts > 0 if polarity > 0 else counts < 0
             if not part.any():
                 continue
             n_abs = np.abs(counts[part])
-            ratio = None if last_width_s is None else np.asarray(last_width_s)[part] / width_s
-            total += (self._phase_duration_s(int(n_abs.max()), width_s)
-                      - self._last_slot_trim_s(n_abs, ratio, width_s))
+            ratio = None if last_width_sec is None else np.asarray(last_width_sec)[part] / width_sec
+            total += (self._phase_duration_sec(int(n_abs.max()), width_sec)
+                      - self._last_slot_trim_sec(n_abs, ratio, width_sec))
         return total
 
     def apply_pulses(self, flat_idx, counts, set_profile, reset_profile,
-                     last_width_s: np.ndarray | None = None) -> PulseOutcome:
+                     last_width_sec: np.ndarray | None = None) -> PulseOutcome:
         """Apply ``counts[i]`` pulses to device ``flat_idx[i]`` (+n SET, -n RESET).
 
         The SET phase runs first, then the RESET phase; within a phase pulse index k is
@@ -238,7 +238,7 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         event for every touched device: its write error is added to G, its relaxation
         draw is redrawn and ``t_w`` is set to the clock at the batch end.
 
-        ``last_width_s`` (optional, one per device, seconds, in (0, profile width]): the
+        ``last_width_sec`` (optional, one per device, seconds, in (0, profile width]): the
         width of each device's last pulse, a width-modulated partial pulse of the same
         write event.  Its step scales with its width (``pulse_scale``: ``width/width_nominal``;
         the cycle-to-cycle spread scales with it) and its energy uses its own width.
@@ -246,24 +246,24 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         idx, counts = self.validate_pulse_batch(flat_idx, counts)
         profiles = {+1: check_profile_polarity(set_profile, +1), -1: check_profile_polarity(reset_profile, -1)}
         last_w = None
-        if last_width_s is not None:
-            last_w = np.asarray(last_width_s, dtype=np.float64).reshape(-1)
+        if last_width_sec is not None:
+            last_w = np.asarray(last_width_sec, dtype=np.float64).reshape(-1)
             if last_w.shape != counts.shape or not np.all((last_w > 0) & np.isfinite(last_w)):
-                raise ValueError("last_width_s must hold one positive width per device")
+                raise ValueError("last_width_sec must hold one positive width per device")
         pulses, energy, duration = {+1: 0, -1: 0}, 0.0, 0.0
         for polarity, part in self._split_by_polarity(counts):
-            amplitude_v, width_s = profiles[polarity]
+            amplitude_v, width_sec = profiles[polarity]
             n_abs = counts[part] if polarity > 0 else -counts[part]
             ratio = None
             if last_w is not None:
-                ratio = last_w[part] / width_s
+                ratio = last_w[part] / width_sec
                 if ratio.max() > 1 + 1e-9:
                     raise ValueError("a last pulse is longer than its profile's width")
                 ratio = None if ratio.min() >= 1.0 else np.minimum(ratio, 1.0)
-            e_phase, pulses[polarity], n_steps = self._run_phase(idx[part], n_abs, polarity, amplitude_v, width_s,
+            e_phase, pulses[polarity], n_steps = self._run_phase(idx[part], n_abs, polarity, amplitude_v, width_sec,
                                                                  ratio)
             energy += e_phase
-            duration += self._phase_duration_s(n_steps, width_s) - self._last_slot_trim_s(n_abs, ratio, width_s)
+            duration += self._phase_duration_sec(n_steps, width_sec) - self._last_slot_trim_sec(n_abs, ratio, width_sec)
         periphery = write_periphery_energy_j(self.params, idx.size, [(profiles[k][0], pulses[k]) for k in (+1, -1)])
         outcome = PulseOutcome(pulses[+1], pulses[-1], energy + periphery, duration, periphery)
         self.book_write_batch(outcome, idx.size)
@@ -293,7 +293,7 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         c.pulses_total += outcome.set_pulses + outcome.reset_pulses
         c.write_events_total += int(n_devices)
         self._book_write_energy(outcome.energy_j - outcome.periphery_energy_j, outcome.periphery_energy_j)
-        self.clock_s += outcome.duration_s
+        self.clock_sec += outcome.duration_sec
 
     def _book_write_energy(self, device_j: float, periphery_j: float = 0.0) -> None:
         c = self.counters
@@ -325,10 +325,10 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
             noise.affine(idx.size, out=self.xi_r[sel])
         else:
             self.xi_r[sel] = noise.affine(idx.size)
-        self.t_w[sel] = self.clock_s
+        self.t_w[sel] = self.clock_sec
 
     def _run_phase(self, idx: np.ndarray, n_abs: np.ndarray, polarity: int, amplitude_v: float,
-                   width_s: float, last_ratio: np.ndarray | None = None) -> tuple[float, int, int]:
+                   width_sec: float, last_ratio: np.ndarray | None = None) -> tuple[float, int, int]:
         """All pulses of one polarity: returns (resistive energy, pulses, max pulses per device).
 
         Devices are ordered by descending count so that the devices still pulsed at
@@ -351,14 +351,14 @@ class MemristorArray(ArrayReadMixin, ArrayDcMixin, ArrayTruthMixin):
         gamma = p.gamma_set if polarity > 0 else p.gamma_reset
         wear = int(self.n_pulses[sel].max()) + n_steps > p.endurance_pulses
         w = self._phase_arrays(sel, polarity, wear, folded=not wear and gamma == 1.0)
-        g_sums = self._pulse_steps(w, n_active, polarity, gamma, pulse_scale(p, amplitude_v, width_s), last_ratio)
+        g_sums = self._pulse_steps(w, n_active, polarity, gamma, pulse_scale(p, amplitude_v, width_sec), last_ratio)
         if not isinstance(sel, slice):
             self.g[sel] = w.g
         self.n_pulses[sel] += n_abs
         if wear:
             self.stuck[sel] = w.stuck
             self.refresh_derived()
-        return amplitude_v**2 * width_s / 2.0 * g_sums, int(n_abs.sum()), n_steps
+        return amplitude_v**2 * width_sec / 2.0 * g_sums, int(n_abs.sum()), n_steps
 
     def _phase_arrays(self, sel: slice | np.ndarray, polarity: int, wear: bool, folded: bool) -> _PhaseArrays:
         """The working arrays of one phase on the devices ``sel`` (in phase order)."""

@@ -19,7 +19,7 @@ class ArrayReadMixin:
     def _effective_g(self, g, xi_r, t_w, stuck) -> np.ndarray:
         """Noise-free conductance a read sees now: G + relax(t), G alone if stuck."""
         p = self.params
-        log_t = np.log1p((self.clock_s - t_w) / p.relax_t0_s)
+        log_t = np.log1p((self.clock_sec - t_w) / p.relax_t0_sec)
         relax = (p.relax_sigma0_s + p.relax_sigma1_s * log_t) * xi_r - p.relax_mu_s * log_t
         g_eff = g + relax
         g_eff = np.where(stuck, g, g_eff)
@@ -57,9 +57,9 @@ class ArrayReadMixin:
 
     def _book_read(self, g_eff: np.ndarray, n_rows: int) -> None:
         p = self.params
-        self.counters.read_energy_j += p.read_voltage_v**2 * p.t_read_s * float(g_eff.sum())
+        self.counters.read_energy_j += p.read_voltage_v**2 * p.t_read_sec * float(g_eff.sum())
         self.counters.cells_read_total += int(g_eff.size)
-        self.clock_s += p.t_command_s + n_rows * p.t_read_row_s
+        self.clock_sec += p.t_command_sec + n_rows * p.t_read_row_sec
 
     def read_g(self, flat_idx) -> np.ndarray:
         """Read conductances (siemens) of the given cells, in the given order.
@@ -103,7 +103,7 @@ class ArrayReadMixin:
         g_read = self._read_noisy(g_eff)
         currents = v2 @ (g_read.T if transpose else g_read)
         g_per_input = g_eff.sum(axis=0 if transpose else 1)  # conductance hanging on each driven line
-        energy = self.params.t_read_s * float((v2**2).sum(axis=0) @ g_per_input)
+        energy = self.params.t_read_sec * float((v2**2).sum(axis=0) @ g_per_input)
         self._book_vmm(energy, v2.shape[0])
         return currents[0] if single else currents
 
@@ -112,7 +112,7 @@ class ArrayReadMixin:
         self.counters.read_energy_j += energy_j
         self.counters.vmm_calls_total += 1
         self.counters.vmm_vectors_total += n_vectors
-        self.clock_s += p.t_command_s + n_vectors * p.t_vmm_s
+        self.clock_sec += p.t_command_sec + n_vectors * p.t_vmm_sec
 
     def account_conversions(self, n: int, dac: int = 0) -> None:
         """Book ``n`` ADC and ``dac`` DAC conversions done by the firmware."""

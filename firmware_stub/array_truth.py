@@ -9,6 +9,7 @@ import hashlib
 import numpy as np
 
 from firmware_stub.pulse_energy import ArrayCounters
+from protocols.unit_names import from_wire, to_wire
 
 
 class ArrayTruthMixin:
@@ -45,7 +46,7 @@ class ArrayTruthMixin:
             "rows": self.rows,
             "cols": self.cols,
             "seed": self.seed,
-            "clock_s": self.clock_s,
+            "clock_sec": self.clock_sec,
         }
         out = p.model_dump()
         out.update(derived)
@@ -57,7 +58,7 @@ class ArrayTruthMixin:
         """Clock, running counters and the largest per-device pulse count (optionally the state digest)."""
         from dataclasses import asdict
 
-        out = {"clock_s": self.clock_s, **asdict(self.counters),
+        out = {"clock_sec": self.clock_sec, **asdict(self.counters),
                "max_pulses_per_device": int(self.n_pulses.max()) if self.n_pulses.size else 0}
         if with_digest:
             out["state_digest"] = self.state_digest()
@@ -69,7 +70,7 @@ class ArrayTruthMixin:
         for a in (self.alpha_set, self.alpha_reset, self.g_max, self.stuck_factory,
                   self.g, self.xi_r, self.t_w, self.n_pulses, self.stuck, self.unformed):
             h.update(np.ascontiguousarray(a).tobytes())
-        h.update(np.float64(self.clock_s).tobytes())
+        h.update(np.float64(self.clock_sec).tobytes())
         for rng in self._rngs:
             h.update(repr(rng.bit_generator.state).encode())
         return h.hexdigest()
@@ -86,11 +87,11 @@ class ArrayTruthMixin:
         import json
         from dataclasses import asdict
 
-        meta = {"rows": self.rows, "cols": self.cols, "seed": self.seed, "clock_s": self.clock_s,
+        meta = {"rows": self.rows, "cols": self.cols, "seed": self.seed, "clock_sec": self.clock_sec,
                 "counters": asdict(self.counters), "rngs": [r.bit_generator.state for r in self._rngs],
                 "params": self.params.model_dump()}
         buf = io.BytesIO()
-        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        np.savez(buf, meta=np.frombuffer(json.dumps(to_wire(meta)).encode(), dtype=np.uint8),  # bytes of protocol v3
                  **{k: getattr(self, k) for k in self._DYNAMIC})
         return buf.getvalue()
 
@@ -101,7 +102,7 @@ class ArrayTruthMixin:
 
         try:
             with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-                meta = json.loads(data["meta"].tobytes().decode())
+                meta = from_wire(json.loads(data["meta"].tobytes().decode()))
                 arrays = {k: data[k] for k in self._DYNAMIC}
         except (ValueError, KeyError, OSError) as exc:
             raise ValueError(f"not an array snapshot: {exc}") from None
@@ -115,7 +116,7 @@ class ArrayTruthMixin:
             if a.shape != getattr(self, k).shape:
                 raise ValueError(f"snapshot array {k} has the wrong shape")
             getattr(self, k)[...] = a
-        self.clock_s = float(meta["clock_s"])
+        self.clock_sec = float(meta["clock_sec"])
         self.counters = ArrayCounters(**meta["counters"])
         for rng, state in zip(self._rngs, meta["rngs"]):
             rng.bit_generator.state = state

@@ -17,7 +17,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from protocols.unit_names import AcceptsOldSecondNames
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +27,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class DeviceParams(BaseModel):
+class DeviceParams(AcceptsOldSecondNames):
     """Physical and peripheral parameters of the emulated array."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,12 +52,12 @@ class DeviceParams(BaseModel):
     relax_mu_s: float = Field(0.09e-6, ge=0, description="mean relaxation: -mu*ln(1+t/t0)")
     relax_sigma0_s: float = Field(0.4e-6, ge=0, description="relaxation spread at t=0")
     relax_sigma1_s: float = Field(0.04e-6, ge=0, description="relaxation spread growth per ln(1+t/t0)")
-    relax_t0_s: float = Field(1.0, gt=0, description="time scale t0 of the relaxation")
+    relax_t0_sec: float = Field(1.0, gt=0, description="time scale t0 of the relaxation")
 
     # reads
     read_noise_rel: float = Field(0.01, ge=0, description="relative read noise, fresh at every read")
     read_voltage_v: float = Field(0.2, gt=0, description="voltage of a read")
-    t_read_s: float = Field(100e-9, gt=0, description="integration time of one cell read (energy)")
+    t_read_sec: float = Field(100e-9, gt=0, description="integration time of one cell read (energy)")
 
     # defects and wear
     stuck_fraction: float = Field(0.01, ge=0, le=1, description="fraction of devices stuck at g_min or g_max")
@@ -75,7 +77,7 @@ class DeviceParams(BaseModel):
     v_set_threshold_v: float = Field(0.8, gt=0, description="SET amplitude below which nothing changes")
     v_reset_threshold_v: float = Field(-0.9, lt=0, description="RESET amplitude above which nothing changes")
     amplitude_exponent: float = Field(2.0, gt=0, description="exponent p of the amplitude dependence")
-    width_nominal_s: float = Field(50e-9, gt=0, description="pulse width at which the step is alpha")
+    width_nominal_sec: float = Field(50e-9, gt=0, description="pulse width at which the step is alpha")
 
     # converters and energy (sources and hand checks: docs/ENERGY.md)
     dac_bits: int = Field(8, ge=2, le=16, description="resolution of the VMM input DACs")
@@ -89,12 +91,12 @@ class DeviceParams(BaseModel):
     # timing (board clock; docs/DESIGN.md "Board time")
     link_baud: float = Field(3e6, gt=0, description="nominal rate of the host link, symbols per second")
     link_bits_per_byte: float = Field(10.0, gt=0, description="symbols per byte on the link (UART 8N1: 10)")
-    t_link_turnaround_s: float = Field(250e-6, ge=0, description="per-command latency of the host link (USB-serial "
+    t_link_turnaround_sec: float = Field(250e-6, ge=0, description="per-command latency of the host link (USB-serial "
                                                                  "turnaround), on every executed request")
-    t_command_s: float = Field(20e-6, ge=0, description="per-operation set-up time of the array controller")
-    t_pulse_gap_s: float = Field(50e-9, ge=0, description="idle time between two pulses")
-    t_vmm_s: float = Field(1e-6, ge=0, description="time of one VMM input vector (all columns in parallel)")
-    t_read_row_s: float = Field(1e-6, ge=0, description="time to read one row of cells in parallel")
+    t_command_sec: float = Field(20e-6, ge=0, description="per-operation set-up time of the array controller")
+    t_pulse_gap_sec: float = Field(50e-9, ge=0, description="idle time between two pulses")
+    t_vmm_sec: float = Field(1e-6, ge=0, description="time of one VMM input vector (all columns in parallel)")
+    t_read_row_sec: float = Field(1e-6, ge=0, description="time to read one row of cells in parallel")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DeviceParams":

@@ -11,7 +11,7 @@ Board time: the endpoint also keeps the bench's clock for the link.  Every execu
 request that operates the array (:data:`TIMED_OPS`: pulses, programming, reads, VMM,
 forming, sweeps, waits) advances the array's virtual clock by its frames' transfer time at
 the link's nominal rate (``DeviceParams.link_baud``, ``link_bits_per_byte`` symbols per
-byte), by the per-command latency ``t_link_turnaround_s``, and, once executed, by its
+byte), by the per-command latency ``t_link_turnaround_sec``, and, once executed, by its
 reply's transfer time; the operation itself books its own duration in the array model.
 Frame sizes are the nominal ones of the message (COBS worst case, one frame per chunk),
 so the clock does not depend on the transport: in-process, pty and TCP give the same
@@ -60,7 +60,7 @@ from protocols.session import (
 log = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = "emu-1.2.0"
-TIMING_RESOLUTION_S = 100e-12
+TIMING_RESOLUTION_SEC = 100e-12
 """Pulse-timer tick: every pulse width is a whole number of ticks, from one tick up.
 
 100 ps (a serialiser-driven pulse generator) lets the ``bp`` baseline write nearly every
@@ -77,8 +77,8 @@ class HardwareLimits:
     max_read_v: float = 0.5
     max_form_v: float = 4.0
     compliance_a: float = 1e-3
-    min_pulse_width_s: float = 100e-12  # one tick of the pulse timer (see TIMING_RESOLUTION_S)
-    max_pulse_width_s: float = 1e-3
+    min_pulse_width_sec: float = 100e-12  # one tick of the pulse timer (see TIMING_RESOLUTION_SEC)
+    max_pulse_width_sec: float = 1e-3
     max_pulses_per_batch: int = 64_000_000
     max_pulses_per_device: int = 255
 
@@ -122,10 +122,10 @@ class Firmware:
         self.dac_max_code = 2 ** (p.dac_bits - 1) - 1
         self.adc_max_code = 2 ** (p.adc_bits - 1) - 1
         self.adc_range_a = (1e-6, 1e-2)
-        self.profiles = ((p.v_set_nominal_v, p.width_nominal_s), (p.v_reset_nominal_v, p.width_nominal_s))
+        self.profiles = ((p.v_set_nominal_v, p.width_nominal_sec), (p.v_reset_nominal_v, p.width_nominal_sec))
         self.idle = True
         self.last_pulse_tag = 0
-        self.timing_resolution_s = TIMING_RESOLUTION_S
+        self.timing_resolution_sec = TIMING_RESOLUTION_SEC
         self.supported_versions: tuple[int, ...] = SUPPORTED_VERSIONS  # narrowed to act as an older firmware
         self._handlers = {
             Op.HELLO: self._hello,
@@ -187,7 +187,7 @@ class Firmware:
             "dac_full_scale_v": self.dac_full_scale_v,
             "adc_bits": p.adc_bits,
             "adc_full_scale_a": list(self.adc_range_a),
-            "timing_resolution_s": self.timing_resolution_s,
+            "timing_resolution_sec": self.timing_resolution_sec,
             "protocol_versions": list(self.supported_versions),
             "emulated": True,
             "device_preset": self.device_preset,
@@ -233,12 +233,12 @@ class Firmware:
             raise Refused(Status.LIMIT_VIOLATION, f"SET amplitude {v:+.3f} V outside (0, {lim.max_set_v}] V")
         if polarity < 0 and not -lim.max_reset_v <= v < 0:
             raise Refused(Status.LIMIT_VIOLATION, f"RESET amplitude {v:+.3f} V outside [-{lim.max_reset_v}, 0) V")
-        if not lim.min_pulse_width_s <= w <= lim.max_pulse_width_s:
+        if not lim.min_pulse_width_sec <= w <= lim.max_pulse_width_sec:
             raise Refused(Status.LIMIT_VIOLATION, f"pulse width {w:.3g} s outside "
-                                                  f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
+                                                  f"[{lim.min_pulse_width_sec:.3g}, {lim.max_pulse_width_sec:.3g}] s")
 
     def _set_profiles(self, req: m.SetProfilesRequest) -> m.EmptyReply:
-        sv, sw, rv, rw = req.set_v, req.set_width_s, req.reset_v, req.reset_width_s
+        sv, sw, rv, rw = req.set_v, req.set_width_sec, req.reset_v, req.reset_width_sec
         self._check_profile_limits(sv, sw, +1)
         self._check_profile_limits(rv, rw, -1)
         self.profiles = ((sv, sw), (rv, rw))
@@ -254,12 +254,12 @@ class Firmware:
             return None
         profile_w = np.where(counts > 0, self.profiles[0][1], self.profiles[1][1])
         partial = ticks != 0
-        w = np.where(partial, ticks * self.timing_resolution_s, profile_w)
+        w = np.where(partial, ticks * self.timing_resolution_sec, profile_w)
         lim = self.limits
         wp = w[partial]
-        if wp.min() < lim.min_pulse_width_s * (1 - 1e-9) or wp.max() > lim.max_pulse_width_s * (1 + 1e-9):
+        if wp.min() < lim.min_pulse_width_sec * (1 - 1e-9) or wp.max() > lim.max_pulse_width_sec * (1 + 1e-9):
             raise Refused(Status.LIMIT_VIOLATION, f"pulse widths from {wp.min():.3g} s to {wp.max():.3g} s outside "
-                                                  f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
+                                                  f"[{lim.min_pulse_width_sec:.3g}, {lim.max_pulse_width_sec:.3g}] s")
         if np.any(w > profile_w * (1 + 1e-9)):
             raise Refused(Status.LIMIT_VIOLATION, "a last-pulse width exceeds its profile's width")
         return w
@@ -280,12 +280,12 @@ class Firmware:
             self._check_profile_limits(v, w, pol)
         last_w = self._last_widths(counts, ticks)
         self.idle = False
-        out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1], last_width_s=last_w)
+        out = self.array.apply_pulses(flat, counts, self.profiles[0], self.profiles[1], last_width_sec=last_w)
         if tag:
             self.last_pulse_tag = tag
         self.idle = True
         return m.PulseResult(int(flat.size), int(out.set_pulses), int(out.reset_pulses), float(out.energy_j),
-                             float(out.duration_s), self.array.clock_s)
+                             float(out.duration_sec), self.array.clock_sec)
 
     def _program(self, req: m.ProgramRequest) -> m.ProgramReply:
         flat, target_codes, tol = req.flat_idx, req.target_codes, req.tolerance_s
@@ -314,12 +314,12 @@ class Firmware:
 
     def _check_width(self, w: float) -> None:
         lim = self.limits
-        if not (np.isfinite(w) and lim.min_pulse_width_s <= w <= lim.max_pulse_width_s):
+        if not (np.isfinite(w) and lim.min_pulse_width_sec <= w <= lim.max_pulse_width_sec):
             raise Refused(Status.LIMIT_VIOLATION, f"duration {w:.3g} s outside "
-                                                  f"[{lim.min_pulse_width_s:.3g}, {lim.max_pulse_width_s:.3g}] s")
+                                                  f"[{lim.min_pulse_width_sec:.3g}, {lim.max_pulse_width_sec:.3g}] s")
 
     def _form(self, req: m.FormRequest) -> m.FormReply:
-        flat, v, w, icc = req.flat_idx, req.voltage_v, req.width_s, req.compliance_a
+        flat, v, w, icc = req.flat_idx, req.voltage_v, req.width_sec, req.compliance_a
         self._check_cells(flat)
         if not (np.isfinite(v) and 0 < v <= self.limits.max_form_v):
             raise Refused(Status.LIMIT_VIOLATION, f"forming voltage {v:.3f} V outside (0, {self.limits.max_form_v}] V")
@@ -329,7 +329,7 @@ class Firmware:
         return m.FormReply(formed, self._read_codes(self.array.read_g(flat)))
 
     def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepReply:
-        flat, volts, dwell, icc = req.flat_idx, req.voltages_v, req.dwell_s, req.compliance_a
+        flat, volts, dwell, icc = req.flat_idx, req.voltages_v, req.dwell_sec, req.compliance_a
         self._check_cells(flat)
         lim = self.limits
         if volts.size and (not np.all(np.isfinite(volts)) or volts.max() > max(lim.max_set_v, lim.max_form_v)
@@ -380,14 +380,14 @@ class Firmware:
 
     # ---- time and idle ----------------------------------------------------------------
     def _clock(self, req: m.ClockRequest) -> m.ClockReply:
-        return m.ClockReply(self.array.clock_s)
+        return m.ClockReply(self.array.clock_sec)
 
     def _wait(self, req: m.WaitRequest) -> m.ClockReply:
         t = req.seconds
         if not (np.isfinite(t) and 0 <= t <= 1e9):
             raise Refused(Status.BAD_REQUEST, "WAIT: seconds must be in [0, 1e9]")
         self.array.advance(t)
-        return m.ClockReply(self.array.clock_s)
+        return m.ClockReply(self.array.clock_sec)
 
     def _safe_idle(self, req: m.SafeIdleRequest) -> m.EmptyReply:
         self.idle = True
@@ -417,7 +417,7 @@ class FirmwareEndpoint:
         self._decoder = FrameDecoder()
         self._lock = threading.Lock()
         p = firmware.params
-        self.byte_time_s = p.link_bits_per_byte / p.link_baud
+        self.byte_time_sec = p.link_bits_per_byte / p.link_baud
 
     @property
     def decoder(self) -> FrameDecoder:
@@ -434,7 +434,7 @@ class FirmwareEndpoint:
             n = message_wire_bytes(payload_bytes)
         else:
             n = message_wire_bytes(payload_bytes, self.sessions.chunk_bytes(session), session=True)
-        self.firmware.array.advance(n * self.byte_time_s)
+        self.firmware.array.advance(n * self.byte_time_sec)
 
     def disconnect(self) -> None:
         """The host's connection ended: drop its half-received frame and request (their memory is freed)."""
@@ -458,7 +458,7 @@ class FirmwareEndpoint:
                 timed = req.opcode in TIMED_OPS
                 if timed:
                     self._transfer(len(req.payload), req.session)  # the request arrived ...
-                    array.advance(self.firmware.params.t_link_turnaround_s)  # ... and the link turned round
+                    array.advance(self.firmware.params.t_link_turnaround_sec)  # ... and the link turned round
                 status, payload = self.firmware.handle(req.opcode, req.payload, req.version)
                 if status != Status.OK:
                     log.info("refused opcode 0x%02x seq %d: %s", req.opcode, req.seq, payload[:200])

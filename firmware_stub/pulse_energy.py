@@ -20,7 +20,7 @@ class PulseOutcome:
     set_pulses: int
     reset_pulses: int
     energy_j: float
-    duration_s: float
+    duration_sec: float
     periphery_energy_j: float = 0.0
 
 
@@ -51,7 +51,7 @@ class ArrayCounters:
     vmm_vectors_total: int = 0
 
 
-def pulse_scale(params: DeviceParams, amplitude_v: float, width_s: float) -> float:
+def pulse_scale(params: DeviceParams, amplitude_v: float, width_sec: float) -> float:
     """Step multiplier of a pulse relative to the nominal pulse of its polarity.
 
     ``((|V|-|Vth|)/(|Vnom|-|Vth|))**amplitude_exponent * (width/width_nominal)``; zero
@@ -65,7 +65,7 @@ def pulse_scale(params: DeviceParams, amplitude_v: float, width_s: float) -> flo
     if over_v <= 0:
         return 0.0
     ratio = over_v / (abs(v_nom) - abs(v_th))
-    return ratio**params.amplitude_exponent * (width_s / params.width_nominal_s)
+    return ratio**params.amplitude_exponent * (width_sec / params.width_nominal_sec)
 
 
 def write_periphery_energy_j(params: DeviceParams, n_devices: int, pulses_at: list[tuple[float, int]]) -> float:
@@ -76,12 +76,12 @@ def write_periphery_energy_j(params: DeviceParams, n_devices: int, pulses_at: li
 
 
 def check_profile_polarity(profile: tuple[float, float], polarity: int) -> tuple[float, float]:
-    """``(amplitude_v, width_s)`` as floats; SET amplitude must be > 0, RESET < 0."""
-    amplitude_v, width_s = (float(x) for x in profile)
+    """``(amplitude_v, width_sec)`` as floats; SET amplitude must be > 0, RESET < 0."""
+    amplitude_v, width_sec = (float(x) for x in profile)
     if polarity > 0 and not amplitude_v > 0:
         raise ValueError(f"SET amplitude must be > 0 V, got {amplitude_v}")
     if polarity < 0 and not amplitude_v < 0:
         raise ValueError(f"RESET amplitude must be < 0 V, got {amplitude_v}")
-    if not width_s > 0:
-        raise ValueError(f"pulse width must be > 0 s, got {width_s}")
-    return amplitude_v, width_s
+    if not width_sec > 0:
+        raise ValueError(f"pulse width must be > 0 s, got {width_sec}")
+    return amplitude_v, width_sec

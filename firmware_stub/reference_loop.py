@@ -31,7 +31,7 @@ def _worn_upper_bound_s(array: MemristorArray, i: int, pulse_number: int) -> flo
     return g_max - p.wear_window_loss * frac * (g_max - p.g_min_s)
 
 
-def _one_pulse(array: MemristorArray, i: int, polarity: int, amplitude_v: float, width_s: float,
+def _one_pulse(array: MemristorArray, i: int, polarity: int, amplitude_v: float, width_sec: float,
                scale: float, rng: np.random.Generator) -> float:
     """Apply one pulse to device i; returns its energy."""
     p = array.params
@@ -54,14 +54,14 @@ def _one_pulse(array: MemristorArray, i: int, polarity: int, amplitude_v: float,
     else:
         g_after = g
     array.g[i] = g_after
-    return amplitude_v * amplitude_v * (g + g_after) / 2.0 * width_s
+    return amplitude_v * amplitude_v * (g + g_after) / 2.0 * width_sec
 
 
 def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, reset_profile,
-                      last_width_s=None) -> PulseOutcome:
+                      last_width_sec=None) -> PulseOutcome:
     """Same contract and physics as :meth:`MemristorArray.apply_pulses`, one cell at a time."""
     idx, counts = array.validate_pulse_batch(flat_idx, counts)
-    last_w = [None] * idx.size if last_width_s is None else np.asarray(last_width_s, float).tolist()
+    last_w = [None] * idx.size if last_width_sec is None else np.asarray(last_width_sec, float).tolist()
     v_set, w_set = check_profile_polarity(set_profile, +1)
     v_reset, w_reset = check_profile_polarity(reset_profile, -1)
     rng_pulse, rng_write = array.rng("pulse"), array.rng("write")
@@ -78,7 +78,7 @@ def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, rese
     array.refresh_derived()  # devices may have worn out
     periphery = write_periphery_energy_j(array.params, idx.size, [(v_set, n_set), (v_reset, n_reset)])
     outcome = PulseOutcome(n_set, n_reset, energy + periphery,
-                           array.write_batch_duration_s(counts, w_set, w_reset, last_width_s), periphery)
+                           array.write_batch_duration_sec(counts, w_set, w_reset, last_width_sec), periphery)
     array.book_write_batch(outcome, idx.size)
     p = array.params
     for i in idx.tolist():
@@ -87,5 +87,5 @@ def apply_pulses_loop(array: MemristorArray, flat_idx, counts, set_profile, rese
             hi = _worn_upper_bound_s(array, i, int(array.n_pulses[i]))
             array.g[i] = min(max(float(array.g[i]) + error, p.g_min_s), max(hi, p.g_min_s))
         array.xi_r[i] = rng_write.standard_normal()
-        array.t_w[i] = array.clock_s
+        array.t_w[i] = array.clock_sec
     return outcome

@@ -23,11 +23,12 @@ import numpy as np
 from scipy import stats as _st
 
 from hil.tasks import METRIC_AXES
+from protocols.unit_names import upgrade_old_names
 
 # training settings that are the seed's or the method's own, not the group's
 _PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task", "software_version"}
 # settings the digital reference ignores (it has no array): a float run pairs with array runs that differ in them
-METHOD_ONLY_SETTINGS = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_s", "checkpoint_every"}
+METHOD_ONLY_SETTINGS = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_sec", "checkpoint_every"}
 METRICS = tuple(METRIC_AXES)
 
 
@@ -116,7 +117,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
         try:
             summary = json.loads(path.read_text())
             cfg_path = d / "config.json"
-            config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+            config = upgrade_old_names(json.loads(cfg_path.read_text())) if cfg_path.is_file() else {}
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read the run in {d}: {exc}") from None
         if "method" not in summary or "task" not in summary:

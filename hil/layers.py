@@ -31,8 +31,8 @@ def width_grid(board: Board, use_set: np.ndarray | bool) -> WidthGrid:
     """The partial-pulse widths ``board`` makes, as fractions of the profile width of each device's
     polarity (``use_set``: True where the device is SET): its timing resolution, from its effective
     minimum pulse width up."""
-    w = np.where(use_set, board.profiles[0].width_s, board.profiles[1].width_s)
-    return WidthGrid(board.info.timing_resolution_s / w, board.limits.min_pulse_width_s / w)
+    w = np.where(use_set, board.profiles[0].width_sec, board.profiles[1].width_sec)
+    return WidthGrid(board.info.timing_resolution_sec / w, board.limits.min_pulse_width_sec / w)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class LayerUpdate:
 
     flat: np.ndarray
     counts: np.ndarray
-    last_width_s: np.ndarray
+    last_width_sec: np.ndarray
     stats: UpdateStats
     devices_held: int
 
@@ -260,7 +260,7 @@ class AnalogLinear:
         moved = (mags[i, j] + frac[i, j]) * step[i, j]
         self.g_est[i, col] = np.clip(g_dev[i, j] + np.where(counts > 0, moved, -moved), c.g_min_s, c.g_max_s)
         self.pulse_counts[i, col] += slots[i, j]
-        profile_w = np.where(use_set[i, j], self.board.profiles[0].width_s, self.board.profiles[1].width_s)
+        profile_w = np.where(use_set[i, j], self.board.profiles[0].width_sec, self.board.profiles[1].width_sec)
         last_w = np.where(frac[i, j] > 0, frac[i, j] * profile_w, profile_w)
         flat = self.tile.flat_index(i, col, self.board.info.cols)
         stats = UpdateStats(int(i.size), int(slots.sum()), int(saturated[dg != 0].sum()))

@@ -69,8 +69,8 @@ class FaultyLink(_WrappedLink):
     def write(self, data: bytes) -> None:
         self.inner.write(self.tx(data))
 
-    def read(self, timeout_s: float) -> bytes:
-        data = self._held + self.rx(self.inner.read(timeout_s))
+    def read(self, timeout_sec: float) -> bytes:
+        data = self._held + self.rx(self.inner.read(timeout_sec))
         self._held = b""
         if data and self.rng.random() < self.delay:
             self._held = data  # arrives late: after the host has given up and retransmitted
@@ -80,7 +80,7 @@ class FaultyLink(_WrappedLink):
 
 
 class DelayedLink(_WrappedLink):
-    """A fixed link latency: what the far end answers becomes readable ``turnaround_s`` after the write
+    """A fixed link latency: what the far end answers becomes readable ``turnaround_sec`` after the write
     that caused it (a USB-serial adapter adds about 1 ms per turnaround).
 
     Wraps a link whose far end answers within the write (:class:`~drivers.links.InProcessLink`), so the
@@ -88,9 +88,9 @@ class DelayedLink(_WrappedLink):
     at once, as on a real line.
     """
 
-    def __init__(self, inner, turnaround_s: float):
+    def __init__(self, inner, turnaround_sec: float):
         self.inner = inner
-        self.turnaround_s = turnaround_s
+        self.turnaround_sec = turnaround_sec
         self._queue: deque[tuple[float, bytes]] = deque()
         self.waits = 0
         """Reads that had to wait for an answer still under way: the turnarounds the host sat through."""
@@ -99,20 +99,20 @@ class DelayedLink(_WrappedLink):
         self.inner.write(data)
         answer = self.inner.read(0.0)
         if answer:
-            self._queue.append((time.monotonic() + self.turnaround_s, answer))
+            self._queue.append((time.monotonic() + self.turnaround_sec, answer))
 
-    def read(self, timeout_s: float) -> bytes:
+    def read(self, timeout_sec: float) -> bytes:
         if not self._queue:
-            time.sleep(min(timeout_s, 0.01))  # nothing under way: an idle line
+            time.sleep(min(timeout_sec, 0.01))  # nothing under way: an idle line
             return b""
-        wait_s = self._queue[0][0] - time.monotonic()
-        if wait_s > timeout_s:
+        wait_sec = self._queue[0][0] - time.monotonic()
+        if wait_sec > timeout_sec:
             self.waits += 1
-            time.sleep(max(timeout_s, 0.0))
+            time.sleep(max(timeout_sec, 0.0))
             return b""
-        if wait_s > 0:
+        if wait_sec > 0:
             self.waits += 1
-            time.sleep(wait_s)
+            time.sleep(wait_sec)
         now, out = time.monotonic(), []
         while self._queue and self._queue[0][0] <= now:
             out.append(self._queue.popleft()[1])

@@ -22,6 +22,7 @@ import numpy as np
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
 from calibration.atomic_files import json_default as _json_default
+from protocols.unit_names import upgrade_old_names
 from protocols.version import software_version
 
 
@@ -55,7 +56,7 @@ class RunStore:
         atomic_write_json(self.root / name, with_version(obj))
 
     def read_json(self, name: str) -> Any:
-        return json.loads((self.root / name).read_text())
+        return upgrade_old_names(json.loads((self.root / name).read_text()))  # older runs: seconds were _s
 
     # ---- metrics stream -------------------------------------------------------------------
     def open_metrics(self, keep_while=None) -> None:

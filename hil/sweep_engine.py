@@ -41,6 +41,7 @@ from hil.sweep_tune import (
     tuning_points,
     write_tune,
 )
+from protocols.unit_names import upgrade_old_names
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,13 @@ def calibration_task(job: dict, cal_dir: str, limits, tracker) -> dict:
     node, host = _where()
     started = time.time()
     tracker.started.remote("calibration", job["name"], node, host, started)
-    record = {"node_id": node, "host": host, "started_s": started}
+    record = {"node_id": node, "host": host, "started_sec": started}
     try:
         ensure_calibration(job["board"], Path(cal_dir), CalibrationParams(**job["params"]), limits=limits,
                            progress=False)
     except Exception as exc:  # recorded; the points that need it report it
         record["error"] = _error_text(exc)
-    record["ended_s"] = time.time()
+    record["ended_sec"] = time.time()
     return record
 
 
@@ -98,10 +99,10 @@ def point_task(point: dict, run_dir: str, limits, tracker, calibration: dict | N
 
     node, host = _where()
     started = time.time()
-    record = {"node_id": node, "host": host, "started_s": started}
+    record = {"node_id": node, "host": host, "started_sec": started}
     if calibration is not None and calibration.get("error"):
         record.update(error=f"its calibration {point['calibration']} failed: {calibration['error']}",
-                      ended_s=time.time())
+                      ended_sec=time.time())
         return record
     tracker.started.remote("point", point["name"], node, host, started)
     try:
@@ -111,7 +112,7 @@ def point_task(point: dict, run_dir: str, limits, tracker, calibration: dict | N
             record["metric"] = {metric: summary[metric]}
     except Exception as exc:
         record["error"] = _error_text(exc)
-    record["ended_s"] = time.time()
+    record["ended_sec"] = time.time()
     return record
 
 
@@ -174,7 +175,7 @@ def _point_fields(record: dict) -> dict:
 
 def _record(kind: str, item, path: Path) -> dict:
     return {**asdict(item), "dir": str(path), "state": "pending", "error": None, "node_id": None, "host": None,
-            "started_s": None, "ended_s": None, "kind": kind}
+            "started_sec": None, "ended_sec": None, "kind": kind}
 
 
 class SweepFile:
@@ -206,7 +207,8 @@ class SweepFile:
         for rec in new:
             old_rec = (previous or {}).get((rec["kind"], rec["name"]))
             if old_rec is not None:
-                rec.update({k: old_rec.get(k) for k in ("state", "error", "node_id", "host", "started_s", "ended_s",
+                old_rec = upgrade_old_names(old_rec)  # a sweep started before the rename: started_sec, ended_sec
+                rec.update({k: old_rec.get(k) for k in ("state", "error", "node_id", "host", "started_sec", "ended_sec",
                                                          "metric") if k in old_rec})
             finished = Path(rec["dir"]) / ("calibration.json" if rec["kind"] == "calibration" else "summary.json")
             if finished.is_file():
@@ -291,7 +293,7 @@ def _tune_phases(sweep: SweepFile, spec: SweepSpec, candidates: list[dict], out_
         return  # no choice on a part of the candidates: --resume runs the rest first
     record = sweep.data["tune"]
     if record["chosen"] is None:
-        record.update(choose(spec, candidates, tuning), chosen_s=time.time())
+        record.update(choose(spec, candidates, tuning), chosen_sec=time.time())
         sweep.save()
         write_tune(out_dir, sweep.data)
         if record["chosen"] is None:
@@ -401,7 +403,7 @@ def _mark_started(sweep: SweepFile, tracker) -> bool:
     changed = False
     for kind, name, node, host, t in ray.get(tracker.drain.remote()):
         if sweep.items[(kind, name)]["state"] == "pending":
-            sweep.update(kind, name, state="running", node_id=node, host=host, started_s=t)
+            sweep.update(kind, name, state="running", node_id=node, host=host, started_sec=t)
             changed = True
     return changed
 
@@ -413,7 +415,7 @@ def _record_result(sweep: SweepFile, kind: str, name: str, ref) -> tuple[str, di
     try:
         rec = ray.get(ref)
     except Exception as exc:  # a worker or node died under the task
-        rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_s": time.time()}
+        rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_sec": time.time()}
     state = "failed" if rec.get("error") else "done"
     sweep.update(kind, name, state=state, **rec)
     return state, rec

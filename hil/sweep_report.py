@@ -40,16 +40,15 @@ def name_groups(groups: list[cmp.Group], points: list[dict]) -> dict[int, dict]:
     return shared_by_group
 
 
-# device parameters in siemens (the stem rule of docs/DESIGN.md, "Units and indices in names"): drawn in µS
-CONDUCTANCE_STEMS = ("device.g_", "device.alpha_", "device.sigma_w", "device.relax_mu", "device.relax_sigma",
-                     "g_", "alpha_", "sigma_w", "relax_mu", "relax_sigma")
-
-
 def axis_scale(axis: str) -> tuple[str, float]:
-    """The x-axis label of a swept ``axis`` with its unit, and the factor from the axis value to it."""
-    if axis.endswith("_s") and axis.startswith(CONDUCTANCE_STEMS):
-        return f"{axis} (µS)", 1e6
+    """The x-axis label of a swept ``axis`` with its unit, and the factor from the axis value to it.
+
+    The suffix says the unit (docs/DESIGN.md, "Units and indices in names"): ``_s`` siemens, drawn in µS;
+    ``_sec`` seconds.
+    """
     if axis.endswith("_s"):
+        return f"{axis} (µS)", 1e6
+    if axis.endswith("_sec"):
         return f"{axis} (s)", 1.0
     return axis, 1.0
 

@@ -74,6 +74,7 @@ from hil.sweep_boards import (
     safe_name,
     with_query,
 )
+from protocols.unit_names import new_name, upgrade_old_names
 
 AXIS_PREFIXES = ("device.", "calibration.")
 BOARD_AXES = {"board", "preset"}
@@ -191,6 +192,15 @@ class SweepSpec(BaseModel):
     grid: dict[str, list | str] = Field(default_factory=dict)
     zip: dict[str, list] = Field(default_factory=dict)
     tune: TuneOptions | None = None
+
+    @field_validator("base", "device", "calibration", "grid", "zip", mode="before")
+    @classmethod
+    def _old_second_names(cls, names: Any) -> Any:
+        """Setting, parameter and axis names of a spec written before seconds were ``_sec`` (``device.<stem>_s``)
+        in today's spelling (``device.<stem>_sec``)."""
+        if isinstance(names, dict):
+            return {new_name(k) if isinstance(k, str) else k: upgrade_old_names(v) for k, v in names.items()}
+        return names
 
     @field_validator("grid", "zip")
     @classmethod

@@ -74,8 +74,8 @@ class WidthGrid:
     """The partial-pulse widths a board can make, as fractions of the profile width.
 
     A board makes widths on a grid of its timing resolution, from its (effective)
-    minimum pulse width up. ``quantum_frac = timing_resolution_s / profile width``
-    and ``min_frac = min_pulse_width_s / profile width``, each a scalar or an array
+    minimum pulse width up. ``quantum_frac = timing_resolution_sec / profile width``
+    and ``min_frac = min_pulse_width_sec / profile width``, each a scalar or an array
     broadcastable to ``ΔG`` (per device: SET and RESET profiles may differ in width).
     Build it for a board with :func:`hil.layers.width_grid`.
     """

@@ -18,7 +18,7 @@ CHUNK_BYTES = 512
 MIN_CHUNK_BYTES = 64
 MAX_MESSAGE_BYTES = 64 << 20
 """Largest request the board collects (bytes); the most reassembly memory it ever holds."""
-REASSEMBLY_IDLE_S = 30.0
+REASSEMBLY_IDLE_SEC = 30.0
 """An incomplete request with no new chunk for this long is dropped."""
 MAX_SESSIONS = 16
 """Sessions the board remembers (least recently opened forgotten first)."""

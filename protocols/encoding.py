@@ -100,7 +100,7 @@ pulse batch with widths, protocol version 2 (``encode_pulse_batch_v2``)
         uvarint  N | N gaps | N zigzag(count)      as in version 1
         [bit 0]  N x uvarint  ticks      width of each device's LAST pulse in
                                          units of the board's timing resolution
-                                         (HELLO ``timing_resolution_s``);
+                                         (HELLO ``timing_resolution_sec``);
                                          0 = the full profile width
 
     A device's last pulse is a width-modulated partial pulse when its ticks

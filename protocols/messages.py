@@ -166,7 +166,7 @@ def encode_profiles(set_v: float, set_w: float, reset_v: float, reset_w: float) 
 
 def decode_profiles(data: bytes) -> tuple[float, float, float, float]:
     r = SetProfilesRequest.decode(data)
-    return r.set_v, r.set_width_s, r.reset_v, r.reset_width_s
+    return r.set_v, r.set_width_sec, r.reset_v, r.reset_width_sec
 
 
 def encode_pulse_request(flat_idx: np.ndarray, counts: np.ndarray, tag: int = 0,
@@ -240,13 +240,13 @@ def encode_f64(x: float) -> bytes:
     return ClockReply(x).encode()
 
 
-def encode_form_request(flat_sorted: np.ndarray, voltage_v: float, width_s: float, compliance_a: float) -> bytes:
-    return FormRequest(flat_sorted, voltage_v, width_s, compliance_a).encode()
+def encode_form_request(flat_sorted: np.ndarray, voltage_v: float, width_sec: float, compliance_a: float) -> bytes:
+    return FormRequest(flat_sorted, voltage_v, width_sec, compliance_a).encode()
 
 
 def decode_form_request(data: bytes) -> tuple[np.ndarray, float, float, float]:
     r = FormRequest.decode(data)
-    return r.flat_idx, r.voltage_v, r.width_s, r.compliance_a
+    return r.flat_idx, r.voltage_v, r.width_sec, r.compliance_a
 
 
 def encode_form_result(formed: np.ndarray, g_codes: np.ndarray) -> bytes:
@@ -258,13 +258,13 @@ def decode_form_result(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
     return r.formed, r.g_codes
 
 
-def encode_iv_request(flat_sorted: np.ndarray, voltages_v: np.ndarray, dwell_s: float, compliance_a: float) -> bytes:
-    return IvSweepRequest(flat_sorted, voltages_v, dwell_s, compliance_a).encode()
+def encode_iv_request(flat_sorted: np.ndarray, voltages_v: np.ndarray, dwell_sec: float, compliance_a: float) -> bytes:
+    return IvSweepRequest(flat_sorted, voltages_v, dwell_sec, compliance_a).encode()
 
 
 def decode_iv_request(data: bytes) -> tuple[np.ndarray, np.ndarray, float, float]:
     r = IvSweepRequest.decode(data)
-    return r.flat_idx, r.voltages_v, r.dwell_s, r.compliance_a
+    return r.flat_idx, r.voltages_v, r.dwell_sec, r.compliance_a
 
 
 def decode_iv_result(data: bytes, n_cells: int, n_v: int) -> np.ndarray:

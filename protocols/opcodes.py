@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Any
 
 from protocols.framing import PACKED_CODES_VERSION, PROTOCOL_VERSION
+from protocols.unit_names import from_wire, to_wire
 
 
 class Op(IntEnum):
@@ -91,12 +92,14 @@ def expect_end(data: bytes, offset: int, what: str) -> None:
 
 
 def encode_json(obj: Any) -> bytes:
-    """Compact UTF-8 JSON with sorted keys: one encoding per value."""
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    """Compact UTF-8 JSON with sorted keys: one encoding per value; seconds keys as version 3 spells them
+    (``_s``, :func:`protocols.unit_names.to_wire`)."""
+    return json.dumps(to_wire(obj), separators=(",", ":"), sort_keys=True).encode()
 
 
 def decode_json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data.decode())
+        obj = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(what, f"not valid UTF-8 JSON ({exc})") from None
+    return from_wire(obj)

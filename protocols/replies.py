@@ -99,12 +99,12 @@ class PulseResult:
     set_pulses: int
     reset_pulses: int
     energy_j: float
-    duration_s: float
-    clock_s: float
+    duration_sec: float
+    clock_sec: float
 
     def encode(self, layout: Layout = _DEFAULT) -> bytes:
-        return _PULSE_REPORT.pack(self.devices, self.set_pulses, self.reset_pulses, self.energy_j, self.duration_s,
-                                  self.clock_s)
+        return _PULSE_REPORT.pack(self.devices, self.set_pulses, self.reset_pulses, self.energy_j, self.duration_sec,
+                                  self.clock_sec)
 
     @classmethod
     def decode(cls, data: bytes, request: object = None, layout: Layout = _DEFAULT) -> PulseResult:
@@ -237,10 +237,10 @@ class IvSweepReply:
 class ClockReply:
     """``f64`` board clock (s): the reply of CLOCK and WAIT."""
 
-    clock_s: float
+    clock_sec: float
 
     def encode(self, layout: Layout = _DEFAULT) -> bytes:
-        return _F64.pack(self.clock_s)
+        return _F64.pack(self.clock_sec)
 
     @classmethod
     def decode(cls, data: bytes, request, layout: Layout = _DEFAULT) -> ClockReply:

@@ -122,16 +122,16 @@ class TrueParamsRequest(_EmptyRequest):
 
 @dataclass(frozen=True)
 class SetProfilesRequest:
-    """``f64 set_v | f64 set_width_s | f64 reset_v | f64 reset_width_s``."""
+    """``f64 set_v | f64 set_width_sec | f64 reset_v | f64 reset_width_sec``."""
 
     OP: ClassVar[Op] = Op.SET_PROFILES
     set_v: float
-    set_width_s: float
+    set_width_sec: float
     reset_v: float
-    reset_width_s: float
+    reset_width_sec: float
 
     def encode(self, layout: Layout = _DEFAULT) -> bytes:
-        return _PROFILES.pack(self.set_v, self.set_width_s, self.reset_v, self.reset_width_s)
+        return _PROFILES.pack(self.set_v, self.set_width_sec, self.reset_v, self.reset_width_sec)
 
     @classmethod
     def decode(cls, data: bytes, layout: Layout = _DEFAULT) -> SetProfilesRequest:
@@ -312,11 +312,11 @@ class FormRequest:
     OP: ClassVar[Op] = Op.FORM
     flat_idx: np.ndarray
     voltage_v: float
-    width_s: float
+    width_sec: float
     compliance_a: float
 
     def encode(self, layout: Layout = _DEFAULT) -> bytes:
-        return _FORM.pack(self.voltage_v, self.width_s, self.compliance_a) + encode_cells(self.flat_idx)
+        return _FORM.pack(self.voltage_v, self.width_sec, self.compliance_a) + encode_cells(self.flat_idx)
 
     @classmethod
     def decode(cls, data: bytes, layout: Layout = _DEFAULT) -> FormRequest:
@@ -333,11 +333,11 @@ class IvSweepRequest:
     OP: ClassVar[Op] = Op.IV_SWEEP
     flat_idx: np.ndarray
     voltages_v: np.ndarray
-    dwell_s: float
+    dwell_sec: float
     compliance_a: float
 
     def encode(self, layout: Layout = _DEFAULT) -> bytes:
-        return (_IV.pack(self.dwell_s, self.compliance_a, self.voltages_v.size) + enc.encode_f64(self.voltages_v)
+        return (_IV.pack(self.dwell_sec, self.compliance_a, self.voltages_v.size) + enc.encode_f64(self.voltages_v)
                 + encode_cells(self.flat_idx))
 
     @classmethod

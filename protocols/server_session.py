@@ -18,7 +18,7 @@ from protocols.control import (
     MAX_MESSAGE_BYTES,
     MAX_SESSIONS,
     POLL,
-    REASSEMBLY_IDLE_S,
+    REASSEMBLY_IDLE_SEC,
     ControlPayload,
     hello_params,
     offset,
@@ -86,7 +86,7 @@ class _Inbound:
     opcode: int
     version: int
     count: int
-    last_s: float
+    last_sec: float
     after_previous: bool = False
     chunks: dict[int, bytes] = field(default_factory=dict)
     nbytes: int = 0
@@ -118,10 +118,10 @@ class SessionServer:
     """The board end of sessions (version 3 on): request collection under a memory cap, selective
     resending, and in-order execution of a window of pipelined requests (version 5)."""
 
-    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES, idle_s: float = REASSEMBLY_IDLE_S,
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES, idle_sec: float = REASSEMBLY_IDLE_SEC,
                  clock=time.monotonic):
         self.max_message_bytes = max_message_bytes
-        self.idle_s = idle_s
+        self.idle_sec = idle_sec
         self._clock = clock
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._inbound: dict[tuple[int, int], _Inbound] = {}
@@ -156,7 +156,7 @@ class SessionServer:
         requests: list[Request] = []
         out = bytearray()
         now = self._clock()
-        for key in [k for k, inb in self._inbound.items() if now - inb.last_s > self.idle_s]:
+        for key in [k for k, inb in self._inbound.items() if now - inb.last_sec > self.idle_sec]:
             del self._inbound[key]
         for f in frames:
             if f.is_response:
@@ -248,7 +248,7 @@ class SessionServer:
             self._inbound[(sid, f.seq)] = inb
             if not self._make_room(st, inb, 0):
                 return b""
-        inb.last_s = now
+        inb.last_sec = now
         if inb.refusal is not None:
             return b""
         if f.chunk_index in inb.chunks:

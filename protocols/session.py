@@ -28,7 +28,7 @@ Version 3 (:class:`ClientSession`, :class:`SessionServer`):
   so a lost reply of any request in flight is replayed, never re-executed.
 * The board holds at most a window of incoming requests, together at most
   :data:`MAX_MESSAGE_BYTES`; a longer one is refused with ``BAD_REQUEST``, and held requests
-  are dropped on disconnect, after :data:`REASSEMBLY_IDLE_S` without a new chunk, or when a
+  are dropped on disconnect, after :data:`REASSEMBLY_IDLE_SEC` without a new chunk, or when a
   newer request without the ordering flag executes.
 
 Versions 1 and 2 (:class:`LegacyClientSession`, :class:`LegacyServerSession`) have no
@@ -47,7 +47,7 @@ from protocols.control import (
     MAX_SESSIONS,
     MIN_CHUNK_BYTES,
     POLL,
-    REASSEMBLY_IDLE_S,
+    REASSEMBLY_IDLE_SEC,
     ControlPayload,
     LinkHealth,
     Message,
@@ -64,7 +64,7 @@ from protocols.server_session import BusyResponder, Request, SessionServer
 
 __all__ = [
     "CHUNK_BYTES", "DEFAULT_WINDOW", "HAVE", "MAX_IN_FLIGHT", "MAX_MESSAGE_BYTES", "MAX_SESSIONS", "MIN_CHUNK_BYTES",
-    "POLL", "REASSEMBLY_IDLE_S", "BusyResponder", "ClientSession", "ControlPayload", "LegacyClientSession",
+    "POLL", "REASSEMBLY_IDLE_SEC", "BusyResponder", "ClientSession", "ControlPayload", "LegacyClientSession",
     "LegacyServerSession", "LinkHealth", "Message", "NothingPending", "Request", "SessionServer", "WindowFull",
     "decode_control", "encode_control", "encode_hello", "hello_params", "new_session_id",
 ]

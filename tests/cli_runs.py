@@ -25,7 +25,7 @@ TRAIN = ["--task", "digits-small", "--hidden", "16", "--method", "eapu", "--epoc
          "--quiet"]
 CAL_BOARD = "emu?rows=24&cols=24&seed=7"
 CAL = ["--seed", "7", "--sample", "128", "--no-plots", "--no-progress"]
-HANG_GUARD_S = 600
+HANG_GUARD_SEC = 600
 
 
 def hil(*args: str, fsize: int | None = None) -> subprocess.Popen:
@@ -35,13 +35,13 @@ def hil(*args: str, fsize: int | None = None) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=HANG_GUARD_S)
+    out, err = proc.communicate(timeout=HANG_GUARD_SEC)
     return proc.returncode, out, err
 
 
 def wait_for(proc: subprocess.Popen, ready) -> None:
     """Poll until ``ready()`` (an event the command produces); the command must still be running."""
-    deadline = time.monotonic() + HANG_GUARD_S
+    deadline = time.monotonic() + HANG_GUARD_SEC
     while not ready():
         assert proc.poll() is None, f"ended before the event: {proc.communicate()}"
         assert time.monotonic() < deadline, "hang guard"

@@ -13,7 +13,7 @@ from drivers.address import open_board
 from firmware_stub.firmware import make_emulator
 from firmware_stub.serve import PtyServer, TcpServer, serve_in_thread
 from hil.blas_threads import limit_blas_threads
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 limit_blas_threads()  # the suite's workers, and the processes they start, run side by side
 
@@ -37,7 +37,7 @@ def tcp_emulator():
     thread = serve_in_thread(server)
     yield server
     server.stop.set()
-    thread.join(HANG_GUARD_S)
+    thread.join(HANG_GUARD_SEC)
 
 
 @pytest.fixture
@@ -47,4 +47,4 @@ def pty_emulator():
     thread = serve_in_thread(server)
     yield server
     server.stop.set()
-    thread.join(HANG_GUARD_S)
+    thread.join(HANG_GUARD_SEC)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.waiting import HANG_GUARD_S, wait_until
+from tests.waiting import HANG_GUARD_SEC, wait_until
 
 # a real calibration and training through three instruments: minutes of CPU, far more on a loaded machine
 pytestmark = [pytest.mark.slow, pytest.mark.timing, pytest.mark.timeout(3600)]
@@ -39,7 +39,7 @@ def script() -> str:
     for block in blocks("sh"):
         out.append(block.replace("visa:bench.toml", f"visa:{GENEROUS}"))
         if "serve-bench" in block:
-            out.append(f"sed 's/^timeout_s = .*/timeout_s = {HANG_GUARD_S!r}/' bench.toml > {GENEROUS}")
+            out.append(f"sed 's/^timeout_sec = .*/timeout_sec = {HANG_GUARD_SEC!r}/' bench.toml > {GENEROUS}")
     return "\n".join(out) + "\n"
 
 
@@ -51,7 +51,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
         return
     try:  # poll() reaps the script itself, so only live processes keep the group
         wait_until(lambda: proc.poll() is not None and not _group_alive(proc.pid), "the doc's processes to stop",
-                   poll_s=0.1)
+                   poll_sec=0.1)
     except AssertionError:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -78,7 +78,7 @@ def session(tmp_path_factory):
     proc = subprocess.Popen(["bash", "-c", script()], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=20 * HANG_GUARD_S)
+        output, _ = proc.communicate(timeout=20 * HANG_GUARD_SEC)
     finally:
         _stop_group(proc)  # the bench the script started in the background, whatever happened
     assert proc.returncode == 0, output[-6000:]

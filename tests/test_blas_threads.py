@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hil.blas_threads import THREAD_ENV
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 # what a process of the stack ends with: its limit's return, the BLAS threads and what a child would read
 PROBE = """
@@ -30,7 +30,7 @@ print(json.dumps({"limit": limit, "blas": blas, "child": os.environ.get("OPENBLA
 def _probe(**env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in THREAD_ENV and k != "HIL_BLAS_THREADS"}
     out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
-                         timeout=HANG_GUARD_S, check=True)
+                         timeout=HANG_GUARD_SEC, check=True)
     return json.loads(out.stdout)
 
 
@@ -56,7 +56,7 @@ def test_hil_blas_threads_chooses_the_count_or_the_library_default():
 def test_a_bad_hil_blas_threads_is_one_line_from_the_command_line(bad):
     assert "positive whole number" in _probe(HIL_BLAS_THREADS=bad)["limit"]
     run = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", "emu"], capture_output=True, text=True,
-                         env={**os.environ, "HIL_BLAS_THREADS": bad}, timeout=HANG_GUARD_S)
+                         env={**os.environ, "HIL_BLAS_THREADS": bad}, timeout=HANG_GUARD_SEC)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         f"error: HIL_BLAS_THREADS={bad!r} is not a thread count: give a positive whole number, "

@@ -56,7 +56,7 @@ def test_status_counts_pulses_and_energy(emu):
     assert s1.pulses_total - s0.pulses_total == 5
     assert s1.set_pulses_total - s0.set_pulses_total == 3
     assert s1.write_energy_j > s0.write_energy_j
-    assert s1.clock_s > s0.clock_s
+    assert s1.clock_sec > s0.clock_sec
 
 
 def test_vmm_matches_read_conductances(emu):
@@ -106,9 +106,9 @@ def test_bad_requests_raise_typed_errors_and_send_nothing(emu):
     with pytest.raises(LimitViolation, match="max_pulses_per_device"):
         emu.pulse(PulseBatch(np.array([1]), np.array([1]), np.array([400])))
     with pytest.raises(LimitViolation, match="SET amplitude"):
-        emu.set_profiles(PulseProfile(amplitude_v=4.0, width_s=50e-9), PulseProfile(amplitude_v=-1.8, width_s=50e-9))
+        emu.set_profiles(PulseProfile(amplitude_v=4.0, width_sec=50e-9), PulseProfile(amplitude_v=-1.8, width_sec=50e-9))
     with pytest.raises(LimitViolation, match="pulse width"):
-        emu.set_profiles(PulseProfile(amplitude_v=1.6, width_s=1.0), PulseProfile(amplitude_v=-1.8, width_s=50e-9))
+        emu.set_profiles(PulseProfile(amplitude_v=1.6, width_sec=1.0), PulseProfile(amplitude_v=-1.8, width_sec=50e-9))
     with pytest.raises(LimitViolation, match="max_read_v|DAC"):
         emu.vmm(Region(0, 0, 4, 4), np.full((1, 4), 0.45))
     with pytest.raises(BoardError, match="targets"):
@@ -133,7 +133,7 @@ def test_firmware_checks_limits_again():
 
     endpoint = make_emulator(4, 4, seed=0)
     array = endpoint.firmware.array
-    digest, clock = array.state_digest(), array.clock_s
+    digest, clock = array.state_digest(), array.clock_sec
     client = ClientSession()
     client.receive_data(endpoint.receive(client.request(Op.HELLO, client.hello_payload())))  # open a session
     reply = client.receive_data(endpoint.receive(client.request(Op.SET_PROFILES, m.encode_profiles(5.0, 5e-8, -1.8, 5e-8))))
@@ -141,8 +141,8 @@ def test_firmware_checks_limits_again():
     reply = client.receive_data(endpoint.receive(client.request(
         Op.PULSE, m.encode_pulse_request(np.array([0]), np.array([999])))))
     assert reply.status == Status.LIMIT_VIOLATION
-    assert array.clock_s > clock  # the refused requests' frames took their time on the link ...
-    array.clock_s = clock
+    assert array.clock_sec > clock  # the refused requests' frames took their time on the link ...
+    array.clock_sec = clock
     assert array.state_digest() == digest  # ... and changed nothing else
 
 
@@ -219,7 +219,7 @@ def test_out_of_window_widths_are_refused_before_any_byte(emu):
     digest = emu.status(with_digest=True).state_digest
     sent = emu.wire_bytes
     cases = [
-        (np.array([0.05e-9]), "min_pulse_width_s"),   # below the hardware's minimum
+        (np.array([0.05e-9]), "min_pulse_width_sec"),   # below the hardware's minimum
         (np.array([60e-9]), "exceeds its profile"),   # longer than a full pulse
         (np.array([np.nan]), "NaN"),
         (np.array([5e-9, 5e-9]), "one entry per device"),
@@ -228,10 +228,10 @@ def test_out_of_window_widths_are_refused_before_any_byte(emu):
         with pytest.raises((LimitViolation, BoardError), match=message):
             emu.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1]), widths))
         assert emu.wire_bytes == sent
-    strict = SafetyLimits(min_pulse_width_s=20e-9)  # the user's floor tightens the hardware's
+    strict = SafetyLimits(min_pulse_width_sec=20e-9)  # the user's floor tightens the hardware's
     with open_board("emu?rows=4&cols=4", strict) as b:
         n = b.wire_bytes
-        with pytest.raises(LimitViolation, match="min_pulse_width_s"):
+        with pytest.raises(LimitViolation, match="min_pulse_width_sec"):
             b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1]), np.array([10e-9])))
         assert b.wire_bytes == n
     assert emu.status(with_digest=True).state_digest == digest  # and the array never saw a pulse
@@ -275,15 +275,15 @@ def test_board_clock_charges_frames_at_the_nominal_rate_and_a_latency_per_comman
     array, p = endpoint.firmware.array, endpoint.firmware.params
     assert (p.link_baud, p.link_bits_per_byte) == (3e6, 10)  # the documented defaults
     request = m.encode_cells(np.arange(10))  # cells of rows 0 and 1
-    t0 = array.clock_s
+    t0 = array.clock_sec
     reply = _exchange(endpoint, client, Op.READ_CELLS, request)
     wire_bytes = sum(message_wire_bytes(n, client.chunk_bytes, session=True) for n in (len(request), len(reply.payload)))
-    expected = wire_bytes * 10 / 3e6 + p.t_link_turnaround_s + p.t_command_s + 2 * p.t_read_row_s
-    assert array.clock_s - t0 == pytest.approx(expected, rel=1e-9, abs=0)
-    t1 = array.clock_s
+    expected = wire_bytes * 10 / 3e6 + p.t_link_turnaround_sec + p.t_command_sec + 2 * p.t_read_row_sec
+    assert array.clock_sec - t0 == pytest.approx(expected, rel=1e-9, abs=0)
+    t1 = array.clock_sec
     for op in (Op.STATUS, Op.CLOCK, Op.SNAPSHOT):  # housekeeping and emulator-only commands: no board time
         _exchange(endpoint, client, op)
-    assert array.clock_s == t1
+    assert array.clock_sec == t1
 
 
 def test_the_link_rate_is_a_device_setting_and_sets_the_board_time(tmp_path):
@@ -296,7 +296,7 @@ def test_the_link_rate_is_a_device_setting_and_sets_the_board_time(tmp_path):
             board.read()
             spans.append(board.clock() - t0)
     p = DeviceParams()
-    op = p.t_link_turnaround_s + p.t_command_s + 16 * p.t_read_row_s
+    op = p.t_link_turnaround_sec + p.t_command_sec + 16 * p.t_read_row_sec
     assert (spans[1] - op) == pytest.approx(10 * (spans[0] - op), rel=1e-9)
 
 

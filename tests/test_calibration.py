@@ -28,7 +28,7 @@ from calibration.run import H5_NAME, JSON_NAME, STAGES, CalibrationParams, calib
 from calibration.storage import RawStore, ResumeRefused
 from drivers.address import open_board
 from drivers.errors import BoardError, LinkError
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 PARAM_SETS = {
     "low-noise-fast-leaky": dict(sigma_w_s=0.7e-6, alpha_set_s=1.3e-6, sigma_c2c=0.8, read_noise_rel=0.02,
@@ -125,7 +125,7 @@ def _entry() -> list[str]:
     return [sys.executable, "-m", "hil.cli"]
 
 
-def _children_cpu_s() -> float:
+def _children_cpu_sec() -> float:
     """CPU seconds (user + system) used so far by this process's waited-for children."""
     import resource
 
@@ -146,7 +146,7 @@ def test_default_calibration_of_a_128x128_emulator_through_the_cli(tmp_path):
     master, slave = pty.openpty()  # stderr on a real terminal, where a user sees the progress bar
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
     # the budget is on the CPU time the calibration used, not on wall time: a busy machine stretches the latter
-    cpu0 = _children_cpu_s()
+    cpu0 = _children_cpu_sec()
     proc = subprocess.Popen([*_entry(), "calibrate", "--board", "emu", "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=slave, text=True)
     os.close(slave)
@@ -159,9 +159,9 @@ def test_default_calibration_of_a_128x128_emulator_through_the_cli(tmp_path):
         if not chunk:
             break
         terminal += chunk
-    stdout = proc.communicate(timeout=HANG_GUARD_S)[0]
+    stdout = proc.communicate(timeout=HANG_GUARD_SEC)[0]
     os.close(master)
-    cpu = _children_cpu_s() - cpu0
+    cpu = _children_cpu_sec() - cpu0
     assert proc.returncode == 0, terminal.decode(errors="replace")
     assert cpu < 60, f"default 128x128 calibration took {cpu:.1f} s of CPU time"
     assert b"%" in terminal and b"<" in terminal  # the tqdm progress bar with its time estimate
@@ -181,7 +181,7 @@ def test_default_calibration_of_a_128x128_emulator_through_the_cli(tmp_path):
             g = f["stages"][stage]
             assert g.attrs["complete"]
             stamp = json.loads(g.attrs["stamp"])
-            assert stamp["board_clock_end_s"] >= stamp["board_clock_start_s"] and "wall_start" in stamp
+            assert stamp["board_clock_end_sec"] >= stamp["board_clock_start_sec"] and "wall_start" in stamp
             assert "params" in g.attrs and "result" in g.attrs
             assert all("units" in ds.attrs for ds in g.values())
         assert f["stages/pulse_response/g_set"].attrs["units"] == "S"

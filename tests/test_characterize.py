@@ -57,8 +57,8 @@ def test_pulse_response_moves_both_ways(board, tmp_path):
 
 
 def test_retention_shows_the_log_drift(board, tmp_path):
-    m = ch.run("retention", board, ch.RetentionParams(n_devices=256, t_max_s=1e5), tmp_path)
-    assert m.result.times_s[-1] == pytest.approx(1e5, rel=1e-3)
+    m = ch.run("retention", board, ch.RetentionParams(n_devices=256, t_max_sec=1e5), tmp_path)
+    assert m.result.times_sec[-1] == pytest.approx(1e5, rel=1e-3)
     assert 0.05e-6 < m.result.mu_s < 0.14e-6  # default 0.09 uS per ln(1+t)
     assert (tmp_path / "retention.png").exists()
 
@@ -133,7 +133,7 @@ def test_pulses_beyond_the_per_batch_limit_are_refused_or_split(board):
     with pytest.raises(LimitViolation):
         from drivers.limits import PulseProfile
 
-        board.set_profiles(PulseProfile(amplitude_v=3.5, width_s=50e-9), board.profiles[1])
+        board.set_profiles(PulseProfile(amplitude_v=3.5, width_sec=50e-9), board.profiles[1])
 
 
 def test_stage_rng_is_fixed_by_seed_and_stage():
@@ -175,14 +175,14 @@ def test_delta_g_threshold_is_the_snr1_point():
     assert th.quantum_pulses_by_polarity["set"] == max(1, round(th.delta_g_th_s / mu))
     assert th.quantum_pulses == max(th.quantum_pulses_by_polarity.values())
     assert delta_g_threshold(**base, snr1_multiple=1.5).delta_g_th_s == pytest.approx(1.5 * th.delta_g_th_s)
-    drifted = delta_g_threshold(**base, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
+    drifted = delta_g_threshold(**base, drift_delay_sec=3600.0, drift_sigma1_s=0.04e-6)
     assert drifted.delta_g_th_s > th.delta_g_th_s
     assert drifted.drift_sigma_s == pytest.approx(0.04e-6 * math.log1p(3600.0))
     # the relaxation offset at t ~ 0 is read-visible, not stored: it counts only at a stated delay
     assert delta_g_threshold(**base, relax_sigma0_s=0.4e-6).delta_g_th_s == th.delta_g_th_s
-    at_zero = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_s=0.0)
+    at_zero = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_sec=0.0)
     assert at_zero.drift_sigma_s == pytest.approx(0.4e-6)
-    relaxed = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_s=3600.0, drift_sigma1_s=0.04e-6)
+    relaxed = delta_g_threshold(**base, relax_sigma0_s=0.4e-6, drift_delay_sec=3600.0, drift_sigma1_s=0.04e-6)
     assert relaxed.drift_sigma_s == pytest.approx(0.4e-6 + 0.04e-6 * math.log1p(3600.0))
     with pytest.raises(ValueError, match="multiple of the SNR=1 change must be positive"):
         delta_g_threshold(**base, snr1_multiple=0)

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 pytestmark = pytest.mark.timing  # separate processes, signals, real pty and TCP
 
 HIL = [sys.executable, "-m", "hil.cli"]
 
 
-def run_hil(*args: str, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
+def run_hil(*args: str, timeout: float = HANG_GUARD_SEC) -> subprocess.CompletedProcess:
     return subprocess.run([*HIL, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -33,7 +33,7 @@ def served(request):
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(HANG_GUARD_S)
+            proc.wait(HANG_GUARD_SEC)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -79,7 +79,7 @@ def test_bench_json_has_the_figures():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     for key in ("emulator_updates_per_s", "emulator_speedup_vs_loop", "wire_bytes_per_device_full_read",
-                "round_trip_s", "pulse_batches_per_s"):
+                "round_trip_sec", "pulse_batches_per_s"):
         assert data[key] > 0
     assert set(data["wire_bytes_per_written_device"]) == {"0.001", "0.1"}
     # the wire format's budgets (deterministic: they depend on the codec, not on the machine)

@@ -24,7 +24,7 @@ from hil.cli import cli, main
 from protocols.version import software_version
 
 ROOT = Path(__file__).resolve().parents[1]
-HANG_GUARD_S = 600
+HANG_GUARD_SEC = 600
 SMALL = "emu?rows=64&cols=64&seed=3"
 
 
@@ -82,7 +82,7 @@ def test_version(capsys):
     code, out, _ = run_main("--version", capsys=capsys)
     assert code == 0 and out.strip() == f"hil {software_version()}"
     proc = subprocess.run([sys.executable, "-m", "hil.cli", "--version"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=HANG_GUARD_S)
+                          timeout=HANG_GUARD_SEC)
     assert proc.returncode == 0 and proc.stdout.strip() == f"hil {software_version()}"
 
 
@@ -136,7 +136,7 @@ BAD = [
     (["train", "--board", "emu?rows=8&cols=8", "--out", "{d}/t"], "--task digits-small --hidden 2, needs 16 rows"),
     (["train", "--board", "emu?rows=20&cols=20", "--out", "{d}/t"], "--task digits-small --hidden 4 fits"),
     (["train", "--task", "cifar", "--out", "{d}/t"], "--task"),
-    (["calibrate", "--board", "emu?rows=4&cols=4", "--out", "{d}/c", "--set-width", "-1"], "width_s"),
+    (["calibrate", "--board", "emu?rows=4&cols=4", "--out", "{d}/c", "--set-width", "-1"], "width_sec"),
     (["characterize", "retention", "--board", "emu?rows=4&cols=4", "--out", "{d}/r", "--tolerance", "-1"],
      "tolerance_s"),
     (["characterize", "iv-sweep", "--board", "emu?rows=4&cols=4", "--out", "{d}/r", "--step", "-0.1"], "step_v"),
@@ -191,7 +191,7 @@ def _stderr_on_a_terminal(args: list[str]) -> tuple[int, str]:
             break
         chunks.append(data)
     os.close(leader)
-    return proc.wait(timeout=HANG_GUARD_S), b"".join(chunks).decode(errors="replace")
+    return proc.wait(timeout=HANG_GUARD_SEC), b"".join(chunks).decode(errors="replace")
 
 
 def test_characterize_shows_a_progress_bar_with_a_time_estimate(tmp_path):
@@ -246,7 +246,7 @@ def test_characterization_plots_have_units_titles_and_centred_differences(tmp_pa
         ch.run("pulse-response", board, ch.CharPulseResponseParams(n_devices=4, steps=3, pulses_per_step=2), tmp_path)
         ch.run("iv-sweep", board, ch.IvSweepParams(n_devices=2), tmp_path)
         ch.run("retention", board, ch.RetentionParams(n_devices=4, targets_s=(20e-6, 40e-6), n_times=3,
-                                                      t_max_s=10.0), tmp_path)
+                                                      t_max_sec=10.0), tmp_path)
     names = [s[0] for s in saved_figures]
     assert names == ["read_all.png", "program.png", "pulse_response.png", "iv_sweep.png", "retention.png"]
     _check_labelled(saved_figures)

@@ -8,7 +8,7 @@ import pytest
 from drivers import LimitViolation, PulseBatch, open_board
 from firmware_stub.array_model import MemristorArray
 from firmware_stub.device_params import DeviceParams
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 
 def test_unformed_devices_ignore_pulses_until_formed():
@@ -72,7 +72,7 @@ def test_characterize_iv_sweep_and_forming_through_the_cli(tmp_path):
     toml.write_text("unformed_fraction = 0.8\n")
     out = subprocess.run([sys.executable, "-m", "hil.cli", "characterize", "forming", "--board",
                           f"emu?rows=8&cols=8&config={toml}", "--out", str(tmp_path / "f")],
-                         capture_output=True, text=True, timeout=HANG_GUARD_S)
+                         capture_output=True, text=True, timeout=HANG_GUARD_SEC)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout[out.stdout.index("{"):])
     assert res["formed_fraction"] >= 0.95 and 2.3 < res["v_form_median_v"] < 2.9  # stuck devices never form
@@ -80,7 +80,7 @@ def test_characterize_iv_sweep_and_forming_through_the_cli(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "hil.cli", "characterize", "iv-sweep", "--board", "emu?rows=8&cols=8",
                           "--out", str(tmp_path / "iv"), "--compliance", "5e-5"], capture_output=True, text=True,
-                         timeout=HANG_GUARD_S)
+                         timeout=HANG_GUARD_SEC)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout[out.stdout.index("{"):])
     assert 0.8 <= res["v_set_median_v"] <= 1.2 and res["v_reset_median_v"] < -0.9
@@ -88,5 +88,5 @@ def test_characterize_iv_sweep_and_forming_through_the_cli(tmp_path):
 
     refused = subprocess.run([sys.executable, "-m", "hil.cli", "characterize", "iv-sweep", "--board",
                               "emu?rows=8&cols=8", "--out", str(tmp_path / "x"), "--compliance", "0.5"],
-                             capture_output=True, text=True, timeout=HANG_GUARD_S)
+                             capture_output=True, text=True, timeout=HANG_GUARD_SEC)
     assert refused.returncode == 2 and "compliance" in refused.stderr

@@ -18,7 +18,7 @@ import pytest
 from hil.live_plot import LiveCurves
 from hil.train import Interrupted, TrainConfig, train
 from tests.run_checks import assert_same_run, calibration_of
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 pytestmark = pytest.mark.slow  # short trainings: digital and on a 64 x 64 emulated array
 
@@ -208,11 +208,11 @@ def test_in_a_jupyter_kernel_the_figure_is_one_output_updated_in_place(float_run
 
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's own default: inline
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=HANG_GUARD_S, env=env, cwd=str(ROOT))
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=HANG_GUARD_SEC, env=env, cwd=str(ROOT))
     messages: list[dict] = []
     try:
         reply = kc.execute_interactive(KERNEL_CELL.format(metrics=str(float_run[0] / "metrics.jsonl")),
-                                       timeout=HANG_GUARD_S, output_hook=messages.append)
+                                       timeout=HANG_GUARD_SEC, output_hook=messages.append)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -185,9 +185,9 @@ def test_relaxation_drifts_with_log_time_on_the_virtual_clock():
     write_event_without_change(arr)
     ok, idx = ~arr.stuck, everything(arr)
     shifts = []
-    for wait_s in (0.0, 3600.0, 30 * 86400.0):  # a month, in a blink
-        arr.advance(wait_s)
-        log_t = math.log1p(arr.clock_s - arr.t_w[0])
+    for wait_sec in (0.0, 3600.0, 30 * 86400.0):  # a month, in a blink
+        arr.advance(wait_sec)
+        log_t = math.log1p(arr.clock_sec - arr.t_w[0])
         shift = (arr.read_g(idx) - arr.g)[ok]
         assert_mean(shift, -0.09e-6 * log_t)
         spread = 0.4e-6 + 0.04e-6 * log_t
@@ -281,15 +281,15 @@ def test_vmm_is_sum_of_v_times_g_within_read_noise_and_transpose_matches():
         g = arr.true_conductance_s(flat).reshape(nr, nc)
         g_in = g.T if transpose else g  # (inputs, outputs)
         v = rng.uniform(-0.2, 0.2, (batch, g_in.shape[0]))
-        clock, energy, calls = arr.clock_s, arr.counters.read_energy_j, arr.counters.vmm_calls_total
+        clock, energy, calls = arr.clock_sec, arr.counters.read_energy_j, arr.counters.vmm_calls_total
         currents = arr.vmm(r0, c0, nr, nc, v, transpose=transpose)
         expected = v @ g_in
         noise_sd = 0.01 * np.sqrt((v**2) @ g_in**2)
         assert currents.shape == expected.shape
         assert np.all(np.abs(currents - expected) <= 6 * noise_sd)
         assert arr.counters.vmm_calls_total == calls + 1
-        assert arr.clock_s - clock == pytest.approx(arr.params.t_command_s + batch * arr.params.t_vmm_s)
-        e_expected = arr.params.t_read_s * np.sum((v**2) @ g_in)
+        assert arr.clock_sec - clock == pytest.approx(arr.params.t_command_sec + batch * arr.params.t_vmm_sec)
+        e_expected = arr.params.t_read_sec * np.sum((v**2) @ g_in)
         assert arr.counters.read_energy_j - energy == pytest.approx(e_expected, rel=1e-9, abs=0)
     assert arr.vmm(r0, c0, nr, nc, v[0], transpose=True).shape == (nr,)
 
@@ -299,7 +299,7 @@ def test_energy_and_duration_of_a_single_pulse():
     arr = make(line_capacitance_f=1e-13, sigma_w_s=0.0)  # G after the pulse, no write error on top
     dev = int(np.flatnonzero(~arr.stuck)[0])
     g_before = arr.g[dev]
-    clock = arr.clock_s
+    clock = arr.clock_sec
     out = arr.apply_pulses([dev], [1], SET, RESET)
     v, w = SET
     device = v**2 * (g_before + arr.g[dev]) / 2 * w
@@ -311,9 +311,9 @@ def test_energy_and_duration_of_a_single_pulse():
     assert c.write_energy_j == pytest.approx(device + periphery, rel=1e-12, abs=0)
     assert (c.write_device_energy_j, c.write_periphery_energy_j) == pytest.approx((device, periphery), rel=1e-12, abs=0)
     p = arr.params
-    assert out.duration_s == pytest.approx(p.t_command_s + w + p.t_pulse_gap_s)
-    assert arr.clock_s == pytest.approx(clock + out.duration_s)
-    assert arr.t_w[dev] == arr.clock_s
+    assert out.duration_sec == pytest.approx(p.t_command_sec + w + p.t_pulse_gap_sec)
+    assert arr.clock_sec == pytest.approx(clock + out.duration_sec)
+    assert arr.t_w[dev] == arr.clock_sec
     assert (out.set_pulses, out.reset_pulses) == (1, 0)
     assert arr.counters.write_events_total == 1
 
@@ -322,15 +322,15 @@ def test_batch_duration_sums_both_phases_and_read_bookkeeping():
     arr = make()
     p = arr.params
     out = arr.apply_pulses([0, 5, 9], [3, -2, 1], SET, (-1.8, 80e-9))
-    assert out.duration_s == pytest.approx(2 * p.t_command_s + 3 * (50e-9 + p.t_pulse_gap_s)
-                                           + 2 * (80e-9 + p.t_pulse_gap_s))
+    assert out.duration_sec == pytest.approx(2 * p.t_command_sec + 3 * (50e-9 + p.t_pulse_gap_sec)
+                                             + 2 * (80e-9 + p.t_pulse_gap_sec))
     assert (out.set_pulses, out.reset_pulses) == (4, 2)
     cells = np.array([1, 2, COLS + 1, 5 * COLS])  # three distinct rows
     g_true = arr.true_conductance_s(cells)
-    clock, energy = arr.clock_s, arr.counters.read_energy_j
+    clock, energy = arr.clock_sec, arr.counters.read_energy_j
     arr.read_g(cells)
-    assert arr.clock_s - clock == pytest.approx(p.t_command_s + 3 * p.t_read_row_s)
-    assert arr.counters.read_energy_j - energy == pytest.approx(p.read_voltage_v**2 * p.t_read_s * g_true.sum(), rel=1e-9, abs=0)
+    assert arr.clock_sec - clock == pytest.approx(p.t_command_sec + 3 * p.t_read_row_sec)
+    assert arr.counters.read_energy_j - energy == pytest.approx(p.read_voltage_v**2 * p.t_read_sec * g_true.sum(), rel=1e-9, abs=0)
     arr.account_conversions(10, dac=7)
     assert arr.counters.adc_energy_j == pytest.approx(10 * p.adc_energy_j, abs=0)
     assert arr.counters.dac_energy_j == pytest.approx(7 * p.dac_energy_j, abs=0)
@@ -380,9 +380,9 @@ def test_reference_loop_matches_exactly_without_noise_including_wear_and_stuck()
     np.testing.assert_array_equal(a.stuck, b.stuck)
     np.testing.assert_array_equal(a.n_pulses, b.n_pulses)
     assert out_a.energy_j == pytest.approx(out_b.energy_j, rel=1e-6)
-    assert (out_a.set_pulses, out_a.reset_pulses, out_a.duration_s) == (
-        out_b.set_pulses, out_b.reset_pulses, out_b.duration_s)
-    assert a.clock_s == b.clock_s
+    assert (out_a.set_pulses, out_a.reset_pulses, out_a.duration_sec) == (
+        out_b.set_pulses, out_b.reset_pulses, out_b.duration_sec)
+    assert a.clock_sec == b.clock_sec
     assert a.counters.pulses_total == b.counters.pulses_total
 
 
@@ -453,12 +453,12 @@ def test_a_partial_pulse_steps_by_its_width(ratio):
         expected = (full.alpha_set * 0.7)[ok]  # mean step of one full pulse at x = 0.3 (gamma = 1)
         before = part.g.copy()
         n = part.n_devices
-        part.apply_pulses(everything(part), np.ones(n, np.int64), SET, RESET, last_width_s=np.full(n, ratio * 50e-9))
+        part.apply_pulses(everything(part), np.ones(n, np.int64), SET, RESET, last_width_sec=np.full(n, ratio * 50e-9))
         assert_mean((part.g - before)[ok] / expected, ratio)
         # two whole pulses + one partial, all in one write event
         events = part.counters.write_events_total
         before = part.g.copy()
-        out = part.apply_pulses(everything(part), np.full(n, 3), SET, RESET, last_width_s=np.full(n, ratio * 50e-9))
+        out = part.apply_pulses(everything(part), np.full(n, 3), SET, RESET, last_width_sec=np.full(n, ratio * 50e-9))
         assert part.counters.write_events_total - events == n and out.set_pulses == 3 * n
         x_before = (before - 1e-6) / (part.g_max - 1e-6)
         k = part.alpha_set / (part.g_max - 1e-6)  # soft bounds: each pulse shrinks the next by (1 - k)
@@ -470,15 +470,15 @@ def test_partial_pulse_energy_and_duration_use_its_width():
     arr = make(line_capacitance_f=0.0)
     dev = int(np.flatnonzero(~arr.stuck)[0])
     g_before = arr.g[dev]
-    out = arr.apply_pulses([dev], [1], SET, RESET, last_width_s=[12e-9])
+    out = arr.apply_pulses([dev], [1], SET, RESET, last_width_sec=[12e-9])
     v = SET[0]
     assert out.energy_j == pytest.approx(v**2 * (g_before + arr.g[dev]) / 2 * 12e-9, rel=1e-12)
     p = arr.params
-    assert out.duration_s == pytest.approx(p.t_command_s + 12e-9 + p.t_pulse_gap_s)
+    assert out.duration_sec == pytest.approx(p.t_command_sec + 12e-9 + p.t_pulse_gap_sec)
     # a batch's last slot lasts as long as the longest last pulse of the devices with the most pulses
-    out = arr.apply_pulses([0, 5, 9], [3, 3, 1], SET, RESET, last_width_s=[20e-9, 30e-9, 40e-9])
-    assert out.duration_s == pytest.approx(p.t_command_s + 2 * (50e-9 + p.t_pulse_gap_s) + 30e-9 + p.t_pulse_gap_s)
-    assert out.duration_s == pytest.approx(arr.write_batch_duration_s(np.array([3, 3, 1]), 50e-9, 50e-9,
-                                                                      np.array([20e-9, 30e-9, 40e-9])))
+    out = arr.apply_pulses([0, 5, 9], [3, 3, 1], SET, RESET, last_width_sec=[20e-9, 30e-9, 40e-9])
+    assert out.duration_sec == pytest.approx(p.t_command_sec + 2 * (50e-9 + p.t_pulse_gap_sec) + 30e-9 + p.t_pulse_gap_sec)
+    assert out.duration_sec == pytest.approx(arr.write_batch_duration_sec(np.array([3, 3, 1]), 50e-9, 50e-9,
+                                                                          np.array([20e-9, 30e-9, 40e-9])))
     with pytest.raises(ValueError, match="longer"):
-        arr.apply_pulses([0], [1], SET, RESET, last_width_s=[60e-9])
+        arr.apply_pulses([0], [1], SET, RESET, last_width_sec=[60e-9])

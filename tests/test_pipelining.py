@@ -241,7 +241,7 @@ class _Silent:
 def test_a_timeout_gives_up_every_request_in_flight_and_the_session_recovers():
     endpoint = make_emulator(8, 8, seed=0)
     link = _Silent(InProcessLink(endpoint))
-    with FpgaBoard(link, timeout_s=0.01, retries=1) as board:
+    with FpgaBoard(link, timeout_sec=0.01, retries=1) as board:
         board.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1])))
         link.cut = True
         handles = [board.pulse_async(PulseBatch(np.array([i]), np.array([1]), np.array([1]))) for i in range(3)]

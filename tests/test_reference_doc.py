@@ -32,5 +32,5 @@ def test_every_field_has_a_meaning_and_the_presets_and_units_are_shown():
         for name in model.model_fields:
             assert f"| `{name}` |" in text, name
     assert "| `sigma_w_s` | S | float | 1e-06 | >= 0 | 2e-06 |" in text  # default, then preset noisy2x
-    assert "| `t_read_s` | s |" in text and "| `max_set_v` | V |" in text and "| `compliance_a` | A |" in text
+    assert "| `t_read_sec` | s |" in text and "| `max_set_v` | V |" in text and "| `compliance_a` | A |" in text
     assert "| `max_set_v` | V | float | 3 |" in text  # the bench's [limits] default: DEVICE_SAFE_LIMITS

@@ -43,7 +43,7 @@ HIL = [sys.executable, "-m", "hil.cli"]
 
 #: A user limits file as loose as the instruments' ratings (what the tester used).
 LOOSE = SafetyLimits(max_set_v=9.0, max_reset_v=9.0, max_read_v=5.0, max_form_v=9.0, compliance_a=1.0,
-                     min_pulse_width_s=1e-9, max_pulse_width_s=1.0, max_pulses_per_batch=10**9,
+                     min_pulse_width_sec=1e-9, max_pulse_width_sec=1.0, max_pulses_per_batch=10**9,
                      max_pulses_per_device=10**6)
 LOOSE_TOML = "\n".join(f"{k} = {v!r}" for k, v in LOOSE.model_dump().items()) + "\n"
 
@@ -73,7 +73,7 @@ def test_comparisons_forgive_rounding_and_clamp_onto_the_limit():
     assert exceeds(float("nan"), 1.0)
     lim = SafetyLimits(max_form_v=3.5, max_set_v=0.3)
     assert check_form_voltage(v, lim) == 3.5  # sent exactly at the limit, not one ulp beyond
-    p = check_profile(PulseProfile(amplitude_v=0.1 * 3, width_s=50e-9), +1, lim)  # 0.30000000000000004
+    p = check_profile(PulseProfile(amplitude_v=0.1 * 3, width_sec=50e-9), +1, lim)  # 0.30000000000000004
     assert p.amplitude_v == 0.3
     with pytest.raises(LimitViolation, match="outside"):
         check_form_voltage(3.5001, lim)
@@ -90,11 +90,11 @@ def test_user_limits_only_tighten_and_looser_values_are_reported(caplog):
     assert len(caplog.records) == 1 and "max_set_v = 9" in caplog.records[0].getMessage()
     for name, value in eff.limits.model_dump().items():  # field by field the stricter
         hw = getattr(DEVICE_SAFE_LIMITS, name)
-        assert value == (max(getattr(user, name), hw) if name == "min_pulse_width_s" else min(getattr(user, name), hw))
+        assert value == (max(getattr(user, name), hw) if name == "min_pulse_width_sec" else min(getattr(user, name), hw))
 
 
 def test_disjoint_pulse_width_windows_are_a_conflict():
-    user = SafetyLimits(min_pulse_width_s=2e-3, max_pulse_width_s=1.0)
+    user = SafetyLimits(min_pulse_width_sec=2e-3, max_pulse_width_sec=1.0)
     with pytest.raises(LimitConflict) as info:
         effective_limits(user, DEVICE_SAFE_LIMITS)
     msg = str(info.value)
@@ -107,8 +107,8 @@ _NUM = r"([-+0-9.eE]+)"
 
 def instrument_settings(running) -> dict[str, list[float]]:
     """Every level, width, burst count and current limit the instruments were sent (their command logs)."""
-    out: dict[str, list[float]] = {"level_v": [], "width_s": [], "burst": [], "smu_v": [], "ilim_a": []}
-    pats = {"level_v": rf"SOUR\d:VOLT:(?:LIM:)?HIGH {_NUM}$", "width_s": rf"SOUR\d:FUNC:PULS:WIDT {_NUM}$",
+    out: dict[str, list[float]] = {"level_v": [], "width_sec": [], "burst": [], "smu_v": [], "ilim_a": []}
+    pats = {"level_v": rf"SOUR\d:VOLT:(?:LIM:)?HIGH {_NUM}$", "width_sec": rf"SOUR\d:FUNC:PULS:WIDT {_NUM}$",
             "burst": rf"SOUR\d:BURS:NCYC {_NUM}$", "smu_v": rf":SOUR:VOLT {_NUM}$", "ilim_a": rf":SOUR:VOLT:ILIM {_NUM}$"}
     for inst in running.instruments.values():
         for line in inst.log:
@@ -121,7 +121,7 @@ def instrument_settings(running) -> dict[str, list[float]]:
 
 def assert_within(settings_sent: dict[str, list[float]], lim: SafetyLimits) -> None:
     assert max(settings_sent["level_v"]) <= max(lim.max_set_v, lim.max_reset_v)
-    assert all(lim.min_pulse_width_s <= w <= lim.max_pulse_width_s for w in settings_sent["width_s"])
+    assert all(lim.min_pulse_width_sec <= w <= lim.max_pulse_width_sec for w in settings_sent["width_sec"])
     assert max(settings_sent["burst"]) <= lim.max_pulses_per_device
     assert max(np.abs(settings_sent["smu_v"])) <= lim.max_read_v
     assert max(settings_sent["ilim_a"]) <= lim.compliance_a
@@ -145,8 +145,8 @@ def test_bench_file_states_device_safe_hardware_limits(bench, tmp_path):
         with open_board(f"visa:{p}", LOOSE) as b:
             hw = b.info.hardware_limits
             assert (hw.max_set_v, hw.max_reset_v, hw.max_read_v, hw.compliance_a) == (3.0, 3.0, 0.5, 1e-3)
-            assert hw.max_pulse_width_s == 1e-3 and hw.max_pulses_per_device == 255
-            assert hw.min_pulse_width_s == 20e-9  # the generator's shortest clean pulse is the stricter
+            assert hw.max_pulse_width_sec == 1e-3 and hw.max_pulses_per_device == 255
+            assert hw.min_pulse_width_sec == 20e-9  # the generator's shortest clean pulse is the stricter
             assert b.limits == hw  # the loose user file changed nothing
             assert b.effective_limits.sources["max_set_v"] == "hardware"
 
@@ -158,16 +158,16 @@ def test_loose_user_limits_never_reach_the_instruments(bench):
         before = [len(i.log) for i in running.instruments.values()]
         # what the tester applied: 9 V x 1 ms x 1000 pulses, and a 3.5 V SET profile
         with pytest.raises(LimitViolation, match="SET amplitude"):
-            b.set_profiles(PulseProfile(amplitude_v=9.0, width_s=1e-3), b.profiles[1])
+            b.set_profiles(PulseProfile(amplitude_v=9.0, width_sec=1e-3), b.profiles[1])
         with pytest.raises(LimitViolation, match="SET amplitude"):
-            b.set_profiles(PulseProfile(amplitude_v=3.5, width_s=50e-9), b.profiles[1])
+            b.set_profiles(PulseProfile(amplitude_v=3.5, width_sec=50e-9), b.profiles[1])
         with pytest.raises(LimitViolation, match="width"):
-            b.set_profiles(PulseProfile(amplitude_v=1.0, width_s=2e-3), b.profiles[1])
+            b.set_profiles(PulseProfile(amplitude_v=1.0, width_sec=2e-3), b.profiles[1])
         with pytest.raises(LimitViolation, match="max_pulses_per_device"):
             b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1000])))
         assert [len(i.log) for i in running.instruments.values()] == before
         # exactly at the limits is allowed, and what is sent stays within them
-        b.set_profiles(PulseProfile(amplitude_v=3.0, width_s=1e-3), PulseProfile(amplitude_v=-3.0, width_s=1e-3))
+        b.set_profiles(PulseProfile(amplitude_v=3.0, width_sec=1e-3), PulseProfile(amplitude_v=-3.0, width_sec=1e-3))
         b.pulse(PulseBatch(np.array([0, 1]), np.array([0, 1]), np.array([255, -255])))
         b.read()
         b.program(np.array([0, 2]), np.array([3, 3]), np.array([20e-6, 40e-6]), tolerance_s=2e-6, max_iter=10)
@@ -189,8 +189,8 @@ def test_calibrate_with_a_loose_limits_file_refuses_a_3_5_v_profile(tmp_path):
     assert_one_line_error(out, "SET amplitude +3.500 V", "3.000")
     assert "max_set_v = 9" in out.stderr  # the looser user value was reported
     sent = instrument_settings(running)
-    assert sent["burst"] == [1] and not sent["width_s"]  # only the pulser's configuration: no pulse was set up
-    assert_within(sent, DEVICE_SAFE_LIMITS.model_copy(update={"min_pulse_width_s": 20e-9}))
+    assert sent["burst"] == [1] and not sent["width_sec"]  # only the pulser's configuration: no pulse was set up
+    assert_within(sent, DEVICE_SAFE_LIMITS.model_copy(update={"min_pulse_width_sec": 20e-9}))
 
 
 def test_bench_file_limits_beyond_the_instruments_are_cut_to_their_ratings(bench, tmp_path):
@@ -203,12 +203,12 @@ def test_bench_file_limits_beyond_the_instruments_are_cut_to_their_ratings(bench
 
 # ---- emu and serial: a refused request sends no byte ------------------------------------------------------
 def _refused_requests_send_nothing(b) -> None:
-    assert b.limits.max_set_v == 3.0 and b.limits.max_pulse_width_s == 1e-3  # hardware, not the loose file
+    assert b.limits.max_set_v == 3.0 and b.limits.max_pulse_width_sec == 1e-3  # hardware, not the loose file
     n = b.wire_bytes
     with pytest.raises(LimitViolation):
-        b.set_profiles(PulseProfile(amplitude_v=3.5, width_s=50e-9), b.profiles[1])
+        b.set_profiles(PulseProfile(amplitude_v=3.5, width_sec=50e-9), b.profiles[1])
     with pytest.raises(LimitViolation):
-        b.set_profiles(PulseProfile(amplitude_v=9.0, width_s=1e-3), b.profiles[1])
+        b.set_profiles(PulseProfile(amplitude_v=9.0, width_sec=1e-3), b.profiles[1])
     with pytest.raises(LimitViolation):
         b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([1000])))
     with pytest.raises(LimitViolation):
@@ -218,7 +218,7 @@ def _refused_requests_send_nothing(b) -> None:
     with pytest.raises(LimitViolation):
         b.vmm(Region(0, 0, 2, 2), np.full((1, 2), 0.6))  # beyond max_read_v = 0.5 (the loose file asked 5)
     assert b.wire_bytes == n
-    b.set_profiles(PulseProfile(amplitude_v=3.0, width_s=1e-3), b.profiles[1])  # at the limit: accepted
+    b.set_profiles(PulseProfile(amplitude_v=3.0, width_sec=1e-3), b.profiles[1])  # at the limit: accepted
     b.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([255])))
     assert b.wire_bytes > n
 
@@ -244,7 +244,7 @@ def test_forming_beyond_the_limit_sends_nothing(kind, pty_emulator):
         with pytest.raises(LimitViolation, match="compliance"):
             ch.run("forming", b, ch.FormingParams(compliance_a=5e-3, region=(0, 0, 2, 2)))
         with pytest.raises(LimitViolation, match="width"):
-            ch.run("forming", b, ch.FormingParams(width_s=5e-3, region=(0, 0, 2, 2)))
+            ch.run("forming", b, ch.FormingParams(width_sec=5e-3, region=(0, 0, 2, 2)))
         with pytest.raises(LimitViolation, match="sweep"):
             ch.run("iv-sweep", b, ch.IvSweepParams(v_set_max_v=4.5, region=(0, 0, 1, 1)))
         assert b.wire_bytes == n  # not one frame: no read, no clock query, no forming pulse
@@ -343,11 +343,11 @@ def test_write_verify_rounds_respect_the_batch_limit_on_the_fpga():
         real = b._transact
         rounds = []
 
-        def recording(opcode, payload=b"", extra_s=0.0):
+        def recording(opcode, payload=b"", extra_sec=0.0):
             if opcode == Op.PROGRAM:
                 flat, _, _, _, per_round = m.decode_program_request(payload)
                 rounds.append(flat.size * per_round)
-            return real(opcode, payload, extra_s)
+            return real(opcode, payload, extra_sec)
 
         b._transact = recording
         rows, cols = np.divmod(np.arange(16), 4)
@@ -370,7 +370,7 @@ def test_calibrate_refuses_single_event_counts_beyond_the_limits_before_anything
 @pytest.fixture
 def conflicting(tmp_path):
     p = tmp_path / "narrow.toml"
-    p.write_text("min_pulse_width_s = 2e-3\nmax_pulse_width_s = 1.0\n")
+    p.write_text("min_pulse_width_sec = 2e-3\nmax_pulse_width_sec = 1.0\n")
     return p
 
 
@@ -384,7 +384,7 @@ def conflicting(tmp_path):
 def test_conflicting_limits_file_is_a_one_line_error(conflicting, tmp_path, command):
     args = [a.replace("{tmp}", str(tmp_path)) for a in command]
     out = run_hil("--limits", str(conflicting), *args)
-    assert_one_line_error(out, "[0.002, 1] s", "[1e-10, 0.001] s", "min_pulse_width_s")
+    assert_one_line_error(out, "[0.002, 1] s", "[1e-10, 0.001] s", "min_pulse_width_sec")
 
 
 def test_conflicting_limits_on_a_bench(bench, conflicting):
@@ -395,19 +395,19 @@ def test_conflicting_limits_on_a_bench(bench, conflicting):
 
 def test_bench_file_limits_that_miss_the_generator_are_a_one_line_error(bench, tmp_path):
     running, _ = bench
-    p = running.write_bench_file(tmp_path / "tiny.toml", limits={"max_pulse_width_s": 1.5e-8})
+    p = running.write_bench_file(tmp_path / "tiny.toml", limits={"max_pulse_width_sec": 1.5e-8})
     out = run_hil("info", "--board", f"visa:{p}")
     assert_one_line_error(out, "bench file", "[limits]", "[2e-08, 1] s")
 
 
 def test_a_limits_file_invalid_in_itself_is_one_line(tmp_path):
     p = tmp_path / "bad.toml"
-    p.write_text("min_pulse_width_s = 2e-3\n")  # above the default maximum of 1 ms
+    p.write_text("min_pulse_width_sec = 2e-3\n")  # above the default maximum of 1 ms
     with pytest.raises(ValueError) as info:
         load_limits(p)
-    assert "\n" not in str(info.value) and "min_pulse_width_s" in str(info.value)
+    assert "\n" not in str(info.value) and "min_pulse_width_sec" in str(info.value)
     out = run_hil("--limits", str(p), "info", "--board", "emu?rows=4&cols=4")
-    assert_one_line_error(out, "min_pulse_width_s")
+    assert_one_line_error(out, "min_pulse_width_sec")
 
 
 def test_hil_info_shows_which_side_set_each_limit(tmp_path):

@@ -10,11 +10,11 @@ from drivers.fpga import FpgaBoard
 from drivers.links import InProcessLink
 from firmware_stub.firmware import make_emulator
 from tests.faults import FaultyLink, FaultyTcpProxy
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 pytestmark = pytest.mark.timing  # real pty and TCP served by threads, link timeouts and retransmissions
 
-RETRY_BUDGET_S = int(HANG_GUARD_S)  # attempts x attempt timeout, per request
+RETRY_BUDGET_SEC = int(HANG_GUARD_SEC)  # attempts x attempt timeout, per request
 
 
 def _workload(board, seed: int = 5, steps: int = 12):
@@ -59,7 +59,7 @@ def test_faulty_link_loses_nothing_and_applies_nothing_twice(clean_run):
     link = FaultyLink(InProcessLink(endpoint), seed=42, drop=1e-4, corrupt=1e-4, garbage=0.1, delay=0.15)
     # short attempts, so each fault costs little; retries for a 120 s budget, so a busy machine costs only
     # retransmissions (never asserted from above), not a timeout
-    with FpgaBoard(link, timeout_s=0.05, retries=RETRY_BUDGET_S * 20) as board:
+    with FpgaBoard(link, timeout_sec=0.05, retries=RETRY_BUDGET_SEC * 20) as board:
         seen = _workload(board)
         assert board.retransmissions > 3  # the faults did bite
     assert link.tx.faults + link.rx.faults > 10
@@ -70,7 +70,7 @@ def test_faulty_link_loses_nothing_and_applies_nothing_twice(clean_run):
 def test_faulty_tcp_proxy_loses_nothing_and_applies_nothing_twice(tcp_emulator, clean_run):
     proxy = FaultyTcpProxy((tcp_emulator.host, tcp_emulator.port), seed=7, drop=0.0003, corrupt=0.0003, garbage=0.05)
     try:
-        address = f"serial:socket://127.0.0.1:{proxy.port}?timeout=0.1&retries={RETRY_BUDGET_S * 10}"
+        address = f"serial:socket://127.0.0.1:{proxy.port}?timeout=0.1&retries={RETRY_BUDGET_SEC * 10}"
         with open_board(address) as board:
             seen = _workload(board)
             assert board.retransmissions > 0

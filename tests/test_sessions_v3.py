@@ -151,7 +151,7 @@ def test_reassembly_memory_is_capped_and_freed():
 
 def test_an_idle_incomplete_request_is_dropped():
     now = [0.0]
-    server = SessionServer(idle_s=10.0, clock=lambda: now[0])
+    server = SessionServer(idle_sec=10.0, clock=lambda: now[0])
     client = ClientSession(session_id=8, chunk_bytes=100)
     dec = FrameDecoder()
     reqs, _ = server.receive_frames(dec.feed(client.request(Op.HELLO, client.hello_payload())))

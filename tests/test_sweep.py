@@ -18,7 +18,7 @@ from hil.cli import cli
 from hil.sweep_boards import board_resource
 from tests.run_checks import assert_same_run
 from tests.sweep_checks import assert_spec_refused
-from tests.waiting import HANG_GUARD_S, wait_until
+from tests.waiting import HANG_GUARD_SEC, wait_until
 
 ray = pytest.importorskip("ray")
 
@@ -90,7 +90,7 @@ def _kill_in_first_epoch(proc: subprocess.Popen, runs: Path) -> list[int]:
                    for p in runs.glob("*eapu*/checkpoint.json"))
 
     try:
-        wait_until(midway, "an array run in its first epoch", timeout_s=4 * HANG_GUARD_S, poll_s=0.05,
+        wait_until(midway, "an array run in its first epoch", timeout_sec=4 * HANG_GUARD_SEC, poll_sec=0.05,
                    alive=alive)
     finally:
         tree = _descendants(proc.pid)  # Ray's workers leave the driver's process group: kill them by ancestry
@@ -98,7 +98,7 @@ def _kill_in_first_epoch(proc: subprocess.Popen, runs: Path) -> list[int]:
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        proc.wait(HANG_GUARD_S)
+        proc.wait(HANG_GUARD_SEC)
     return tree
 
 
@@ -113,7 +113,7 @@ def _wait_all_gone(pids: list[int]) -> None:
                 return False
         return True
 
-    wait_until(all_gone, "the killed sweep's processes exiting", poll_s=0.05)
+    wait_until(all_gone, "the killed sweep's processes exiting", poll_sec=0.05)
 
 
 @pytest.mark.timing
@@ -136,7 +136,7 @@ def test_sweep_killed_midway_resumes_to_the_runs_hil_train_makes_alone(tmp_path)
     assert interrupted, sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                             timeout=4 * HANG_GUARD_S)
+                             timeout=4 * HANG_GUARD_SEC)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Ray" not in resumed.stderr and "dashboard" not in resumed.stderr, resumed.stderr  # no engine noise
     assert "task digits-small" in resumed.stdout
@@ -160,7 +160,7 @@ def bench():
     thread = serve_in_thread(server)
     yield f"serial:{server.url}"
     server.stop.set()
-    thread.join(HANG_GUARD_S)
+    thread.join(HANG_GUARD_SEC)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_bench_points_run_one_at_a_time_on_the_node_that_holds_the_bench(tmp_pat
     on_emu = [r for r in data["points"] + data["calibrations"] if r["resource"] is None]
     assert len(on_bench) == 4 and len(on_emu) == 6  # 3 points + 1 shared calibration; 3 points + 3 calibrations
     assert {r["node_id"] for r in on_bench} == {bench_node}
-    spans = sorted((r["started_s"], r["ended_s"]) for r in on_bench)
+    spans = sorted((r["started_sec"], r["ended_sec"]) for r in on_bench)
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
     assert {r["node_id"] for r in on_emu} == nodes
     for r in on_bench:
@@ -241,5 +241,5 @@ def test_swept_device_parameters_are_drawn_with_their_units():
 
     assert axis_scale("device.sigma_w_s") == ("device.sigma_w_s (µS)", 1e6)
     assert axis_scale("device.g_max_s") == ("device.g_max_s (µS)", 1e6)
-    assert axis_scale("device.relax_t0_s") == ("device.relax_t0_s (s)", 1.0)
+    assert axis_scale("device.relax_t0_sec") == ("device.relax_t0_sec (s)", 1.0)
     assert axis_scale("delta_g_th_k") == ("delta_g_th_k", 1.0)

@@ -17,7 +17,7 @@ from firmware_stub.serve import PtyServer, serve_in_thread
 from hil.mapping import DoesNotFitError, place_tiles
 from hil.train import TrainConfig, train
 from tests.run_checks import assert_same_run, calibration_of
-from tests.waiting import HANG_GUARD_S, RequestGate, wait_until
+from tests.waiting import HANG_GUARD_SEC, RequestGate, wait_until
 
 BOARD = "emu?rows=64&cols=96&seed=4"
 SUMMARY_KEYS = {"task", "method", "seed", "epochs", "steps", "write_fraction_mean", "pulses_total",
@@ -76,7 +76,7 @@ def test_eapu_run_on_the_array(tmp_path, calibration_file):
     assert s["write_energy_j"] == pytest.approx(e["write_device"] + e["write_periphery"], rel=1e-9)
     assert s["energy_total_j"] == pytest.approx(sum(e.values()), rel=1e-9)
     # board time: the host's time per step, plus the link's and the array's
-    assert s["board_time_s"] > s["steps"] * _cfg(calibration_file).host_step_s
+    assert s["board_time_s"] > s["steps"] * _cfg(calibration_file).host_step_sec
     assert set(s["retention"]) == {"1s", "1h", "1d"} and all(0 <= v <= 1 for v in s["retention"].values())
     for name in ("board.json", "calibration.json", "pulses_per_device.png", "conductance_maps.png",
                  "write_fraction.png"):
@@ -113,13 +113,13 @@ def test_serial_path_gives_the_same_summary(tmp_path, calibration_file, transpor
         serial = train(_cfg(calibration_file, epochs=1, board=address), tmp_path / transport, progress=False)
     finally:
         server.stop.set()
-        thread.join(HANG_GUARD_S)
+        thread.join(HANG_GUARD_SEC)
     _same_summary(in_process, serial)
 
 
 @pytest.mark.slow
 def test_a_ten_epoch_run_spans_tens_of_seconds_of_board_time(tmp_path, calibration_file):
-    """450 steps: 22.5 s of host time (host_step_s = 0.05 s) plus the link's frames and latencies."""
+    """450 steps: 22.5 s of host time (host_step_sec = 0.05 s) plus the link's frames and latencies."""
     s = train(_cfg(calibration_file, epochs=10), tmp_path, progress=False)
     assert s["steps"] == 450
     assert s["board_time_s"] >= 30.0, s["board_time_s"]
@@ -163,7 +163,7 @@ def _alive(proc: subprocess.Popen):
 
 
 def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen) -> None:
-    wait_until(lambda: _steps_logged(out) >= n, f"{n} training steps logged", poll_s=0.02, alive=_alive(proc))
+    wait_until(lambda: _steps_logged(out) >= n, f"{n} training steps logged", poll_sec=0.02, alive=_alive(proc))
 
 
 @contextlib.contextmanager
@@ -178,11 +178,11 @@ def _board_that_holds_after(out: Path, steps: int):
     thread = serve_in_thread(server)
     try:
         # the host waits for a held reply as long as the hang guard; a pty loses no bytes to retry for
-        yield f"serial:{server.path}?timeout={HANG_GUARD_S:g}", gate
+        yield f"serial:{server.path}?timeout={HANG_GUARD_SEC:g}", gate
     finally:
         gate.discard()
         server.stop.set()
-        thread.join(HANG_GUARD_S)
+        thread.join(HANG_GUARD_SEC)
 
 
 @pytest.mark.timing
@@ -190,23 +190,23 @@ def _board_that_holds_after(out: Path, steps: int):
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, calibration_file):
     reference = tmp_path / "reference"
     ref = _hil_train(reference, calibration_file)
-    assert ref.wait(HANG_GUARD_S) == 0, ref.stderr.read()
+    assert ref.wait(HANG_GUARD_SEC) == 0, ref.stderr.read()
 
     out = tmp_path / "killed"
     with _board_that_holds_after(out, 57) as (address, gate):  # mid-way through the second epoch
         proc = _hil_train(out, calibration_file, board=address)
         wait_until(gate.holding.is_set, "the run waiting on the board after 57 steps", alive=_alive(proc))
         proc.send_signal(signal.SIGKILL)
-        proc.wait(HANG_GUARD_S)
+        proc.wait(HANG_GUARD_SEC)
         gate.discard()  # the request in flight never reached the board
         assert 57 <= _steps_logged(out) < 90 and not (out / "summary.json").exists()
 
         refused = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", BOARD, "--out", str(out)],
-                                 capture_output=True, text=True, timeout=HANG_GUARD_S)
+                                 capture_output=True, text=True, timeout=HANG_GUARD_SEC)
         assert refused.returncode == 2 and "--resume" in refused.stderr  # no silent overwrite
 
         resumed = _hil_train(out, calibration_file, "--resume", board=address)
-        assert resumed.wait(HANG_GUARD_S) == 0, resumed.stderr.read()
+        assert resumed.wait(HANG_GUARD_SEC) == 0, resumed.stderr.read()
     a = json.loads((reference / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
     _same_summary(a, b)
@@ -223,11 +223,11 @@ def test_ctrl_c_stops_after_the_step_and_the_run_resumes(tmp_path, calibration_f
         # the signal is handled while the run waits for the held reply, so before its step ends
         proc.send_signal(signal.SIGINT)
         gate.release()
-        assert proc.wait(HANG_GUARD_S) == 130
+        assert proc.wait(HANG_GUARD_SEC) == 130
         assert "resume with" in proc.stderr.read()
         assert _steps_logged(out) < 90
         resumed = _hil_train(out, calibration_file, "--resume", board=address)
-        assert resumed.wait(HANG_GUARD_S) == 0, resumed.stderr.read()
+        assert resumed.wait(HANG_GUARD_SEC) == 0, resumed.stderr.read()
     assert json.loads((out / "summary.json").read_text())["steps"] == 90
 
 
@@ -237,9 +237,9 @@ def test_resume_refuses_a_changed_configuration(tmp_path, calibration_file):
     proc = _hil_train(out, calibration_file)
     _wait_for_steps(out, 3, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(HANG_GUARD_S)
+    proc.wait(HANG_GUARD_SEC)
     changed = _hil_train(out, calibration_file, "--resume", "--seed", "5")
-    changed.wait(HANG_GUARD_S)
+    changed.wait(HANG_GUARD_SEC)
     assert changed.returncode == 2 and "--seed" in changed.stderr.read()
 
 

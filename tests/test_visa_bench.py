@@ -18,7 +18,7 @@ from drivers.address import open_board
 from drivers.bench_file import BenchFileError, load_bench_file, parse_bench_file
 from drivers.limits import SafetyLimits
 from firmware_stub.scpi.serve_bench import start_bench
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads, instrument timeouts
 
@@ -28,7 +28,7 @@ ROWS, COLS = 4, 5
 @pytest.fixture
 def served(tmp_path):
     running = start_bench(ROWS, COLS, seed=5)
-    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=HANG_GUARD_S)
+    path = running.write_bench_file(tmp_path / "bench.toml", timeout_sec=HANG_GUARD_SEC)
     yield running, path
     running.stop()
 
@@ -63,7 +63,7 @@ def test_info_and_capabilities(served, board):
     assert not caps.vmm and caps.write_verify and caps.virtual_clock and caps.true_parameters
     assert info.emulated and info.read_voltage_v == pytest.approx(0.2)
     assert info.g_full_scale_s == pytest.approx(1.05e-4 / 0.2)
-    assert board.limits.min_pulse_width_s >= 20e-9  # the generator's minimum
+    assert board.limits.min_pulse_width_sec >= 20e-9  # the generator's minimum
     with pytest.raises(BoardError, match="VMM"):
         board.vmm(Region(0, 0, 2, 2), np.zeros((1, 2)))
     params = board.true_parameters()
@@ -97,7 +97,7 @@ def test_pulses_move_conductance_in_the_right_direction(served, board):
     before = board.read()
     rep = board.pulse(PulseBatch.from_dense(np.full((ROWS, COLS), 15)))
     assert rep.devices == ROWS * COLS and rep.set_pulses == 15 * ROWS * COLS and rep.reset_pulses == 0
-    assert rep.energy_j > 0 and rep.duration_s > 0
+    assert rep.energy_j > 0 and rep.duration_sec > 0
     after_set = board.read()
     assert np.median(after_set - before) > 5e-6
     rep = board.pulse(PulseBatch(np.array([0, 1, 2]), np.array([0, 1, 2]), np.array([-20, -20, 20])))
@@ -128,20 +128,20 @@ def test_program_converges(served, board):
 def test_virtual_clock_wait_and_tags(served, board):
     running, _ = served
     t0 = board.clock()
-    assert t0 == pytest.approx(running.array.clock_s, abs=1e-3)
+    assert t0 == pytest.approx(running.array.clock_sec, abs=1e-3)
     t1 = board.wait(7200.0)
     assert t1 - t0 == pytest.approx(7200.0, abs=0.01)
     board.read_cells(np.array([0]), np.array([0]))
     t2 = board.clock()
     assert 0.02 < t2 - t1 < 1.0  # one reading: NPLC 1 at 50 Hz with auto-zero, relays, latency
     rep = board.pulse(PulseBatch(np.array([1]), np.array([1]), np.array([3])), tag=42)
-    assert rep.clock_s == pytest.approx(board.clock(), abs=1e-3)
+    assert rep.clock_sec == pytest.approx(board.clock(), abs=1e-3)
     assert board.status().last_pulse_tag == 42
 
 
 def test_profiles_reach_the_generator(served, board):
     running, _ = served
-    board.set_profiles(PulseProfile(amplitude_v=1.4, width_s=100e-9), PulseProfile(amplitude_v=-1.7, width_s=80e-9))
+    board.set_profiles(PulseProfile(amplitude_v=1.4, width_sec=100e-9), PulseProfile(amplitude_v=-1.7, width_sec=80e-9))
     board.pulse(PulseBatch(np.array([0, 1]), np.array([0, 0]), np.array([2, -2])))
     ch = running.generator.ch[1]
     assert (ch.high, ch.pulse_width) == (pytest.approx(1.7), pytest.approx(80e-9))  # the RESET phase ran last
@@ -170,9 +170,9 @@ def test_out_of_limit_requests_send_nothing(served, board):
     running, _ = served
     n = log_lengths(running)
     with pytest.raises(LimitViolation, match="width"):
-        board.set_profiles(PulseProfile(amplitude_v=1.6, width_s=5e-9), PulseProfile(amplitude_v=-1.8, width_s=5e-8))
+        board.set_profiles(PulseProfile(amplitude_v=1.6, width_sec=5e-9), PulseProfile(amplitude_v=-1.8, width_sec=5e-8))
     with pytest.raises(LimitViolation, match="SET amplitude"):
-        board.set_profiles(PulseProfile(amplitude_v=4.0, width_s=5e-8), PulseProfile(amplitude_v=-1.8, width_s=5e-8))
+        board.set_profiles(PulseProfile(amplitude_v=4.0, width_sec=5e-8), PulseProfile(amplitude_v=-1.8, width_sec=5e-8))
     with pytest.raises(LimitViolation, match="max_pulses_per_device"):
         board.pulse(PulseBatch(np.array([0]), np.array([0]), np.array([300])))
     with pytest.raises(LimitViolation):
@@ -201,7 +201,7 @@ def test_open_refuses_settings_beyond_the_limits(served, tmp_path):
 
 def test_refused_open_sends_nothing(tmp_path):
     with start_bench(2, 2, seed=1) as running:
-        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_sec=HANG_GUARD_SEC)
         with pytest.raises(LimitViolation):
             open_board(f"visa:{path}", SafetyLimits(max_read_v=0.1))
         assert log_lengths(running) == (0, 0, 0)
@@ -279,7 +279,7 @@ def test_an_emulated_bench_file_on_real_instruments_is_refused(served, tmp_path)
     running.smu.vendor_commands = False  # answers :EMUL:CLOC? as a real 2450 does: -113, no reply
     # the driver learns it from the missing reply, so this bench file's timeout is what the test waits;
     # 10 s still leaves the answered exchanges before it a wide margin on a busy machine
-    path = running.write_bench_file(tmp_path / "silent.toml", timeout_s=10.0)
+    path = running.write_bench_file(tmp_path / "silent.toml", timeout_sec=10.0)
     with pytest.raises(InstrumentError, match="emulated = false"):
         open_board(f"visa:{path}")
     assert_idle(running)
@@ -287,7 +287,7 @@ def test_an_emulated_bench_file_on_real_instruments_is_refused(served, tmp_path)
 
 def test_dead_instrument_is_a_link_error(tmp_path):
     running = start_bench(2, 2, seed=1)
-    path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+    path = running.write_bench_file(tmp_path / "b.toml", timeout_sec=HANG_GUARD_SEC)
     running.servers["pulse_generator"].stop()  # its port refuses connections: no timeout involved
     try:
         with pytest.raises(LinkError, match="33500B"):
@@ -300,7 +300,7 @@ def test_dead_instrument_is_a_link_error(tmp_path):
 # ---- clocks, switching modes -------------------------------------------------------------------------------------
 def test_wall_clock_bench_sleeps(tmp_path):
     with start_bench(2, 2, seed=2, clock_mode="wall") as running:
-        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_sec=HANG_GUARD_SEC)
         assert "virtual_clock = false" in path.read_text()
         with open_board(f"visa:{path}") as b:
             assert not b.info.capabilities.virtual_clock
@@ -308,7 +308,7 @@ def test_wall_clock_bench_sleeps(tmp_path):
             t1 = b.wait(0.05)
             assert t1 - t0 >= 0.05 and time.monotonic() - w0 >= 0.05
             b.read_cells(np.array([0]), np.array([0]))
-            assert running.array.clock_s >= 0.05  # the array aged with real time
+            assert running.array.clock_sec >= 0.05  # the array aged with real time
             with pytest.raises(BoardError):
                 b.smu.write(":EMUL:WAIT 10")
                 b.smu.check_errors()
@@ -316,7 +316,7 @@ def test_wall_clock_bench_sleeps(tmp_path):
 
 def test_over_range_readings_saturate_at_full_scale(tmp_path):
     with start_bench(2, 3, seed=3) as running:
-        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_sec=HANG_GUARD_SEC)
         small = tmp_path / "small.toml"
         small.write_text(path.read_text().replace("current_range_a = 1e-4", "current_range_a = 1e-6"))
         with open_board(f"visa:{small}") as b:
@@ -332,7 +332,7 @@ def test_over_range_readings_saturate_at_full_scale(tmp_path):
 
 def test_hot_switching_option(tmp_path):
     with start_bench(2, 3, seed=3) as running:
-        path = running.write_bench_file(tmp_path / "b.toml", timeout_s=HANG_GUARD_S)
+        path = running.write_bench_file(tmp_path / "b.toml", timeout_sec=HANG_GUARD_SEC)
         hot = tmp_path / "hot.toml"
         hot.write_text(path.read_text().replace('output_off_mode = "NORM"',
                                                 'output_off_mode = "NORM"\nhot_switching = true'))
@@ -393,7 +393,7 @@ def test_bench_file_missing_and_address_errors(tmp_path):
     with pytest.raises(BoardError, match="needs a bench file"):
         open_board("visa:")
     bad = tmp_path / "unreachable.toml"
-    bad.write_text(GOOD.replace("10.0.0.22::5025", "127.0.0.1::1").replace("[bench]", "[bench]\ntimeout_s = 0.3"))
+    bad.write_text(GOOD.replace("10.0.0.22::5025", "127.0.0.1::1").replace("[bench]", "[bench]\ntimeout_sec = 0.3"))
     with pytest.raises(LinkError):
         open_board(f"visa:{bad}")
 

@@ -11,7 +11,7 @@ from calibration.run import CalibrationParams, calibrate
 from drivers import BoardError
 from drivers.address import open_board
 from firmware_stub.scpi.serve_bench import start_bench
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads, a link lost mid-run
 
@@ -22,7 +22,7 @@ PARAMS = CalibrationParams(seed=0, sample=24, plots=False)
 @pytest.fixture
 def served(tmp_path):
     running = start_bench(ROWS, COLS, seed=3)
-    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=HANG_GUARD_S)
+    path = running.write_bench_file(tmp_path / "bench.toml", timeout_sec=HANG_GUARD_SEC)
     yield running, path
     running.stop()
 

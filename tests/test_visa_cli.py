@@ -20,7 +20,7 @@ import pytest
 from drivers import PulseBatch
 from drivers.address import open_board
 from firmware_stub.scpi.serve_bench import start_bench
-from tests.waiting import HANG_GUARD_S, wait_until
+from tests.waiting import HANG_GUARD_SEC, wait_until
 
 pytestmark = pytest.mark.timing  # separate processes, signals, real TCP
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _generous(bench_file: Path) -> Path:
     """A copy of a served bench file whose instrument timeout is the hang guard (serve-bench writes 2 s)."""
-    text, n = re.subn(r"(?m)^timeout_s = .*$", f"timeout_s = {HANG_GUARD_S!r}", bench_file.read_text())
+    text, n = re.subn(r"(?m)^timeout_sec = .*$", f"timeout_sec = {HANG_GUARD_SEC!r}", bench_file.read_text())
     assert n == 1, bench_file.read_text()
     copy = bench_file.with_name(bench_file.stem + "-generous.toml")
     copy.write_text(text)
@@ -40,7 +40,7 @@ def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM, as a user's Ctrl-C or service manager would, and wait for the exit (killed if it hangs)."""
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(HANG_GUARD_S)
+        proc.wait(HANG_GUARD_SEC)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -74,13 +74,13 @@ def test_open_board_on_a_served_bench(served_bench):
 
 def test_hil_info_on_a_served_bench(served_bench):
     out = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{served_bench}", "--json"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
+                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_SEC)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["info"]["kind"] == "visa" and data["info"]["rows"] == 3 and data["info"]["cols"] == 4
     assert data["info"]["capabilities"]["virtual_clock"] is True
     text = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{served_bench}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
+                          capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_SEC)
     assert "3 x 4 devices" in text.stdout
 
 
@@ -92,7 +92,7 @@ def test_hil_emulator_serve_bench_serves_until_stopped(tmp_path):
     try:
         assert proc.stdout.readline().strip() == str(out)
         info = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{_generous(out)}"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
+                              capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_SEC)
         assert info.returncode == 0 and "2 x 2 devices" in info.stdout, info.stderr
     finally:
         _stop(proc)
@@ -103,7 +103,7 @@ def test_bad_bench_file_is_a_one_line_cli_error(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[bench]\nrows = 2\n")
     out = subprocess.run([sys.executable, "-m", "hil.cli", "info", "--board", f"visa:{bad}"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
+                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_SEC)
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: bench file {bad}") and "Traceback" not in out.stderr
 
@@ -113,7 +113,7 @@ def test_serve_bench_rejects_a_bad_config(tmp_path):
     cfg.write_text("g_min_s = -1\n")
     out = subprocess.run([sys.executable, "-m", "hil.cli", "emulator", "serve-bench", "--out", str(tmp_path / "B.toml"),
                           "--config", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
+                         capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_SEC)
     assert out.returncode == 2 and out.stderr.startswith("error:")
 
 
@@ -135,7 +135,7 @@ CHILD = textwrap.dedent("""
 
 def test_sigint_in_a_driving_process_leaves_the_bench_idle(tmp_path):
     with start_bench(3, 3, seed=4) as running:
-        path = running.write_bench_file(tmp_path / "B.toml", timeout_s=HANG_GUARD_S)
+        path = running.write_bench_file(tmp_path / "B.toml", timeout_sec=HANG_GUARD_SEC)
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
@@ -147,9 +147,9 @@ def test_sigint_in_a_driving_process_leaves_the_bench_idle(tmp_path):
             wait_until(lambda: running.bench.counters.bursts >= 12, "the child pulsing the bench", alive=child_alive)
             # best effort, not a condition of the test: interrupt while a source is on
             wait_until(lambda: running.generator.ch[1].output or running.smu.output, "a source on",
-                       poll_s=0.0005, alive=child_alive)
+                       poll_sec=0.0005, alive=child_alive)
             proc.send_signal(signal.SIGINT)
-            proc.wait(HANG_GUARD_S)
+            proc.wait(HANG_GUARD_SEC)
         finally:
             if proc.poll() is None:
                 proc.kill()

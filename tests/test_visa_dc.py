@@ -93,7 +93,7 @@ def test_forming_forms_the_unformed_devices_under_compliance(rb, bench_file):
     unformed0 = a.unformed.copy()
     assert unformed0.any()
     with VisaBenchBoard.from_file(bench_file) as board:
-        m = ch.run("forming", board, ch.FormingParams(width_s=1e-3, v_stop_v=3.0, compliance_a=50e-6))
+        m = ch.run("forming", board, ch.FormingParams(width_sec=1e-3, v_stop_v=3.0, compliance_a=50e-6))
     r = m.result
     assert not a.unformed.any()  # every device reached its forming voltage below 3 V
     g_after = np.asarray(m.raw["g_after"])

@@ -11,7 +11,7 @@ import pytest
 import pyvisa
 
 from firmware_stub.scpi.serve_bench import start_bench
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads
 
@@ -32,7 +32,7 @@ def rm():
 
 def _open(rm, rb, role):
     return rm.open_resource(rb.resources[role], read_termination="\n", write_termination="\n",
-                            timeout=int(HANG_GUARD_S * 1000))
+                            timeout=int(HANG_GUARD_SEC * 1000))
 
 
 @pytest.fixture

@@ -28,11 +28,11 @@ from drivers.address import open_board
 from firmware_stub.scpi.serve_bench import start_bench
 from hil.exactly_once import MAX_ERROR_PROBABILITY
 from hil.train import FAULT_ENV, FAULT_EXIT_CODE
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_SEC
 
 # real TCP to instrument servers in threads; a run is ~40 s of SCPI exchanges on an idle core, minutes when loaded
 pytestmark = [pytest.mark.timing, pytest.mark.timeout(900)]
-PROCESS_HANG_GUARD_S = 600
+PROCESS_HANG_GUARD_SEC = 600
 
 ROWS, COLS = 16, 40
 
@@ -50,7 +50,7 @@ def calibration(tmp_path_factory) -> Path:
 @pytest.fixture
 def bench(tmp_path):
     running = start_bench(ROWS, COLS, seed=5)
-    path = running.write_bench_file(tmp_path / "bench.toml", timeout_s=HANG_GUARD_S)
+    path = running.write_bench_file(tmp_path / "bench.toml", timeout_sec=HANG_GUARD_SEC)
     yield running, path
     running.stop()
 
@@ -63,7 +63,7 @@ def train(path: Path, out: Path, calibration: Path, seed: int, resume: bool, fau
     if fault:
         env[FAULT_ENV] = fault
     return subprocess.run(args + (["--resume"] if resume else []), env=env, capture_output=True, text=True,
-                          timeout=PROCESS_HANG_GUARD_S)
+                          timeout=PROCESS_HANG_GUARD_SEC)
 
 
 def resume_records(out: Path) -> list[dict]:

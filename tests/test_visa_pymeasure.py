@@ -16,11 +16,11 @@ from pymeasure.instruments.agilent import Agilent33500  # noqa: E402
 from pymeasure.instruments.keithley import Keithley2450  # noqa: E402
 
 from firmware_stub.scpi.serve_bench import start_bench  # noqa: E402
-from tests.waiting import HANG_GUARD_S  # noqa: E402
+from tests.waiting import HANG_GUARD_SEC  # noqa: E402
 
 pytestmark = pytest.mark.timing  # real TCP to instrument servers in threads
 
-KW = dict(visa_library="@py", read_termination="\n", write_termination="\n", timeout=int(HANG_GUARD_S * 1000))
+KW = dict(visa_library="@py", read_termination="\n", write_termination="\n", timeout=int(HANG_GUARD_SEC * 1000))
 
 
 @pytest.fixture

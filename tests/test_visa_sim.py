@@ -58,7 +58,7 @@ def test_keithley2450_command_set_conformance():
 def test_keysight33500b_command_set_conformance():
     rm = _rm("keysight33500b.yaml")
     gen = Keysight33500B.open(rm, "TCPIP0::10.0.0.21::5025::SOCKET", channel=1)
-    gen.configure_pulser(limit_high_v=2.5, edge_time_s=8.4e-9)
+    gen.configure_pulser(limit_high_v=2.5, edge_time_sec=8.4e-9)
     assert gen.function == "PULS" and gen.load == float("inf")
     assert gen.low_level == 0.0 and gen.limit_high == 2.5 and gen.limit_low == 0.0 and gen.limits_enabled
     assert gen.burst_enabled and gen.burst_mode == "TRIG" and gen.trigger_source == "BUS"

@@ -17,8 +17,8 @@ import re
 from drivers.errors import InstrumentError, LimitViolation
 from drivers.instruments.scpi_property import InstrumentProperty, VisaInstrument, in_range, one_of
 
-MIN_WIDTH_S = 16e-9
-MIN_EDGE_S = 8.4e-9
+MIN_WIDTH_SEC = 16e-9
+MIN_EDGE_SEC = 8.4e-9
 MAX_OPEN_CIRCUIT_V = 10.0  # into a high-impedance load
 MAX_BURST = 100_000_000
 
@@ -40,9 +40,9 @@ class Keysight33500B(VisaInstrument):
     pulse_period = InstrumentProperty("SOUR{ch}:FUNC:PULS:PER?", "SOUR{ch}:FUNC:PULS:PER {}", units="s",
                                       validator=in_range(33e-9, 1e6), doc="pulse period")
     pulse_width = InstrumentProperty("SOUR{ch}:FUNC:PULS:WIDT?", "SOUR{ch}:FUNC:PULS:WIDT {}", units="s",
-                                     validator=in_range(MIN_WIDTH_S, 1e6), doc="pulse width")
+                                     validator=in_range(MIN_WIDTH_SEC, 1e6), doc="pulse width")
     edge_time = InstrumentProperty("SOUR{ch}:FUNC:PULS:TRAN?", "SOUR{ch}:FUNC:PULS:TRAN {}", units="s",
-                                   validator=in_range(MIN_EDGE_S, 1e-6), doc="leading and trailing edge time")
+                                   validator=in_range(MIN_EDGE_SEC, 1e-6), doc="leading and trailing edge time")
     high_level = InstrumentProperty("SOUR{ch}:VOLT:HIGH?", "SOUR{ch}:VOLT:HIGH {}", units="V",
                                     validator=in_range(-MAX_OPEN_CIRCUIT_V, MAX_OPEN_CIRCUIT_V), doc="pulse level")
     low_level = InstrumentProperty("SOUR{ch}:VOLT:LOW?", "SOUR{ch}:VOLT:LOW {}", units="V",
@@ -70,10 +70,10 @@ class Keysight33500B(VisaInstrument):
         super().__init__(*args, channel=channel, **kw)
         self._state: dict[str, float] = {}
 
-    def configure_pulser(self, *, limit_high_v: float, edge_time_s: float = MIN_EDGE_S) -> None:
+    def configure_pulser(self, *, limit_high_v: float, edge_time_sec: float = MIN_EDGE_SEC) -> None:
         """Output off; pulse function into a high-Z load idling at 0 V; limits on; bus-triggered bursts."""
         type(self).limit_high.validator(f"{self.label} limit_high", limit_high_v)
-        type(self).edge_time.validator(f"{self.label} edge_time", edge_time_s)
+        type(self).edge_time.validator(f"{self.label} edge_time", edge_time_sec)
         if not limit_high_v > 0:
             raise LimitViolation(f"{self.label}: the high voltage limit must be positive")
         self.output_enabled = False
@@ -82,7 +82,7 @@ class Keysight33500B(VisaInstrument):
         self.low_level = 0.0
         self.limit_high = float(limit_high_v)
         self.limit_low = 0.0
-        self.edge_time = float(edge_time_s)
+        self.edge_time = float(edge_time_sec)
         self.burst_mode = "TRIG"
         self.burst_cycles = 1
         self.burst_enabled = True
@@ -93,29 +93,29 @@ class Keysight33500B(VisaInstrument):
         self.limits_enabled = True
         self.check_errors("after enabling the voltage limits")
 
-    def set_pulse(self, level_v: float, width_s: float, period_s: float) -> None:
+    def set_pulse(self, level_v: float, width_sec: float, period_sec: float) -> None:
         """Pulse level (V above the 0 V idle), width and period; writes only what changed, in a legal order."""
         type(self).high_level.validator(f"{self.label} high_level", level_v)
-        type(self).pulse_width.validator(f"{self.label} pulse_width", width_s)
-        type(self).pulse_period.validator(f"{self.label} pulse_period", period_s)
+        type(self).pulse_width.validator(f"{self.label} pulse_width", width_sec)
+        type(self).pulse_period.validator(f"{self.label} pulse_period", period_sec)
         if not level_v > 0:
             raise LimitViolation(f"{self.label}: pulse level must be above the 0 V idle level")
-        if width_s > period_s - MIN_WIDTH_S:
-            raise LimitViolation(f"{self.label}: a {width_s:g} s pulse does not fit a {period_s:g} s period")
+        if width_sec > period_sec - MIN_WIDTH_SEC:
+            raise LimitViolation(f"{self.label}: a {width_sec:g} s pulse does not fit a {period_sec:g} s period")
         s = self._state
-        changed = s.get("high") != level_v or s.get("width") != width_s or s.get("period") != period_s
+        changed = s.get("high") != level_v or s.get("width") != width_sec or s.get("period") != period_sec
         if s.get("high") != level_v:
             self.high_level = float(level_v)
             s["high"] = level_v
         # width and period are coupled (width < period): shrink first what must shrink
-        if s.get("width") != width_s or s.get("period") != period_s:
-            if width_s <= s.get("width", math.inf):
-                self.pulse_width = float(width_s)
-                self.pulse_period = float(period_s)
+        if s.get("width") != width_sec or s.get("period") != period_sec:
+            if width_sec <= s.get("width", math.inf):
+                self.pulse_width = float(width_sec)
+                self.pulse_period = float(period_sec)
             else:
-                self.pulse_period = float(period_s)
-                self.pulse_width = float(width_s)
-            s["width"], s["period"] = width_s, period_s
+                self.pulse_period = float(period_sec)
+                self.pulse_width = float(width_sec)
+            s["width"], s["period"] = width_sec, period_sec
         if changed:  # a setting the instrument refused must stop us before a burst fires at the old one
             try:
                 self.check_errors("after setting the pulse")

@@ -176,9 +176,9 @@ class VisaInstrument:
 
     # ---- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, resource_manager: Any, resource_name: str, *, timeout_s: float = 2.0, **kw: Any):
+    def open(cls, resource_manager: Any, resource_name: str, *, timeout_sec: float = 2.0, **kw: Any):
         """Open ``resource_name`` (newline-terminated) and check the instrument's identity."""
-        res = _open_resource(resource_manager, resource_name, timeout_s, cls.label)
+        res = _open_resource(resource_manager, resource_name, timeout_sec, cls.label)
         try:
             return cls(res, resource_manager=resource_manager, **kw)
         except BaseException:
@@ -188,11 +188,11 @@ class VisaInstrument:
                 pass
             raise
 
-    def reconnect(self, timeout_s: float | None = None) -> None:
+    def reconnect(self, timeout_sec: float | None = None) -> None:
         """Drop the session and open a new one (after a lost link; the instrument keeps its state)."""
         if self._rm is None:
             raise LinkError(f"{self.label} at {self.resource_name}: cannot reconnect without a resource manager")
-        timeout = timeout_s if timeout_s is not None else self._res.timeout / 1000.0
+        timeout = timeout_sec if timeout_sec is not None else self._res.timeout / 1000.0
         try:
             self._res.close()
         except Exception:
@@ -211,7 +211,7 @@ class VisaInstrument:
         return self._suspect or self._dirty
 
     @property
-    def timeout_s(self) -> float:
+    def timeout_sec(self) -> float:
         return self._res.timeout / 1000.0
 
     # ---- traffic --------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class VisaInstrument:
         self._suspect = True
         where = f"{self.label} at {self.resource_name}"
         if isinstance(exc, pyvisa.errors.VisaIOError) and exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-            return BoardTimeout(f"{where} did not answer {what} within {self.timeout_s:g} s: the instrument "
+            return BoardTimeout(f"{where} did not answer {what} within {self.timeout_sec:g} s: the instrument "
                                 "hung or the connection was lost")
         return LinkError(f"{where}: {what} failed: {exc}")
 
@@ -360,10 +360,10 @@ class VisaInstrument:
             log.debug("%s: closing %s: %s", self.label, self.resource_name, exc)
 
 
-def _open_resource(rm: Any, name: str, timeout_s: float, label: str) -> Any:
+def _open_resource(rm: Any, name: str, timeout_sec: float, label: str) -> Any:
     try:
         res = rm.open_resource(name, read_termination="\n", write_termination="\n",
-                               timeout=int(timeout_s * 1000), open_timeout=int(timeout_s * 1000))
+                               timeout=int(timeout_sec * 1000), open_timeout=int(timeout_sec * 1000))
     except Exception as exc:
         raise LinkError(f"cannot open the {label} at {name}: {exc}. Check the VISA resource string and that "
                         "the instrument is powered and reachable") from None

@@ -125,7 +125,7 @@ class EmulatedBench:
         self._line_of = {c: ("wl", i) for i, c in enumerate(self.wiring.word_lines)}
         self._line_of.update({c: ("bl", j) for j, c in enumerate(self.wiring.bit_lines)})
         self._wall0 = time.monotonic()
-        self._clock0 = array.clock_s
+        self._clock0 = array.clock_sec
 
     # ---- clock ------------------------------------------------------------------------
     @property
@@ -136,24 +136,24 @@ class EmulatedBench:
         """Wall mode: bring the array clock up to the host's time (never backwards)."""
         if not self.virtual:
             wall = self._clock0 + (time.monotonic() - self._wall0)
-            if wall > self.array.clock_s:
-                self.array.clock_s = wall
+            if wall > self.array.clock_sec:
+                self.array.clock_sec = wall
 
-    def advance(self, dt_s: float) -> None:
+    def advance(self, dt_sec: float) -> None:
         """Account a modelled duration (virtual mode only: in wall mode real time passes by itself)."""
-        if self.virtual and dt_s > 0:
-            self.array.advance(dt_s)
+        if self.virtual and dt_sec > 0:
+            self.array.advance(dt_sec)
 
-    def wait(self, dt_s: float) -> float:
+    def wait(self, dt_sec: float) -> float:
         if not self.virtual:
             raise ValueError("the bench runs on the wall clock; wait on the host instead")
-        self.array.advance(dt_s)
-        return self.array.clock_s
+        self.array.advance(dt_sec)
+        return self.array.clock_sec
 
     @property
-    def clock_s(self) -> float:
+    def clock_sec(self) -> float:
         self.sync_clock()
-        return self.array.clock_s
+        return self.array.clock_sec
 
     # ---- registration and safety ----------------------------------------------------------
     def register(self, kind: str, instrument: object) -> None:
@@ -205,7 +205,7 @@ class EmulatedBench:
         return np.unique(pos), np.unique(neg)
 
     # ---- physics ---------------------------------------------------------------------------
-    def _stress(self, pos: np.ndarray, neg: np.ndarray, v: float, width_s: float, n: int = 1) -> None:
+    def _stress(self, pos: np.ndarray, neg: np.ndarray, v: float, width_sec: float, n: int = 1) -> None:
         """``n`` pulses of ``v`` (device-side, signed) on ``pos`` and ``-v`` on ``neg``."""
         if v == 0 or n <= 0 or (pos.size + neg.size) == 0:
             return
@@ -215,7 +215,7 @@ class EmulatedBench:
             sign = -sign
         order = np.argsort(flat)
         a = abs(v)
-        self.array.apply_pulses(flat[order], sign[order] * int(n), (a, width_s), (-a, width_s))
+        self.array.apply_pulses(flat[order], sign[order] * int(n), (a, width_sec), (-a, width_sec))
 
     def _over_threshold(self, pos: np.ndarray, neg: np.ndarray, v: float) -> bool:
         """Whether +v on ``pos`` or -v on ``neg`` reaches a switching threshold."""
@@ -232,17 +232,17 @@ class EmulatedBench:
         seen = np.concatenate([pos if v > 0 else pos[:0], neg if v < 0 else neg[:0]])
         return bool(seen.size and np.any(a.unformed[seen] & (abs(v) >= a.v_form[seen])))
 
-    def _dc_stress(self, pos: np.ndarray, neg: np.ndarray, v: float, duration_s: float, i_limit: float) -> None:
-        """A DC level held for ``duration_s`` under the SMU's current limit: the array's DC model
+    def _dc_stress(self, pos: np.ndarray, neg: np.ndarray, v: float, duration_sec: float, i_limit: float) -> None:
+        """A DC level held for ``duration_sec`` under the SMU's current limit: the array's DC model
         (:meth:`MemristorArray.iv_sweep`, one step): soft-bounds drift in the continuous limit, a SET
         capped at ``i_limit / V``, forming of unformed devices whose forming voltage is reached.
         The limit is the SMU's, shared by the devices in parallel; each is capped at it alone (one
         routed device, as the VISA board drives it, is exact)."""
         for idx, level in ((pos, v), (neg, -v)):
             if idx.size:
-                self.array.iv_sweep(idx, [level], duration_s, i_limit)
+                self.array.iv_sweep(idx, [level], duration_sec, i_limit)
 
-    def smu_source_voltage(self, v: float, i_limit: float, integration_s: float, range_a: float | None
+    def smu_source_voltage(self, v: float, i_limit: float, integration_sec: float, range_a: float | None
                            ) -> tuple[float, bool]:
         """Current (A) out of SMU HI at source voltage ``v``; and whether the current limit clipped it."""
         w = self.wiring
@@ -252,7 +252,7 @@ class EmulatedBench:
         if self._over_threshold(pos, neg, v) or self._may_form(pos, neg, v):
             self.counters.read_disturbs += 1
             self.warn(f"SMU sources {v:+.3f} V beyond a switching threshold: the devices are stressed")
-            self._dc_stress(pos, neg, v, integration_s, i_limit)
+            self._dc_stress(pos, neg, v, integration_sec, i_limit)
         g = float(self.array.read_g(flat).sum()) if flat.size else 0.0
         current = v * g
         tripped = abs(current) > i_limit
@@ -263,7 +263,7 @@ class EmulatedBench:
             current = round(current / res) * res
         return current, tripped
 
-    def smu_source_current(self, i: float, v_limit: float, integration_s: float) -> tuple[float, float, bool]:
+    def smu_source_current(self, i: float, v_limit: float, integration_sec: float) -> tuple[float, float, bool]:
         """(voltage, actual current, tripped) when the SMU sources current ``i`` into the connected devices."""
         w = self.wiring
         pos, neg = self.devices_between(w.smu_hi, w.smu_lo)
@@ -278,18 +278,18 @@ class EmulatedBench:
             v = float(np.sign(v)) * v_limit
         if self._over_threshold(pos, neg, v):
             self.counters.read_disturbs += 1
-            self._stress(pos, neg, v, integration_s)
+            self._stress(pos, neg, v, integration_sec)
         g_read = float(self.array.read_g(flat).sum())
         return v, v * g_read, tripped
 
-    def generator_burst(self, pulse_v_open: float, baseline_v_open: float, width_s: float, period_s: float,
+    def generator_burst(self, pulse_v_open: float, baseline_v_open: float, width_sec: float, period_sec: float,
                         n: int) -> dict:
         """Apply a triggered burst of ``n`` pulses to the devices between the generator's HI and LO rows."""
         w = self.wiring
         pos, neg = self.devices_between(w.pulse_hi, w.pulse_lo)
         flat = np.concatenate([pos, neg])
         self.counters.bursts += 1
-        before = self.array.clock_s
+        before = self.array.clock_sec
         v_dev = 0.0
         if flat.size:
             g_total = float(self.array.true_conductance_s(flat).sum())
@@ -297,9 +297,9 @@ class EmulatedBench:
             v_dev = pulse_v_open * divider
             if abs(baseline_v_open) > 1e-3:
                 self.warn(f"pulse baseline of {baseline_v_open:+.3f} V biases the devices between pulses")
-            self._stress(pos, neg, v_dev, width_s, n)
-        total = n * period_s
-        self.advance(max(0.0, total - (self.array.clock_s - before)))
+            self._stress(pos, neg, v_dev, width_sec, n)
+        total = n * period_sec
+        self.advance(max(0.0, total - (self.array.clock_sec - before)))
         return {"devices": int(flat.size), "v_device": v_dev, "pulses": int(n) * int(flat.size)}
 
     # ---- truth ------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ class EmulatedBench:
     def status(self, with_digest: bool = False) -> dict:
         return {
             **self.array.totals(with_digest),
-            "clock_s": self.clock_s,  # synchronised with the wall clock on a wall-clock bench
+            "clock_sec": self.clock_sec,  # synchronised with the wall clock on a wall-clock bench
             "relay_operations": self.counters.relay_operations,
             "hot_switches": self.counters.hot_switches,
             "smu_readings": self.counters.smu_readings,

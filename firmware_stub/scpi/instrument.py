@@ -114,7 +114,7 @@ class EmulatedInstrument:
     options: ClassVar[str] = "0"
     error_queue_size: ClassVar[int] = 10
     signed_error_codes: ClassVar[bool] = False  # '+0,"No error"' (Keysight) or '0,"No error"'
-    t_command_s: ClassVar[float] = 50e-6  # per program message, on the virtual clock
+    t_command_sec: ClassVar[float] = 50e-6  # per program message, on the virtual clock
 
     def __init__(self, bench: EmulatedBench, serial_number: str = "0000001"):
         self.bench = bench
@@ -146,7 +146,7 @@ class EmulatedInstrument:
             try:
                 out = self.execute(line)
             finally:
-                self.bench.advance(self.t_command_s)
+                self.bench.advance(self.t_command_sec)
             if out is not None:
                 self.logger.debug(">> %s", out)
             return out
@@ -377,7 +377,7 @@ class ScpiInstrument(EmulatedInstrument):
     # ---- vendor: the emulation subsystem --------------------------------------------------------------------
     @scpi(":EMULation:CLOCk", write=False)
     def _emul_clock(self, c: Call) -> str:
-        return repr(self.bench.clock_s)
+        return repr(self.bench.clock_sec)
 
     @scpi(":EMULation:WAIT", query=False)
     def _emul_wait(self, c: Call) -> None:

@@ -43,7 +43,7 @@ I_RANGES = (10e-9, 100e-9, 1e-6, 10e-6, 100e-6, 1e-3, 10e-3, 100e-3, 1.0)
 V_MEAS_RANGES = (0.02, 0.2, 2.0, 20.0, 200.0)
 R_RANGES = (20.0, 200.0, 2e3, 20e3, 200e3, 2e6, 20e6, 200e6)
 LINE_FREQUENCY_HZ = 50.0
-MEASURE_OVERHEAD_S = 0.5e-3
+MEASURE_OVERHEAD_SEC = 0.5e-3
 
 _FUNCS = {"VOLTage": "VOLT", "CURRent": "CURR"}
 _SENSE_FUNCS = {"CURRent": "CURR", "VOLTage": "VOLT", "RESistance": "RES", "CURRent:DC": "CURR",
@@ -298,19 +298,19 @@ class Keithley2450(ReadingBufferCommands, ScpiInstrument):
 
     @scpi("[:SENSe#]:AZERo:ONCE", query=False)
     def autozero_once(self, c: Call):
-        self.bench.advance(self._integration_s())  # one reference and zero measurement
+        self.bench.advance(self._integration_sec())  # one reference and zero measurement
 
     # ---- output ------------------------------------------------------------------------------------------
     # ---- measurement ------------------------------------------------------------------------------------
-    def _integration_s(self) -> float:
+    def _integration_sec(self) -> float:
         n = self.nplc[self.sense_func]
-        return n / LINE_FREQUENCY_HZ * (2.0 if self.azero[self.sense_func] else 1.0) + MEASURE_OVERHEAD_S
+        return n / LINE_FREQUENCY_HZ * (2.0 if self.azero[self.sense_func] else 1.0) + MEASURE_OVERHEAD_SEC
 
     def measure(self) -> float:
         """One reading of the sense function (the source acts only while the output is on)."""
-        t = self._integration_s()
+        t = self._integration_sec()
         bench = self.bench
-        before = bench.array.clock_s
+        before = bench.array.clock_sec
         func = self.sense_func
         current, voltage = 0.0, 0.0
         self.tripped = False
@@ -321,7 +321,7 @@ class Keithley2450(ReadingBufferCommands, ScpiInstrument):
                 current, self.tripped = bench.smu_source_voltage(voltage, self.ilim, t, rng)
             else:
                 voltage, current, self.tripped = bench.smu_source_current(self.level["CURR"], self.vlim, t)
-        bench.advance(max(0.0, t - (bench.array.clock_s - before)))
+        bench.advance(max(0.0, t - (bench.array.clock_sec - before)))
         if func == "CURR":
             value = current
             if self.sense_autorange["CURR"]:

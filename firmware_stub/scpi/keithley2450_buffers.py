@@ -39,7 +39,7 @@ class ReadingBufferCommands:
             source = self.last_source_reading if self.readback[self.source_func] else \
                 self.level[self.source_func]
             status = 8 if self.tripped else 0  # bit 3: the source limit was reached
-            buffer.add(Reading(value, source, self.bench.clock_s, self.sense_func, self.source_func, status,
+            buffer.add(Reading(value, source, self.bench.clock_sec, self.sense_func, self.source_func, status,
                                self.output))
 
     def _elements(self, c: Call, first: int) -> list[str]:

@@ -41,7 +41,7 @@ from firmware_stub.scpi.bench import COLUMNS_PER_SLOT, MATRIX_ROWS, MAX_SLOTS
 from firmware_stub.scpi.instrument import EmulatedInstrument
 from protocols.scpi import ScpiError, parse_unit
 
-RELAY_SETTLE_S = 1e-3
+RELAY_SETTLE_SEC = 1e-3
 IND_CLOSED = 1
 EMPTY_SLOT = "Empty Slot"
 BREAK_BEFORE_MAKE, MAKE_BEFORE_BREAK, RULE_OFF = 1, 2, 0
@@ -383,7 +383,7 @@ class Keithley707B(EmulatedInstrument):
         if self.bench.set_crosspoints(close, open_):
             for x in set(self.bench.closed) - before:
                 self.close_counts[x] = self.close_counts.get(x, 0) + 1
-            self.bench.advance(RELAY_SETTLE_S)
+            self.bench.advance(RELAY_SETTLE_SEC)
 
     def _ordered(self, spec: Any) -> list[tuple[str, int]]:
         """The channels of a list in the order named (each item's channels in slot, row, column order)."""

@@ -29,8 +29,8 @@ from firmware_stub.scpi.instrument import Call, ScpiInstrument, scpi
 from firmware_stub.scpi.settings import BOOLEAN, CHOICE, NUMBER, Setting
 from protocols.scpi import SCPI_INF, STANDARD_ERRORS, ScpiError
 
-MIN_WIDTH_S = 16e-9
-MIN_EDGE_S = 8.4e-9
+MIN_WIDTH_SEC = 16e-9
+MIN_EDGE_SEC = 8.4e-9
 MAX_OPEN_CIRCUIT_V = 10.0
 OUTPUT_OHMS = 50.0
 CHANNELS = (1, 2)
@@ -93,7 +93,7 @@ _POLARITIES = {"NORMal": "NORM", "INVerted": "INV"}
 
 #: the generator's plain settings (no side effects): per channel, but the sync output's state
 SETTINGS = (
-    _channel_setting("[:SOURce#]:FUNCtion:PULSe:TRANsition[:BOTH]", "pulse_edge", NUMBER, minimum=MIN_EDGE_S,
+    _channel_setting("[:SOURce#]:FUNCtion:PULSe:TRANsition[:BOTH]", "pulse_edge", NUMBER, minimum=MIN_EDGE_SEC,
                      maximum=1e-6, default=10e-9, label="edge time", unit="s"),
     _channel_setting("[:SOURce#]:FUNCtion:PULSe:HOLD", "pulse_hold", CHOICE, choices={"WIDTh": "WIDT", "DCYCle": "DCYC"}),
     _channel_setting("[:SOURce#]:FUNCtion:SQUare:DCYCle", "square_dcycle", NUMBER, minimum=0.01, maximum=99.99,
@@ -178,8 +178,8 @@ class Keysight33500B(ScpiInstrument):
         (reported as a settings conflict)."""
         ch.pulse_period = p
         ch.frequency = 1.0 / p
-        if ch.pulse_width > p - MIN_WIDTH_S:
-            ch.pulse_width = max(MIN_WIDTH_S, p - MIN_WIDTH_S)
+        if ch.pulse_width > p - MIN_WIDTH_SEC:
+            ch.pulse_width = max(MIN_WIDTH_SEC, p - MIN_WIDTH_SEC)
             self.push_error(-221, f"Settings conflict;pulse width adjusted to {ch.pulse_width:g} s")
 
     @scpi("[:SOURce#]:FUNCtion:PULSe:PERiod")
@@ -194,8 +194,8 @@ class Keysight33500B(ScpiInstrument):
         ch = self._c(c)
         if c.query:
             return num(ch.pulse_width)
-        w = c.number(0, minimum=MIN_WIDTH_S, maximum=1e6, default=100e-6, name="pulse width")
-        if w > ch.pulse_period - MIN_WIDTH_S:
+        w = c.number(0, minimum=MIN_WIDTH_SEC, maximum=1e6, default=100e-6, name="pulse width")
+        if w > ch.pulse_period - MIN_WIDTH_SEC:
             raise ScpiError(-221, f"pulse width {w:g} s does not fit the {ch.pulse_period:g} s period")
         ch.pulse_width = w
 

@@ -30,7 +30,7 @@ class Reading:
 
     value: float
     source: float
-    clock_s: float
+    clock_sec: float
     sense_func: str
     source_func: str
     status: int
@@ -67,8 +67,8 @@ class ReadingBuffer:
         return np.array([r.value for r in self.entries[self.stats_from:]], dtype=float)
 
     def format(self, r: Reading, elements: list[str], buf: "ReadingBuffer") -> str:
-        t0 = buf.entries[0].clock_s if buf.entries else r.clock_s
-        when = CLOCK_EPOCH + _dt.timedelta(seconds=r.clock_s)
+        t0 = buf.entries[0].clock_sec if buf.entries else r.clock_sec
+        when = CLOCK_EPOCH + _dt.timedelta(seconds=r.clock_sec)
         source_unit = UNITS[r.source_func]
         out = []
         for e in elements:
@@ -77,11 +77,11 @@ class ReadingBuffer:
             elif e == "SOUR":
                 out.append(fmt(r.source))
             elif e == "REL":
-                out.append(fmt(r.clock_s - t0))
+                out.append(fmt(r.clock_sec - t0))
             elif e == "SEC":
                 out.append(str(int(when.timestamp())))
             elif e == "FRAC":
-                out.append(fmt(r.clock_s % 1.0))
+                out.append(fmt(r.clock_sec % 1.0))
             elif e == "DATE":
                 out.append(when.strftime("%m/%d/%Y"))
             elif e == "TIME":

@@ -59,7 +59,7 @@ class RunningBench:
     def instruments(self) -> dict[str, object]:
         return {"smu": self.smu, "pulse_generator": self.generator, "switch_matrix": self.matrix}
 
-    def bench_toml(self, *, timeout_s: float = 2.0, name: str | None = None, extra: str = "",
+    def bench_toml(self, *, timeout_sec: float = 2.0, name: str | None = None, extra: str = "",
                    limits: dict[str, float] | None = None) -> str:
         """The bench file that describes this bench (emulated; virtual clock unless served on the wall clock).
 
@@ -77,7 +77,7 @@ class RunningBench:
             f"rows = {a.rows}",
             f"cols = {a.cols}",
             'visa_library = "@py"',
-            f"timeout_s = {timeout_s!r}",
+            f"timeout_sec = {timeout_sec!r}",
             "emulated = true",
             f"virtual_clock = {'true' if b.virtual else 'false'}",
             "",

@@ -40,7 +40,7 @@ class BenchReport(BaseModel):
     emulator_speedup_vs_loop: float
     wire_bytes_per_written_device: dict[str, float]
     wire_bytes_per_device_full_read: float
-    round_trip_s: float = Field(description="median request/reply time of a CLOCK request on the board")
+    round_trip_sec: float = Field(description="median request/reply time of a CLOCK request on the board")
     pulse_batches_per_s: float = Field(description="batches of 64 single-pulse devices per second on the board")
     step: "StepFigures | None" = Field(None, description="a training-shaped step on this board (VMM forward, "
                                                          "transposed VMM, sparse pulse batch)")
@@ -51,14 +51,14 @@ class StepFigures(BaseModel):
     n_in: int
     n_out: int
     devices_written: int
-    host_s_per_step: float = Field(description="host wall time per step on this board")
-    emu_host_s_per_step: float = Field(description="host wall time per step on an in-process emulator of the "
-                                                   "same geometry, measured in the same run")
+    host_sec_per_step: float = Field(description="host wall time per step on this board")
+    emu_host_sec_per_step: float = Field(description="host wall time per step on an in-process emulator of the "
+                                                     "same geometry, measured in the same run")
     host_over_emu: float = Field(description="host time per step on this board / on the in-process emulator")
     host_over_wire: float = Field(description="host time per step / wire time of the same bytes at the nominal rate")
     wire_bytes_per_step: float = Field(description="bytes on the link per step, both ways, framing included")
-    wire_s_per_step_at_nominal: float = Field(description="the same bytes at the link's nominal rate "
-                                                          "(HELLO link_baud, 10 bits a byte)")
+    wire_sec_per_step_at_nominal: float = Field(description="the same bytes at the link's nominal rate "
+                                                            "(HELLO link_baud, 10 bits a byte)")
     link_baud: float
     floor_bytes_per_step: float = Field(description="information floor: inputs at DAC width, outputs at ADC "
                                                     "width (both VMMs), the sparse batch's log2 C(N, k) index bits "
@@ -71,12 +71,12 @@ class StepFigures(BaseModel):
 
 
 class PipelineFigures(BaseModel):
-    turnaround_s: float = Field(description="fixed link latency added to every answer (in-process emulator "
+    turnaround_sec: float = Field(description="fixed link latency added to every answer (in-process emulator "
                                             "behind hil.link_faults.DelayedLink)")
     window: int = Field(description="requests in flight at once in the pipelined run (protocol version 5)")
-    host_s_per_step_window_1: float = Field(description="host wall time per step, one request in flight")
-    host_s_per_step_pipelined: float = Field(description="the same steps with the window: the pulse batch's "
-                                                         "round trip overlaps the next forward VMM")
+    host_sec_per_step_window_1: float = Field(description="host wall time per step, one request in flight")
+    host_sec_per_step_pipelined: float = Field(description="the same steps with the window: the pulse batch's "
+                                                           "round trip overlaps the next forward VMM")
     speedup: float = Field(description="window-1 time / pipelined time, measured in the same run (the in-process "
                                        "emulator's own compute counts as host time in both)")
     link_waits_per_step_window_1: float = Field(description="times per step the host waited for an answer still "
@@ -181,11 +181,11 @@ def _one_step(board: Board, rng: np.random.Generator, n_in: int, n_out: int, k: 
     board.pulse_async(PulseBatch(flat // n_out, flat % n_out, counts))
 
 
-PIPELINE_TURNAROUND_S = 1e-3
+PIPELINE_TURNAROUND_SEC = 1e-3
 
 
 def measure_pipelining(n_in: int, n_out: int, k: int, steps: int = 20, seed: int = 0,
-                       turnaround_s: float = PIPELINE_TURNAROUND_S) -> PipelineFigures:
+                       turnaround_sec: float = PIPELINE_TURNAROUND_SEC) -> PipelineFigures:
     """Host time per training-shaped step through a link with a fixed latency, one request in flight
     against the negotiated window, measured in the same run on two identical emulators."""
     from drivers.fpga import FpgaBoard
@@ -195,7 +195,7 @@ def measure_pipelining(n_in: int, n_out: int, k: int, steps: int = 20, seed: int
     from protocols.session import DEFAULT_WINDOW
 
     endpoints = [make_emulator(n_in, n_out, seed=seed) for _ in range(2)]
-    links = [DelayedLink(InProcessLink(e), turnaround_s) for e in endpoints]
+    links = [DelayedLink(InProcessLink(e), turnaround_sec) for e in endpoints]
     boards = [FpgaBoard(link, window=w) for link, w in zip(links, (1, DEFAULT_WINDOW))]
     rngs = [np.random.default_rng(seed) for _ in boards]
     times, waits = [0.0, 0.0], [0, 0]
@@ -219,8 +219,8 @@ def measure_pipelining(n_in: int, n_out: int, k: int, steps: int = 20, seed: int
     times = [t / steps for t in times]
     waits = [w / steps for w in waits]
     digests = [e.firmware.array.state_digest() for e in endpoints]
-    return PipelineFigures(turnaround_s=turnaround_s, window=windows[1], host_s_per_step_window_1=times[0],
-                           host_s_per_step_pipelined=times[1], speedup=times[0] / times[1],
+    return PipelineFigures(turnaround_sec=turnaround_sec, window=windows[1], host_sec_per_step_window_1=times[0],
+                           host_sec_per_step_pipelined=times[1], speedup=times[0] / times[1],
                            link_waits_per_step_window_1=waits[0], link_waits_per_step_pipelined=waits[1],
                            same_board_state=digests[0] == digests[1])
 
@@ -251,7 +251,7 @@ def measure_step(board: Board, steps: int = 20, seed: int = 0) -> StepFigures:
     before, t0 = board.wire_bytes, time.perf_counter()
     for _ in range(steps):
         _one_step(board, rng, n_in, n_out, k)
-    host_s = (time.perf_counter() - t0) / steps
+    host_sec = (time.perf_counter() - t0) / steps
     per_step = (board.wire_bytes - before) / steps
     baud = float(getattr(board.link, "baudrate", 0) or 3e6) if hasattr(board, "link") else 3e6
     floor = _floor_bytes(board, n_in, n_out, k)
@@ -262,7 +262,7 @@ def measure_step(board: Board, steps: int = 20, seed: int = 0) -> StepFigures:
         link = InProcessLink(endpoint)
         if lossy:
             link = FaultyLink(link, seed=seed, drop=5e-4, corrupt=1e-3, garbage=0.0, delay=0.0)
-        with FpgaBoard(link, timeout_s=0.02, retries=30) as b:
+        with FpgaBoard(link, timeout_sec=0.02, retries=30) as b:
             r = np.random.default_rng(seed)
             _one_step(b, r, n_in, n_out, k)  # warm-up, as on the board measured
             w0, t_start = b.wire_bytes, time.perf_counter()
@@ -271,13 +271,13 @@ def measure_step(board: Board, steps: int = 20, seed: int = 0) -> StepFigures:
             return (floor * steps / (b.wire_bytes - w0), b.retransmissions / steps,
                     (time.perf_counter() - t_start) / steps)
 
-    clean, _, emu_host_s = goodput(False)
+    clean, _, emu_host_sec = goodput(False)
     lossy, polls, _ = goodput(True)
-    wire_s = per_step * 10 / baud
-    return StepFigures(batch=STEP_BATCH, n_in=n_in, n_out=n_out, devices_written=k, host_s_per_step=host_s,
-                       emu_host_s_per_step=emu_host_s, host_over_emu=host_s / emu_host_s,
-                       host_over_wire=host_s / wire_s,
-                       wire_bytes_per_step=per_step, wire_s_per_step_at_nominal=wire_s, link_baud=baud,
+    wire_sec = per_step * 10 / baud
+    return StepFigures(batch=STEP_BATCH, n_in=n_in, n_out=n_out, devices_written=k, host_sec_per_step=host_sec,
+                       emu_host_sec_per_step=emu_host_sec, host_over_emu=host_sec / emu_host_sec,
+                       host_over_wire=host_sec / wire_sec,
+                       wire_bytes_per_step=per_step, wire_sec_per_step_at_nominal=wire_sec, link_baud=baud,
                        floor_bytes_per_step=floor, bytes_over_floor=per_step / floor, goodput_clean=clean,
                        goodput_lossy=lossy, lossy_polls_per_step=polls,
                        pipelining=measure_pipelining(n_in, n_out, k, steps, seed))
@@ -291,7 +291,7 @@ def run_bench(address: str, board: Board, quick: bool = False) -> BenchReport:
         board=address, rows=board.info.rows, cols=board.info.cols,
         emulator_updates_per_s=vec, emulator_updates_per_s_mixed=mixed, loop_updates_per_s=loop, emulator_speedup_vs_loop=vec / loop,
         wire_bytes_per_written_device=wire, wire_bytes_per_device_full_read=full_read,
-        round_trip_s=rtt, pulse_batches_per_s=bps,
+        round_trip_sec=rtt, pulse_batches_per_s=bps,
         step=measure_step(board, steps=5 if quick else 20) if board.info.capabilities.vmm else None,
     )
 

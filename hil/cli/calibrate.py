@@ -31,10 +31,10 @@ def _profiles(set_amplitude, set_width, reset_amplitude, reset_width):
     set_p = reset_p = None
     if set_amplitude is not None or set_width is not None:
         set_p = PulseProfile(amplitude_v=DEFAULT_SET.amplitude_v if set_amplitude is None else set_amplitude,
-                             width_s=DEFAULT_SET.width_s if set_width is None else set_width)
+                             width_sec=DEFAULT_SET.width_sec if set_width is None else set_width)
     if reset_amplitude is not None or reset_width is not None:
         reset_p = PulseProfile(amplitude_v=DEFAULT_RESET.amplitude_v if reset_amplitude is None else reset_amplitude,
-                               width_s=DEFAULT_RESET.width_s if reset_width is None else reset_width)
+                               width_sec=DEFAULT_RESET.width_sec if reset_width is None else reset_width)
     return set_p, reset_p
 
 
@@ -102,9 +102,9 @@ def _calibration_params(*, seed: int, sample: int | None, snr1_multiple: float, 
         extra = {}
         if drift_duration is not None:
             extra["drift"] = CalibrationParams.model_fields["drift"].default.model_copy(
-                update={"t_max_s": drift_duration})
+                update={"t_max_sec": drift_duration})
         return CalibrationParams(seed=seed, sample=sample, delta_g_th_snr1_multiple=snr1_multiple,
-                                 drift_delay_s=drift_delay, set_profile=set_p, reset_profile=reset_p,
+                                 drift_delay_sec=drift_delay, set_profile=set_p, reset_profile=reset_p,
                                  plots=not no_plots, **extra)
     except ValidationError as exc:
         fail(f"invalid option: {validation_summary(exc)}")
@@ -153,7 +153,7 @@ def _headline(report, out_dir: Path) -> dict:
         "drift_mu_s": report.drift.mu_s,
         "stuck_fraction": report.stuck_fraction,
         "d2d_cv": report.d2d_cv,
-        "wall_s": report.run.get("wall_duration_s"),
+        "wall_s": report.run.get("wall_duration_sec"),
     }
 
 
@@ -169,9 +169,9 @@ def _print_summary(report, out_dir: Path) -> None:
                f"RESET {_us(report.pulse_step_mean_s['reset'])} per pulse at mid-window")
     click.echo(f"window       {_us(report.window_s['g_min_s'])} .. {_us(report.window_s['g_max_s'])}")
     click.echo(f"read noise   {100 * report.read_noise_rel:.3g} %")
-    click.echo(f"drift        mu = {_us(report.drift.mu_s)} per ln(1+t/{report.drift.t0_s:g} s)")
+    click.echo(f"drift        mu = {_us(report.drift.mu_s)} per ln(1+t/{report.drift.t0_sec:g} s)")
     click.echo(f"stuck        {100 * report.stuck_fraction:.3g} % of devices; d2d step CV {report.d2d_cv:.3g}")
-    click.echo(f"took         {report.run.get('wall_duration_s', 0):.1f} s")
+    click.echo(f"took         {report.run.get('wall_duration_sec', 0):.1f} s")
 
 
 # ---- characterize ---------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def retention_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width,
     _run_char(ctx, "retention", address, out_dir,
               lambda b: RetentionParams(seed=seed, region=_region(region), n_devices=devices,
                                         targets_s=_floats(targets, "--targets"), tolerance_s=tolerance,
-                                        t_max_s=duration, n_times=times, n_reads=reads),
+                                        t_max_sec=duration, n_times=times, n_reads=reads),
               (set_amplitude, set_width, reset_amplitude, reset_width))
 
 
@@ -385,18 +385,18 @@ def program_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
 @click.option("--v-max", default=1.5, show_default=True, type=float, help="Top of the SET branch (V).")
 @click.option("--v-min", default=-1.8, show_default=True, type=float, help="Bottom of the RESET branch (V).")
 @click.option("--step", "step_v", default=0.05, show_default=True, type=float, help="Voltage step (V).")
-@click.option("--dwell", "dwell_s", default=1e-3, show_default=True, type=float, help="Time per step (s).")
+@click.option("--dwell", "dwell_sec", default=1e-3, show_default=True, type=float, help="Time per step (s).")
 @click.option("--compliance", default=100e-6, show_default=True, type=float, help="Current compliance (A).")
 @click.option("--cycles", default=1, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
 def iv_sweep_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, reset_amplitude, reset_width,
-                 devices, v_max, v_min, step_v, dwell_s, compliance, cycles):
+                 devices, v_max, v_min, step_v, dwell_sec, compliance, cycles):
     """Bipolar DC I-V sweeps under current compliance."""
     from calibration.characterize import IvSweepParams
 
     _run_char(ctx, "iv-sweep", address, out_dir,
               lambda b: IvSweepParams(seed=seed, region=_region(region), n_devices=devices, v_set_max_v=v_max,
-                                      v_reset_min_v=v_min, step_v=step_v, dwell_s=dwell_s,
+                                      v_reset_min_v=v_min, step_v=step_v, dwell_sec=dwell_sec,
                                       compliance_a=compliance, cycles=cycles),
               (set_amplitude, set_width, reset_amplitude, reset_width))
 
@@ -416,5 +416,5 @@ def forming_cmd(ctx, address, out_dir, seed, region, set_amplitude, set_width, r
 
     _run_char(ctx, "forming", address, out_dir,
               lambda b: FormingParams(seed=seed, region=_region(region), v_start_v=v_start, v_stop_v=v_stop,
-                                      v_step_v=v_step, width_s=width, compliance_a=compliance),
+                                      v_step_v=v_step, width_sec=width, compliance_a=compliance),
               (set_amplitude, set_width, reset_amplitude, reset_width))

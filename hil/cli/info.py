@@ -52,4 +52,4 @@ def info(ctx: click.Context, address: str, as_json: bool) -> None:
         if k in data["limits_refused"]:
             note = f"  (--limits asked {data['limits_refused'][k]['asked']:g}: beyond the hardware, not used)"
         click.echo(f"  {k:22s} {v:<10g} {src}{note}")
-    click.echo(f"clock        {data['status']['clock_s']:.6g} s")
+    click.echo(f"clock        {data['status']['clock_sec']:.6g} s")

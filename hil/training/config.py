@@ -6,17 +6,18 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from hil.run_store import RunStore, without_version
 from hil.update_rules import RULES
+from protocols.unit_names import AcceptsOldSecondNames
 
 METHODS = tuple(RULES)  # one per update rule: float, bp, bp-pulses, eapu, mixed, manhattan, stochastic
-HOST_STEP_S = 0.05
+HOST_STEP_SEC = 0.05
 """Default host time per training step on a virtual clock (docs/DESIGN.md, "Board time")."""
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(AcceptsOldSecondNames):
     """Everything that defines a training run (written to config.json)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -44,8 +45,8 @@ class TrainConfig(BaseModel):
     allow_foreign_calibration: bool = Field(False, description="accept a --calibration measured on another board")
     checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints on snapshot-capable boards")
     eval_batch: int = Field(256, ge=1)
-    host_step_s: float = Field(HOST_STEP_S, ge=0, description="the host's compute time per step, let pass on a "
-                                                              "virtual board clock (a real bench's clock runs by itself)")
+    host_step_sec: float = Field(HOST_STEP_SEC, ge=0, description="the host's compute time per step, let pass on a "
+                                                                "virtual board clock (a real bench's clock runs by itself)")
 
     @model_validator(mode="after")
     def _defaults(self) -> "TrainConfig":

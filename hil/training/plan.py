@@ -20,6 +20,7 @@ from hil.nn import mse, softmax_cross_entropy
 from hil.optim import Optimizer, scheduled_lr
 from hil.tasks import Task
 from hil.training.config import TrainConfig
+from protocols.unit_names import old_name
 
 PREFIX = "pending."
 """Names of a plan's arrays in a checkpoint (``pending.flat``, ...): fixed, old run folders resume."""
@@ -28,13 +29,13 @@ PREFIX = "pending."
 @dataclass(frozen=True)
 class StepPlan:
     """A step's pulse batch: device ``flat[k]`` gets ``counts[k]`` pulses (signed: SET > 0), the last of
-    them ``last_width_s[k]`` seconds wide; ``tag``: what the board remembers it by (run nonce << 32 | step + 1);
+    them ``last_width_sec[k]`` seconds wide; ``tag``: what the board remembers it by (run nonce << 32 | step + 1);
     ``record``: the step's metrics line; ``g_before``: the devices read just before it was checkpointed
     (boards without durable tags, :mod:`hil.exactly_once`), else None."""
 
     flat: np.ndarray
     counts: np.ndarray
-    last_width_s: np.ndarray | None
+    last_width_sec: np.ndarray | None
     tag: int
     record: dict
     g_before: np.ndarray | None = None
@@ -44,14 +45,14 @@ class StepPlan:
         return self.flat.size == 0
 
     def batch(self, n_cols: int) -> PulseBatch:
-        return PulseBatch(self.flat // n_cols, self.flat % n_cols, self.counts, self.last_width_s)
+        return PulseBatch(self.flat // n_cols, self.flat % n_cols, self.counts, self.last_width_sec)
 
     def subset(self, keep: np.ndarray) -> "StepPlan":
         """The plan for the devices at positions ``keep`` only."""
         def take(a):
             return None if a is None else a[keep]
 
-        return replace(self, flat=self.flat[keep], counts=self.counts[keep], last_width_s=take(self.last_width_s),
+        return replace(self, flat=self.flat[keep], counts=self.counts[keep], last_width_sec=take(self.last_width_sec),
                        g_before=take(self.g_before))
 
     def with_read(self, g_before: np.ndarray) -> "StepPlan":
@@ -59,7 +60,7 @@ class StepPlan:
 
     # ---- in a checkpoint --------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"flat": self.flat, "counts": self.counts, "last_width_s": self.last_width_s,
+        out = {"flat": self.flat, "counts": self.counts, "last_width_sec": self.last_width_sec,
                "g_before": self.g_before}
         return {PREFIX + k: v for k, v in out.items() if v is not None}
 
@@ -68,7 +69,8 @@ class StepPlan:
 
     @classmethod
     def from_checkpoint(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "StepPlan":
-        return cls(arrays[PREFIX + "flat"], arrays[PREFIX + "counts"], arrays.get(PREFIX + "last_width_s"),
+        widths = arrays.get(PREFIX + "last_width_sec", arrays.get(PREFIX + old_name("last_width_sec")))  # older: _s
+        return cls(arrays[PREFIX + "flat"], arrays[PREFIX + "counts"], widths,
                    int(meta["tag"]), meta["record"], arrays.get(PREFIX + "g_before"))
 
 
@@ -132,5 +134,5 @@ class StepPlanner:
         flat = np.concatenate([u.flat for u in updates])
         order = np.argsort(flat)
         plan = StepPlan(flat[order], np.concatenate([u.counts for u in updates])[order],
-                        np.concatenate([u.last_width_s for u in updates])[order], (run_nonce << 32) | (step + 1), record)
+                        np.concatenate([u.last_width_sec for u in updates])[order], (run_nonce << 32) | (step + 1), record)
         return plan, counts

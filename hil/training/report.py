@@ -19,7 +19,7 @@ from hil.training.config import TrainConfig
 from hil.training.state import Totals
 from protocols.version import software_version
 
-RETENTION_S = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0}
+RETENTION_SEC = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0}
 """Board time after training at which the summary gives the test metric again, no writes in between."""
 ENERGY_KINDS = ("write_device", "write_periphery", "read_vmm", "adc", "dac")
 
@@ -47,12 +47,12 @@ def board_energy(board: Board, baseline: dict) -> dict[str, Any]:
     """Training energy (from ``baseline``, the board's status after the initial programming, to now), by kind."""
     end = board.status().model_dump()
     d = {k: end[k] - baseline.get(k, 0.0) for k in ("write_energy_j", "write_periphery_energy_j", "read_energy_j",
-                                                    "adc_energy_j", "dac_energy_j", "clock_s")}
+                                                    "adc_energy_j", "dac_energy_j", "clock_sec")}
     parts = {"write_device": d["write_energy_j"] - d["write_periphery_energy_j"],
              "write_periphery": d["write_periphery_energy_j"], "read_vmm": d["read_energy_j"],
              "adc": d["adc_energy_j"], "dac": d["dac_energy_j"]}
     return {"energy_j": parts, "energy_total_j": sum(parts.values()), "write_energy_j": d["write_energy_j"],
-            "board_time_s": d["clock_s"]}
+            "board_time_s": d["clock_sec"]}
 
 
 def retention(board: Board, metric: Callable[[], float]) -> dict[str, float]:
@@ -60,8 +60,8 @@ def retention(board: Board, metric: Callable[[], float]) -> dict[str, float]:
     a bench would have to wait a day)."""
     t_end = board.clock()
     out = {}
-    for name, after_s in RETENTION_S.items():
-        remaining = t_end + after_s - board.clock()
+    for name, after_sec in RETENTION_SEC.items():
+        remaining = t_end + after_sec - board.clock()
         if remaining > 0:
             board.wait(remaining)
         out[name] = metric()

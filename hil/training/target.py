@@ -160,8 +160,8 @@ class OnBoard:
 
     def host_wait(self) -> None:
         """The host's compute time of a step passes on a virtual board clock (a bench's clock runs by itself)."""
-        if self.virtual_clock and self.cfg.host_step_s > 0:
-            self.board.wait(self.cfg.host_step_s)
+        if self.virtual_clock and self.cfg.host_step_sec > 0:
+            self.board.wait(self.cfg.host_step_sec)
 
     def snapshot(self) -> bytes | None:
         return self.board.snapshot() if self.board.info.capabilities.snapshot else None

@@ -111,9 +111,9 @@ class ReadBackJournal(DurableTags):
         if self.assume_applied is not None:
             decision = assumed(self.assume_applied, g_after.size)
         else:
-            set_w, reset_w = self.board.profiles[0].width_s, self.board.profiles[1].width_s
+            set_w, reset_w = self.board.profiles[0].width_sec, self.board.profiles[1].width_sec
             profile_w = np.where(plan.counts > 0, set_w, reset_w)
-            widths = plan.last_width_s
+            widths = plan.last_width_sec
             frac = np.ones(g_after.size) if widths is None else np.minimum(widths / profile_w, 1.0)
             decision = decide(self.model, plan.g_before, g_after, plan.counts, frac, order,
                               self._journal_state(plan.tag))
