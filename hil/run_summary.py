@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,18 @@ def _energy(j: float) -> str:
         if abs(j) >= scale:
             return f"{j / scale:.3g} {unit}"
     return f"{j:.3g} J"
+
+
+def eapu_threshold_s(run_dir: Path) -> float | None:
+    """The threshold (siemens) an eapu run used: its ``config.json`` factor k times its ``calibration.json``
+    ΔGth; None for other methods or a folder without them."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        if config.get("method") != "eapu":
+            return None
+        return config["delta_g_th_k"] * json.loads((run_dir / "calibration.json").read_text())["delta_g_th_s"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def summary_table(summary: dict[str, Any], summary_path: str | Path) -> str:
@@ -32,8 +45,9 @@ def summary_table(summary: dict[str, Any], summary_path: str | Path) -> str:
                                         f"{summary['pulses_total']} pulses"))
         rows.append(("energy", f"{_energy(summary['energy_total_j'])} total, "
                                f"{_energy(summary['write_energy_j'])} writing"))
-        if summary.get("delta_g_th_s") is not None:
-            rows.append(("ΔGth used", f"{summary['delta_g_th_s'] * 1e6:.3g} µS"))
+        threshold = eapu_threshold_s(Path(summary_path).parent)
+        if threshold is not None:
+            rows.append(("ΔGth used", f"{threshold * 1e6:.3g} µS"))
     rows.append(("training took", f"{summary['wall_s']:.1f} s"))
     rows.append(("summary", str(summary_path)))
     width = max(len(k) for k, _ in rows)

@@ -65,6 +65,10 @@ def test_train_ends_with_a_short_table_naming_the_summary(runs):
                for line in lines)
     assert any(line.startswith("energy") and "total" in line for line in lines)
     assert any(line.startswith("board") and SMALL in line for line in lines)
+    config = json.loads((out / "config.json").read_text())
+    threshold = config["delta_g_th_k"] * json.loads((out / "calibration.json").read_text())["delta_g_th_s"]
+    assert any(line.startswith("ΔGth used") and f"{threshold * 1e6:.3g} µS" in line for line in lines)
+    assert not any(k.endswith("_s") and k not in ("board_time_s", "wall_s") for k in summary)  # seconds only
     float_text = runs["float"][1]
     assert "energy" not in float_text and "board" not in float_text  # a digital run has neither
 

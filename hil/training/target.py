@@ -221,9 +221,9 @@ class OnBoard:
         return retention(self.board, metric) if self.virtual_clock else None
 
     def summary_extras(self) -> dict[str, Any]:
+        # no conductance here: summary.json's _s fields are seconds (board_time_s, wall_s; docs/DESIGN.md,
+        # "Units"); eapu's threshold is the run's config.json k times its calibration.json delta_g_th_s
         extras: dict[str, Any] = {"board": self.cfg.board}
-        if self.cfg.method == "eapu":
-            extras["delta_g_th_s"] = self.cfg.delta_g_th_k * self.calibration.delta_g_th_s
         if self.setup.foreign_calibration is not None:
             extras["foreign_calibration"] = self.setup.foreign_calibration
         return extras
