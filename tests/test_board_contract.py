@@ -321,7 +321,7 @@ def test_device_presets_by_address_with_config_overrides(tmp_path):
 
 
 def test_paper_preset_is_the_published_write_error_on_our_weight_scale():
-    """Published: sigma 2 uS on a weight unit of 80 uS.  Ours: |W| = w_max (1 for digits) spans 80 % of the window."""
+    """Published: sigma 2 uS on a weight unit of 80 uS.  Ours: |W| = w_max (0.75 for digits) spans 80 % of the window."""
     from firmware_stub.device_params import load_device_params
     from hil.train import TrainConfig
 

@@ -37,9 +37,9 @@ class TrainConfig(AcceptsOldSecondNames):
         "constant", description="the learning rate over the run: constant, or cosine annealing from lr at the first "
                                 "step to 0 after the last (hil.optim.scheduled_lr)")
     w_max: float | None = Field(None, gt=0, description="|W| that spans the usable conductance band; "
-                                                       "default 1 for digits, 1.5 for image tasks")
+                                                       "default 0.75 for digits, 1.5 for image tasks")
     delta_g_th_k: float | None = Field(None, gt=0, description="EaPU threshold as a multiple of the calibrated "
-                                                               "ΔGth; default 4.5 for digits, 1 for image tasks")
+                                                               "ΔGth; default 9 for digits, 1 for image tasks")
     max_pulses: int = Field(64, ge=1, le=255)
     calibration: str | None = None
     allow_foreign_calibration: bool = Field(False, description="accept a --calibration measured on another board")
@@ -56,9 +56,9 @@ class TrainConfig(AcceptsOldSecondNames):
         if self.lr is None:
             self.lr = 0.03 if digits else 1.0
         if self.w_max is None:
-            self.w_max = 1.0 if digits else 1.5
+            self.w_max = 0.75 if digits else 1.5
         if self.delta_g_th_k is None:
-            self.delta_g_th_k = 4.5 if digits else 1.0
+            self.delta_g_th_k = 9.0 if digits else 1.0
         return self
 
     @property
