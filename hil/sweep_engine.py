@@ -5,7 +5,7 @@ the machine's cores or ``num_cpus``; nothing to start by hand) and stops it at t
 (``auto``, ``ray://HOST:10001``, ``HOST:6379``) it joins that cluster; the sweep folder must then be
 a path every node sees, since each point's run folder is written by the node that runs it.
 
-Each calibration and each point is a Ray task with ``num_cpus=1``; a point on a physical board
+Each calibration and each point is a Ray task with ``num_cpus=1`` (:mod:`hil.sweep_tasks`); a point on a physical board
 also needs one unit of the board's resource (:func:`hil.sweep_boards.board_resource`), which only the
 node holding the board has, once: that board's points run there, one at a time.  Emulator points
 are spread over the nodes.  Points stream back as they finish; a failed point is recorded with its
@@ -23,8 +23,6 @@ after the choice is recorded in ``sweep.json``, the chosen candidate's evaluatio
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +31,15 @@ from typing import Callable
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
 from hil.sweep_spec import Calibration, Point, SweepSpec, expand, load_spec
+from hil.sweep_tasks import (
+    SweepError,
+    Tracker,
+    calibration_task,
+    check_resources,
+    error_text,
+    init_ray,
+    point_task,
+)
 from hil.sweep_tune import (
     TIE_RULE,
     choose,
@@ -49,122 +56,12 @@ SWEEP_FILE = "sweep.json"
 STATES = ("pending", "running", "done", "failed")
 
 
-class SweepError(ValueError):
-    """A sweep that cannot start or continue: one line saying what to do."""
-
-
 @dataclass(frozen=True)
 class SweepResult:
     out_dir: Path
     done: list[str]
     failed: dict[str, str]
     run_dirs: list[Path]
-
-
-# ---------------------------------------------------------------------------------------- tasks (on workers)
-
-def _where() -> tuple[str, str]:
-    import ray
-
-    return ray.get_runtime_context().get_node_id(), socket.gethostname()
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def calibration_task(job: dict, cal_dir: str, limits, tracker) -> dict:
-    """Make (or finish) one shared calibration; never raises: an error is returned with the record."""
-    from calibration.run import CalibrationParams
-    from hil.demo import ensure_calibration
-
-    node, host = _where()
-    started = time.time()
-    tracker.started.remote("calibration", job["name"], node, host, started)
-    record = {"node_id": node, "host": host, "started_sec": started}
-    try:
-        ensure_calibration(job["board"], Path(cal_dir), CalibrationParams(**job["params"]), limits=limits,
-                           progress=False)
-    except Exception as exc:  # recorded; the points that need it report it
-        record["error"] = _error_text(exc)
-    record["ended_sec"] = time.time()
-    return record
-
-
-def point_task(point: dict, run_dir: str, limits, tracker, calibration: dict | None = None) -> dict:
-    """Run (or resume) one point's training run; never raises: an error is returned with the record."""
-    from hil.demo import ensure_run
-    from hil.train import TrainConfig
-
-    node, host = _where()
-    started = time.time()
-    record = {"node_id": node, "host": host, "started_sec": started}
-    if calibration is not None and calibration.get("error"):
-        record.update(error=f"its calibration {point['calibration']} failed: {calibration['error']}",
-                      ended_sec=time.time())
-        return record
-    tracker.started.remote("point", point["name"], node, host, started)
-    try:
-        summary, _ = ensure_run(TrainConfig(**point["config"]), Path(run_dir), limits=limits, progress=False)
-        metric = next((k for k in ("test_accuracy", "test_ssim") if summary.get(k) is not None), None)
-        if metric is not None:
-            record["metric"] = {metric: summary[metric]}
-    except Exception as exc:
-        record["error"] = _error_text(exc)
-    record["ended_sec"] = time.time()
-    return record
-
-
-class Tracker:
-    """A tiny actor the tasks tell when they start, so sweep.json can say which points are running."""
-
-    def __init__(self):
-        self._events: list[tuple] = []
-
-    def started(self, kind: str, name: str, node: str, host: str, t: float) -> None:
-        self._events.append((kind, name, node, host, t))
-
-    def drain(self) -> list[tuple]:
-        events, self._events = self._events, []
-        return events
-
-
-# ---------------------------------------------------------------------------------------- Ray set-up
-
-def init_ray(address: str | None, num_cpus: int | None, resources: dict[str, float]) -> bool:
-    """Start the embedded local Ray (or join ``address``), quietly; returns whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            # "local": always a new embedded instance, never a cluster another process on this machine
-            # happens to run (ray.init() without an address would join the latest one it finds)
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None,
-                     include_dashboard=False, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SweepError(f"cannot start Ray{' at ' + address if address else ''}: {_error_text(exc)}") from None
-    # Ray's own loggers speak at INFO/WARNING on the driver: a sweep's user sees only the sweep
-    for name in ("ray", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return True
-
-
-def _check_resources(needed: set[str]) -> None:
-    import ray
-
-    have = ray.cluster_resources()
-    missing = sorted(r for r in needed if have.get(r, 0) < 1)
-    if missing:
-        json_text = ", ".join(f'"{r}": 1' for r in missing)
-        raise SweepError(f"no node of the Ray cluster holds {', '.join(missing)}: start the node wired to that "
-                         f"bench with: ray start --address ADDR --resources '{{{json_text}}}' (docs/SWEEPS.md)")
 
 
 # ---------------------------------------------------------------------------------------- the sweep file
@@ -329,7 +226,7 @@ def _execute(sweep: SweepFile, batches, needed: set[str], address, num_cpus, lim
             if not started:
                 owned, started = init_ray(address, num_cpus, {r: 1.0 for r in needed}), True
                 if address or not owned:
-                    _check_resources(needed)
+                    check_resources(needed)
                 sweep.data["ray"] = {"address": address, "nodes": len(ray.nodes()),
                                      "cpus": ray.cluster_resources().get("CPU")}
                 tracker = ray.remote(num_cpus=0)(Tracker).remote()
@@ -415,7 +312,7 @@ def _record_result(sweep: SweepFile, kind: str, name: str, ref) -> tuple[str, di
     try:
         rec = ray.get(ref)
     except Exception as exc:  # a worker or node died under the task
-        rec = {"error": _error_text(getattr(exc, "cause", None) or exc), "ended_sec": time.time()}
+        rec = {"error": error_text(getattr(exc, "cause", None) or exc), "ended_sec": time.time()}
     state = "failed" if rec.get("error") else "done"
     sweep.update(kind, name, state=state, **rec)
     return state, rec
