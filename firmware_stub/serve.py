@@ -21,6 +21,7 @@ import tty
 from collections.abc import Callable
 
 from firmware_stub.firmware import FirmwareEndpoint
+from firmware_stub.tcp_accept import accepted
 from protocols.session import BusyResponder
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,7 @@ class TcpServer:
 
     def serve_forever(self, on_connection: Callable[[tuple], None] | None = None) -> None:
         try:
-            while not self.stop.is_set():
-                try:
-                    conn, peer = self._sock.accept()
-                except TimeoutError:
-                    continue
+            for conn, peer in accepted(self._sock, self.stop):
                 log.info("host connected from %s:%s", *peer[:2])
                 if on_connection:
                     on_connection(peer)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.waiting import HANG_GUARD_SEC
+from tests.waiting import HANG_GUARD_SEC, stop_process
 
 pytestmark = pytest.mark.timing  # separate processes, signals, real pty and TCP
 
@@ -31,12 +30,7 @@ def served(request):
         assert address.startswith("serial:"), proc.stderr.read()
         yield address
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(HANG_GUARD_SEC)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_info_on_a_served_emulator(served):

@@ -73,7 +73,7 @@ def test_bp_writes_every_step_and_costs_more_energy_than_eapu(default_device):
         "write_fraction_per_weight"].mean
     by_name = {(r.quantity, r.numerator): r for r in ratios}
     assert {("total training energy", "bp"), ("write energy", "bp")} <= set(by_name)
-    assert by_name[("write energy", "bp")].ratio > 1.5 and by_name[("total training energy", "bp")].ratio > 1
+    assert by_name[("write energy", "bp")].ratio > 1 and by_name[("total training energy", "bp")].ratio > 1
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import pytest
 from drivers import PulseBatch
 from drivers.address import open_board
 from firmware_stub.scpi.serve_bench import start_bench
-from tests.waiting import HANG_GUARD_SEC, wait_until
+from tests.waiting import HANG_GUARD_SEC, stop_process, wait_until
 
 pytestmark = pytest.mark.timing  # separate processes, signals, real TCP
 
@@ -36,16 +36,6 @@ def _generous(bench_file: Path) -> Path:
     return copy
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, as a user's Ctrl-C or service manager would, and wait for the exit (killed if it hangs)."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(HANG_GUARD_SEC)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture
 def served_bench(tmp_path):
     """``hil emulator serve-bench`` in its own process; yields the bench file it wrote."""
@@ -58,7 +48,7 @@ def served_bench(tmp_path):
         assert line == str(out), proc.stderr.read()
         yield _generous(out)
     finally:
-        _stop(proc)
+        stop_process(proc)
         assert proc.returncode == 0
 
 
@@ -95,7 +85,7 @@ def test_hil_emulator_serve_bench_serves_until_stopped(tmp_path):
                               capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_SEC)
         assert info.returncode == 0 and "2 x 2 devices" in info.stdout, info.stderr
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0
 
 

@@ -68,3 +68,16 @@ class RequestGate:
     def discard(self) -> None:
         self._drop_held = self.holding.is_set() and not self._open.is_set()
         self._open.set()
+
+
+def stop_process(proc) -> None:
+    """SIGTERM, as a user's Ctrl-C or service manager would, and wait for the exit (killed if it hangs)."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(HANG_GUARD_SEC)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -21,6 +21,7 @@ import struct
 import threading
 
 from firmware_stub.scpi.instrument import EmulatedInstrument
+from firmware_stub.tcp_accept import accepted
 
 log = logging.getLogger(__name__)
 _MAX_LINE = 1 << 20
@@ -86,13 +87,7 @@ class ScpiTcpServer:
     # ---- serving -------------------------------------------------------------------------------
     def _serve(self) -> None:
         try:
-            while not self._stop.is_set():
-                try:
-                    conn, peer = self._sock.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    break
+            for conn, peer in accepted(self._sock, self._stop):
                 self.connections_total += 1
                 with self._lock:
                     self._conns.add(conn)
