@@ -219,10 +219,12 @@ def _retention(runs: list[Run]) -> dict[str, Estimate | None]:
 
 
 def energy_ratios(runs: list[Run], numerators=("bp", "bp-pulses"), denominator: str = "eapu") -> list[Ratio]:
-    """Per-seed ratios of total and write energy, within a task and board settings only."""
+    """Per-seed ratios of total and write energy between runs that differ only in the method (same task,
+    board and training settings, ``w_max`` and ``delta_g_th_k`` included); where one task and board hold
+    several settings, each ratio's label names the settings that tell them apart."""
     def key(r: Run):
         return (r.summary["task"], board_settings(r.config.get("board", r.summary.get("board"))),
-                json.dumps(_settings(r, method_only=False), sort_keys=True, default=str), r.seed)
+                json.dumps(_settings(r, method_only=True), sort_keys=True, default=str), r.seed)
 
     by_method: dict[str, dict] = {}
     for r in runs:
@@ -231,20 +233,34 @@ def energy_ratios(runs: list[Run], numerators=("bp", "bp-pulses"), denominator: 
     for num in numerators:
         for quantity, get in (("total training energy", FIGURES["energy_total_j"]),
                               ("write energy", FIGURES["write_energy_j"])):
-            pairs: dict[str, list[float]] = {}
+            pairs: dict[tuple, list[float]] = {}
             for k, r_num in by_method.get(num, {}).items():
                 r_den = by_method.get(denominator, {}).get(k)
                 if r_den is None:
                     continue
                 a, b = get(r_num.summary), get(r_den.summary)
                 if a is not None and b is not None and a > 0 and b > 0:
-                    pairs.setdefault(k[0] + ("" if not k[1] else f" @ {board_label(k[1])}"), []).append(math.log(a / b))
-            for task, logs in sorted(pairs.items()):
+                    pairs.setdefault(k[:3], []).append(math.log(a / b))
+            labels = _ratio_labels(list(pairs))
+            for k, logs in sorted(pairs.items(), key=lambda item: labels[item[0]]):
                 est = Estimate.of(logs)
                 lo = hi = math.nan
                 if not math.isnan(est.ci95):
                     lo, hi = math.exp(est.mean - est.ci95), math.exp(est.mean + est.ci95)
-                out.append(Ratio(task, quantity, num, denominator, math.exp(est.mean), lo, hi, est.n))
+                out.append(Ratio(labels[k], quantity, num, denominator, math.exp(est.mean), lo, hi, est.n))
+    return out
+
+
+def _ratio_labels(keys: list[tuple]) -> dict[tuple, str]:
+    """``task @ board``, plus ``[name=value, ...]`` for the settings that differ between the keys of one task
+    and board (none when it holds one set of settings)."""
+    out = {}
+    for task, board, settings in keys:
+        label = task + ("" if not board else f" @ {board_label(board)}")
+        siblings = [json.loads(k[2]) for k in keys if k[:2] == (task, board)]
+        mine = json.loads(settings)
+        differ = [n for n in mine if any(other.get(n) != mine[n] for other in siblings)]
+        out[(task, board, settings)] = label + (f" [{', '.join(f'{n}={mine[n]}' for n in differ)}]" if differ else "")
     return out
 
 

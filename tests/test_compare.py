@@ -76,6 +76,21 @@ def test_ratios_and_gaps_stay_within_a_task_and_board(tmp_path):
     assert all(g.gap_to_float is None for g in groups)  # no float runs given: no gap invented
 
 
+def test_energy_ratios_pair_runs_with_the_same_array_settings(tmp_path):
+    """A sweep over w_max and k: bp at one setting is divided by eapu at the same setting, never another."""
+    dirs = []
+    for s in range(3):
+        for w_max, k, e_bp, e_ea in ((2.0, 3.0, 9e-6, 3e-6), (0.75, 9.0, 4e-6, 2e-6)):
+            dirs.append(_run(tmp_path, f"bp-{w_max}-{s}", method="bp", seed=s, w_max=w_max, delta_g_th_k=k,
+                             energy=e_bp))
+            dirs.append(_run(tmp_path, f"ea-{w_max}-{s}", method="eapu", seed=s, w_max=w_max, delta_g_th_k=k,
+                             energy=e_ea))
+    _, ratios = compare(dirs)
+    totals = {r.task: (r.ratio, r.n) for r in ratios if r.quantity == "total training energy"}
+    assert totals == {"digits @ emu [delta_g_th_k=3.0, w_max=2.0]": (pytest.approx(3.0), 3),
+                      "digits @ emu [delta_g_th_k=9.0, w_max=0.75]": (pytest.approx(2.0), 3)}
+
+
 def test_the_same_seed_twice_in_a_group_is_refused(tmp_path):
     a = _run(tmp_path, "a", seed=3)
     b = _run(tmp_path, "b", seed=3)
