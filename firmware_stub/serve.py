@@ -21,7 +21,7 @@ import tty
 from collections.abc import Callable
 
 from firmware_stub.firmware import FirmwareEndpoint
-from firmware_stub.tcp_accept import accepted
+from firmware_stub.tcp_loops import accepted, received
 from protocols.session import BusyResponder
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,7 @@ class TcpServer:
     def _pump(self, conn: socket.socket, handle: Callable[[bytes], bytes]) -> None:
         conn.settimeout(0.1)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while not self.stop.is_set():
-            try:
-                data = conn.recv(_CHUNK)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
+        for data in received(conn, self.stop, _CHUNK):
             out = handle(data)
             if out:
                 try:

@@ -21,7 +21,7 @@ import struct
 import threading
 
 from firmware_stub.scpi.instrument import EmulatedInstrument
-from firmware_stub.tcp_accept import accepted
+from firmware_stub.tcp_loops import accepted, received
 
 log = logging.getLogger(__name__)
 _MAX_LINE = 1 << 20
@@ -102,15 +102,7 @@ class ScpiTcpServer:
         conn.settimeout(0.1)
         buf = b""
         try:
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
+            for data in received(conn, self._stop):
                 if _QUICKACK is not None:  # answer like an instrument: no delayed ACK for small writes
                     try:
                         conn.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
