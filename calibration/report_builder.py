@@ -217,7 +217,7 @@ def clip_gamma_shift(praw: Raw, pr: PulseResponseResult, pol: str, allowance_s: 
 
 
 def step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str, bound_allowance_s: float = 0.0,
-                     clip_gamma_shift_: float | None = None) -> float:
+                     gamma_shift: float | None = None) -> float:
     """Uncertainty of the step at mid-window from the pulse-response model's shape and window.
 
     The step at mid-window is the steps measured near the SET/RESET balance (write-noise stage)
@@ -229,7 +229,7 @@ def step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str, bound_allowan
     clipped there, so the bound it shows sits ~0.3-0.7 sigma_w inside the true one (the
     emulator's clip; seen as steps off by ~5 % at gamma ~ 1.8 and sigma_w ~ 3 uS).  The same clip
     bends the curve's approach, so the gamma fitted with that bound is low too: with
-    ``clip_gamma_shift_`` (:func:`clip_gamma_shift`) the bound that ``pol``'s own curve gives (g_max
+    ``gamma_shift`` (:func:`clip_gamma_shift`) the bound that ``pol``'s own curve gives (g_max
     for SET, g_min for RESET) is moved by the allowance *together with* gamma by that shift, one
     systematic term, and keeps only its statistical error as a separate one.
     """
@@ -252,10 +252,10 @@ def step_model_sigma(pr: PulseResponseResult, wraw: Raw, pol: str, bound_allowan
         return float(np.mean(rho * m0 / np.where(m1 > 0, m1, np.nan)) * mid)
 
     own, outward = ("g_max_s", 1.0) if pol == "set" else ("g_min_s", -1.0)
-    joint = clip_gamma_shift_ is not None and np.isfinite(clip_gamma_shift_)
+    joint = gamma_shift is not None and np.isfinite(gamma_shift)
     var = 0.0
     if joint:
-        moved = step(f0.model_copy(update={"gamma": f0.gamma + clip_gamma_shift_,
+        moved = step(f0.model_copy(update={"gamma": f0.gamma + gamma_shift,
                                            own: getattr(f0, own) + outward * bound_allowance_s}))
         var += (moved - step(f0)) ** 2 if np.isfinite(moved) else 0.0
     for field, sd in (("gamma", pr.gamma_sigma.get(pol, 0.0)),
