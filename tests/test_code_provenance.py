@@ -157,3 +157,35 @@ def test_demo_resume_remakes_stale_parts_unless_kept_and_then_compare_says_mixed
     assert "calibrated" in r.output and "seed 0: bp" in r.output and "seed 0: eapu" in r.output
     assert (out / "superseded" / "unknown" / "seed-0" / "calibration" / "calibration.json").is_file()
     assert (out / "superseded" / OTHER / "seed-0" / "float~2").is_dir()  # the kept stale float: remade now
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweep_resume_remakes_a_stale_point_and_keep_stale_keeps_it(tmp_path):
+    pytest.importorskip("ray")
+    spec = tmp_path / "sweep.toml"
+    spec.write_text('[base]\ntask = "digits-small"\nepochs = 1\nhidden = [16]\nmethod = "float"\n\n'
+                    '[grid]\nseed = [0, 1]\n')
+    out = tmp_path / "sweep"
+    args = ["sweep", str(spec), "--out", str(out), "--num-cpus", "1", "--quiet"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    stale, other = (Path(p["dir"]) for p in points)
+    untouched = _files(other)
+    current = provenance.source_fingerprint()
+
+    _restamp(stale / "summary.json", OTHER)
+    r = CliRunner().invoke(cli, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert f"1 of 2 finished points and calibrations were made by other code (source {OTHER} (1))" in r.output
+    assert json.loads((stale / "summary.json").read_text())["source_fingerprint"] == current
+    assert (out / "superseded" / OTHER / "runs" / stale.name / "summary.json").is_file()
+    assert _files(other) == untouched and "mixed code" not in r.output
+
+    _restamp(stale / "summary.json", OTHER)
+    r = CliRunner().invoke(cli, [*args, "--resume", "--keep-stale"])
+    assert r.exit_code == 0, r.output
+    assert "kept (--keep-stale)" in r.output and "mixed code" in r.output
+    assert "mixed code" in (out / "comparison.md").read_text()
+    assert json.loads((out / "comparison.json").read_text())["mixed_code"] is True
