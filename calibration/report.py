@@ -71,6 +71,9 @@ class CalibrationReport(AcceptsOldSecondNames):
 
     schema_version: int = 2
     software_version: str | None = Field(None, description="version of memristor-hil that measured this calibration")
+    source_fingerprint: str | None = Field(
+        None, description="the code that measured it: protocols.provenance.calibration_fingerprint (the packages "
+                          "below hil); None in files written before it was recorded (unknown)")
     board: dict = Field(default_factory=dict, description="identity of the board measured")
     profiles: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="pulse profiles calibrated: set/reset amplitude_v, width_sec")

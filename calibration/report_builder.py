@@ -45,6 +45,7 @@ from calibration.threshold import ThresholdResult, delta_g_threshold
 from calibration.write_noise import STAGE as WN
 from calibration.write_noise import WriteNoiseResult
 from drivers.limits import PulseProfile
+from protocols import provenance
 from protocols.version import software_version
 
 POLARITIES = ("set", "reset")
@@ -77,7 +78,7 @@ def build_report(params, identity: dict, set_p: PulseProfile, reset_p: PulseProf
                    "pulse_step_mean_s.set": step.step_sigma_s["set"],
                    "pulse_step_mean_s.reset": step.step_sigma_s["reset"], "d2d_cv": dd.step_cv_sigma["set"]}
     return CalibrationReport(
-        software_version=software_version(),
+        software_version=software_version(), source_fingerprint=provenance.calibration_fingerprint(),
         board=identity,
         profiles={"set": set_p.model_dump(), "reset": reset_p.model_dump()},
         delta_g_th_s=th.delta_g_th_s, delta_g_th_snr1_multiple=params.delta_g_th_snr1_multiple,

@@ -7,7 +7,9 @@ mean over seeds with a 95 % confidence interval (Student's t).  Gaps to ``float`
 paired by seed (the same seed's float run on the same task and settings) and ratios
 between methods are formed within a task only, per seed, and summarised by their
 geometric mean with a t-interval on the log ratios.  Every ratio says what it is a
-ratio of.
+ratio of.  Runs made by more than one state of the code (their ``source_fingerprint``, and
+the code of any checkpoint a run was resumed from under other code) are named in one line
+under the tables (:func:`code_versions_note`), and in the JSON.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import numpy as np
 from scipy import stats as _st
 
 from hil.tasks import METRIC_AXES
+from protocols import provenance
 from protocols.unit_names import upgrade_old_names
 
 # training settings that are the seed's or the method's own, not the group's
-_PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task", "software_version"}
+_PER_SEED = {"seed", "board", "calibration", "allow_foreign_calibration", "task", "software_version",
+             "source_fingerprint"}
 # settings the digital reference ignores (it has no array): a float run pairs with array runs that differ in them
 METHOD_ONLY_SETTINGS = {"method", "delta_g_th_k", "max_pulses", "w_max", "host_step_sec", "checkpoint_every"}
 METRICS = tuple(METRIC_AXES)
@@ -88,6 +92,7 @@ class Group:
     figures: dict[str, Estimate | None] = field(default_factory=dict)
     gap_to_float: Estimate | None = None
     name: str | None = None  # a caller's label (a sweep names groups by their axis values)
+    source_fingerprints: list[str] = field(default_factory=list)  # per run in ``dirs``: the code(s) that made it
 
     def label(self, with_board: bool) -> str:
         if self.name:
@@ -104,6 +109,12 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.summary.get("seed", self.config.get("seed", 0)))
+
+    @property
+    def source(self) -> str:
+        """The code that made the run: its fingerprint, ``unknown``, or ``old>new`` when resumed under other code."""
+        codes = [*self.summary.get("earlier_source_fingerprints", []), self.summary.get("source_fingerprint")]
+        return ">".join(provenance.shown(c) for c in codes)
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[Run]:
@@ -185,6 +196,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for key, g in groups.items():
         rs = sorted(members[key], key=lambda r: r.seed)
         g.seeds, g.dirs = [r.seed for r in rs], [r.path for r in rs]
+        g.source_fingerprints = [r.source for r in rs]
         g.figures["metric"] = Estimate.of([r.summary.get(g.metric) for r in rs]) if g.metric else None
         for name, get in FIGURES.items():
             if get is not None and g.method != "float":
@@ -303,6 +315,28 @@ def _task_table(tg: list[Group], ratios: list[Ratio]) -> tuple[list[str], list[l
     return head, rows, notes
 
 
+def code_versions(groups: list[Group]) -> dict[str, int]:
+    """How many of the groups' runs each state of the code made (``a>b``: resumed from ``a``'s checkpoint under
+    ``b``; ``unknown``: written before fingerprints were recorded)."""
+    counts: dict[str, int] = {}
+    for g in groups:
+        for source in g.source_fingerprints:
+            counts[source] = counts.get(source, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def code_versions_note(groups: list[Group]) -> str | None:
+    """One line when the runs were made by more than one state of the code (None otherwise, and when every
+    run predates fingerprints: nothing can be told then)."""
+    counts = code_versions(groups)
+    codes = {code for source in counts for code in source.split(">")}
+    if len(codes) < 2:
+        return None
+    runs = ", ".join(f"{code}: {n} run{'s' if n != 1 else ''}" for code, n in counts.items())
+    return (f"mixed code: these runs were made by {len(codes)} versions of the code (source fingerprint {runs}); "
+            "figures of different versions may not be comparable")
+
+
 def _by_task(groups: list[Group]) -> list[list[Group]]:
     return [[g for g in groups if g.task == t] for t in sorted({g.task for g in groups})]
 
@@ -318,7 +352,8 @@ def table(groups: list[Group], ratios: list[Ratio]) -> str:
             lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
         lines += ["  " + n for n in notes]
         lines.append("")
-    return "\n".join(lines).rstrip()
+    note = code_versions_note(groups)
+    return "\n".join(lines).rstrip() + (f"\n{note}" if note else "")
 
 
 def markdown(groups: list[Group], ratios: list[Ratio]) -> str:
@@ -330,6 +365,9 @@ def markdown(groups: list[Group], ratios: list[Ratio]) -> str:
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines += [""] + [f"- {n}" for n in notes] + [""]
+    note = code_versions_note(groups)
+    if note:
+        lines += [f"**{note}**", ""]
     return "\n".join(lines)
 
 
@@ -344,7 +382,10 @@ def to_json(groups: list[Group], ratios: list[Ratio]) -> dict:
         "groups": [{"task": g.task, "method": g.method, "board": g.board, "settings": g.settings,
                     "metric": g.metric, "seeds": g.seeds, "dirs": g.dirs,
                     "figures": {k: est(v) for k, v in g.figures.items()},
-                    "gap_to_float": est(g.gap_to_float)} for g in groups],
+                    "gap_to_float": est(g.gap_to_float), "source_fingerprints": g.source_fingerprints}
+                   for g in groups],
+        "source_fingerprints": code_versions(groups),
+        "mixed_code": code_versions_note(groups) is not None,
         "ratios": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
                    for r in ratios],
     }

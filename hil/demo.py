@@ -9,7 +9,9 @@ training noise) and the same board otherwise.  Layout of the output folder::
     OUT/comparison_TASK.png   figures of ``hil compare``
 
 Every part that has finished is kept and skipped when the demo is run again with
-``resume``; an interrupted part is resumed from its own checkpoint.
+``resume``; an interrupted part is resumed from its own checkpoint.  A part made by other code than
+this (:mod:`hil.stale_runs`) is set aside in ``OUT/superseded/`` and made again, unless ``keep_stale``
+(then kept, and an interrupted one continues under this code, recorded in its run).
 """
 
 from __future__ import annotations
@@ -85,9 +87,11 @@ def ensure_calibration(address: str, cal_dir: Path, params=None, *, limits=None,
         return calibrate(board, cal_dir, params or CalibrationParams(), resume=cal_dir.is_dir(), progress=progress)
 
 
-def ensure_run(cfg, run_dir: Path, *, limits=None, progress: bool = True) -> tuple[dict, bool]:
+def ensure_run(cfg, run_dir: Path, *, limits=None, progress: bool = True,
+               allow_code_change: bool = False) -> tuple[dict, bool]:
     """The summary of the training run ``cfg`` in ``run_dir`` (``hil train``'s code path): a finished run is
-    read back, an interrupted one resumed from its checkpoint, a new one started.  Also says whether it ran."""
+    read back, an interrupted one resumed from its checkpoint (``allow_code_change``: also one checkpointed
+    by other code), a new one started.  Also says whether it ran."""
     import json
 
     from hil.train import train
@@ -95,15 +99,47 @@ def ensure_run(cfg, run_dir: Path, *, limits=None, progress: bool = True) -> tup
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text()), False
     resume = (run_dir / "config.json").is_file()
-    return train(cfg, run_dir, resume=resume, progress=progress, limits=limits), True
+    return train(cfg, run_dir, resume=resume, progress=progress, limits=limits,
+                 allow_code_change=allow_code_change), True
+
+
+def settle_stale(plan: DemoPlan, keep: bool) -> str | None:
+    """Set aside (unless ``keep``) the parts of ``plan`` made by other code; the line that says so, or None."""
+    from hil.stale_runs import Stale, set_aside, stale_calibration, stale_run, summary_line
+
+    stales, finished = [], 0
+    for seed in plan.seeds:
+        cal = stale_calibration(plan.calibration_dir(seed))
+        finished += (plan.calibration_dir(seed) / "calibration.json").is_file()
+        for method in plan.methods:
+            run_dir = plan.run_dir(seed, method)
+            finished += (run_dir / "summary.json").is_file()
+            stale = stale_run(run_dir)
+            if stale is None and cal is not None and not keep and method != "float" and run_dir.exists():
+                # trained on a calibration that is made again
+                stale = Stale(run_dir, cal.recorded, (run_dir / "summary.json").is_file())
+            if stale is not None:
+                stales.append(stale)
+        if cal is not None:
+            stales.append(cal)
+    if not stales:
+        return None
+    if not keep:
+        for stale in stales:
+            set_aside(stale, plan.out_dir)
+    return summary_line(stales, finished, keep, plan.out_dir)
 
 
 def run_demo(plan: DemoPlan, *, limits=None, progress: bool = True,
-             echo: Callable[[str], None] = print) -> list[Path]:
-    """Calibrate and train every seed of ``plan`` that has not finished yet; returns the run directories."""
+             echo: Callable[[str], None] = print, keep_stale: bool = False) -> list[Path]:
+    """Calibrate and train every seed of ``plan`` that has not finished yet (or was made by other code, unless
+    ``keep_stale``: :func:`settle_stale`); returns the run directories."""
     from calibration.run import CalibrationParams
     from hil.train import TrainConfig
 
+    line = settle_stale(plan, keep_stale)
+    if line is not None:
+        echo(line)
     for seed in plan.seeds:
         address = board_for_seed(plan.address, seed)
         cal_dir = plan.calibration_dir(seed)
@@ -117,7 +153,8 @@ def run_demo(plan: DemoPlan, *, limits=None, progress: bool = True,
         for method in plan.methods:
             cfg = TrainConfig(task=plan.task, method=method, board=address, epochs=plan.epochs, seed=seed,
                               calibration=str(cal_file) if method != "float" else None)
-            summary, ran = ensure_run(cfg, plan.run_dir(seed, method), limits=limits, progress=progress)
+            summary, ran = ensure_run(cfg, plan.run_dir(seed, method), limits=limits, progress=progress,
+                                      allow_code_change=keep_stale)
             if ran:
                 metric = next(k for k in ("test_accuracy", "test_ssim") if k in summary)
                 echo(f"seed {seed}: {method} {metric} = {summary[metric]:.4f}")

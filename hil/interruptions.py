@@ -21,9 +21,9 @@ import click
 PROG = "hil"
 
 
-ONE_SHOT_OPTIONS = frozenset({"assume_applied"})
-"""Options that answer a question about one interruption (``hil train --assume-applied``): never repeated
-in the command that resumes a later one."""
+ONE_SHOT_OPTIONS = frozenset({"assume_applied", "allow_code_change"})
+"""Options that answer a question about one interruption (``hil train --assume-applied``, ``--allow-code-change``):
+never repeated in the command that resumes a later one."""
 
 
 def _typed_options(ctx: click.Context, keep: set[str] | None = None) -> list[str]:

@@ -4,7 +4,8 @@ Layout (ARCHITECTURE.md): ``config.json``, ``board.json``, ``calibration.json``,
 ``metrics.jsonl`` (one JSON object per line, flushed as written), ``checkpoint.npz``
 + ``checkpoint.json`` (everything needed to resume exactly), ``summary.json`` and
 PNG plots.  Every JSON object written here records ``software_version`` (the stack's
-version that wrote it; a copied file keeps the version it already names).  Files that
+version that wrote it) and ``source_fingerprint`` (the code that wrote it, :mod:`protocols.provenance`);
+a copied file keeps what it already names (a copy of a file that predates fingerprints: null, unknown).  Files that
 must never be seen half-written are replaced atomically
 (:mod:`calibration.atomic_files`: temporary file, fsync, rename, fsync of the directory).
 """
@@ -22,21 +23,26 @@ import numpy as np
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
 from calibration.atomic_files import json_default as _json_default
+from protocols import provenance
 from protocols.unit_names import upgrade_old_names
 from protocols.version import software_version
 
+STAMPS = ("software_version", "source_fingerprint")
+
 
 def with_version(obj: Any) -> Any:
-    """``obj`` with ``software_version`` first (kept when it names one already); non-dicts as given."""
+    """``obj`` with ``software_version`` and ``source_fingerprint`` first (each kept when ``obj`` has the key
+    already: a copied file); non-dicts as given."""
     if not isinstance(obj, dict):
         return obj
+    fingerprint = obj["source_fingerprint"] if "source_fingerprint" in obj else provenance.source_fingerprint()
     return {"software_version": obj.get("software_version") or software_version(),
-            **{k: v for k, v in obj.items() if k != "software_version"}}
+            "source_fingerprint": fingerprint, **{k: v for k, v in obj.items() if k not in STAMPS}}
 
 
 def without_version(obj: dict) -> dict:
-    """A JSON object as written by :meth:`RunStore.write_json`, minus its ``software_version``."""
-    return {k: v for k, v in obj.items() if k != "software_version"}
+    """A JSON object as written by :meth:`RunStore.write_json`, minus its stamps (:data:`STAMPS`)."""
+    return {k: v for k, v in obj.items() if k not in STAMPS}
 
 
 class RunStore:

@@ -14,7 +14,9 @@ when each ran) is only ever written by the driver, atomically.
 
 A point runs :func:`hil.demo.ensure_run`, the ``hil train`` code path: a finished run is read
 back, an interrupted one resumes from its checkpoint, so ``resume`` re-submits only what has not
-finished.
+finished -- or was made by other code than the driver's (:mod:`hil.stale_runs`): such a point or
+calibration is set aside in ``DIR/superseded/`` and made again (one line says how many), unless
+``keep_stale``; a tune whose tuning points are made again makes its choice again.
 
 A tune spec (:mod:`hil.sweep_tune`) runs in two batches on the same Ray: the tuning points, then,
 after the choice is recorded in ``sweep.json``, the chosen candidate's evaluation points.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
+from hil.stale_runs import Stale, set_aside, stale_calibration, stale_run, summary_line
 from hil.sweep_spec import Calibration, Point, SweepSpec, expand, load_spec
 from hil.sweep_tasks import (
     SweepError,
@@ -48,6 +51,7 @@ from hil.sweep_tune import (
     tuning_points,
     write_tune,
 )
+from protocols import provenance
 from protocols.unit_names import upgrade_old_names
 
 log = logging.getLogger(__name__)
@@ -76,13 +80,20 @@ def _record(kind: str, item, path: Path) -> dict:
 
 
 class SweepFile:
-    """``DIR/sweep.json``: the spec, the calibrations and points with their states; written atomically."""
+    """``DIR/sweep.json``: the spec, the calibrations and points with their states; written atomically.
 
-    def __init__(self, out_dir: Path, data: dict):
+    Items found finished (or interrupted) on disk but made by other code are collected in ``stale`` and,
+    unless ``keep_stale``, set aside to be made again (``remade``)."""
+
+    def __init__(self, out_dir: Path, data: dict, keep_stale: bool = False):
         self.path = out_dir / SWEEP_FILE
         self.data = data
         self.items = {("calibration", r["name"]): r for r in data["calibrations"]}
         self.items.update({("point", r["name"]): r for r in data["points"]})
+        self.keep_stale = keep_stale
+        self.stale: list[Stale] = []
+        self.remade: dict[tuple[str, str], str] = {}  # set aside to be made again: the code that had made it
+        self.finished_found = 0
 
     def save(self) -> None:
         atomic_write_json(self.path, self.data)
@@ -108,6 +119,8 @@ class SweepFile:
                 rec.update({k: old_rec.get(k) for k in ("state", "error", "node_id", "host", "started_sec", "ended_sec",
                                                          "metric") if k in old_rec})
             finished = Path(rec["dir"]) / ("calibration.json" if rec["kind"] == "calibration" else "summary.json")
+            self.finished_found += finished.is_file()
+            self._settle_stale(rec)
             if finished.is_file():
                 rec["state"] = "done"
             elif rec["state"] != "pending":
@@ -115,8 +128,37 @@ class SweepFile:
             self.data["calibrations" if rec["kind"] == "calibration" else "points"].append(rec)
             self.items[(rec["kind"], rec["name"])] = rec
 
+    def _settle_stale(self, rec: dict) -> None:
+        """Collect ``rec``'s folder if it was made by other code, and set it aside unless ``keep_stale``; a point
+        trained on a calibration that is made again is made again too."""
+        folder = Path(rec["dir"])
+        if rec["kind"] == "calibration":
+            stale = stale_calibration(folder)
+        else:
+            stale = stale_run(folder)
+            cal = ("calibration", rec["calibration"])
+            if stale is None and cal in self.remade and folder.exists():
+                stale = Stale(folder, self.remade[cal], (folder / "summary.json").is_file())
+        if stale is None:
+            return
+        self.stale.append(stale)
+        if not self.keep_stale:
+            set_aside(stale, self.path.parent)
+            self.remade[(rec["kind"], rec["name"])] = stale.recorded
+            rec.update(state="pending", error=None, metric=None)
 
-def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, SweepSpec, dict]:
+    def stale_line(self) -> str | None:
+        """One line on the stale items found so far (None: none), and forget them."""
+        if not self.stale:
+            return None
+        line = summary_line(self.stale, self.finished_found, self.keep_stale, self.path.parent,
+                            "points and calibrations")
+        self.stale, self.finished_found = [], 0
+        return line
+
+
+def _prepare(spec_path: Path, out_dir: Path, resume: bool, keep_stale: bool = False,
+             ) -> tuple[SweepFile, SweepSpec, dict]:
     """The sweep file (states carried over on resume); the spec; tune mode's candidates and resources."""
     spec, raw = load_spec(spec_path)
     where = str(spec_path)
@@ -144,13 +186,17 @@ def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, S
     previous = {(r["kind"], r["name"]): r for r in old.get("calibrations", []) + old.get("points", [])}
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"spec_file": str(spec_path), "spec": raw, "calibrate": spec.sweep.calibrate,
+            "source_fingerprint": provenance.source_fingerprint(), "keep_stale": keep_stale,
             "calibrations": [], "points": []}
     if spec.tune is not None:
         # a choice made before an interruption stands: the evaluation continues on it
         data["tune"] = {"options": spec.tune.model_dump(mode="json"), "rule": TIE_RULE, "candidates": None,
                         "chosen": None, **{k: v for k, v in (old.get("tune") or {}).items() if k != "options"}}
-    sweep = SweepFile(out_dir, data)
+    sweep = SweepFile(out_dir, data, keep_stale)
     sweep.add(points, cals, devices, previous)
+    if spec.tune is not None and data["tune"]["chosen"] is not None and any(
+            sweep.items[key].get("phase") == "tuning" for key in sweep.remade):
+        data["tune"]["chosen"] = None  # made from figures of other code: made again once they are remade
     if spec.tune is not None and data["tune"]["chosen"] is not None:
         sweep.add(*evaluation_points(spec, data["tune"]["chosen"]["values"], out_dir, where), previous)
     sweep.save()
@@ -161,12 +207,14 @@ def _prepare(spec_path: Path, out_dir: Path, resume: bool) -> tuple[SweepFile, S
 
 def run_sweep(spec_path: str | Path, out_dir: str | Path, *, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, limits=None, progress: bool = True,
-              echo: Callable[[str], None] | None = None) -> SweepResult:
-    """Run (or resume) the sweep of ``spec_path`` in ``out_dir``; raises SpecError/SweepError for bad input."""
+              echo: Callable[[str], None] | None = None, keep_stale: bool = False) -> SweepResult:
+    """Run (or resume) the sweep of ``spec_path`` in ``out_dir``; raises SpecError/SweepError for bad input.
+    ``keep_stale``: keep points and calibrations made by other code (:mod:`hil.stale_runs`)."""
     spec_path, out_dir = Path(spec_path), Path(out_dir).resolve()
     if num_cpus is not None and address:
         raise SweepError("--num-cpus sizes the embedded local Ray; a cluster (--address) has its own CPUs")
-    sweep, spec, tune = _prepare(spec_path, out_dir, resume)
+    sweep, spec, tune = _prepare(spec_path, out_dir, resume, keep_stale)
+    _say_stale(sweep, echo)
     if spec.tune is None:
         batches = iter([(sweep.data["points"], sweep.data["calibrations"])])
         needed = {r["resource"] for r in sweep.data["points"] + sweep.data["calibrations"]
@@ -199,8 +247,15 @@ def _tune_phases(sweep: SweepFile, spec: SweepSpec, candidates: list[dict], out_
             echo(f"tune: chose {record['chosen']['name']} on seeds {spec.tune.tuning_seeds}; evaluating it on "
                  f"seeds {spec.tune.evaluation_seeds}")
     sweep.add(*evaluation_points(spec, record["chosen"]["values"], out_dir, where))
+    _say_stale(sweep, echo)
     sweep.save()
     yield ([r for r in sweep.data["points"] if r["phase"] == "evaluation"], sweep.data["calibrations"])
+
+
+def _say_stale(sweep: SweepFile, echo) -> None:
+    line = sweep.stale_line()
+    if line is not None:
+        (echo or log.info)(line)
 
 
 def _say(bar, echo, text: str) -> None:
@@ -262,20 +317,23 @@ def _submission_order(todo: list[dict], todo_cals: list[dict]) -> tuple[list[dic
             [p for p in ordered if p["calibration"] is None and not p["resource"]])
 
 
-def _submit_points(points: list[dict], cal_refs: dict, tracker, limits, pending: dict) -> None:
+def _submit_points(points: list[dict], cal_refs: dict, tracker, limits, pending: dict,
+                   keep_stale: bool = False) -> None:
     """Submit ``points`` (each after its calibration, as a Ray dependency) into ``pending``."""
     import ray
 
     pt_task = ray.remote(point_task)
     for p in points:
-        args = [_point_fields(p), p["dir"], limits, tracker]
+        # --keep-stale: a point interrupted under other code continues under this code (recorded in its run)
+        args = [{**_point_fields(p), "allow_code_change": keep_stale}, p["dir"], limits, tracker]
         if p["calibration"] in cal_refs:
             args.append(cal_refs[p["calibration"]])  # a Ray dependency: runs once the calibration is done
         ref = pt_task.options(**_task_options(p["resource"])).remote(*args)
         pending[ref] = ("point", p["name"])
 
 
-def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> tuple[dict, list[dict]]:
+def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits,
+                  keep_stale: bool = False) -> tuple[dict, list[dict]]:
     """Submit the calibrations, then the points that go first (:func:`_submission_order`);
     ``{ref: (kind, name)}`` and the points held back."""
     import ray
@@ -289,7 +347,7 @@ def _submit_batch(todo: list[dict], todo_cals: list[dict], tracker, limits) -> t
         cal_refs[c["name"]] = ref
         pending[ref] = ("calibration", c["name"])
     first, held = _submission_order(todo, todo_cals)
-    _submit_points(first, cal_refs, tracker, limits, pending)
+    _submit_points(first, cal_refs, tracker, limits, pending, keep_stale)
     return pending, held
 
 
@@ -338,7 +396,7 @@ def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracke
     import ray
     from tqdm import tqdm
 
-    pending, held = _submit_batch(todo, todo_cals, tracker, limits)
+    pending, held = _submit_batch(todo, todo_cals, tracker, limits, sweep.keep_stale)
     cpus = ray.cluster_resources().get("CPU", 1)
     sweep.save()
     bar = tqdm(total=len(todo), unit="point", desc="sweep", disable=None if progress else True,
@@ -347,7 +405,7 @@ def _run_batch(sweep: SweepFile, todo: list[dict], todo_cals: list[dict], tracke
     try:
         while pending or held:
             if held and _runnable(sweep, pending) < cpus:
-                _submit_points(held, {}, tracker, limits, pending)
+                _submit_points(held, {}, tracker, limits, pending, sweep.keep_stale)
                 held = []
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             changed = _mark_started(sweep, tracker)

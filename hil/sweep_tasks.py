@@ -59,7 +59,8 @@ def point_task(point: dict, run_dir: str, limits, tracker, calibration: dict | N
         return record
     tracker.started.remote("point", point["name"], node, host, started)
     try:
-        summary, _ = ensure_run(TrainConfig(**point["config"]), Path(run_dir), limits=limits, progress=False)
+        summary, _ = ensure_run(TrainConfig(**point["config"]), Path(run_dir), limits=limits, progress=False,
+                                allow_code_change=point.get("allow_code_change", False))
         metric = next((k for k in ("test_accuracy", "test_ssim") if summary.get(k) is not None), None)
         if metric is not None:
             record["metric"] = {metric: summary[metric]}

@@ -48,7 +48,9 @@ from hil.run_store import RunStore
 from hil.tasks import load_task
 from hil.training.checkpointer import Checkpointer
 from hil.training.config import (
+    CodeChanged,
     TrainConfig,
+    check_same_code,
     check_same_configuration,
     load_config_for_resume,
 )
@@ -59,7 +61,8 @@ from hil.training.state import Totals
 from hil.training.target import NoBoard, OnBoard
 
 # the public names (the command line, the demo, the examples and the tests use them from here)
-__all__ = ["FAULT_ENV", "FAULT_EXIT_CODE", "Interrupted", "TrainConfig", "Trainer", "load_config_for_resume", "train"]
+__all__ = ["FAULT_ENV", "FAULT_EXIT_CODE", "CodeChanged", "Interrupted", "TrainConfig", "Trainer",
+           "load_config_for_resume", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +75,20 @@ class Trainer:
     """One run in ``out_dir``: on ``board`` for an array method (``float``: no board, weights in host memory)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, board: Board | None = None, progress: bool = True,
-                 assume_applied: bool | None = None, on_record: Callable[[dict], None] | None = None):
+                 assume_applied: bool | None = None, on_record: Callable[[dict], None] | None = None,
+                 allow_code_change: bool = False):
         """``assume_applied``: on resume, take the user's word on whether the pending batch was applied
         instead of deciding it from a read-back (only for boards without durable pulse tags).
         ``on_record``: called with (a copy of) every record this process logs to ``metrics.jsonl``, in order
-        (a resumed run: only the records it logs itself)."""
+        (a resumed run: only the records it logs itself).
+        ``allow_code_change``: resume a checkpoint written by other code (recorded in the run), instead of
+        refusing with :class:`CodeChanged`."""
         if cfg.on_array and board is None:
             raise ValueError("an array method needs a board")
         self.cfg = cfg
         self.on_record = on_record
+        self.allow_code_change = allow_code_change
+        self._code_changed_from: str | None = None  # the checkpoint's code, when resumed under other code
         self._unseen: list[dict] = []  # logged, not yet handed to on_record
         self.store = RunStore(out_dir, on_log=None if on_record is None else self._unseen.append)
         self.progress = progress
@@ -147,6 +155,7 @@ class Trainer:
         """Make the folder a run (config.json first of all) or check it is this run; prepare the board."""
         if resume:
             check_same_configuration(self.store, self.cfg)
+            self._code_changed_from = check_same_code(self.store, self.allow_code_change)
         elif self.store.exists("config.json"):
             raise ValueError(f"{self.store.root} already holds a run (config.json): choose another --out, "
                              "or --resume to continue that run")
@@ -166,11 +175,23 @@ class Trainer:
 
     def _resume(self) -> int:
         step, plan = self.checkpointer.resume()
+        if self._code_changed_from is not None:
+            self._record_code_change(step)
         epochs = [r for r in self.store.read_metrics() if r.get("kind") == "epoch"]
         self._last_eval = epochs[-1] if epochs else {}
         if plan is not None:
             self._finish_step(step, plan)
         return step + 1
+
+    def _record_code_change(self, step: int) -> None:
+        """On record: the run goes on under other code than its checkpoint's (``--allow-code-change``)."""
+        from protocols import provenance
+
+        old, new = self._code_changed_from, provenance.source_fingerprint()
+        log.warning("resuming %s, checkpointed by code %s, under code %s (--allow-code-change)", self.store.root,
+                    old, new)
+        self.totals.earlier_source_fingerprints.append(old)
+        self.store.log({"kind": "code_change", "step": step, "from": old, "to": new})
 
     def _step(self, step: int) -> StepPlan:
         """Plan the step, checkpoint it (write-ahead) when due, send it."""
@@ -231,10 +252,12 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, limits=None,
-          assume_applied: bool | None = None, on_record: Callable[[dict], None] | None = None) -> dict:
-    """Run (or resume) a training run; opens and safely closes the board.  ``assume_applied``, ``on_record``:
-    see :class:`Trainer`."""
+          assume_applied: bool | None = None, on_record: Callable[[dict], None] | None = None,
+          allow_code_change: bool = False) -> dict:
+    """Run (or resume) a training run; opens and safely closes the board.  ``assume_applied``, ``on_record``,
+    ``allow_code_change``: see :class:`Trainer`."""
     if not cfg.on_array:
-        return Trainer(cfg, out_dir, None, progress, on_record=on_record).run(resume)
+        return Trainer(cfg, out_dir, None, progress, on_record=on_record,
+                       allow_code_change=allow_code_change).run(resume)
     with open_board(cfg.board, limits) as board:
-        return Trainer(cfg, out_dir, board, progress, assume_applied, on_record).run(resume)
+        return Trainer(cfg, out_dir, board, progress, assume_applied, on_record, allow_code_change).run(resume)

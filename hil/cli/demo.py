@@ -23,10 +23,14 @@ from hil.interruptions import resume_command, sigint_guard
               help="A count (5: seeds 0-4) or a list of seeds (0-9, 3,7,11).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out: finished parts are kept, "
                                              "the interrupted one resumes.")
+@click.option("--keep-stale", is_flag=True,
+              help="With --resume: keep finished parts made by other code (another source fingerprint) instead of "
+                   "setting them aside in OUT/superseded/ and making them again; the comparison then says it mixes "
+                   "code versions.")
 @click.option("--quiet", is_flag=True)
 @click.pass_context
 def demo(ctx: click.Context, address: str, out_dir: Path, task: str, epochs: int, seeds_text: str, resume: bool,
-         quiet: bool) -> None:
+         keep_stale: bool, quiet: bool) -> None:
     """Per seed: calibrate, train float, bp and eapu; then compare them over the seeds."""
     from hil import compare as cmp
     from hil.demo import DemoPlan, parse_seeds, run_demo
@@ -42,7 +46,7 @@ def demo(ctx: click.Context, address: str, out_dir: Path, task: str, epochs: int
     plan = DemoPlan(address, out_dir, tuple(seeds), epochs, task)
     try:
         with sigint_guard():
-            dirs = run_demo(plan, limits=ctx.obj.limits, progress=not quiet, echo=click.echo)
+            dirs = run_demo(plan, limits=ctx.obj.limits, progress=not quiet, echo=click.echo, keep_stale=keep_stale)
         groups, ratios = cmp.compare(dirs)
     except Interrupted as exc:
         stopped(ctx, str(exc), out_dir)

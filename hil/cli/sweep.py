@@ -20,10 +20,14 @@ from hil.interruptions import resume_command, sigint_guard
               help="CPUs of the embedded local Ray (default: the machine's).")
 @click.option("--resume", is_flag=True, help="Continue the sweep in --out: finished points are kept, interrupted "
                                              "ones resume from their checkpoints, failed ones run again.")
+@click.option("--keep-stale", is_flag=True,
+              help="With --resume: keep points and calibrations made by other code (another source fingerprint) "
+                   "instead of setting them aside in DIR/superseded/ and making them again; the comparison then "
+                   "says it mixes code versions.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def sweep(ctx: click.Context, spec: Path, out_dir: Path, address: str | None, num_cpus: int | None, resume: bool,
-          quiet: bool) -> None:
+          keep_stale: bool, quiet: bool) -> None:
     """Run the points of a sweep SPEC (TOML: base settings and axes) on Ray; then compare them (docs/SWEEPS.md).
 
     With a [tune] table: choose among the axes' combinations on tuning seeds, then run the chosen one on
@@ -39,7 +43,8 @@ def sweep(ctx: click.Context, spec: Path, out_dir: Path, address: str | None, nu
     try:
         with sigint_guard():
             result = run_sweep(spec, out_dir, address=address, resume=resume, num_cpus=num_cpus,
-                               limits=ctx.obj.limits, progress=not quiet, echo=lambda t: click.echo(t, err=True))
+                               limits=ctx.obj.limits, progress=not quiet, echo=lambda t: click.echo(t, err=True),
+                               keep_stale=keep_stale)
     except KeyboardInterrupt:
         stopped(ctx, "interrupted", out_dir if (out_dir / "sweep.json").exists() else None)
     except (SpecError, SweepError) as exc:

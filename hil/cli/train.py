@@ -43,16 +43,20 @@ TRAIN_OPTIONS = ("task", "method", "epochs", "seed", "calibration", "batch_size"
 @click.option("--assume-applied/--assume-not-applied", "assume_applied", default=None,
               help="With --resume on a board without durable pulse tags (VISA), when the read-back cannot tell: "
                    "the pulses of the interrupted step did (not) reach the devices.")
+@click.option("--allow-code-change", is_flag=True,
+              help="With --resume: continue a run checkpointed by other code (another source fingerprint) under "
+                   "this code; recorded in the run (summary.json earlier_source_fingerprints).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole summary as JSON instead of the table.")
 @click.pass_context
 def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, calibration, allow_foreign_calibration,
-          batch_size, lr, hidden, optimizer, k, lr_schedule, resume, assume_applied, quiet, as_json) -> None:
+          batch_size, lr, hidden, optimizer, k, lr_schedule, resume, assume_applied, allow_code_change, quiet,
+          as_json) -> None:
     """Train a network on the array (or digitally, --method float); writes the run directory."""
     from pydantic import ValidationError
 
     from hil.exactly_once import UndecidedBatch
-    from hil.train import Interrupted, TrainConfig, load_config_for_resume
+    from hil.train import CodeChanged, Interrupted, TrainConfig, load_config_for_resume
     from hil.train import train as run_training
 
     try:
@@ -69,6 +73,8 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
     started = (out_dir / "config.json").exists()
     if assume_applied is not None and not resume:
         fail("--assume-applied / --assume-not-applied only apply to --resume (the pending step of an interrupted run)")
+    if allow_code_change and not resume:
+        fail("--allow-code-change only applies to --resume (a run checkpointed by other code)")
     try:
         with sigint_guard():
             if resume:
@@ -87,13 +93,15 @@ def train(ctx: click.Context, address, task, method, epochs, seed, out_dir, cali
                     fail(f"{out_dir} holds an interrupted run: continue it with: {again} (or choose another --out)")
                 cfg = TrainConfig(**{key: v for key, v in values.items() if v is not None})
             summary = run_training(cfg, out_dir, resume=resume, progress=not quiet, limits=ctx.obj.limits,
-                                   assume_applied=assume_applied)
+                                   assume_applied=assume_applied, allow_code_change=allow_code_change)
     except Interrupted as exc:
         stopped(ctx, str(exc), out_dir)
     except KeyboardInterrupt:
         stopped(ctx, "interrupted", out_dir if (out_dir / "config.json").exists() else None)
     except BoardError as exc:
         failed(ctx, str(exc), (out_dir / "config.json").exists())
+    except CodeChanged as exc:
+        fail(f"{exc}: {resume_command(ctx)} --allow-code-change")
     except UndecidedBatch as exc:
         fail(f"{exc}: {resume_command(ctx)} --assume-applied (or --assume-not-applied)")
     except (ValueError, ValidationError) as exc:

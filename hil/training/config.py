@@ -1,4 +1,5 @@
-"""What defines a training run: :class:`TrainConfig` (written to ``config.json``) and its checks on resume."""
+"""What defines a training run: :class:`TrainConfig` (written to ``config.json``) and its checks on resume:
+the same configuration, and the same code as the checkpoint it continues (:func:`check_same_code`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from hil.run_store import RunStore, without_version
 from hil.update_rules import RULES
+from protocols import provenance
 from protocols.unit_names import AcceptsOldSecondNames
 
 METHODS = tuple(RULES)  # one per update rule: float, bp, bp-pulses, eapu, mixed, manhattan, stochastic
@@ -88,3 +90,30 @@ def check_same_configuration(store: RunStore, cfg: TrainConfig) -> None:
     if saved.model_dump(exclude={"board"}) != cfg.model_dump(exclude={"board"}):
         raise ValueError(f"--resume: the run in {store.root} was made with another configuration: "
                          f"{saved.model_dump()}")
+
+
+class CodeChanged(ValueError):
+    """A resume under other code than the checkpoint's, not allowed (``--allow-code-change``)."""
+
+
+def check_same_code(store: RunStore, allow_code_change: bool) -> str | None:
+    """None when the run in ``store`` has no checkpoint or was checkpointed by this code; else the checkpoint's
+    fingerprint (None -> ``"unknown"``), if ``allow_code_change``, or :class:`CodeChanged`.
+
+    Only a checkpoint counts: a run stopped before its first one starts again from the beginning, so
+    nothing of the other code's making is kept.  Reads only: a refused resume leaves the folder as it was.
+    """
+    if not store.exists("checkpoint.json"):
+        return None
+    try:
+        recorded = store.read_json("checkpoint.json").get("source_fingerprint")
+    except ValueError:  # a damaged checkpoint: loading it says so
+        return None
+    current = provenance.source_fingerprint()
+    if recorded == current:
+        return None
+    if not allow_code_change:
+        raise CodeChanged(f"cannot resume: the run in {store.root} was checkpointed by other code (source "
+                          f"{provenance.shown(recorded)}, this code is {current}); resume it with that code, or "
+                          "continue it under this code with --allow-code-change (recorded in the run)")
+    return provenance.shown(recorded)

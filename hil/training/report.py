@@ -17,6 +17,7 @@ from hil.model import MLP
 from hil.tasks import Task, accuracy, ssim
 from hil.training.config import TrainConfig
 from hil.training.state import Totals
+from protocols import provenance
 from protocols.version import software_version
 
 RETENTION_SEC = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0}
@@ -75,7 +76,9 @@ def summarize(cfg: TrainConfig, totals: Totals, target, metrics: Callable[[], di
     figures = metrics() if not last_eval else {k: v for k, v in last_eval.items() if k.startswith("test_")}
     max_pulses = max((int(layer.pulse_counts.max()) for layer in target.analog_layers), default=0)
     summary: dict[str, Any] = {
-        "software_version": software_version(),
+        "software_version": software_version(), "source_fingerprint": provenance.source_fingerprint(),
+        **({"earlier_source_fingerprints": t.earlier_source_fingerprints} if t.earlier_source_fingerprints else {}),
+        "source_git": provenance.source_git(),
         "task": cfg.task, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs, "steps": t.steps,
         **figures,
         "write_fraction_per_weight_mean": t.write_fraction_per_weight_sum / t.steps if t.steps else 0.0,

@@ -38,6 +38,8 @@ class Totals:
     program_pulses: int = 0
     baseline: dict = field(default_factory=dict)
     run_nonce: int = 0  # high half of every pulse tag: tags of another run never look like ours
+    # the code that wrote the checkpoints a run was resumed from under other code (--allow-code-change), in order
+    earlier_source_fingerprints: list = field(default_factory=list)
 
     def add_step(self, step: int, counts) -> None:
         """Count step ``step``'s plan (a :class:`~hil.training.plan.StepCounts`)."""
