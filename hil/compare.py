@@ -100,6 +100,19 @@ class Group:
         return f"{self.method} @ {self.board}" if with_board and self.board else self.method
 
 
+def group_labels(groups: list[Group]) -> list[str]:
+    """Each group's label, plus ``[name=value, ...]`` for the settings that tell it apart from the groups of
+    the same task, method and board (a sweep over epochs or lr otherwise prints two rows of one name)."""
+    with_board = len({g.board for g in groups}) > 1
+    out = []
+    for g in groups:
+        label = g.label(with_board)
+        siblings = [o.settings for o in groups if (o.task, o.method, o.board) == (g.task, g.method, g.board)]
+        differ = [n for n in g.settings if any(other.get(n) != g.settings[n] for other in siblings)]
+        out.append(label if g.name or not differ else f"{label} [{', '.join(f'{n}={g.settings[n]}' for n in differ)}]")
+    return out
+
+
 @dataclass(frozen=True)
 class Run:
     summary: dict
@@ -295,21 +308,22 @@ def _task_table(tg: list[Group], ratios: list[Ratio]) -> tuple[list[str], list[l
     head = ["group", "seeds", mname, f"gap to float{' (points)' if unit else ''}", "writes/weight/step",
             "writes/device/step", "total energy (J)", "write energy (J)", "board time (s)"]
     rows = []
-    for g in tg:
+    labels = group_labels(tg)
+    for g, label in zip(tg, labels):
         def cell(name, fmt_=fmt, sc=1.0):
             e = g.figures.get(name)
             return "-" if e is None else e.text(fmt_, sc)
 
-        rows.append([g.label(with_board), str(len(g.seeds)), cell("metric", fmt, scale),
+        rows.append([label, str(len(g.seeds)), cell("metric", fmt, scale),
                      "-" if g.gap_to_float is None else g.gap_to_float.text("{:+.2f}" if unit else "{:+.4f}", scale),
                      cell("write_fraction_per_weight", "{:.3%}"), cell("write_fraction_per_device", "{:.3%}"),
                      cell("energy_total_j", "{:.3g}"), cell("write_energy_j", "{:.3g}"),
                      cell("board_time_s", "{:.1f}")])
     notes = []
-    for g in tg:
+    for g, label in zip(tg, labels):
         ret = [(h, g.figures.get(f"retention_{h}")) for h in ("1s", "1h", "1d")]
         if any(e is not None for _, e in ret):
-            notes.append(f"retention of {g.label(with_board)} (test metric after no writes for): "
+            notes.append(f"retention of {label} (test metric after no writes for): "
                          + ", ".join(f"{h} {e.text(fmt, scale)}" for h, e in ret if e is not None))
     notes += [r.text() for r in ratios if r.task.split(" @ ")[0] == task]
     return head, rows, notes

@@ -95,6 +95,8 @@ def plot_comparison(groups, out_dir: str | Path, overwrite: bool = False) -> lis
     Bars are means over seeds with 95 % confidence intervals; a method without a figure (``float``
     writes nothing) has no bar there.  Refuses to overwrite an existing figure unless ``overwrite``.
     """
+    from hil.compare import group_labels
+
     out_dir = Path(out_dir)
     out: list[Path] = []
     panels = [("metric", None, 1.0, False), ("write_fraction_per_weight", "writes per weight per step (%)", 100.0,
@@ -107,7 +109,7 @@ def plot_comparison(groups, out_dir: str | Path, overwrite: bool = False) -> lis
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists: pass --out to another folder (or --overwrite)")
         with_board = len({g.board for g in tg}) > 1
-        labels = [g.label(with_board) for g in tg]
+        labels = group_labels(tg)
         metric = next((g.metric for g in tg if g.metric), "metric")
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
         for ax, (name, title, scale, log) in zip(axes, panels):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hil.compare import board_settings, compare
+from hil.compare import board_settings, compare, table
 
 
 def _run(root, name, *, task="digits", method="eapu", seed=0, board="emu", metric=0.9, energy=1e-6,
@@ -89,6 +89,18 @@ def test_energy_ratios_pair_runs_with_the_same_array_settings(tmp_path):
     totals = {r.task: (r.ratio, r.n) for r in ratios if r.quantity == "total training energy"}
     assert totals == {"digits @ emu [delta_g_th_k=3.0, w_max=2.0]": (pytest.approx(3.0), 3),
                       "digits @ emu [delta_g_th_k=9.0, w_max=0.75]": (pytest.approx(2.0), 3)}
+
+
+def test_groups_that_differ_only_in_a_training_setting_are_told_apart_in_the_table(tmp_path):
+    """Runs of 10 and 40 epochs are two groups; each row and retention note names its epochs, and a setting
+    every group shares is not repeated."""
+    dirs = [_run(tmp_path, f"{m}-{e}-{s}", method=m, seed=s, epochs=e, metric=0.9 + e / 1000)
+            for m in ("float", "eapu") for e in (10, 40) for s in range(2)]
+    groups, ratios = compare(dirs)
+    text = table(groups, ratios)
+    rows = [line.split("  ")[0].strip() for line in text.splitlines()[2:6]]
+    assert rows == ["float [epochs=10]", "float [epochs=40]", "eapu [epochs=10]", "eapu [epochs=40]"]
+    assert "lr=" not in text
 
 
 def test_the_same_seed_twice_in_a_group_is_refused(tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/RESULTS.md from scratch: `hil demo` on the evaluation seeds for each device preset,
 # then the renderer, then the sweeps section (examples/sweeps/regenerate.sh: the ΔGth-factor,
-# write-noise and weight-scale sweeps; PRESETS=1 adds the per-preset sweeps, CHOOSE_DEFAULTS=1 the tuning), so this one
+# write-noise, weight-scale and training-length sweeps; PRESETS=1 adds the per-preset sweeps, CHOOSE_DEFAULTS=1 the tuning), so this one
 # command regenerates the whole document.  The evaluation seeds (0-9) are disjoint from the tuning seeds (100-104) on which
 # the training defaults were chosen (examples/sweeps/choose_defaults.toml; its record examples/results/tune.json).
 # Finished parts are kept (demo --resume), so an interrupted regeneration continues where it stopped; parts made by
