@@ -4,7 +4,9 @@ A *group* is every run that differs only in its seed: same task, method, board
 settings (the board address with its ``seed`` option removed, so that each seed may
 have its own emulated board) and training settings.  Per group the figures are the
 mean over seeds with a 95 % confidence interval (Student's t).  Gaps to ``float`` are
-paired by seed (the same seed's float run on the same task and settings) and ratios
+paired by seed (the same seed's float run on the same task and settings), and so is each
+baseline's distance to ``eapu`` (eapu's metric minus the baseline's, between runs that differ
+only in the method: :attr:`Group.eapu_lead`, a note under the table); ratios
 between methods are formed within a task only, per seed, and summarised by their
 geometric mean with a t-interval on the log ratios.  Every ratio says what it is a
 ratio of.  Runs made by more than one state of the code (their ``source_fingerprint``, and
@@ -92,6 +94,7 @@ class Group:
     figures: dict[str, Estimate | None] = field(default_factory=dict)
     gap_to_float: Estimate | None = None
     name: str | None = None  # a caller's label (a sweep names groups by their axis values)
+    eapu_lead: Estimate | None = None  # eapu's metric minus this group's, paired by seed (baselines only)
     source_fingerprints: list[str] = field(default_factory=list)  # per run in ``dirs``: the code(s) that made it
 
     def label(self, with_board: bool) -> str:
@@ -229,9 +232,26 @@ def group_runs(runs: list[Run]) -> list[Group]:
             if f is not None and f.summary.get(g.metric) is not None:
                 diffs.append(r.summary[g.metric] - f.summary[g.metric])
         g.gap_to_float = Estimate.of(diffs)
+    _eapu_leads(groups, members)
     order = {"float": 0, "bp": 1, "bp-pulses": 2, "eapu": 3}
     return sorted(groups.values(), key=lambda g: (g.task, g.board, order.get(g.method, 9), g.method,
                                                   json.dumps(g.settings, sort_keys=True, default=str)))
+
+
+def _eapu_leads(groups: dict[str, Group], members: dict[str, list[Run]]) -> None:
+    """Each baseline group's :attr:`Group.eapu_lead`: eapu's metric minus the baseline's, per seed, between runs
+    that differ only in the method (same task, board and settings, ``w_max`` and ``k`` included)."""
+    def key(r: Run):
+        return json.dumps([r.summary["task"], board_settings(r.config.get("board", r.summary.get("board"))),
+                           _settings(r, method_only=True), r.seed], sort_keys=True, default=str)
+
+    eapu = {key(r): r for k, g in groups.items() if g.method == "eapu" for r in members[k]}
+    for k, g in groups.items():
+        if g.method in ("float", "eapu") or not g.metric:
+            continue
+        leads = [eapu[key(r)].summary.get(g.metric) - r.summary[g.metric] for r in members[k]
+                 if key(r) in eapu and eapu[key(r)].summary.get(g.metric) is not None]
+        g.eapu_lead = Estimate.of(leads)
 
 
 def _retention(runs: list[Run]) -> dict[str, Estimate | None]:
@@ -325,6 +345,11 @@ def _task_table(tg: list[Group], ratios: list[Ratio]) -> tuple[list[str], list[l
         if any(e is not None for _, e in ret):
             notes.append(f"retention of {label} (test metric after no writes for): "
                          + ", ".join(f"{h} {e.text(fmt, scale)}" for h, e in ret if e is not None))
+    for g, label in zip(tg, labels):
+        if g.eapu_lead is not None:
+            notes.append(f"eapu minus {label}, {mname.split(' (')[0]}: "
+                         f"{g.eapu_lead.text('{:+.2f}' if unit else '{:+.4f}', scale)}{' points' if unit else ''}, "
+                         f"paired by seed ({g.eapu_lead.n} seed{'s' if g.eapu_lead.n != 1 else ''})")
     notes += [r.text() for r in ratios if r.task.split(" @ ")[0] == task]
     return head, rows, notes
 
@@ -396,7 +421,8 @@ def to_json(groups: list[Group], ratios: list[Ratio]) -> dict:
         "groups": [{"task": g.task, "method": g.method, "board": g.board, "settings": g.settings,
                     "metric": g.metric, "seeds": g.seeds, "dirs": g.dirs,
                     "figures": {k: est(v) for k, v in g.figures.items()},
-                    "gap_to_float": est(g.gap_to_float), "source_fingerprints": g.source_fingerprints}
+                    "gap_to_float": est(g.gap_to_float), "eapu_lead": est(g.eapu_lead),
+                    "source_fingerprints": g.source_fingerprints}
                    for g in groups],
         "source_fingerprints": code_versions(groups),
         "mixed_code": code_versions_note(groups) is not None,

@@ -56,6 +56,11 @@ def test_groups_over_seeds_have_t_intervals_and_paired_gaps(tmp_path):
     assert len(total) == 1 and total[0].ratio == pytest.approx(4.0) and total[0].n == 5
     write = [r for r in ratios if r.quantity == "write energy" and r.numerator == "bp"][0]
     assert write.ratio == pytest.approx(3.0)
+    bp = groups[1]
+    assert bp.eapu_lead.mean == pytest.approx(np.mean(acc_e) - 0.5) and bp.eapu_lead.n == 5
+    assert eapu.eapu_lead is None and groups[0].eapu_lead is None
+    assert f"eapu minus bp, test accuracy: {bp.eapu_lead.text('{:+.2f}', 100)} points, paired by seed (5 seeds)" \
+        in table(groups, ratios)
 
 
 def test_ratios_and_gaps_stay_within_a_task_and_board(tmp_path):
