@@ -261,10 +261,15 @@ def _measured(result: WriteNoiseResult, arrays: dict, ev: _Events, params: Write
     result.programmed_fraction = float(np.mean(ev.converged))
     result.reads_per_event = params.n_reads
     result.devices_added = int(ev.flat.size - params.n_devices)
+    pulses = np.full(ev.flat.size, int(n_arr.sum()))
+    walk = ""
+    if result.walk is not None:  # its partial pulses (the discarded event's too) on the usable devices
+        pulses[np.asarray(arrays["used"][0], bool)] += result.walk.events + 1
+        walk = f"; then {result.walk.events + 1} partial-pulse walk events on the {result.walk.n_devices} usable ones"
     result.sample = SampleInfo.from_counts(
-        np.full(ev.flat.size, int(n_arr.sum())), "uniform random over responsive devices (pulse-response sample "
+        pulses, "uniform random over responsive devices (pulse-response sample "
         f"when possible, extended when the noise asks for it); write-verify to the start level used {ev.pulses} "
-        "more pulses in all", n_arr.size)
+        f"more pulses in all{walk}", n_arr.size)
     raw = Raw()
     raw.add("devices", ev.flat, "flat index (row*cols+col)")
     raw.add("g", ev.y, "S")
