@@ -166,6 +166,8 @@ def _walk(board: Board, params: WriteNoiseParams, result: WriteNoiseResult, arra
     m = params.walk_checkpoint_events
     n_events = walk_events(params, max(result.write_noise_sigma_s, result.write_noise_sigma_sigma_s), window_s)
     y = run_walk(board, devices, n_events, m, widths, params.n_reads, progress)
+    if y is None:
+        return empty
     rho2, mu = {}, {}
     bounds = _own_bounds(devices, device_bounds_s)
     for pol, name in ((+1, "set"), (-1, "reset")):

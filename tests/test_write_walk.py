@@ -29,6 +29,7 @@ from calibration.write_walk import (
     walk_widths,
 )
 from drivers.address import open_board
+from drivers.errors import BoardError
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +84,24 @@ def test_the_walk_finds_the_true_write_error(tmp_path, sigma_w_s):
 def test_a_walk_without_write_error_reports_none(tmp_path):
     est, sd, _ = walk_estimate(tmp_path, 0.0, {}, 1)
     assert est < 0.05e-6, (est, sd)
+
+
+class _NoPartialPulses:
+    """A board that refuses partial pulses, as an FPGA board on protocol version 1 does."""
+
+    def __init__(self, board):
+        self.board, self.info = board, board.info
+
+    def pulse(self, batch):
+        if batch.last_pulse_width_sec is not None:
+            raise BoardError("this board speaks protocol version 1, which has no pulse widths")
+        return self.board.pulse(batch)
+
+
+def test_a_board_without_partial_pulses_gets_no_walk():
+    """No walk (and nothing sent) where partial pulses are refused: the stage falls back on the moment fit."""
+    with open_board("emu?rows=8&cols=8&seed=1") as board:
+        before = board.status().write_events_total
+        widths, _ = walk_widths(board, 0.02)
+        assert run_walk(_NoPartialPulses(board), np.arange(16), 16, 2, widths, 2) is None
+        assert board.status().write_events_total == before
