@@ -23,7 +23,8 @@ With the random walk of single partial-pulse events (:mod:`calibration.write_wal
 with it, the worst sigma_w errors over the 50 sets are +3.9 %, -2.9 %, -2.1 % (the +3.9 % at
 sigma_w = 2.8 uS, where the moment fit itself is +4.2 % off and the window holds the walk to 16
 events: 3.2 reported sigma) and the truth lies within 2 reported sigma in 96 % of them (92 %
-before); the walk added ~17 % to the test's CPU time (94 -> 110 s user).  Coverage of the reported 2 sigma: the relative cycle-to-cycle spread 92 %
+before); the walk costs ~3 % of the test's CPU time (100 -> 103 s user back to back on a
+machine shared with other jobs; 102 -> 119 s wall).  Coverage of the reported 2 sigma: the relative cycle-to-cycle spread 92 %
 (88 % before its errors were widened by the moment fit's Birge ratio), the SET step 96 %
 (84 % before the mean step factor used the whole write-noise sample and the step's error
 carried the gamma fitted through a clipped bound): the 2 sets outside are one seed whose
