@@ -219,6 +219,13 @@ def _plot_write_noise(out: Path, result: WriteNoiseResult, raw: Raw, report) -> 
     return plots.plot_write_noise(result, raw, out / "write_noise.png")
 
 
+def _walk_pulses(p: WriteNoiseParams, raw: Raw, n_all: int) -> np.ndarray:
+    """The random walk's partial pulses (one per event, the discarded one included) on its devices."""
+    if "walk_g" not in raw or np.asarray(raw["walk_g"]).size == 0:
+        return np.zeros(n_all, dtype=np.int64)
+    return _on(raw["walk_devices"], 1 + (np.asarray(raw["walk_g"]).shape[0] - 1) * p.walk_checkpoint_events, n_all)
+
+
 WRITE_NOISE = Stage(
     name=WN, params_field="write_noise", params_model=WriteNoiseParams, result_model=WriteNoiseResult,
     measure=_measure_write_noise,
@@ -226,10 +233,13 @@ WRITE_NOISE = Stage(
               "program_converged", "program_pulses_total", "step_scale_set", "step_scale_set_var",
               "step_scale_reset", "step_scale_reset_var", "step_scale_set_pop", "step_scale_reset_pop", "used",
               "own_window", "cell_pulses", "cell_polarity",
-              "cell_mean_change", "cell_mean_pre_g", "boot_sigma_w_s", "boot_relax_sigma0_s", "boot_c2c_rel"),
+              "cell_mean_change", "cell_mean_pre_g", "boot_sigma_w_s", "boot_relax_sigma0_s", "boot_c2c_rel",
+              "walk_devices", "walk_g", "walk_width_sec", "boot_sigma_w_moment_s", "boot_sigma_w_walk_s"),
     report=_report_write_noise,
-    pulses=lambda p, raw, n_all: _on(raw["devices"], np.abs(np.asarray(raw["event_pulses"])).sum(), n_all),
-    progress_units=lambda p: 1 + len(p.pulse_counts) * p.cycles + 20, plot=_plot_write_noise,
+    pulses=lambda p, raw, n_all: _on(raw["devices"], np.abs(np.asarray(raw["event_pulses"])).sum(), n_all)
+    + _walk_pulses(p, raw, n_all),
+    progress_units=lambda p: 1 + len(p.pulse_counts) * p.cycles + 20 + (p.walk_max_events // 16 if p.walk else 0),
+    plot=_plot_write_noise,
     needs=(RN, STUCK, PR), responsive_only=True,
     single_event=lambda p: (f"the {WN} stage's pulse_counts", max(p.pulse_counts)),
 )

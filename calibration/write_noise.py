@@ -15,6 +15,11 @@ device-to-device CV.  They are relative to each device's own window where the
 pulse-response stage fitted it, and are also given on the population window for every
 sampled device (``step_scale_<pol>_pop``), so that the mean can use the whole sample.
 
+Then the random walk of :mod:`calibration.write_walk` (``walk``, on by default): K single
+partial-pulse events on the usable devices, read at checkpoints, whose accumulated spread gives
+``sigma_w`` independently of the moment fit; the reported ``sigma_w`` combines the two
+(inverse-variance weights), the moment fit's own estimate stays as ``moment_sigma_w_s``.
+
 Reported: ``sigma_w`` (``write_noise_sigma_s``), ``sigma_r0`` (``relax_sigma0_s``),
 ``sigma_rel`` and, with the mean step at mid-window from the pulse response, the
 absolute cycle-to-cycle spread ``sigma_c2c = sigma_rel * mu_mid``, so that one write
@@ -35,7 +40,6 @@ from pydantic import Field
 
 from calibration.common import (
     Measured,
-    ProcedureParams,
     Progress,
     Raw,
     SampleInfo,
@@ -50,8 +54,20 @@ from calibration.report import SoftBoundsFit
 from calibration.write_noise_analysis import (
     CellStats,
     WriteNoiseResult,
+    _device_model,
     analyse_write_noise,
     change_slope,
+)
+from calibration.write_walk import (
+    WalkParams,
+    WalkResult,
+    c2c_per_rel2,
+    combine,
+    edge_fraction,
+    fit_walk,
+    run_walk,
+    walk_events,
+    walk_widths,
 )
 from drivers.board import Board
 
@@ -63,7 +79,7 @@ log = logging.getLogger(__name__)
 STAGE = "write_noise"
 
 
-class WriteNoiseParams(ProcedureParams):
+class WriteNoiseParams(WalkParams):
     n_devices: int = Field(2048, ge=16, description="devices in the sample")
     pulse_counts: tuple[int, ...] = Field((1, 2, 4, 8, 16, 32), min_length=2, description="pulses per write event")
     cycles: int = Field(10, ge=3, description="RESET+SET event pairs per pulse count")
@@ -128,7 +144,53 @@ def measure_write_noise(board: Board, params: WriteNoiseParams | None = None, *,
     if more is not None:
         events = events.joined(run(more))
         result, arrays = analyse(events)
-    return _measured(result, arrays, events, params, n_arr, pol_arr, target_s)
+    walk_arrays = _walk(board, params, result, arrays, events.flat, model, device_bounds_s, window_s, rng, progress)
+    return _measured(result, arrays | walk_arrays, events, params, n_arr, pol_arr, target_s)
+
+
+def _walk(board: Board, params: WriteNoiseParams, result: WriteNoiseResult, arrays: dict, flat: np.ndarray,
+          model: dict[str, SoftBoundsFit] | None, device_bounds_s, window_s: float, rng: np.random.Generator,
+          progress: Progress) -> dict:
+    """The random walk (:mod:`calibration.write_walk`) on the usable devices, its sigma_w combined into ``result``
+    (``arrays``' ``boot_sigma_w_s`` replaced by the combined replicates); returns its raw arrays."""
+    boot_moment = np.asarray(arrays["boot_sigma_w_s"][0])
+    result.moment_sigma_w_s, result.moment_sigma_w_sigma_s = result.write_noise_sigma_s, result.write_noise_sigma_sigma_s
+    empty = {"walk_devices": (np.zeros(0, np.int64), "flat index (row*cols+col)"),
+             "walk_g": (np.zeros((0, 0)), "S"), "walk_width_sec": (np.zeros(0), "s (SET, RESET)"),
+             "boot_sigma_w_moment_s": (boot_moment, "S"), "boot_sigma_w_walk_s": (np.zeros(0), "S")}
+    used = np.asarray(arrays["used"][0], bool)
+    if not params.walk or used.sum() < 8:
+        return empty
+    devices = np.asarray(flat)[used]
+    widths, ratios = walk_widths(board, params.walk_width_ratio)
+    m = params.walk_checkpoint_events
+    n_events = walk_events(params, max(result.write_noise_sigma_s, result.write_noise_sigma_sigma_s), window_s)
+    y = run_walk(board, devices, n_events, m, widths, params.n_reads, progress)
+    if y is None:
+        return empty
+    rho2, mu = {}, {}
+    bounds = _own_bounds(devices, device_bounds_s)
+    for pol, name in ((+1, "set"), (-1, "reset")):
+        rho, var = (np.asarray(arrays[f"step_scale_{name}{x}"][0])[used] for x in ("", "_var"))
+        rho2[pol] = np.maximum(rho**2 - var, 0.0)
+        mu[pol] = _device_model(model[name], pol, y[0], bounds)[1] if model is not None else np.ones(devices.size)
+    fit = fit_walk(y, m, c2c_per_rel2(ratios, rho2, mu), result.c2c_sigma_rel, arrays["boot_c2c_rel"][0], rng,
+                   params.n_boot)
+    value, boot, weight = combine(result.write_noise_sigma_s, boot_moment, fit["sigma_w_s"], fit["boot"])
+    lo, hi = (model["set"].g_min_s, model["set"].g_max_s) if model is not None else (np.nan, np.nan)
+    result.walk = WalkResult(
+        sigma_w_s=fit["sigma_w_s"], sigma_w_sigma_s=float(np.std(fit["boot"], ddof=1)),
+        event_var_s2=fit["event_var_s2"], c2c_var_s2=fit["c2c_var_s2"], checkpoint_var_s2=fit["checkpoint_var_s2"],
+        events=n_events, checkpoint_events=m, reads_per_checkpoint=params.n_reads, width_sec=widths,
+        width_ratio=ratios, lags=fit["lags"].tolist(), lag_mean_sq_s2=fit["rows"].mean(axis=1).tolist(),
+        n_devices=int(devices.size), edge_fraction=edge_fraction(y[-1], lo, hi), moment_weight=weight)
+    result.write_noise_sigma_s, result.write_noise_sigma_sigma_s = value, float(np.std(boot, ddof=1))
+    arrays["boot_sigma_w_s"] = (boot, "S")
+    log.info("write noise: random walk of %d events on %d devices: sigma_w %.3g S (moment fit %.3g S, weight %.2f)",
+             n_events, devices.size, fit["sigma_w_s"], result.moment_sigma_w_s, weight)
+    return empty | {"walk_devices": (devices, "flat index (row*cols+col)"), "walk_g": (y, "S"),
+                    "walk_width_sec": (np.array([widths["set"], widths["reset"]]), "s (SET, RESET)"),
+                    "boot_sigma_w_walk_s": (fit["boot"], "S")}
 
 
 def _first_sample(board: Board, params: WriteNoiseParams, rng: np.random.Generator, pool: np.ndarray | None,
@@ -201,10 +263,15 @@ def _measured(result: WriteNoiseResult, arrays: dict, ev: _Events, params: Write
     result.programmed_fraction = float(np.mean(ev.converged))
     result.reads_per_event = params.n_reads
     result.devices_added = int(ev.flat.size - params.n_devices)
+    pulses = np.full(ev.flat.size, int(n_arr.sum()))
+    walk = ""
+    if result.walk is not None:  # its partial pulses (the discarded event's too) on the usable devices
+        pulses[np.asarray(arrays["used"][0], bool)] += result.walk.events + 1
+        walk = f"; then {result.walk.events + 1} partial-pulse walk events on the {result.walk.n_devices} usable ones"
     result.sample = SampleInfo.from_counts(
-        np.full(ev.flat.size, int(n_arr.sum())), "uniform random over responsive devices (pulse-response sample "
+        pulses, "uniform random over responsive devices (pulse-response sample "
         f"when possible, extended when the noise asks for it); write-verify to the start level used {ev.pulses} "
-        "more pulses in all", n_arr.size)
+        f"more pulses in all{walk}", n_arr.size)
     raw = Raw()
     raw.add("devices", ev.flat, "flat index (row*cols+col)")
     raw.add("g", ev.y, "S")

@@ -81,6 +81,7 @@ from calibration.write_noise_moments import (
     moment_fit,
     moment_rows,
 )
+from calibration.write_walk import WalkResult
 
 if TYPE_CHECKING:
     from calibration.write_noise import WriteNoiseParams
@@ -102,8 +103,12 @@ class CellStats(BaseModel):
 
 
 class WriteNoiseResult(BaseModel):
-    write_noise_sigma_s: float = Field(description="persistent write error of one event, sigma_w")
+    write_noise_sigma_s: float = Field(description="persistent write error of one event, sigma_w: the moment fit "
+                                       "and the random walk combined (inverse-variance weights)")
     write_noise_sigma_sigma_s: float
+    moment_sigma_w_s: float | None = Field(None, description="diagnostic: sigma_w of the moment fit alone")
+    moment_sigma_w_sigma_s: float | None = None
+    walk: WalkResult | None = Field(None, description="the random-walk experiment (calibration.write_walk)")
     relax_sigma0_s: float = Field(0.0, description="read-visible relaxation offset redrawn at each event (t ~ 0)")
     relax_sigma0_sigma_s: float = 0.0
     c2c_sigma_rel: float = Field(description="relative cycle-to-cycle spread of one pulse's step")

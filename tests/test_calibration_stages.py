@@ -6,11 +6,13 @@ import json
 import shutil
 
 import h5py
+import numpy as np
 import pytest
 
 from calibration.report import CalibrationReport
 from calibration.run import H5_NAME, JSON_NAME, STAGES, CalibrationParams, calibrate
-from calibration.stages import REGISTRY
+from calibration.stages import BY_NAME, REGISTRY
+from calibration.storage import RawStore
 from drivers.address import open_board
 
 ADDRESS = "emu?rows=32&cols=32&seed=5"
@@ -86,3 +88,25 @@ def test_older_files_with_k_are_read_and_resumed(calibrated, tmp_path):
                             progress=False)
     assert resumed.run["resumed_stages"] == list(STAGES)
     assert resumed.deterministic() == report.deterministic()
+
+
+def test_the_write_noise_walk_is_reported_and_its_pulses_counted(calibrated):
+    """The random walk (calibration.write_walk) ran on the usable write-noise devices: its figures in the report,
+    its reads in the file, and its partial pulses in both the stage's sample and the pulses-per-device map."""
+    out, report = calibrated
+    wn = report.stages["write_noise"]
+    walk = wn["walk"]
+    assert walk is not None and walk["events"] >= 16 and walk["n_devices"] >= 8
+    assert wn["moment_sigma_w_s"] > 0 and 0.0 <= walk["moment_weight"] <= 1.0
+    lo, hi = sorted((wn["moment_sigma_w_s"], walk["sigma_w_s"]))
+    assert lo <= report.write_noise_sigma_s <= hi  # a weighted mean of the two
+    with h5py.File(out / H5_NAME, "r") as f:
+        g = f["stages/write_noise"]
+        assert g["walk_g"].shape == (walk["events"] // walk["checkpoint_events"] + 1, walk["n_devices"])
+        assert g["boot_sigma_w_s"].shape == g["boot_sigma_w_walk_s"].shape == g["boot_sigma_w_moment_s"].shape
+    _, raw, _ = RawStore(out / H5_NAME).load_stage("write_noise")
+    stage_pulses = report.sample["write_noise"]["pulses_total"]
+    assert stage_pulses == (report.sample["write_noise"]["n_devices"] * int(np.abs(raw["event_pulses"]).sum())
+                            + walk["n_devices"] * (walk["events"] + 1))
+    params = CalibrationParams.model_validate(report.params).write_noise
+    assert int(BY_NAME["write_noise"].pulses(params, raw, 32 * 32).sum()) == stage_pulses  # the pulses-per-device map
