@@ -76,7 +76,6 @@ from calibration.common import (
 )
 from calibration.fits import nonneg_wls
 from drivers.board import Board, PulseBatch
-from drivers.errors import BoardError, LimitViolation, LinkError
 from drivers.limits import check_pulse_widths
 
 log = logging.getLogger(__name__)
@@ -146,22 +145,19 @@ def run_walk(board: Board, flat: np.ndarray, n_events: int, m: int, widths: dict
              progress: Progress = None) -> np.ndarray | None:
     """The walk on the devices ``flat``: mean of ``n_reads`` reads at every checkpoint, (K/m + 1, devices).
 
-    None, with nothing sent, on a board that cannot make partial pulses (an FPGA board on protocol
-    version 1 refuses a batch with pulse widths before sending it)."""
+    None, with nothing sent, on a board that cannot make partial pulses (``capabilities.partial_pulses``
+    false: an FPGA board on protocol version 1)."""
+    if not board.info.capabilities.partial_pulses:
+        log.warning("write noise: no random walk, the board makes no partial pulses (protocol version %d); sigma_w "
+                    "from the moment fit alone", board.info.protocol_version)
+        return None
     rows, cols = split_flat(board, flat)
     n = flat.size
     batches = {pol: PulseBatch(rows, cols, np.full(n, pol, dtype=np.int64),
                                np.full(n, widths["set" if pol > 0 else "reset"]))
                for pol in (+1, -1)}
     y = np.empty((n_events // m + 1, n))
-    try:
-        board.pulse(batches[-1])  # the discarded event: every checkpoint read follows a walk event
-    except BoardError as exc:
-        if isinstance(exc, (LinkError, LimitViolation)):
-            raise
-        log.warning("write noise: no random walk, the board makes no partial pulses (%s); sigma_w from the "
-                    "moment fit alone", exc)
-        return None
+    board.pulse(batches[-1])  # the discarded event: every checkpoint read follows a walk event
     y[0] = read_repeated(board, flat, n_reads).mean(axis=0)
     for e in range(n_events):
         board.pulse(batches[+1 if e % 2 == 0 else -1])

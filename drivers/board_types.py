@@ -31,6 +31,9 @@ class Capabilities(BaseModel):
     snapshot: bool = Field(False, description="emulator only: can save and restore its whole state")
     iv_sweep: bool = False
     forming: bool = False
+    partial_pulses: bool = Field(False, description="can end a device's write event with a width-modulated partial "
+                                                    "pulse (PulseBatch.last_pulse_width_sec): the bp baseline and "
+                                                    "the calibration's random walk need it")
     durable_pulse_tags: bool = Field(
         False, description="the board itself keeps the tag of the last batch it applied (status().last_pulse_tag), "
                            "so it survives a crash of the host process; without it a resuming host must tell from "

@@ -95,8 +95,11 @@ class FpgaBoard(Board):
             if version < PROTOCOL_VERSION:
                 log.info("the board does not speak protocol version %d: falling back to version %d",
                          version + 1, version)
+                # a legacy board replays its last reply to a request of the same seq: the refused HELLO's seq must
+                # not be reused, or the older version's HELLO is answered with the newer one's refusal
                 self._session = (ClientSession(chunk_bytes=self.chunk_bytes, version=version, window=self.asked_window)
-                                 if version >= SESSION_VERSION else LegacyClientSession(version=version))
+                                 if version >= SESSION_VERSION
+                                 else LegacyClientSession(first_seq=self._session.seq + 1, version=version))
             try:
                 hello = m.HelloReply.decode(self._transact(Op.HELLO, self._session.hello_payload())).fields
                 self._session.grant(int(hello.get("max_in_flight", 1)))  # boards before version 5: one at a time
@@ -455,8 +458,10 @@ def _board_info(hello: dict) -> BoardInfo:
             kind=hello["kind"], name=hello["name"], serial_number=hello["serial_number"],
             firmware_version=hello["firmware_version"], protocol_version=hello["protocol_version"],
             rows=hello["rows"], cols=hello["cols"],
-            # the firmware keeps the last PULSE tag (PROTOCOL.md), whatever the host does
-            capabilities=Capabilities(**{**hello["capabilities"], "durable_pulse_tags": True}),
+            # the firmware keeps the last PULSE tag (PROTOCOL.md), whatever the host does; pulse widths came with
+            # protocol version 2
+            capabilities=Capabilities(**{**hello["capabilities"], "durable_pulse_tags": True,
+                                         "partial_pulses": hello["protocol_version"] >= 2}),
             hardware_limits=SafetyLimits(**lim), read_voltage_v=hello["read_voltage_v"],
             g_lsb_s=hello["g_lsb_s"], g_full_scale_s=hello["g_full_scale_s"], dac_bits=hello["dac_bits"],
             dac_full_scale_v=hello["dac_full_scale_v"], adc_bits=hello["adc_bits"],

@@ -231,7 +231,7 @@ class VisaBenchBoard(BenchPulsesMixin, BenchDcMixin, Board):
             cols=self._cols,
             capabilities=Capabilities(vmm=False, vmm_transpose=False, write_verify=True,
                                       virtual_clock=c.bench.virtual_clock, true_parameters=c.bench.emulated,
-                                      iv_sweep=True, forming=True),
+                                      iv_sweep=True, forming=True, partial_pulses=True),
             hardware_limits=self._hw_limits,
             read_voltage_v=self._v_read,
             g_lsb_s=rng * 1e-6 / self._v_read,

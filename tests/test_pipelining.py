@@ -192,11 +192,12 @@ def test_window_is_negotiated_and_older_firmware_gets_one_request_at_a_time():
         assert (board.protocol_version, board.window) == (5, DEFAULT_WINDOW)
     with open_board("emu?rows=8&cols=8&window=2") as board:
         assert board.window == 2
-    for supported, version in (((1, 2, 3, 4), 4), ((1, 2), 2)):
+    for supported, version in (((1, 2, 3, 4), 4), ((1, 2), 2), ((1,), 1)):
         endpoint = make_emulator(8, 8, seed=0)
         endpoint.firmware.supported_versions = supported
         with FpgaBoard(InProcessLink(endpoint)) as board:
             assert (board.protocol_version, board.window) == (version, 1)
+            assert board.info.capabilities.partial_pulses == (version >= 2)  # pulse widths came with version 2
             handles = [board.pulse_async(PulseBatch(np.array([i]), np.array([0]), np.array([1]))) for i in range(3)]
             assert [h.result().set_pulses for h in handles] == [1, 1, 1]
 

@@ -284,3 +284,28 @@ def test_pulses_follow_the_sign_the_rule_chose(calibration_file):
         col = flat % board.info.cols
         weight_sign = np.where(col < 3, 1, -1) * np.sign(counts)  # SET on G+ or RESET on G- grows W
         assert np.all(weight_sign < 0)
+
+
+def test_bp_on_a_board_without_partial_pulses_is_refused_before_anything_is_written(tmp_path):
+    """`hil train --method bp` on an FPGA board that speaks only protocol version 1 (no pulse widths), over a real
+    pseudo-terminal: one line naming what to do instead, no run folder, and not one write event on the array."""
+    from firmware_stub.serve import PtyServer
+
+    endpoint = make_emulator(16, 56, seed=5)
+    endpoint.firmware.supported_versions = (1,)
+    server = PtyServer(endpoint)
+    thread = serve_in_thread(server)
+    out = tmp_path / "run"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--board", f"serial:{server.path}",
+                               "--task", "digits-small", "--hidden", "16", "--method", "bp", "--epochs", "1",
+                               "--seed", "5", "--out", str(out), "--quiet"],
+                              capture_output=True, text=True, timeout=HANG_GUARD_SEC)
+    finally:
+        server.stop.set()
+        thread.join(HANG_GUARD_SEC)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "partial pulse" in proc.stderr and "--method bp-pulses" in proc.stderr
+    assert not (out / "config.json").exists()
+    assert endpoint.firmware.status()["write_events_total"] == 0

@@ -29,7 +29,9 @@ from calibration.write_walk import (
     walk_widths,
 )
 from drivers.address import open_board
-from drivers.errors import BoardError
+from drivers.fpga import FpgaBoard
+from drivers.links import InProcessLink
+from firmware_stub.firmware import make_emulator
 
 pytestmark = pytest.mark.slow
 
@@ -86,22 +88,14 @@ def test_a_walk_without_write_error_reports_none(tmp_path):
     assert est < 0.05e-6, (est, sd)
 
 
-class _NoPartialPulses:
-    """A board that refuses partial pulses, as an FPGA board on protocol version 1 does."""
-
-    def __init__(self, board):
-        self.board, self.info = board, board.info
-
-    def pulse(self, batch):
-        if batch.last_pulse_width_sec is not None:
-            raise BoardError("this board speaks protocol version 1, which has no pulse widths")
-        return self.board.pulse(batch)
-
-
 def test_a_board_without_partial_pulses_gets_no_walk():
-    """No walk (and nothing sent) where partial pulses are refused: the stage falls back on the moment fit."""
-    with open_board("emu?rows=8&cols=8&seed=1") as board:
+    """No walk (and nothing sent) on a board that makes no partial pulses -- an FPGA firmware that speaks only
+    protocol version 1 --: the stage falls back on the moment fit."""
+    endpoint = make_emulator(8, 8, seed=1)
+    endpoint.firmware.supported_versions = (1,)
+    with FpgaBoard(InProcessLink(endpoint)) as board:
+        assert board.protocol_version == 1 and not board.info.capabilities.partial_pulses
         before = board.status().write_events_total
         widths, _ = walk_widths(board, 0.02)
-        assert run_walk(_NoPartialPulses(board), np.arange(16), 16, 2, widths, 2) is None
+        assert run_walk(board, np.arange(16), 16, 2, widths, 2) is None
         assert board.status().write_events_total == before

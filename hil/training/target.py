@@ -102,6 +102,10 @@ class OnBoard:
         """What a new run can refuse without touching the board: the network must fit, a given
         calibration must be readable and (unless allowed) measured on this board."""
         rows, cols = self.board.info.rows, self.board.info.cols
+        if self.cfg.method == "bp" and not self.board.info.capabilities.partial_pulses:
+            raise ValueError(f"bp writes each update as asked, ending in a width-modulated partial pulse, which this "
+                             f"board cannot make (protocol version {self.board.info.protocol_version}): use --method "
+                             "bp-pulses, or update its firmware")
         try:
             place_tiles(shapes, rows, cols)
         except DoesNotFitError as exc:
