@@ -72,8 +72,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from calibration.common import SampleInfo
-from calibration.fits import weighted_line
 from calibration.report import SoftBoundsFit
+from calibration.write_noise_cells import CellStats, cell_stats, classic_fits
 from calibration.write_noise_moments import (
     MomentFit,
     Rows,
@@ -85,21 +85,6 @@ from calibration.write_walk import WalkResult
 
 if TYPE_CHECKING:
     from calibration.write_noise import WriteNoiseParams
-
-
-class CellStats(BaseModel):
-    """Pooled figures of the events with one pulse count and polarity."""
-
-    n: int
-    polarity: str
-    var_raw_s2: float = Field(description="mean within-device variance of the change")
-    var_read_s2: float = Field(description="read-noise part, subtracted")
-    var_wander_s2: float = Field(description="removed by taking residuals given the pre-event state")
-    var_s2: float = Field(description="corrected variance of the change between two reads: "
-                                      "sigma_w^2 + 2 sigma_r0^2 + c2c")
-    q_s2: float = Field(description="mean over devices of n mu_0^2 (1-kappa)^(2(n-1)) (c2c variance / sigma_rel^2)")
-    mean_change_s: float
-    beta: float = Field(description="dE[change]/dG from the pulse-response model at the cell's mean state")
 
 
 class WriteNoiseResult(BaseModel):
@@ -197,13 +182,13 @@ def analyse_write_noise(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, p
                          "pulse profiles, or nearly all are stuck")
     rows = Rows(rows.y[:, usable], rows.x[:, :, usable], rows.kind)
     fit = moment_fit(rows, rng, params.n_boot)
-    stats = _cell_stats(cells, rows, usable, fit.values[1])
+    stats = cell_stats(cells, rows, usable, fit.values[1])
     result = WriteNoiseResult(
         write_noise_sigma_s=fit.s, write_noise_sigma_sigma_s=fit.s_sig, relax_sigma0_s=fit.s_r0,
         relax_sigma0_sigma_s=fit.r0_sig, c2c_sigma_rel=fit.sig_rel, c2c_sigma_rel_sigma=fit.r_sig,
         c2c_sigma_s=None if step_mid_s is None else fit.sig_rel * step_mid_s,
         c2c_sigma_sigma_s=None if step_mid_s is None else fit.r_sig * step_mid_s,
-        by_polarity=_classic_fits(stats), cells=stats, lag1=lag1_summary(rows), n_used=n_used,
+        by_polarity=classic_fits(stats), cells=stats, lag1=lag1_summary(rows), n_used=n_used,
         fit_birge_ratio=fit.birge, target_s=0.0,
         programmed_fraction=0.0, read_noise_rel_used=float(read_noise_rel),
         sample=SampleInfo(n_devices=n_dev_all, selection=""),
@@ -419,30 +404,6 @@ def _c2c_path_factor(fit: SoftBoundsFit, polarity: int, pre: np.ndarray, bounds_
         total += mu**2 * attenuation
         attenuation *= (1.0 - kappa) ** 2
     return total
-
-
-def _cell_stats(cells: list[dict], rows: Rows, usable: np.ndarray, sr2: float) -> list[CellStats]:
-    stats = []
-    for i, c in enumerate(cells):
-        vm = float(rows.y[i].mean())
-        km, qm = float(rows.x[i, 1].mean()), float(rows.x[i, 2].mean())
-        stats.append(CellStats(n=c["n"], polarity="set" if c["pol"] > 0 else "reset",
-                               var_raw_s2=float(c["raw"][usable].mean()), var_read_s2=float(c["rv"][usable].mean()),
-                               var_wander_s2=float(c["raw"][usable].mean() - c["v"][usable].mean()),
-                               var_s2=vm + (2.0 - km) * sr2, q_s2=qm, mean_change_s=float(c["m"][usable].mean()),
-                               beta=float(c["beta"][usable].mean())))
-    return stats
-
-
-def _classic_fits(stats: list[CellStats]) -> dict[str, dict[str, float]]:
-    """Per polarity, the straight line ``var(n) = offset + n sigma_abs^2`` through the cells' corrected variances."""
-    by_pol = {}
-    for pol in ("set", "reset"):
-        ns = np.array([c.n for c in stats if c.polarity == pol], float)
-        vv = np.array([c.var_s2 for c in stats if c.polarity == pol])
-        a, b, _ = weighted_line(ns, vv, 1.0 / np.maximum(vv, 1e-30) ** 2)
-        by_pol[pol] = {"offset_var_s2": a, "slope_s2": b, "sigma_abs_s": float(np.sqrt(max(b, 0.0)))}
-    return by_pol
 
 
 def _arrays(cells: list[dict], rho: dict, rho_var: dict, usable: np.ndarray, fit: MomentFit, bounds_s,
