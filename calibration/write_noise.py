@@ -54,9 +54,9 @@ from calibration.report import SoftBoundsFit
 from calibration.write_noise_analysis import (
     CellStats,
     WriteNoiseResult,
-    _device_model,
     analyse_write_noise,
     change_slope,
+    device_model,
 )
 from calibration.write_walk import (
     WalkParams,
@@ -173,7 +173,7 @@ def _walk(board: Board, params: WriteNoiseParams, result: WriteNoiseResult, arra
     for pol, name in ((+1, "set"), (-1, "reset")):
         rho, var = (np.asarray(arrays[f"step_scale_{name}{x}"][0])[used] for x in ("", "_var"))
         rho2[pol] = np.maximum(rho**2 - var, 0.0)
-        mu[pol] = _device_model(model[name], pol, y[0], bounds)[1] if model is not None else np.ones(devices.size)
+        mu[pol] = device_model(model[name], pol, y[0], bounds)[1] if model is not None else np.ones(devices.size)
     fit = fit_walk(y, m, c2c_per_rel2(ratios, rho2, mu), result.c2c_sigma_rel, arrays["boot_c2c_rel"][0], rng,
                    params.n_boot)
     value, boot, weight = combine(result.write_noise_sigma_s, boot_moment, fit["sigma_w_s"], fit["boot"])

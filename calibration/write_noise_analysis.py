@@ -123,7 +123,7 @@ def _cell_arrays(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, n: int, 
     return t, pol * (y[t + 1] - y[t]), y[t]
 
 
-def _device_model(fit: SoftBoundsFit, polarity: int, g_s: np.ndarray,
+def device_model(fit: SoftBoundsFit, polarity: int, g_s: np.ndarray,
                   bounds_s: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     """(kappa, mean step per pulse) of the model at each device's state ``g_s`` (devices along the last
     axis), on the device's own window where ``bounds_s`` knows it (the population window otherwise).
@@ -238,12 +238,12 @@ def _cell(y: np.ndarray, n_arr: np.ndarray, pol_arr: np.ndarray, n: int, pol: in
     pre_mean = pre.mean(axis=0)
     if model is not None:
         fit_p = model["set" if pol > 0 else "reset"]
-        kappa0, mu_model = _device_model(fit_p, pol, pre_mean, bounds_s)
+        kappa0, mu_model = device_model(fit_p, pol, pre_mean, bounds_s)
         # the model at every event's own pre-event state too: a device's state wanders by several
         # uS between events (its persistent write errors random-walk), and the step is convex in the
         # state (gamma > 1), so the mean step (and square step) over the events is not the step at
         # the mean state -- ~5 % at gamma 1.75 and sigma_w ~ 3 uS
-        kappa0_e, mu_e = _device_model(fit_p, pol, pre, bounds_s)
+        kappa0_e, mu_e = device_model(fit_p, pol, pre, bounds_s)
     else:
         kappa0, mu_model = np.zeros(d.shape[1]), np.ones(d.shape[1])
         kappa0_e, mu_e = np.zeros(d.shape), np.ones(d.shape)
@@ -395,7 +395,7 @@ def _c2c_path_factor(fit: SoftBoundsFit, polarity: int, pre: np.ndarray, bounds_
     g = np.array(pre, dtype=float)
     mus, kappas = [], []
     for _ in range(n):
-        kappa, mu = _device_model(fit, polarity, g, bounds_s)
+        kappa, mu = device_model(fit, polarity, g, bounds_s)
         mus.append(mu)
         kappas.append(np.clip(kappa * own, 0.0, 0.5))
         g = g + polarity * own * mu

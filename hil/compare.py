@@ -103,6 +103,12 @@ class Group:
         return f"{self.method} @ {self.board}" if with_board and self.board else self.method
 
 
+def _differing(mine: dict, siblings: list[dict]) -> str:
+    """`` [name=value, ...]`` for the settings of ``mine`` that some sibling has otherwise ("" when none do)."""
+    differ = [n for n in mine if any(other.get(n) != mine[n] for other in siblings)]
+    return f" [{', '.join(f'{n}={mine[n]}' for n in differ)}]" if differ else ""
+
+
 def group_labels(groups: list[Group]) -> list[str]:
     """Each group's label, plus ``[name=value, ...]`` for the settings that tell it apart from the groups of
     the same task, method and board (a sweep over epochs or lr otherwise prints two rows of one name)."""
@@ -111,8 +117,7 @@ def group_labels(groups: list[Group]) -> list[str]:
     for g in groups:
         label = g.label(with_board)
         siblings = [o.settings for o in groups if (o.task, o.method, o.board) == (g.task, g.method, g.board)]
-        differ = [n for n in g.settings if any(other.get(n) != g.settings[n] for other in siblings)]
-        out.append(label if g.name or not differ else f"{label} [{', '.join(f'{n}={g.settings[n]}' for n in differ)}]")
+        out.append(label if g.name else label + _differing(g.settings, siblings))
     return out
 
 
@@ -303,9 +308,7 @@ def _ratio_labels(keys: list[tuple]) -> dict[tuple, str]:
     for task, board, settings in keys:
         label = task + ("" if not board else f" @ {board_label(board)}")
         siblings = [json.loads(k[2]) for k in keys if k[:2] == (task, board)]
-        mine = json.loads(settings)
-        differ = [n for n in mine if any(other.get(n) != mine[n] for other in siblings)]
-        out[(task, board, settings)] = label + (f" [{', '.join(f'{n}={mine[n]}' for n in differ)}]" if differ else "")
+        out[(task, board, settings)] = label + _differing(json.loads(settings), siblings)
     return out
 
 
@@ -320,7 +323,6 @@ def _metric_scale(metric: str | None) -> tuple[float, str, str]:
 
 def _task_table(tg: list[Group], ratios: list[Ratio]) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and notes (retention, ratios) of one task's groups."""
-    with_board = len({g.board for g in tg}) > 1
     task = tg[0].task
     metric = next((g.metric for g in tg if g.metric), None)
     scale, unit, fmt = _metric_scale(metric)

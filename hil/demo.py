@@ -105,7 +105,7 @@ def ensure_run(cfg, run_dir: Path, *, limits=None, progress: bool = True,
 
 def settle_stale(plan: DemoPlan, keep: bool) -> str | None:
     """Set aside (unless ``keep``) the parts of ``plan`` made by other code; the line that says so, or None."""
-    from hil.stale_runs import Stale, set_aside, stale_calibration, stale_run, summary_line
+    from hil.stale_runs import set_aside, stale_calibration, stale_point, summary_line
 
     stales, finished = [], 0
     for seed in plan.seeds:
@@ -114,10 +114,8 @@ def settle_stale(plan: DemoPlan, keep: bool) -> str | None:
         for method in plan.methods:
             run_dir = plan.run_dir(seed, method)
             finished += (run_dir / "summary.json").is_file()
-            stale = stale_run(run_dir)
-            if stale is None and cal is not None and not keep and method != "float" and run_dir.exists():
-                # trained on a calibration that is made again
-                stale = Stale(run_dir, cal.recorded, (run_dir / "summary.json").is_file())
+            remade = cal is not None and not keep and method != "float"  # trained on a calibration made again
+            stale = stale_point(run_dir, cal.recorded if remade else None)
             if stale is not None:
                 stales.append(stale)
         if cal is not None:

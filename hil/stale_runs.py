@@ -56,6 +56,15 @@ def stale_run(run_dir: Path) -> Stale | None:
     return Stale(run_dir, provenance.shown(checkpoint.get("source_fingerprint")), False)
 
 
+def stale_point(run_dir: Path, calibration_remade_by: str | None) -> Stale | None:
+    """:func:`stale_run`, or -- when the calibration the run trained on is made again (``calibration_remade_by``:
+    the code that had made it) -- the run too, if it has started."""
+    stale = stale_run(run_dir)
+    if stale is None and calibration_remade_by is not None and run_dir.exists():
+        stale = Stale(run_dir, calibration_remade_by, (run_dir / "summary.json").is_file())
+    return stale
+
+
 def stale_calibration(cal_dir: Path) -> Stale | None:
     """The finished calibration in ``cal_dir`` if a calibration by this code would not be the same code's."""
     report = _read(cal_dir / "calibration.json")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from calibration.atomic_files import atomic_write_bytes, atomic_write_json
-from hil.stale_runs import Stale, set_aside, stale_calibration, stale_run, summary_line
+from hil.stale_runs import Stale, set_aside, stale_calibration, stale_point, summary_line
 from hil.sweep_spec import Calibration, Point, SweepSpec, expand, load_spec
 from hil.sweep_tasks import (
     SweepError,
@@ -135,10 +135,7 @@ class SweepFile:
         if rec["kind"] == "calibration":
             stale = stale_calibration(folder)
         else:
-            stale = stale_run(folder)
-            cal = ("calibration", rec["calibration"])
-            if stale is None and cal in self.remade and folder.exists():
-                stale = Stale(folder, self.remade[cal], (folder / "summary.json").is_file())
+            stale = stale_point(folder, self.remade.get(("calibration", rec["calibration"])))
         if stale is None:
             return
         self.stale.append(stale)
